@@ -1,0 +1,66 @@
+"""The typer application and the error boundary that maps FedcareError to exit codes."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from fedcare.errors import FedcareError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="fedcare",
+    help="Federated learning for healthcare: train together, keep patient records where they are.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+DbOption = Annotated[
+    str | None,
+    typer.Option("--db", help="SQLAlchemy URL of the run store (default: SQLite file in the output folder's parent)."),
+]
+OutOption = Annotated[Path | None, typer.Option("--out", help="Output folder (default: ./fedcare-out/<run id>).")]
+
+
+def default_db_url(out_dir: Path) -> str:
+    """The embedded SQLite store beside the run folders: ``<parent>/fedcare.db``."""
+    return f"sqlite:///{(out_dir.parent / 'fedcare.db').resolve()}"
+
+
+def fail(exc: FedcareError, created: Path | None = None) -> typer.Exit:
+    """Print a one-line error, remove a half-made output folder, return the exit."""
+    err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    if created is not None and created.exists():
+        shutil.rmtree(created, ignore_errors=True)
+    return typer.Exit(code=exc.exit_code)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from fedcare.cli import demo, simulate  # noqa: F401  (register commands)
+
+    try:
+        app()
+    except FedcareError as exc:  # pragma: no cover - commands catch their own
+        err_console.print(f"[red]error:[/] {exc}")
+        sys.exit(exc.exit_code)
+
+
+@app.callback()
+def root(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at INFO level.")] = False,
+) -> None:
+    """Federated learning for healthcare: train together, keep patient records where they are."""
+    if verbose:
+        logging.getLogger().setLevel(logging.INFO)

@@ -1,0 +1,226 @@
+"""Compare Local, Pooled and federated training on one data set (the demo's engine).
+
+* **Local**: each site trains alone on its own training split (its own statistics).
+* **Pooled**: one model on all training rows in one place (the reference a real
+  federation cannot have), with pooled preprocessing statistics.
+* **Federated** (``fedavg`` or another strategy): the real Coordinator over
+  in-process sites.
+
+Every setting is evaluated on each site's test split (``per_site``), their unweighted
+mean (``site_mean``: FLamby's figure value) and the union of the test splits
+(``pooled_test``). For ``local``, ``per_site`` is each site's own model on its own test
+set and ``pooled_test`` is the mean over the local models of their pooled-test metrics.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from fedcare.data.federated import FederatedDataset, concat
+from fedcare.errors import ConfigError
+from fedcare.runtime.recorder import NullRecorder, Recorder, RoundReport, RunSpec
+from fedcare.runtime.simulation import run_simulation
+from fedcare.strategies.registry import make_strategy
+from fedcare.task import SiteData, Task, task_hash
+from fedcare.types import ConfigValue, Metrics, ModelState, RunId, SiteId
+
+__all__ = ["ExperimentConfig", "new_run_id", "run_experiment", "evaluate_setting"]
+
+#: Callback for progress: (setting name, round report or None when a baseline finishes).
+Progress = Callable[[str, RoundReport | None], None]
+
+
+def new_run_id() -> str:
+    """A sortable, unique run id: UTC timestamp plus 6 random hex digits."""
+    return datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """Everything that defines an experiment's training (recorded in summary.json).
+
+    Attributes
+    ----------
+    rounds : int
+        Federated rounds.
+    seed : int
+        Model initialisation, batching and sampling seed.
+    strategy : str
+        Registered strategy name for the federated setting.
+    strategy_params : Mapping[str, Any]
+        Keyword arguments of the strategy (besides ``fit_config``).
+    fit_config : Mapping[str, ConfigValue]
+        Local training config sent to sites each round.
+    baseline_config : Mapping[str, ConfigValue]
+        Training config of the Local and Pooled baselines (``local_epochs`` = epochs).
+    fraction_fit : float
+        Share of sites sampled per round.
+    min_sites : int
+        Minimum valid updates per round.
+    """
+
+    rounds: int = 20
+    seed: int = 0
+    strategy: str = "fedavg"
+    strategy_params: Mapping[str, Any] = field(default_factory=dict)
+    fit_config: Mapping[str, ConfigValue] = field(default_factory=dict)
+    baseline_config: Mapping[str, ConfigValue] = field(default_factory=dict)
+    fraction_fit: float = 1.0
+    min_sites: int = 1
+
+
+def _metrics(task: Task, model: ModelState, data: Any) -> Metrics:
+    result = task.evaluate(model, data)
+    out = dict(result.metrics)
+    out["n_test"] = float(result.num_examples)
+    return out
+
+
+def _mean(rows: list[Metrics]) -> Metrics:
+    keys = sorted({k for r in rows for k in r if k != "n_test"})
+    return {k: float(np.mean([r[k] for r in rows if k in r])) for k in keys}
+
+
+def evaluate_setting(
+    task: Task,
+    models: Mapping[SiteId, ModelState],
+    view: Mapping[SiteId, SiteData],
+    *,
+    local: bool,
+) -> dict[str, Any]:
+    """Score a setting: ``models`` has one entry per site (local) or one shared model."""
+    pooled_test = concat([d.test for d in view.values()])
+    per_site: dict[str, Metrics] = {}
+    for site, data in view.items():
+        model = models[site]
+        per_site[site] = _metrics(task, model, data.test)
+    if local:
+        pooled = _mean([_metrics(task, models[s], pooled_test) for s in view])
+    else:
+        pooled = _metrics(task, next(iter(models.values())), pooled_test)
+        pooled.pop("n_test", None)
+    return {"per_site": per_site, "site_mean": _mean(list(per_site.values())), "pooled_test": pooled}
+
+
+def _train_alone(task: Task, data: SiteData, cfg: ExperimentConfig, salt: int) -> ModelState:
+    rng = np.random.default_rng([cfg.seed, salt])
+    model = task.init_model(np.random.default_rng(cfg.seed))
+    return task.fit(model, data.train, cfg.baseline_config, rng).state
+
+
+def run_experiment(
+    dataset: FederatedDataset,
+    task: Task,
+    cfg: ExperimentConfig,
+    *,
+    recorder: Recorder | None = None,
+    experiment_id: str | None = None,
+    progress: Progress | None = None,
+    settings: tuple[str, ...] = ("local", "pooled", "federated"),
+) -> dict[str, Any]:
+    """Run the requested settings and return the summary (see README's output contract)."""
+    recorder = recorder or NullRecorder()
+    exp = experiment_id or new_run_id()
+    digest = task_hash(task)
+    results: dict[str, Any] = {}
+    final_models: dict[str, Mapping[SiteId, ModelState]] = {}
+    sites = dataset.site_ids()
+
+    def baseline(name: str, models: Mapping[SiteId, ModelState], view: Mapping[SiteId, SiteData], local: bool) -> None:
+        run_id = RunId(f"{exp}-{name}")
+        recorder.start_run(
+            RunSpec(
+                run_id=run_id,
+                name=name,
+                dataset=dataset.name,
+                strategy=name,
+                task=task.name,
+                task_hash=digest,
+                seed=cfg.seed,
+                rounds=0,
+                config=dict(cfg.baseline_config),
+                experiment=exp,
+            )
+        )
+        results[name] = evaluate_setting(task, models, view, local=local)
+        _record_final(recorder, run_id, results[name]["per_site"])
+        recorder.finish_run(run_id, status="completed")
+        final_models[name] = models
+        if progress is not None:
+            progress(name, None)
+
+    if "local" in settings:
+        models = {s: _train_alone(task, dataset.local_view[s], cfg, i) for i, s in enumerate(sites)}
+        baseline("local", models, dataset.local_view, True)
+    if "pooled" in settings:
+        view = dataset.pooled_view
+        pooled_data = SiteData(concat([view[s].train for s in sites]), concat([view[s].test for s in sites]))
+        model = _train_alone(task, pooled_data, cfg, len(sites))
+        baseline("pooled", dict.fromkeys(sites, model), view, False)
+    if "federated" in settings:
+        strategy = make_strategy(cfg.strategy, fit_config=dict(cfg.fit_config), **dict(cfg.strategy_params))
+        name = cfg.strategy
+        if name in ("local", "pooled"):
+            raise ConfigError(f"strategy name {name!r} clashes with a baseline setting")
+        run_id = RunId(f"{exp}-{name}")
+        result = run_simulation(
+            sites=dataset.sites,
+            task=task,
+            strategy=strategy,
+            rounds=cfg.rounds,
+            seed=cfg.seed,
+            run_id=run_id,
+            name=name,
+            dataset=dataset.name,
+            recorder=recorder,
+            on_round=(lambda r: progress(name, r)) if progress else None,
+            fraction_fit=cfg.fraction_fit,
+            min_sites=cfg.min_sites,
+            config={"fit_config": dict(cfg.fit_config)},
+            experiment=exp,
+        )
+        models = dict.fromkeys(sites, result.state.model)
+        results[name] = evaluate_setting(task, models, dataset.sites, local=False)
+        results[name]["history"] = [
+            {
+                "round": r.round_no,
+                "fit": dict(r.fit_metrics),
+                "eval": dict(r.eval_metrics),
+                "per_site": {s: dict(m) for s, m in r.site_eval.items()},
+                "failures": dict(r.failures),
+                "duration_s": r.duration_s,
+            }
+            for r in result.rounds
+        ]
+        _record_final(recorder, run_id, results[name]["per_site"])
+        final_models[name] = models
+    return {
+        "experiment": exp,
+        "dataset": dataset.name,
+        "provenance": dataset.provenance,
+        "sites": {s: dataset.display_names.get(s, s) for s in sites},
+        "seed": cfg.seed,
+        "task": {"name": task.name, "hash": digest, "params": dict(task.params())},
+        "config": _jsonable(asdict(cfg)),
+        "settings": results,
+    }
+
+
+def _record_final(recorder: Recorder, run_id: RunId, per_site: Mapping[str, Metrics]) -> None:
+    writer = getattr(recorder, "record_site_metrics", None)
+    if writer is not None:
+        writer(run_id, 0, "test", {SiteId(s): m for s, m in per_site.items()})
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value

@@ -1,0 +1,1 @@
+"""Site-side and client-level differential privacy, accountants and the privacy ledger."""

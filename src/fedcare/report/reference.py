@@ -1,0 +1,29 @@
+"""Published reference numbers to print beside ours (from shared reference_results.md).
+
+FLamby (Ogier du Terrail et al., NeurIPS 2022 Datasets & Benchmarks), computed from the
+per-seed CSVs in owkin/FLamby ``flamby/results`` (seeds 42-46): ``site_mean`` is the
+figure value (mean over the client test sets and seeds), ``pooled_test`` the mean over
+seeds of the pooled test set.
+"""
+
+from __future__ import annotations
+
+__all__ = ["FLAMBY"]
+
+#: dataset -> method -> {"site_mean", "pooled_test"}; accuracy (heart) or C-index (TCGA).
+FLAMBY: dict[str, dict[str, dict[str, float]]] = {
+    "heart-disease": {
+        "pooled": {"site_mean": 0.7353, "pooled_test": 0.7953},
+        "local (mean of 4)": {
+            "site_mean": (0.7221 + 0.6287 + 0.5670 + 0.6366) / 4,
+            "pooled_test": (0.7843 + 0.7268 + 0.4827 + 0.6110) / 4,
+        },
+        "fedavg": {"site_mean": 0.6850, "pooled_test": 0.7480},
+        "fedprox": {"site_mean": 0.6850, "pooled_test": 0.7480},
+        "scaffold": {"site_mean": 0.6840, "pooled_test": 0.7480},
+        "cyclic": {"site_mean": 0.7180, "pooled_test": 0.7850},
+        "fedadam": {"site_mean": 0.7255, "pooled_test": 0.7787},
+        "fedyogi": {"site_mean": 0.7314, "pooled_test": 0.7787},
+        "fedadagrad": {"site_mean": 0.7314, "pooled_test": 0.7787},
+    },
+}

@@ -1,0 +1,1 @@
+"""Runtime: the Coordinator, site nodes and their policies, simulation."""

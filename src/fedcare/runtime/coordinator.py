@@ -1,0 +1,319 @@
+"""The Coordinator: runs rounds of a Strategy against any Channel.
+
+It owns what the algorithms must not: sampling sites, deadlines, validation of every
+reply, minimum participation, recording and checkpointing. The same code drives
+in-process simulation and deployed sites over gRPC; nothing here knows which.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import zlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fedcare.errors import ConfigError, NotEnoughSitesError, SerdeError
+from fedcare.runtime.recorder import NullRecorder, Recorder, RoundReport, RunSpec
+from fedcare.serde import StateSpec, check_state, spec_of
+from fedcare.strategies.base import ServerState, Strategy
+from fedcare.types import (
+    ConfigValue,
+    FitResult,
+    Message,
+    MessageKind,
+    Metrics,
+    ModelState,
+    Payload,
+    RoundInfo,
+    RunId,
+    SiteId,
+)
+
+__all__ = ["Coordinator", "RunResult", "site_seed"]
+
+log = logging.getLogger(__name__)
+
+
+def site_seed(seed: int, round_no: int, site: SiteId) -> int:
+    """Derive the seed a site uses in a round: stable across processes and orders."""
+    entropy = [seed, round_no, zlib.crc32(site.encode())]
+    return int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint32)[0])
+
+
+@dataclass
+class RunResult:
+    """The outcome of :meth:`Coordinator.run`."""
+
+    state: ServerState
+    rounds: list[RoundReport] = field(default_factory=list)
+
+
+def _finite_metrics(metrics: Mapping[str, float], where: str) -> Metrics:
+    out: Metrics = {}
+    for key, value in metrics.items():
+        if not isinstance(value, int | float) or not math.isfinite(value):
+            raise SerdeError(f"{where}: metric {key!r} is not a finite number")
+        out[key] = float(value)
+    return out
+
+
+def _fit_result(reply: Message, spec: StateSpec) -> FitResult:
+    where = f"fit reply from {reply.site}"
+    model = reply.payload.arrays.get("model")
+    if model is None:
+        raise SerdeError(f"{where}: no 'model' record")
+    check_state(model, spec, where=where)
+    metrics = _finite_metrics(reply.payload.metrics, where)
+    num_examples = metrics.pop("num_examples", 0.0)
+    if num_examples < 1 or num_examples != int(num_examples):
+        raise SerdeError(f"{where}: num_examples must be a positive integer, got {num_examples}")
+    extras = {k: v for k, v in reply.payload.arrays.items() if k != "model"}
+    for name, arrays in extras.items():
+        check_state(arrays, where=f"{where}, record {name!r}")
+    return FitResult(state=model, num_examples=int(num_examples), metrics=metrics, extras=extras)
+
+
+class Coordinator:
+    """Run federated rounds.
+
+    Parameters
+    ----------
+    channel : Channel
+        How sites are reached.
+    strategy : Strategy
+        Round logic (configure, fold, finish).
+    task_name, task_hash : str
+        The task every instruction names; sites refuse hashes they did not approve.
+    rounds : int
+        Number of rounds to run.
+    seed : int (default: 0)
+        Seeds site sampling and each site's per-round training seed.
+    fraction_fit : float (default: 1.0)
+        Share of reachable sites sampled per round, in (0, 1].
+    min_sites : int (default: 1)
+        Minimum sites that must return a valid update; fewer ends the run.
+    round_timeout_s : float (default: 300.0)
+        Deadline for each exchange (fit, evaluate); late sites count as failed.
+    evaluate : bool (default: True)
+        After each round, ask every site to evaluate the new model on its test split.
+    recorder : Recorder or None (default: None)
+        Where rounds are recorded (the Store); ``None`` records nothing.
+    on_round : callable or None (default: None)
+        Called with each :class:`RoundReport` (progress display).
+    """
+
+    def __init__(
+        self,
+        *,
+        channel: object,
+        strategy: Strategy,
+        task_name: str,
+        task_hash: str,
+        rounds: int,
+        seed: int = 0,
+        fraction_fit: float = 1.0,
+        min_sites: int = 1,
+        round_timeout_s: float = 300.0,
+        evaluate: bool = True,
+        recorder: Recorder | None = None,
+        on_round: Callable[[RoundReport], None] | None = None,
+    ) -> None:
+        if rounds < 1:
+            raise ConfigError(f"rounds must be at least 1, got {rounds}")
+        if not 0.0 < fraction_fit <= 1.0:
+            raise ConfigError(f"fraction_fit must be in (0, 1], got {fraction_fit}")
+        if min_sites < 1:
+            raise ConfigError(f"min_sites must be at least 1, got {min_sites}")
+        if round_timeout_s <= 0:
+            raise ConfigError(f"round_timeout_s must be positive, got {round_timeout_s}")
+        self.channel = channel
+        self.strategy = strategy
+        self.task_name = task_name
+        self.task_hash = task_hash
+        self.rounds = rounds
+        self.seed = seed
+        self.fraction_fit = fraction_fit
+        self.min_sites = min_sites
+        self.round_timeout_s = round_timeout_s
+        self.evaluate = evaluate
+        self.recorder: Recorder = recorder or NullRecorder()
+        self.on_round = on_round
+
+    # -- public ---------------------------------------------------------------------
+
+    def run(
+        self,
+        initial_model: ModelState,
+        *,
+        spec: RunSpec,
+        state: ServerState | None = None,
+        start_round: int = 1,
+    ) -> RunResult:
+        """Run rounds ``start_round..rounds`` and return the final state.
+
+        Pass ``state`` and ``start_round`` to resume from a checkpoint.
+
+        Raises
+        ------
+        NotEnoughSitesError
+            When fewer than ``min_sites`` sites are reachable or return a valid update;
+            the run is recorded as failed and the last completed round stays intact.
+        """
+        current = state if state is not None else self.strategy.init(initial_model)
+        result = RunResult(state=current)
+        if start_round == 1:
+            self.recorder.start_run(spec)
+        try:
+            for round_no in range(start_round, self.rounds + 1):
+                current, report = self._round(spec.run_id, round_no, current)
+                result.state = current
+                result.rounds.append(report)
+                self.recorder.record_round(spec.run_id, report, current)
+                if self.on_round is not None:
+                    self.on_round(report)
+        except NotEnoughSitesError as exc:
+            self.recorder.finish_run(spec.run_id, status="failed", message=str(exc))
+            raise
+        self.recorder.finish_run(spec.run_id, status="completed")
+        return result
+
+    # -- one round ------------------------------------------------------------------
+
+    def sample_sites(self, round_no: int, available: Sequence[SiteId]) -> list[SiteId]:
+        """Choose this round's sites: ``max(min_sites, ceil(fraction * n))``, seeded."""
+        if len(available) < self.min_sites:
+            raise NotEnoughSitesError(
+                f"round {round_no}: {len(available)} site(s) reachable, at least {self.min_sites} required"
+            )
+        k = max(self.min_sites, math.ceil(self.fraction_fit * len(available)))
+        if k >= len(available):
+            return sorted(available)
+        rng = np.random.default_rng([self.seed, round_no])
+        picked = rng.choice(len(available), size=k, replace=False)
+        ordered = sorted(available)
+        return sorted(ordered[i] for i in picked)
+
+    def _round(self, run_id: RunId, round_no: int, state: ServerState) -> tuple[ServerState, RoundReport]:
+        started = time.perf_counter()
+        info = RoundInfo(run_id=run_id, round_no=round_no, total_rounds=self.rounds)
+        sampled = self.sample_sites(round_no, self.channel.sites())  # type: ignore[attr-defined]
+        rng = np.random.default_rng([self.seed, round_no, 1])
+        payloads = self.strategy.configure_fit(state, info, sampled, rng)
+        failures: dict[SiteId, str] = {}
+        site_fit: dict[SiteId, Metrics] = {}
+        spec = spec_of(state.model)
+        fold = self.strategy.new_fold(state, info)
+        for reply in self._exchange(MessageKind.FIT, run_id, round_no, payloads, failures):
+            try:
+                fit = _fit_result(reply, spec)
+                fold.add(reply.site, fit)
+            except (SerdeError, ValueError) as exc:
+                failures[reply.site] = str(exc)
+                log.warning("round %d: rejected update from %s: %s", round_no, reply.site, exc)
+                continue
+            site_fit[reply.site] = {"num_examples": float(fit.num_examples), **fit.metrics}
+        if fold.count < self.min_sites:
+            detail = "; ".join(f"{s}: {e}" for s, e in sorted(failures.items()))
+            raise NotEnoughSitesError(
+                f"round {round_no}: {fold.count} valid update(s), at least "
+                f"{self.min_sites} required" + (f" ({detail})" if detail else "")
+            )
+        new_state, fit_metrics = self.strategy.finish_round(state, fold)
+        site_eval: dict[SiteId, Metrics] = {}
+        if self.evaluate:
+            site_eval = self._evaluate(run_id, round_no, new_state, failures)
+        report = RoundReport(
+            round_no=round_no,
+            sampled=tuple(sampled),
+            fit_metrics=fit_metrics,
+            site_fit=site_fit,
+            site_eval=site_eval,
+            eval_metrics=_weighted_mean(site_eval),
+            failures=failures,
+            duration_s=time.perf_counter() - started,
+        )
+        return new_state, report
+
+    def _evaluate(
+        self, run_id: RunId, round_no: int, state: ServerState, failures: dict[SiteId, str]
+    ) -> dict[SiteId, Metrics]:
+        sites = sorted(self.channel.sites())  # type: ignore[attr-defined]
+        payload = Payload(arrays={"model": state.model})
+        out: dict[SiteId, Metrics] = {}
+        eval_failures: dict[SiteId, str] = {}
+        for reply in self._exchange(
+            MessageKind.EVALUATE, run_id, round_no, dict.fromkeys(sites, payload), eval_failures
+        ):
+            try:
+                out[reply.site] = _finite_metrics(reply.payload.metrics, f"evaluate reply from {reply.site}")
+            except SerdeError as exc:
+                eval_failures[reply.site] = str(exc)
+        for site, error in eval_failures.items():
+            failures.setdefault(site, f"evaluate: {error}")
+        return out
+
+    def _exchange(
+        self,
+        kind: MessageKind,
+        run_id: RunId,
+        round_no: int,
+        payloads: Mapping[SiteId, Payload],
+        failures: dict[SiteId, str],
+    ) -> Iterator[Message]:
+        """Send one instruction per site; yield valid replies as they arrive.
+
+        Error replies, replies that answer nothing outstanding and sites that miss the
+        deadline are written to ``failures``; they never raise.
+        """
+        pending: dict[str, Message] = {}
+        for site, payload in payloads.items():
+            config: dict[str, ConfigValue] = {
+                **payload.config,
+                "task": self.task_name,
+                "task_hash": self.task_hash,
+                "seed": site_seed(self.seed, round_no, site),
+            }
+            message = Message(
+                kind=kind,
+                run_id=run_id,
+                round_no=round_no,
+                site=site,
+                payload=Payload(arrays=payload.arrays, config=config, metrics=payload.metrics),
+            )
+            pending[message.message_id] = message
+        if not pending:
+            return
+        self.channel.send(list(pending.values()))  # type: ignore[attr-defined]
+        for reply in self.channel.receive(timeout_s=self.round_timeout_s):  # type: ignore[attr-defined]
+            sent = pending.get(reply.reply_to or "")
+            if sent is None or reply.site != sent.site or reply.kind is not sent.kind:
+                log.warning(
+                    "ignored reply %s from %s: answers no outstanding instruction", reply.message_id, reply.site
+                )
+                continue
+            del pending[sent.message_id]
+            if reply.has_error:
+                failures[reply.site] = reply.error or "error"
+            else:
+                yield reply
+            if not pending:
+                return
+        for sent in pending.values():
+            failures[sent.site] = f"no {kind.value} reply within {self.round_timeout_s:g} s"
+
+
+def _weighted_mean(site_metrics: Mapping[SiteId, Metrics]) -> Metrics:
+    """Example-weighted mean of each metric over sites (``num_examples`` summed)."""
+    total = sum(m.get("num_examples", 0.0) for m in site_metrics.values())
+    if total <= 0:
+        return {}
+    keys = {k for m in site_metrics.values() for k in m if k != "num_examples"}
+    out = {
+        k: sum(m.get("num_examples", 0.0) * m[k] for m in site_metrics.values() if k in m) / total for k in sorted(keys)
+    }
+    out["num_examples"] = total
+    return out

@@ -1,0 +1,92 @@
+"""SiteNode: one site's process logic. It owns the data and answers instructions.
+
+The node is transport-agnostic: ``handle`` takes one instruction and returns one reply.
+The in-process channel calls it directly; the gRPC node agent calls it for each
+message received over its stream. Everything the site does passes its policy first,
+and failures come back as error replies.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from fedcare.errors import FedcareError
+from fedcare.runtime.policy import SitePolicy
+from fedcare.serde import check_state, spec_of
+from fedcare.task import SiteData, Task, task_hash
+from fedcare.types import Message, MessageKind, Payload, SiteId
+
+__all__ = ["SiteNode"]
+
+log = logging.getLogger(__name__)
+
+
+class SiteNode:
+    """Answer fit and evaluate instructions with a site's own data.
+
+    Parameters
+    ----------
+    site_id : SiteId
+        This site's name.
+    task : Task
+        The installed task (its hash is what the site approves by default).
+    data : SiteData
+        The site's train and test splits; they never leave this object.
+    policy : SitePolicy or None (default: None)
+        Rules for incoming instructions; the default approves only ``task``.
+    """
+
+    def __init__(
+        self,
+        *,
+        site_id: SiteId,
+        task: Task,
+        data: SiteData,
+        policy: SitePolicy | None = None,
+    ) -> None:
+        self.site_id = site_id
+        self.task = task
+        self.data = data
+        self.policy = policy or SitePolicy()
+        self.task_hash = task_hash(task)
+        self._spec = spec_of(task.init_model(np.random.default_rng(0)))
+
+    def handle(self, message: Message) -> Message:
+        """Check the instruction against policy, run it, and build the reply."""
+        if message.site != self.site_id:
+            return message.reply(error=f"message addressed to {message.site}, this is {self.site_id}")
+        refusal = self.policy.refusal(message.payload.config, installed_hash=self.task_hash)
+        if refusal is not None:
+            log.info("site %s refused %s round %d: %s", self.site_id, message.kind.value, message.round_no, refusal)
+            return message.reply(error=refusal)
+        try:
+            if message.kind is MessageKind.FIT:
+                return self._fit(message)
+            if message.kind is MessageKind.EVALUATE:
+                return self._evaluate(message)
+            return message.reply(error=f"unsupported instruction kind {message.kind.value!r}")
+        except FedcareError as exc:
+            return message.reply(error=f"{type(exc).__name__}: {exc}")
+
+    def _model(self, message: Message) -> dict[str, np.ndarray]:
+        model = message.payload.arrays.get("model")
+        if model is None:
+            raise FedcareError("instruction carries no 'model' record")
+        check_state(model, self._spec, where=f"{message.kind.value} instruction at {self.site_id}")
+        return dict(model)
+
+    def _fit(self, message: Message) -> Message:
+        config = message.payload.config
+        seed = config.get("seed")
+        rng = np.random.default_rng(int(seed) if isinstance(seed, int) else None)
+        result = self.task.fit(self._model(message), self.data.train, config, rng)
+        arrays = {"model": result.state, **result.extras}
+        metrics = {"num_examples": float(result.num_examples), **result.metrics}
+        return message.reply(Payload(arrays=arrays, metrics=metrics))
+
+    def _evaluate(self, message: Message) -> Message:
+        result = self.task.evaluate(self._model(message), self.data.test)
+        metrics = {"loss": result.loss, "num_examples": float(result.num_examples), **result.metrics}
+        return message.reply(Payload(metrics=metrics))

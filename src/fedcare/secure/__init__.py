@@ -1,0 +1,1 @@
+"""Secure aggregation (SecAgg+): sans-I/O site and server state machines."""

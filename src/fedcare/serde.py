@@ -1,0 +1,183 @@
+"""Safe (de)serialisation of model states: safetensors bytes, validated on decode.
+
+No pickle anywhere: tensors travel and rest as safetensors, whose format is a JSON
+header plus raw little-endian buffers, so decoding can never execute code. Decoding
+checks, before any array is used, that the payload is within a size limit, parses,
+holds only allowed dtypes, matches the declared names/shapes/dtypes when a spec is
+given, and contains only finite values.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load as _st_load
+from safetensors.numpy import save as _st_save
+
+from fedcare.errors import SerdeError
+from fedcare.types import ModelState
+
+__all__ = [
+    "ALLOWED_DTYPES",
+    "DEFAULT_MAX_BYTES",
+    "ArraySpec",
+    "StateSpec",
+    "check_state",
+    "decode_state",
+    "encode_state",
+    "spec_of",
+]
+
+#: Default ceiling for one encoded state (2 GiB); callers pass tighter limits.
+DEFAULT_MAX_BYTES = 2 * 1024**3
+#: dtypes a model state may contain; object/str dtypes can never appear.
+ALLOWED_DTYPES = frozenset(
+    {"float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint32", "uint64", "bool"}
+)
+_ORDER_KEY = "fedcare.order"
+_SCALARS_KEY = "fedcare.scalars"  # 0-d entries: safetensors' numpy binding stores them as (1,)
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """Declared shape and dtype of one entry of a model state."""
+
+    shape: tuple[int, ...]
+    dtype: str
+
+
+#: Declared layout of a model state: name -> (shape, dtype), in order.
+StateSpec = Mapping[str, ArraySpec]
+
+
+def spec_of(state: ModelState) -> dict[str, ArraySpec]:
+    """Return the spec (names, shapes, dtypes) that ``state`` has."""
+    return {k: ArraySpec(tuple(v.shape), v.dtype.name) for k, v in state.items()}
+
+
+def check_state(
+    state: Mapping[str, np.ndarray],
+    spec: StateSpec | None = None,
+    *,
+    where: str = "model state",
+    require_finite: bool = True,
+) -> None:
+    """Validate a decoded state; raise :class:`SerdeError` naming the first problem.
+
+    Parameters
+    ----------
+    state : Mapping[str, np.ndarray]
+        The arrays to check.
+    spec : StateSpec or None (default: None)
+        When given, ``state`` must have exactly these names, shapes and dtypes.
+    where : str (default: "model state")
+        Names the payload's origin in error messages (e.g. ``"fit reply from site-a"``).
+    require_finite : bool (default: True)
+        Reject NaN and +-Inf in floating arrays.
+    """
+    if spec is not None:
+        missing = [k for k in spec if k not in state]
+        extra = [k for k in state if k not in spec]
+        if missing or extra:
+            raise SerdeError(
+                f"{where}: entries do not match the declared model (missing {missing}, unexpected {extra})"
+            )
+    for name, arr in state.items():
+        if not isinstance(arr, np.ndarray):
+            raise SerdeError(f"{where}: entry {name!r} is not an array")
+        if arr.dtype.name not in ALLOWED_DTYPES:
+            raise SerdeError(f"{where}: entry {name!r} has disallowed dtype {arr.dtype}")
+        if spec is not None:
+            want = spec[name]
+            if tuple(arr.shape) != tuple(want.shape):
+                raise SerdeError(f"{where}: entry {name!r} has shape {tuple(arr.shape)}, expected {tuple(want.shape)}")
+            if arr.dtype.name != want.dtype:
+                raise SerdeError(f"{where}: entry {name!r} has dtype {arr.dtype.name}, expected {want.dtype}")
+        if require_finite and arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise SerdeError(f"{where}: entry {name!r} contains NaN or Inf")
+
+
+def encode_state(state: ModelState, *, metadata: Mapping[str, str] | None = None) -> bytes:
+    """Encode a model state as safetensors bytes, keeping the entry order."""
+    meta = dict(metadata or {})
+    meta[_ORDER_KEY] = json.dumps(list(state))
+    scalars = [k for k, v in state.items() if v.ndim == 0]
+    if scalars:
+        meta[_SCALARS_KEY] = json.dumps(scalars)
+    arrays = {k: np.ascontiguousarray(v) for k, v in state.items()}
+    return bytes(_st_save(arrays, metadata=meta))
+
+
+def read_metadata(data: bytes) -> dict[str, str]:
+    """Return the safetensors header metadata of ``data`` without loading arrays."""
+    if len(data) < 8:
+        raise SerdeError("safetensors payload is truncated (shorter than its header)")
+    n = int.from_bytes(data[:8], "little")
+    if n > len(data) - 8:
+        raise SerdeError("safetensors payload is truncated (header overruns the data)")
+    try:
+        header = json.loads(data[8 : 8 + n])
+    except ValueError as exc:
+        raise SerdeError(f"safetensors header is not valid JSON: {exc}") from None
+    meta = header.get("__metadata__", {}) if isinstance(header, dict) else {}
+    return {str(k): str(v) for k, v in meta.items()}
+
+
+def decode_state(
+    data: bytes,
+    spec: StateSpec | None = None,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    where: str = "model state",
+    require_finite: bool = True,
+) -> ModelState:
+    """Decode and validate safetensors bytes into a model state.
+
+    Parameters
+    ----------
+    data : bytes
+        The encoded payload.
+    spec : StateSpec or None (default: None)
+        Declared names, shapes and dtypes the payload must match.
+    max_bytes : int (default: 2 GiB)
+        Payloads larger than this are rejected before parsing.
+    where : str (default: "model state")
+        Names the payload's origin in error messages.
+    require_finite : bool (default: True)
+        Reject NaN and +-Inf values.
+
+    Raises
+    ------
+    SerdeError
+        With a one-line message naming ``where`` and the problem.
+    """
+    if len(data) > max_bytes:
+        raise SerdeError(f"{where}: payload of {len(data)} bytes exceeds the limit of {max_bytes}")
+    meta = read_metadata(data)
+    try:
+        raw = _st_load(bytes(data))
+    except (SafetensorError, ValueError, TypeError) as exc:
+        raise SerdeError(f"{where}: not a valid safetensors payload ({exc})") from None
+    order: list[str] = list(raw)
+    if _ORDER_KEY in meta:
+        try:
+            declared = json.loads(meta[_ORDER_KEY])
+        except ValueError:
+            declared = None
+        if isinstance(declared, list) and sorted(declared) == sorted(raw):
+            order = [str(k) for k in declared]
+    state: ModelState = {k: raw[k] for k in order}
+    if _SCALARS_KEY in meta:
+        try:
+            scalars = json.loads(meta[_SCALARS_KEY])
+        except ValueError:
+            raise SerdeError(f"{where}: malformed {_SCALARS_KEY} metadata") from None
+        for key in scalars if isinstance(scalars, list) else []:
+            if key in state and state[key].size == 1:
+                state[key] = state[key].reshape(())
+    check_state(state, spec, where=where, require_finite=require_finite)
+    return state

@@ -1,0 +1,90 @@
+"""SQLAlchemy tables: runs, rounds, per-site metrics, site events, checkpoints."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+__all__ = ["Base", "CheckpointRow", "RoundRow", "RunRow", "SiteEventRow", "SiteMetricRow"]
+
+
+class Base(DeclarativeBase):
+    """Declarative base of the fedcare schema."""
+
+
+class RunRow(Base):
+    """One run: a federated training, or a baseline setting of an experiment."""
+
+    __tablename__ = "runs"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    experiment: Mapped[str] = mapped_column(String(64), index=True, default="")
+    name: Mapped[str] = mapped_column(String(200))
+    dataset: Mapped[str] = mapped_column(String(200))
+    strategy: Mapped[str] = mapped_column(String(100))
+    task: Mapped[str] = mapped_column(String(100))
+    task_hash: Mapped[str] = mapped_column(String(64))
+    seed: Mapped[int] = mapped_column(Integer)
+    rounds: Mapped[int] = mapped_column(Integer)
+    config: Mapped[dict[str, object]] = mapped_column(JSON, default=dict)
+    status: Mapped[str] = mapped_column(String(20), default="running")
+    message: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class RoundRow(Base):
+    """One completed round of a run."""
+
+    __tablename__ = "rounds"
+    __table_args__ = (UniqueConstraint("run_id", "round_no"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), index=True)
+    round_no: Mapped[int] = mapped_column(Integer)
+    n_sampled: Mapped[int] = mapped_column(Integer)
+    n_succeeded: Mapped[int] = mapped_column(Integer)
+    duration_s: Mapped[float] = mapped_column(Float)
+    fit_metrics: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
+    eval_metrics: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
+    finished_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class SiteMetricRow(Base):
+    """One metric of one site in one round (phase ``fit``, ``eval`` or ``test``)."""
+
+    __tablename__ = "site_metrics"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), index=True)
+    round_no: Mapped[int] = mapped_column(Integer)
+    site: Mapped[str] = mapped_column(String(200))
+    phase: Mapped[str] = mapped_column(String(20))
+    name: Mapped[str] = mapped_column(String(100))
+    value: Mapped[float] = mapped_column(Float)
+
+
+class SiteEventRow(Base):
+    """A refusal, failure, rejected update or missed deadline at a site."""
+
+    __tablename__ = "site_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), index=True)
+    round_no: Mapped[int] = mapped_column(Integer)
+    site: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(40))
+    message: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class CheckpointRow(Base):
+    """The server state after a round: a safetensors blob and its sha256."""
+
+    __tablename__ = "checkpoints"
+    __table_args__ = (UniqueConstraint("run_id", "round_no"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), index=True)
+    round_no: Mapped[int] = mapped_column(Integer)
+    path: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

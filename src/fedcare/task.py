@@ -1,0 +1,112 @@
+"""The Task contract: what a site runs on its own data, and the hash sites approve.
+
+A task is code a site already has (built in, or a package it installed and reviewed).
+The coordinator names a task and its content hash; a site runs it only when that hash
+is on its approved list. The hash covers the source of the task's module and its
+hyperparameters, so any change to the code or the training recipe changes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+
+from fedcare.types import ConfigValue, EvalResult, FitResult, ModelState
+
+__all__ = ["ArrayDataset", "SiteData", "Task", "task_hash"]
+
+
+@dataclass(frozen=True)
+class ArrayDataset:
+    """Features and targets as numpy arrays (rows are examples).
+
+    ``y`` is a label vector for classification, or an ``(n, 2)`` array of
+    (time, event) for survival tasks.
+    """
+
+    x: npt.NDArray[np.floating[Any]]
+    y: npt.NDArray[Any]
+
+    def __post_init__(self) -> None:
+        """Check that features and targets have the same number of rows."""
+        if len(self.x) != len(self.y):
+            raise ValueError(f"x has {len(self.x)} rows but y has {len(self.y)}")
+
+    def __len__(self) -> int:
+        """Number of examples."""
+        return len(self.x)
+
+
+@dataclass(frozen=True)
+class SiteData:
+    """One site's local data: a training and a test split. It never leaves the site."""
+
+    train: ArrayDataset
+    test: ArrayDataset
+
+
+@runtime_checkable
+class Task(Protocol):
+    """A training plan: model factory, local fit, evaluation, prediction.
+
+    Implementations must be deterministic given ``rng`` and must not modify the
+    arrays they receive (the in-process channel shares read-only views).
+    """
+
+    #: Registry name, e.g. ``"logreg"``.
+    name: str
+
+    def params(self) -> Mapping[str, ConfigValue]:
+        """Hyperparameters that define the task (part of its content hash)."""
+        ...
+
+    def init_model(self, rng: np.random.Generator) -> ModelState:
+        """Return freshly initialised model parameters."""
+        ...
+
+    def fit(
+        self,
+        model: ModelState,
+        data: ArrayDataset,
+        config: Mapping[str, ConfigValue],
+        rng: np.random.Generator,
+    ) -> FitResult:
+        """Train ``model`` on ``data`` and return the new state and sample count."""
+        ...
+
+    def evaluate(self, model: ModelState, data: ArrayDataset) -> EvalResult:
+        """Evaluate ``model`` on ``data``; metrics computed at the site."""
+        ...
+
+    def predict(self, model: ModelState, x: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
+        """Return one score per row of ``x`` (probability or risk score)."""
+        ...
+
+
+def task_hash(task: Task) -> str:
+    """Return the content hash a site approves: sha256 of module source + params.
+
+    >>> from fedcare.tasks.logreg import LogisticRegressionTask
+    >>> len(task_hash(LogisticRegressionTask(n_features=13)))
+    64
+    """
+    module = sys.modules[type(task).__module__]
+    try:
+        source = inspect.getsource(module)
+    except (OSError, TypeError):  # pragma: no cover - frozen or interactive code
+        source = type(task).__qualname__
+    h = hashlib.sha256()
+    h.update(task.name.encode())
+    h.update(b"\0")
+    h.update(source.encode())
+    h.update(b"\0")
+    h.update(json.dumps(dict(task.params()), sort_keys=True).encode())
+    return h.hexdigest()

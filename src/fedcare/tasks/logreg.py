@@ -1,0 +1,132 @@
+"""Logistic regression in torch: FLamby's Fed-Heart-Disease model (Linear(d, 1) + sigmoid).
+
+Fit config keys (all optional): ``lr`` (0.01), ``optimizer`` ("sgd" | "adam"),
+``batch_size`` (4), ``local_epochs`` (1) or ``local_steps`` (overrides epochs),
+``proximal_mu`` (0: FedProx's proximal term towards the received model).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from sklearn.metrics import roc_auc_score
+
+from fedcare.errors import ConfigError
+from fedcare.task import ArrayDataset
+from fedcare.tasks.torch_common import (
+    batches,
+    load_state,
+    make_optimizer,
+    module_state,
+    read_float,
+    read_int,
+)
+from fedcare.types import ConfigValue, EvalResult, FitResult, Metrics, ModelState
+
+__all__ = ["LogisticRegressionTask", "binary_metrics"]
+
+
+def binary_metrics(y: npt.NDArray[Any], p: npt.NDArray[np.float64]) -> Metrics:
+    """Accuracy at 0.5, ROC AUC (when both classes are present) and log loss."""
+    y = np.asarray(y, dtype=np.float64).ravel()
+    p = np.clip(np.asarray(p, dtype=np.float64).ravel(), 1e-7, 1 - 1e-7)
+    out: Metrics = {
+        "accuracy": float(np.mean((p >= 0.5) == (y >= 0.5))),
+        "loss": float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))),
+    }
+    if len(np.unique(y)) == 2:
+        out["auc"] = float(roc_auc_score(y, p))
+    return out
+
+
+class LogisticRegressionTask:
+    """Binary logistic regression on standardised tabular features.
+
+    Parameters
+    ----------
+    n_features : int
+        Number of input columns.
+    """
+
+    name = "logreg"
+
+    def __init__(self, *, n_features: int) -> None:
+        if n_features < 1:
+            raise ConfigError(f"n_features must be at least 1, got {n_features}")
+        self.n_features = n_features
+
+    def params(self) -> Mapping[str, ConfigValue]:
+        """The architecture: number of inputs."""
+        return {"n_features": self.n_features}
+
+    def _module(self) -> torch.nn.Linear:
+        return torch.nn.Linear(self.n_features, 1)
+
+    def init_model(self, rng: np.random.Generator) -> ModelState:
+        """Uniform(-1/sqrt(d), 1/sqrt(d)) weights and bias, as torch's default, seeded."""
+        bound = 1.0 / math.sqrt(self.n_features)
+        return {
+            "weight": rng.uniform(-bound, bound, (1, self.n_features)).astype(np.float32),
+            "bias": rng.uniform(-bound, bound, (1,)).astype(np.float32),
+        }
+
+    def fit(
+        self,
+        model: ModelState,
+        data: ArrayDataset,
+        config: Mapping[str, ConfigValue],
+        rng: np.random.Generator,
+    ) -> FitResult:
+        """Minibatch training with BCE loss; optional FedProx proximal term."""
+        if len(data) == 0:
+            raise ConfigError("cannot fit on an empty training set")
+        module = self._module()
+        load_state(module, model)
+        optimizer = make_optimizer(module.parameters(), config)
+        batch_size = read_int(config, "batch_size", 4)
+        epochs = read_int(config, "local_epochs", 1)
+        steps = read_int(config, "local_steps", 0)
+        mu = read_float(config, "proximal_mu", 0.0)
+        anchor = [p.detach().clone() for p in module.parameters()] if mu > 0 else []
+        x = torch.from_numpy(np.ascontiguousarray(data.x, dtype=np.float32))
+        y = torch.from_numpy(np.ascontiguousarray(data.y, dtype=np.float32)).reshape(-1, 1)
+        loss_fn = torch.nn.BCEWithLogitsLoss()
+        total, seen, done = 0.0, 0, 0
+        target_steps = steps if steps > 0 else epochs * math.ceil(len(data) / batch_size)
+        while done < target_steps:
+            for idx in batches(len(data), batch_size, rng):
+                index = torch.from_numpy(idx)
+                optimizer.zero_grad()
+                loss = loss_fn(module(x[index]), y[index])
+                objective = loss
+                if mu > 0:
+                    prox = sum(((p - a) ** 2).sum() for p, a in zip(module.parameters(), anchor, strict=True))
+                    objective = loss + 0.5 * mu * prox
+                objective.backward()
+                optimizer.step()
+                total += float(loss.detach()) * len(idx)
+                seen += len(idx)
+                done += 1
+                if done >= target_steps:
+                    break
+        return FitResult(
+            state=module_state(module),
+            num_examples=len(data),
+            metrics={"train_loss": total / max(seen, 1)},
+        )
+
+    def predict(self, model: ModelState, x: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
+        """Probability of the positive class for each row."""
+        logits = np.asarray(x, dtype=np.float64) @ model["weight"].astype(np.float64).T
+        logits = logits.ravel() + float(model["bias"][0])
+        return 1.0 / (1.0 + np.exp(-logits))
+
+    def evaluate(self, model: ModelState, data: ArrayDataset) -> EvalResult:
+        """Log loss, accuracy and AUC on ``data``."""
+        metrics = binary_metrics(data.y, self.predict(model, data.x))
+        return EvalResult(loss=metrics["loss"], num_examples=len(data), metrics=metrics)

@@ -1,0 +1,150 @@
+"""Core values shared by every layer: model state, ids, messages and results.
+
+Everything here is plain data (frozen dataclasses, enums, numpy arrays) so it can be
+validated, serialised with safetensors/JSON and compared in tests. No I/O.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import NewType, TypeAlias
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "ConfigValue",
+    "EvalResult",
+    "FitResult",
+    "Message",
+    "MessageKind",
+    "Metrics",
+    "ModelState",
+    "Payload",
+    "RoundInfo",
+    "RunId",
+    "SiteId",
+    "new_message_id",
+]
+
+SiteId = NewType("SiteId", str)
+RunId = NewType("RunId", str)
+
+#: Ordered mapping name -> array. The unit that is averaged, sent and stored.
+ModelState: TypeAlias = dict[str, npt.NDArray[np.generic]]
+#: Scalar values allowed in a configuration record (what a JSON/TOML scalar can hold).
+ConfigValue: TypeAlias = bool | int | float | str
+#: Named real-valued metrics, e.g. ``{"loss": 0.41, "accuracy": 0.8}``.
+Metrics: TypeAlias = dict[str, float]
+
+
+class MessageKind(enum.Enum):
+    """What an instruction asks a site to do (and what its reply answers)."""
+
+    FIT = "fit"
+    EVALUATE = "evaluate"
+    QUERY = "query"
+
+
+@dataclass(frozen=True)
+class Payload:
+    """Generic typed records carried by a message (Flower's ``RecordDict`` idea).
+
+    A new algorithm adds entries here, never a field on :class:`Message`.
+
+    Attributes
+    ----------
+    arrays : Mapping[str, ModelState]
+        Named array records, e.g. ``{"model": state}``.
+    config : Mapping[str, ConfigValue]
+        Scalars configuring the instruction (learning rate, epochs, seed...).
+    metrics : Mapping[str, float]
+        Real-valued results (loss, accuracy, number of examples...).
+    """
+
+    arrays: Mapping[str, ModelState] = field(default_factory=dict)
+    config: Mapping[str, ConfigValue] = field(default_factory=dict)
+    metrics: Mapping[str, float] = field(default_factory=dict)
+
+
+def new_message_id() -> str:
+    """Return a fresh random message id (hex UUID4)."""
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True)
+class Message:
+    """One instruction to a site, or one site's reply.
+
+    Replies carry ``reply_to`` (the instruction's ``message_id``) and either a payload
+    or an ``error``: a refusal or failure at a site is data, never an exception.
+    """
+
+    kind: MessageKind
+    run_id: RunId
+    round_no: int
+    site: SiteId
+    payload: Payload = field(default_factory=Payload)
+    message_id: str = field(default_factory=new_message_id)
+    reply_to: str | None = None
+    error: str | None = None
+
+    @property
+    def has_error(self) -> bool:
+        """True when this reply reports a refusal or a failure."""
+        return self.error is not None
+
+    def reply(self, payload: Payload | None = None, *, error: str | None = None) -> Message:
+        """Build the reply to this instruction (same kind, run, round and site)."""
+        return Message(
+            kind=self.kind,
+            run_id=self.run_id,
+            round_no=self.round_no,
+            site=self.site,
+            payload=payload if payload is not None else Payload(),
+            reply_to=self.message_id,
+            error=error,
+        )
+
+
+@dataclass(frozen=True)
+class RoundInfo:
+    """Which run and round a strategy call belongs to (rounds start at 1)."""
+
+    run_id: RunId
+    round_no: int
+    total_rounds: int
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """What a site returns from local training.
+
+    Attributes
+    ----------
+    state : ModelState
+        The shared entries of the locally trained model.
+    num_examples : int
+        Training examples used, the FedAvg weight.
+    metrics : Metrics
+        Training metrics (e.g. mean training loss).
+    extras : Mapping[str, ModelState]
+        Strategy-specific records sent back (e.g. SCAFFOLD's control-variate delta).
+    """
+
+    state: ModelState
+    num_examples: int
+    metrics: Metrics = field(default_factory=dict)
+    extras: Mapping[str, ModelState] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """What a site returns from evaluating a model on its own test data."""
+
+    loss: float
+    num_examples: int
+    metrics: Metrics = field(default_factory=dict)
