@@ -10,6 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 __all__ = ["round_curves_svg", "setting_bars_svg"]
 
@@ -35,6 +36,7 @@ def round_curves_svg(history: Sequence[Mapping[str, Any]], metric: str, title: s
     mean = [h["eval"].get(metric, float("nan")) for h in history]
     ax.plot(rounds, mean, color="black", linewidth=2.2, label="weighted mean")
     ax.set_xlabel("round")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(metric)
     ax.set_title(title)
     ax.grid(alpha=0.3)
@@ -58,6 +60,6 @@ def setting_bars_svg(settings: Mapping[str, Mapping[str, Any]], sites: Sequence[
     ax.set_ylabel(metric)
     ax.set_ylim(0, 1)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=len(names), frameon=False)
     ax.set_title(f"test {metric} per site and setting")
     return _svg(fig)
