@@ -9,6 +9,7 @@ and failures come back as error replies.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import numpy as np
 
@@ -36,6 +37,9 @@ class SiteNode:
         The site's train and test splits; they never leave this object.
     policy : SitePolicy or None (default: None)
         Rules for incoming instructions; the default approves only ``task``.
+    query_handler : Callable[[Message], Message] or None (default: None)
+        Answers ``QUERY`` instructions (e.g. :class:`fedcare.data.cohort.StatsResponder`,
+        which applies the site's own release rules); ``None`` refuses them.
     """
 
     def __init__(
@@ -45,11 +49,13 @@ class SiteNode:
         task: Task,
         data: SiteData,
         policy: SitePolicy | None = None,
+        query_handler: Callable[[Message], Message] | None = None,
     ) -> None:
         self.site_id = site_id
         self.task = task
         self.data = data
         self.policy = policy or SitePolicy()
+        self.query_handler = query_handler
         self.task_hash = task_hash(task)
         self._spec = spec_of(task.init_model(np.random.default_rng(0)))
 
@@ -57,6 +63,8 @@ class SiteNode:
         """Check the instruction against policy, run it, and build the reply."""
         if message.site != self.site_id:
             return message.reply(error=f"message addressed to {message.site}, this is {self.site_id}")
+        if message.kind is MessageKind.QUERY and self.query_handler is not None:
+            return self.query_handler(message)  # the handler enforces the site's query rules
         refusal = self.policy.refusal(message.payload.config, installed_hash=self.task_hash)
         if refusal is not None:
             log.info("site %s refused %s round %d: %s", self.site_id, message.kind.value, message.round_no, refusal)

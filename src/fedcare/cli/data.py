@@ -1,0 +1,173 @@
+"""``fedcare data check`` (schema check of a site's files) and ``fedcare stats`` (cohort statistics)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+from rich.table import Table
+
+from fedcare.cli.app import app, console, err_console, fail
+from fedcare.data.cohort import StatsResponder, collect_cohort_stats
+from fedcare.data.config import load_site_config
+from fedcare.data.connect import LoadedSite, check_site, load_site
+from fedcare.data.partition import natural_partition
+from fedcare.data.stats import CohortStats
+from fedcare.errors import ConfigError, DataError, FedcareError
+from fedcare.transport.inprocess import InProcessChannel
+from fedcare.types import RunId, SiteId
+
+__all__ = ["check", "data_app", "stats"]
+
+log = logging.getLogger(__name__)
+
+data_app = typer.Typer(help="Check a site's data against the study schema.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="The site's site.toml.")]
+
+
+@data_app.command("check")
+def check(config: ConfigOption) -> None:
+    """Read the site's files with its connector and report every problem at once (files are only read)."""
+    try:
+        cfg = load_site_config(config)
+        loaded = check_site(cfg)
+    except FedcareError as exc:
+        raise fail(exc) from None
+    report = loaded.report
+    n_sources = len(report.sources)
+    what = "image(s)" if loaded.images is not None or cfg.kind.value == "dicom" else "row(s)"
+    console.print(
+        f"site [bold]{cfg.site_id}[/] · {cfg.kind.value} · {cfg.path} · {n_sources} file(s) read · "
+        f"{len(loaded.frame)} {what} · schema: {len(cfg.schema.columns)} column(s), target {cfg.schema.target!r}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    if report.ok:
+        console.print("[green]ok[/]: the data fits the study schema")
+        return
+    for problem in report.problems:
+        err_console.print(f"  {problem}", highlight=False, soft_wrap=True, markup=False)
+    err_console.print(f"[red]{len(report.problems)} problem(s)[/] found; nothing was changed", highlight=False)
+    raise typer.Exit(code=DataError.exit_code)
+
+
+def _sites(configs: list[Path], by: str | None) -> dict[SiteId, LoadedSite]:
+    loaded = [load_site(load_site_config(p)) for p in configs]
+    if by is None:
+        sites = {s.config.site_id: s for s in loaded}
+        if len(sites) != len(loaded):
+            raise ConfigError("two configs declare the same [site] id")
+        return sites
+    if len(loaded) != 1:
+        raise ConfigError("--by splits one pooled data set: give exactly one --config")
+    one = loaded[0]
+    if by not in one.raw.columns:
+        raise DataError(f"--by column {by!r} is not in the data (columns: {list(one.raw.columns)})")
+    out: dict[SiteId, LoadedSite] = {}
+    for value, idx in natural_partition(one.raw[by].tolist()).items():
+        part = one.frame.iloc[idx].reset_index(drop=True)
+        out[SiteId(value)] = LoadedSite(one.config, part, one.raw.iloc[idx], None, one.report)
+    return out
+
+
+def _fmt(value: float | None) -> str:
+    return "<5" if value is None else f"{value:g}"
+
+
+def _tables(stats: CohortStats, min_count: int) -> list[Table]:
+    tables = []
+    sites = list(stats.sites)
+    for name, labels in stats.layout.items():
+        table = Table(title=f"{name}", title_justify="left")
+        table.add_column("site")
+        for label in labels:
+            table.add_column(label, justify="right")
+        numeric = name in stats.moments or any(
+            agg.columns.get(name) is not None and agg.columns[name].moments is not None for agg in stats.sites.values()
+        )
+        if numeric:
+            for head in ("count", "mean", "std"):
+                table.add_column(head, justify="right")
+        for site in sites:
+            agg = stats.sites[site]
+            col = agg.columns.get(name)
+            if col is None:
+                table.add_row(site, *(["suppressed"] + [""] * (len(labels) - 1)), *([""] * 3 if numeric else []))
+                continue
+            cells = [f"<{min_count}*" if f else f"{v:g}" for v, f in zip(col.cells, col.suppressed, strict=True)]
+            ms = stats.mean_std(name, site)
+            extra = [f"{ms[0]:g}", f"{ms[1]:.4g}", f"{ms[2]:.4g}"] if ms else ["—"] * 3
+            table.add_row(site, *cells, *(extra if numeric else []))
+        held = stats.held_back[name]
+        cells = [f"{v:g}" + ("+" if h else "") for v, h in zip(stats.cells[name], held, strict=True)]
+        ms = stats.mean_std(name)
+        extra = [f"{ms[0]:g}", f"{ms[1]:.4g}", f"{ms[2]:.4g}"] if ms else ["—"] * 3
+        table.add_row("[bold]combined[/]", *cells, *(extra if numeric else []))
+        tables.append(table)
+    return tables
+
+
+@app.command()
+def stats(
+    config: Annotated[list[Path], typer.Option("--config", "-c", help="A site.toml; repeat once per site.")],
+    by: Annotated[
+        str | None, typer.Option(help="Rehearse: split ONE config's data into sites by this column (natural split).")
+    ] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the released statistics as JSON.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed the DP noise (tests and demos only; default: CSPRNG).")] = None,
+    timeout_s: Annotated[float, typer.Option("--timeout", help="Seconds to wait for the sites.")] = 60.0,
+) -> None:
+    """Cohort statistics computed at each site (counts, mean/std, histograms, label balance); only aggregates leave.
+
+    Each site answers a QUERY instruction with its own config's release rules: cells below
+    ``[stats] min_count`` (default 5) are suppressed at the site, optional DP noise is added
+    there, and the coordinator adds up what was released.
+    """
+    try:
+        sites = _sites(config, by)
+        first = next(iter(sites.values())).config
+        schema, spec = first.schema, first.stats
+        if seed is not None and spec.privacy is not None:
+            log.warning("DP noise is seeded (%d): for tests and demos only", seed)
+        handlers = {}
+        for i, (site, loaded) in enumerate(sites.items()):
+            rng = np.random.default_rng([seed, i]) if seed is not None else None
+            cfg = loaded.config
+            handlers[site] = StatsResponder(
+                site_id=site, frame=loaded.frame, schema=cfg.schema, spec=cfg.stats, rng=rng
+            )
+        channel = InProcessChannel(handlers, max_workers=2)
+        try:
+            result = collect_cohort_stats(
+                channel, schema, spec, run_id=RunId(f"stats-{uuid.uuid4().hex[:8]}"), timeout_s=timeout_s
+            )
+        finally:
+            channel.close()
+    except FedcareError as exc:
+        raise fail(exc) from None
+    stats_ = result.stats
+    noise = {agg.noise for agg in stats_.sites.values()} or {"none"}
+    console.print(
+        f"[bold]fedcare stats[/] · {len(stats_.sites)} site(s) · n = {stats_.n:g} · "
+        f"small cells < {spec.min_count} suppressed at the sites (<k*; '+' marks a combined lower bound) · "
+        f"noise: {', '.join(sorted(noise))}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    for table in _tables(stats_, spec.min_count):
+        console.print(table)
+    for site, why in result.failures.items():
+        err_console.print(f"[yellow]site {site}[/]: {why}", highlight=False, soft_wrap=True)
+    if json_out is not None:
+        doc = stats_.to_dict()
+        doc["failures"] = dict(result.failures)
+        doc["min_count"] = spec.min_count
+        json_out.write_text(json.dumps(doc, indent=2, sort_keys=True))
+        console.print(f"json: {json_out}")

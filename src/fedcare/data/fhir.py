@@ -1,0 +1,334 @@
+"""FHIR R4 connector: a folder of Bundle JSON files -> one row per patient.
+
+Each ``*.json`` file is parsed and validated with ``fhir.resources``. fhir.resources 8.x
+ships FHIR R5 as its default package and R4B (4.3.0) as ``fhir.resources.R4B``; there is
+no separate R4 package any more. R4B changed none of the resources this connector reads
+(Bundle, Patient, Condition, Observation, Encounter, Organization) in a way that affects
+R4 content, so R4 bundles (e.g. Synthea's) validate against ``fhir.resources.R4B``.
+
+The study config declares the mapping from codes to columns::
+
+    [fhir]
+    reference_date = "2021-06-01"          # age and "latest" are taken at this date
+    [fhir.conditions]                      # column = codes, "system|code" or a bare code
+    hypertension = ["http://snomed.info/sct|38341003", "http://hl7.org/fhir/sid/icd-10-cm|I10"]
+    [fhir.observations]                    # column = LOINC code, or {code, unit}
+    bmi = { code = "39156-5", unit = "kg/m2" }
+    systolic_bp = "8480-6"                 # matched in Observation.component too
+
+Each patient row holds ``patient_id``, ``organization`` (the Organization most of the
+patient's encounters name as service provider; the bundle's first Organization
+otherwise), ``age`` (completed years at the reference date, or at death), ``sex``
+(``Patient.gender``), one 0/1 column per declared condition (recorded with onset on or
+before the reference date, or without onset) and one column per declared observation
+(the latest value on or before the reference date).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fedcare.data.schema import CheckReport
+from fedcare.errors import ConfigError
+
+__all__ = ["FhirMapping", "ObservationCode", "read_bundles"]
+
+#: Validation errors quoted per file before "and N more".
+_MAX_ERRORS = 10
+
+
+@dataclass(frozen=True)
+class ObservationCode:
+    """A LOINC code (any system when ``system`` is None) and an optional expected UCUM unit."""
+
+    code: str
+    unit: str | None = None
+    system: str | None = "http://loinc.org"
+
+
+@dataclass(frozen=True)
+class FhirMapping:
+    """Which codes become which columns (the study's declaration).
+
+    Attributes
+    ----------
+    conditions : Mapping[str, tuple[str, ...]]
+        Column -> codes (``"system|code"`` or a bare code matching any system).
+    observations : Mapping[str, ObservationCode]
+        Column -> observation code (matched in ``Observation.code`` and ``component.code``).
+    reference_date : datetime.date or None (default: None)
+        Date at which ages and "latest" values are taken; ``None`` means today (UTC).
+    """
+
+    conditions: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    observations: Mapping[str, ObservationCode] = field(default_factory=dict)
+    reference_date: dt.date | None = None
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any]) -> FhirMapping:
+        """Build from the ``[fhir]`` TOML table."""
+        unknown = sorted(set(raw) - {"conditions", "observations", "reference_date"})
+        if unknown:
+            raise ConfigError(f"[fhir] has unknown key(s) {unknown}")
+        conditions: dict[str, tuple[str, ...]] = {}
+        for col, codes in dict(raw.get("conditions", {})).items():
+            codes = [codes] if isinstance(codes, str) else codes
+            if not isinstance(codes, list) or not codes or not all(isinstance(c, str) for c in codes):
+                raise ConfigError(f"[fhir.conditions] {col}: expected a list of 'system|code' strings, got {codes!r}")
+            conditions[col] = tuple(codes)
+        observations: dict[str, ObservationCode] = {}
+        for col, spec in dict(raw.get("observations", {})).items():
+            if isinstance(spec, str):
+                observations[col] = ObservationCode(spec)
+            elif isinstance(spec, Mapping) and isinstance(spec.get("code"), str):
+                observations[col] = ObservationCode(
+                    spec["code"], spec.get("unit"), spec.get("system", "http://loinc.org")
+                )
+            else:
+                raise ConfigError(f"[fhir.observations] {col}: expected a LOINC code or {{code, unit}}, got {spec!r}")
+        ref = raw.get("reference_date")
+        if isinstance(ref, str):
+            try:
+                ref = dt.date.fromisoformat(ref)
+            except ValueError:
+                raise ConfigError(f"[fhir] reference_date {ref!r} is not an ISO date (YYYY-MM-DD)") from None
+        elif isinstance(ref, dt.datetime):
+            ref = ref.date()
+        elif ref is not None and not isinstance(ref, dt.date):
+            raise ConfigError(f"[fhir] reference_date must be a date, got {ref!r}")
+        clash = sorted(set(conditions) & set(observations))
+        if clash:
+            raise ConfigError(f"[fhir] column(s) {clash} are declared both as condition and observation")
+        return cls(conditions=conditions, observations=observations, reference_date=ref)
+
+    def columns(self) -> tuple[str, ...]:
+        """Every column the connector produces, in order."""
+        return ("patient_id", "organization", "age", "sex", *self.conditions, *self.observations)
+
+
+def _as_date(value: Any) -> dt.date | None:
+    """A FHIR date/dateTime (parsed or partial text) as a date; ``None`` when absent."""
+    if value is None:
+        return None
+    if isinstance(value, dt.datetime):
+        return value.date()
+    if isinstance(value, dt.date):
+        return value
+    text = str(value)
+    for size, fmt in ((10, "%Y-%m-%d"), (7, "%Y-%m"), (4, "%Y")):
+        try:
+            return dt.datetime.strptime(text[:size], fmt).date()
+        except ValueError:
+            continue
+    return None
+
+
+def _years(born: dt.date, at: dt.date) -> int:
+    return at.year - born.year - ((at.month, at.day) < (born.month, born.day))
+
+
+def _codes(concept: Any) -> list[tuple[str | None, str]]:
+    if concept is None or not concept.coding:
+        return []
+    return [(c.system, c.code) for c in concept.coding if c.code]
+
+
+def _matches(codes: list[tuple[str | None, str]], wanted: tuple[str, ...]) -> bool:
+    for system, code in codes:
+        for w in wanted:
+            if "|" in w:
+                ws, wc = w.rsplit("|", 1)
+                if ws == system and wc == code:
+                    return True
+            elif w == code:
+                return True
+    return False
+
+
+def _subject_key(reference: Any) -> str | None:
+    """``urn:uuid:<id>`` / ``Patient/<id>`` -> ``<id>``."""
+    ref = getattr(reference, "reference", None)
+    if not ref:
+        return None
+    return ref.rsplit(":", 1)[-1].rsplit("/", 1)[-1]
+
+
+@dataclass
+class _Patient:
+    row: dict[str, Any]
+    obs_dates: dict[str, dt.date]
+    providers: Counter[str]
+
+
+def _parse_bundle(path: Path, report: CheckReport) -> Any | None:
+    from fhir.resources.R4B.bundle import Bundle
+    from pydantic import ValidationError
+
+    try:
+        raw = json.loads(path.read_bytes())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        report.add(path.name, "", f"is not readable JSON: {exc}")
+        return None
+    if not isinstance(raw, dict) or raw.get("resourceType") != "Bundle":
+        got = raw.get("resourceType") if isinstance(raw, dict) else type(raw).__name__
+        report.add(path.name, "", f"is not a FHIR Bundle (resourceType {got!r})")
+        return None
+    ok = True
+    if not raw.get("type"):
+        report.add(path.name, "Bundle.type", "required field is missing")
+        ok = False
+    for i, entry in enumerate(raw.get("entry") or []):
+        if not isinstance(entry, dict) or not isinstance(entry.get("resource"), dict):
+            report.add(path.name, f"entry[{i}]", "has no resource")
+            ok = False
+    try:
+        bundle = Bundle.model_validate(raw)
+    except ValidationError as exc:
+        errors = exc.errors()
+        for err in errors[:_MAX_ERRORS]:
+            loc = ".".join(str(x) for x in err["loc"])
+            report.add(path.name, loc, f"{err['msg']} (FHIR R4 validation)")
+        if len(errors) > _MAX_ERRORS:
+            report.add(path.name, "", f"{len(errors) - _MAX_ERRORS} more FHIR validation error(s)")
+        return None
+    return bundle if ok else None
+
+
+def read_bundles(folder: Path, mapping: FhirMapping, report: CheckReport, *, needs: frozenset[str]) -> pd.DataFrame:
+    """Read every ``*.json`` Bundle in ``folder`` into one row per patient.
+
+    Parameters
+    ----------
+    folder : Path
+        Folder of Bundle JSON files (not searched recursively).
+    mapping : FhirMapping
+        The study's code mapping.
+    report : CheckReport
+        Unreadable files, FHIR validation errors and missing required fields are recorded
+        here, each with its file name and location (``entry.13.resource.status``).
+    needs : frozenset[str]
+        Columns the study uses: a Patient without ``birthDate`` is a problem when
+        ``age`` is needed, without ``gender`` when ``sex`` is needed.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns :meth:`FhirMapping.columns`; patients of unusable bundles are left out.
+    """
+    ref = mapping.reference_date or dt.datetime.now(dt.UTC).date()
+    if not folder.is_dir():
+        report.add(folder.name, "", f"is not a folder of FHIR bundles ({folder})")
+        return pd.DataFrame(columns=list(mapping.columns()))
+    files = sorted(folder.glob("*.json"))
+    if not files:
+        report.add(folder.name, "", "holds no *.json bundle")
+    rows: list[dict[str, Any]] = []
+    for path in files:
+        bundle = _parse_bundle(path, report)
+        if bundle is None:
+            continue
+        rows.extend(_patients_of(bundle, path.name, mapping, ref, report, needs))
+        report.sources[path.name] = len(rows)
+    frame = pd.DataFrame(rows, columns=list(mapping.columns()))
+    for col in mapping.observations:
+        frame[col] = frame[col].astype(np.float64)
+    return frame
+
+
+def _patients_of(
+    bundle: Any, name: str, mapping: FhirMapping, ref: dt.date, report: CheckReport, needs: frozenset[str]
+) -> list[dict[str, Any]]:
+    resources = [e.resource for e in bundle.entry or [] if e.resource is not None]
+    organizations: dict[str, str] = {}
+    patients: dict[str, _Patient] = {}
+    for i, res in enumerate(resources):
+        kind = res.get_resource_type()
+        if kind == "Organization":
+            organizations[res.id or f"#{i}"] = res.name or res.id or ""
+        elif kind == "Patient":
+            pid = res.id or f"{name}#{i}"
+            born = _as_date(res.birthDate)
+            died = _as_date(res.deceasedDateTime)
+            if born is None and "age" in needs:
+                report.add(name, f"Patient {pid}", "has no birthDate (needed for 'age')")
+            if not res.gender and "sex" in needs:
+                report.add(name, f"Patient {pid}", "has no gender (needed for 'sex')")
+            age = _years(born, min(ref, died) if died else ref) if born else None
+            row: dict[str, Any] = {"patient_id": pid, "organization": None, "age": age, "sex": res.gender}
+            row.update(dict.fromkeys(mapping.conditions, 0))
+            row.update(dict.fromkeys(mapping.observations, np.nan))
+            patients[pid] = _Patient(row, {}, Counter())
+    if not patients:
+        report.add(name, "", "holds no Patient resource")
+        return []
+    only = next(iter(patients)) if len(patients) == 1 else None
+    for i, res in enumerate(resources):
+        kind = res.get_resource_type()
+        if kind not in ("Condition", "Observation", "Encounter"):
+            continue
+        key = _subject_key(res.subject) or only
+        patient = patients.get(key or "")
+        if patient is None:
+            report.add(name, f"entry.{i} ({kind} {res.id})", f"refers to unknown patient {key!r}")
+            continue
+        if kind == "Encounter":
+            org = _subject_key(res.serviceProvider)
+            if org:
+                patient.providers[org] += 1
+        elif kind == "Condition":
+            onset = _as_date(res.onsetDateTime)
+            if onset is not None and onset > ref:
+                continue
+            codes = _codes(res.code)
+            for col, wanted in mapping.conditions.items():
+                if _matches(codes, wanted):
+                    patient.row[col] = 1
+        else:
+            _observation(res, i, name, mapping, ref, patient, report)
+    out = []
+    for patient in patients.values():
+        named = [organizations[o] for o, _ in patient.providers.most_common() if o in organizations]
+        patient.row["organization"] = named[0] if named else next(iter(organizations.values()), None)
+        out.append(patient.row)
+    return out
+
+
+def _observation(
+    res: Any, i: int, name: str, mapping: FhirMapping, ref: dt.date, patient: _Patient, report: CheckReport
+) -> None:
+    when = _as_date(res.effectiveDateTime) or _as_date(getattr(res.effectivePeriod, "start", None))
+    when = when or _as_date(res.issued)
+    if when is None or when > ref:
+        return
+    parts = [(res.code, res.valueQuantity)] + [(c.code, c.valueQuantity) for c in res.component or []]
+    for col, spec in mapping.observations.items():
+        for concept, quantity in parts:
+            if not any(
+                code == spec.code and (spec.system is None or system == spec.system) for system, code in _codes(concept)
+            ):
+                continue
+            if quantity is None or quantity.value is None:
+                report.add(
+                    name, f"entry.{i} (Observation {res.id})", f"code {spec.code} for {col!r} has no valueQuantity"
+                )
+                continue
+            if spec.unit is not None and quantity.code not in (spec.unit, None) and quantity.unit != spec.unit:
+                report.add(
+                    name,
+                    f"entry.{i} (Observation {res.id})",
+                    f"{col!r} in unit {quantity.code or quantity.unit!r}, the study expects {spec.unit!r}",
+                )
+                continue
+            last = patient.obs_dates.get(col)
+            if last is None or when >= last:
+                patient.row[col] = float(quantity.value)
+                patient.obs_dates[col] = when
