@@ -350,7 +350,7 @@ def suppress_small_cells(counts: np.ndarray, min_count: int) -> np.ndarray:
         candidates = np.flatnonzero(~sup & (c > 0))
         if len(candidates) == 0:
             break
-        sup[candidates[np.argmin(c[candidates], kind="stable")]] = True
+        sup[candidates[np.argmin(c[candidates])]] = True
     return sup
 
 
