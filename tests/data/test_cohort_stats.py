@@ -96,7 +96,7 @@ def test_small_cells_are_suppressed_at_the_site_and_cannot_be_recovered(heart):
                 assert agg.moments.count.item() >= k and not agg.suppressed[-1]
     assert some_held, "the real data must exercise suppression"
     # combined = sum of released cells only; flagged where a site held back; exact elsewhere
-    for col, labels in layout.items():
+    for col in layout:
         held = stats.held_back[col] > 0
         expected = sum(r.columns[col].cells for r in stats.sites.values())
         np.testing.assert_array_equal(stats.cells[col], expected)
@@ -140,7 +140,7 @@ def test_dp_noise_is_seeded_scaled_and_suppression_runs_after_it(heart):
     components = 1 + len(spec.layout(schema)) + 3 * 5
     rng = np.random.default_rng(0)
     errors = []
-    for _ in range(300):
+    for _ in range(150):
         noisy = site_aggregates(site.frame, schema, spec, rng=rng)
         ok = ~noisy.columns["age"].suppressed & ~exact.columns["age"].suppressed & (exact.columns["age"].cells > 50)
         errors.extend(np.abs(noisy.columns["age"].cells - exact.columns["age"].cells)[ok])
@@ -149,7 +149,9 @@ def test_dp_noise_is_seeded_scaled_and_suppression_runs_after_it(heart):
     assert np.mean(errors) == pytest.approx(components / 1.0, rel=0.15)
     huge = site_aggregates(site.frame, schema, StatsSpec(min_count=5, privacy=ConfigSpec.laplace(1e9)), rng=rng)
     np.testing.assert_array_equal(huge.columns["cp"].cells, exact.columns["cp"].cells)
-    assert huge.columns["age"].moments.total.item() == pytest.approx(exact.columns["age"].moments.total.item(), abs=1e-3)
+    assert huge.columns["age"].moments.total.item() == pytest.approx(
+        exact.columns["age"].moments.total.item(), abs=1e-3
+    )
 
 
 def test_gaussian_needs_per_component_epsilon_below_one(heart):
@@ -158,8 +160,12 @@ def test_gaussian_needs_per_component_epsilon_below_one(heart):
     spec = StatsSpec.from_mapping({"privacy": {"mechanism": "gaussian", "epsilon": 100.0}}, site.config.schema)
     with pytest.raises(ConfigError, match="Gaussian mechanism needs epsilon per component < 1"):
         site_aggregates(site.frame, site.config.schema, spec, rng=np.random.default_rng(0))
-    ok = StatsSpec.from_mapping({"privacy": {"mechanism": "gaussian", "epsilon": 2.0, "delta": 1e-5}}, site.config.schema)
-    assert site_aggregates(site.frame, site.config.schema, ok, rng=np.random.default_rng(0)).noise == "gaussian epsilon=2"
+    ok = StatsSpec.from_mapping(
+        {"privacy": {"mechanism": "gaussian", "epsilon": 2.0, "delta": 1e-5}}, site.config.schema
+    )
+    assert (
+        site_aggregates(site.frame, site.config.schema, ok, rng=np.random.default_rng(0)).noise == "gaussian epsilon=2"
+    )
 
 
 class ConfigSpec:
@@ -199,11 +205,17 @@ def test_site_node_answers_query_with_its_own_rules(heart, shift_task):
     ds = ArrayDataset(np.zeros((2, 1), np.float32), np.zeros(2))
     node = SiteNode(site_id=SiteId("va"), task=shift_task, data=SiteData(ds, ds), query_handler=responder)
     ask = StatsSpec(min_count=10).digest(schema)
-    query = Message(MessageKind.QUERY, RunId("r"), 0, SiteId("va"), Payload(config={"query": STATS_QUERY, "spec_hash": ask}))
+    query = Message(
+        MessageKind.QUERY, RunId("r"), 0, SiteId("va"), Payload(config={"query": STATS_QUERY, "spec_hash": ask})
+    )
     reply = node.handle(query)
     assert reply.error is None and reply.payload.arrays["stats"]["n"][0] == 200
     weaker = StatsSpec(min_count=2).digest(schema)  # a coordinator asking for a lower threshold is refused
-    reply = node.handle(Message(MessageKind.QUERY, RunId("r"), 0, SiteId("va"), Payload(config={"query": STATS_QUERY, "spec_hash": weaker})))
+    reply = node.handle(
+        Message(
+            MessageKind.QUERY, RunId("r"), 0, SiteId("va"), Payload(config={"query": STATS_QUERY, "spec_hash": weaker})
+        )
+    )
     assert reply.error.startswith("refused: statistics spec") and not reply.payload.arrays
     # fit instructions still pass the task policy
     fit = node.handle(Message(MessageKind.FIT, RunId("r"), 1, SiteId("va"), Payload(config={})))

@@ -23,7 +23,15 @@ MR_VARIANTS = [
     "MR_small_jp2klossless.dcm",  # JPEG 2000 lossless (Pillow or pylibjpeg-openjpeg)
     "MR_small_jpeg_ls_lossless.dcm",  # JPEG-LS lossless (needs pylibjpeg-libjpeg)
 ]
-OTHERS = ["CT_small.dcm", "JPEG2000.dcm", "JPEG-lossy.dcm", "MR_truncated.dcm", "rtplan.dcm"]
+OTHERS = [
+    "CT_small.dcm",
+    "JPEG2000.dcm",  # JPEG 2000 (lossy), 1024x256 NM
+    "SC_rgb_jpeg.dcm",  # JPEG baseline, RGB -> luminance
+    "JPGExtended.dcm",  # 12-bit JPEG extended (pylibjpeg-libjpeg)
+    "JPEG-lossy.dcm",  # malformed JPEG stream: no handler decodes it
+    "MR_truncated.dcm",
+    "rtplan.dcm",
+]
 HAS_LIBJPEG = importlib.util.find_spec("libjpeg") is not None
 
 
@@ -71,7 +79,8 @@ def test_images_are_normalised_tensors_aligned_with_labels(dicom_site):
     assert 0.0 <= site.images.min() and site.images.max() <= 1.0
     labels = dict(line.split(",") for line in (dicom_site[0] / "labels.csv").read_text().splitlines()[1:])
     assert site.frame["label"].tolist() == [float(labels[f]) for f in site.raw["file"]]
-    assert "CT_small.dcm" in site.raw["file"].tolist() and "JPEG2000.dcm" in site.raw["file"].tolist()
+    assert {"CT_small.dcm", "JPEG2000.dcm", "SC_rgb_jpeg.dcm"} <= set(site.raw["file"])
+    assert ("JPGExtended.dcm" in set(site.raw["file"])) == HAS_LIBJPEG
 
 
 def test_unusable_files_are_each_named_in_the_report(dicom_site):
@@ -82,13 +91,15 @@ def test_unusable_files_are_each_named_in_the_report(dicom_site):
     assert problems_of(site, "MR_truncated.dcm")[0].startswith("is truncated or corrupt (Explicit VR Little Endian")
     assert problems_of(site, "rtplan.dcm")[0].startswith("has no pixel data (Modality RTPLAN")
     assert problems_of(site, "notes.dcm")[0].startswith("is not a DICOM file")
-    assert problems_of(site, "gone.dcm")[0].startswith("is listed in the label table (row 13) but does not exist")
+    assert problems_of(site, "gone.dcm")[0].startswith("is listed in the label table (row 15) but does not exist")
     assert problems_of(site, "images") == ["1 DICOM file(s) without a label: unlabelled.dcm"]
     jpeg_ls = problems_of(site, "MR_small_jpeg_ls_lossless.dcm")
+    jpeg_12bit = problems_of(site, "JPGExtended.dcm")
     if HAS_LIBJPEG:
-        assert jpeg_ls == []
-    else:
+        assert jpeg_ls == [] and jpeg_12bit == []
+    else:  # without the optional decoder the file is reported as unsupported, by transfer syntax name
         assert jpeg_ls[0].startswith("cannot decode transfer syntax JPEG-LS Lossless Image Compression")
+        assert jpeg_12bit[0].startswith("cannot decode transfer syntax JPEG Extended (Process 2 and 4)")
 
 
 def test_source_files_are_unchanged(dicom_site):

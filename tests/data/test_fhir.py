@@ -98,7 +98,7 @@ def test_broken_bundles_are_each_named_and_the_rest_still_load(write_config, tmp
         f"{liz.name}: entry.{obs}.resource.status: Value for the field 'status' is required. (FHIR R4 validation)"
         in text
     )
-    assert f"{ned.name}: Bundle.type: required field is missing" in text
+    assert f"{ned.name}: type: Value for the field 'type' is required. (FHIR R4 validation)" in text
     assert f"{buster.name}: Patient e4531916-b162-4f4b-90c2-ce37e132b8d4: has no birthDate (needed for 'age')" in text
     assert any(t.startswith("truncated.json: is not readable JSON") for t in text)
     assert "synthea_fhir_r4" not in " ".join(text)

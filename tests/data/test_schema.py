@@ -69,7 +69,7 @@ def test_every_problem_is_reported_at_once_with_rows_and_the_csv_is_unchanged(wr
     assert "column 'visits': 1 value(s) outside [0.0, None] (row 4: '-1')" in text
     assert "column 'smoker': 1 non-boolean value(s) (row 3: 'maybe')" in text
     assert "column 'disease': 1 unknown code(s), allowed [0, 1] (row 5: '7')" in text
-    assert "column 'disease': 1 missing value(s), not allowed here" in text
+    assert "column 'disease': 1 missing value(s), not allowed here (row 4)" in text
     assert len(report.problems) == 8
     assert tree_hashes(tmp_path / "patients.csv") == before
     with pytest.raises(DataError, match=r"site a .*: 8 problem\(s\)"):

@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from fedcare.errors import FedcareError
 
@@ -39,7 +40,7 @@ def default_db_url(out_dir: Path) -> str:
 
 def fail(exc: FedcareError, created: Path | None = None) -> typer.Exit:
     """Print a one-line error, remove a half-made output folder, return the exit."""
-    err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    err_console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
     if created is not None and created.exists():
         shutil.rmtree(created, ignore_errors=True)
     return typer.Exit(code=exc.exit_code)

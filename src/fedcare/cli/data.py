@@ -10,6 +10,7 @@ from typing import Annotated
 
 import numpy as np
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from fedcare.cli.app import app, console, err_console, fail
@@ -43,9 +44,11 @@ def check(config: ConfigOption) -> None:
     report = loaded.report
     n_sources = len(report.sources)
     what = "image(s)" if loaded.images is not None or cfg.kind.value == "dicom" else "row(s)"
+    target = escape(repr(cfg.schema.target))
     console.print(
-        f"site [bold]{cfg.site_id}[/] · {cfg.kind.value} · {cfg.path} · {n_sources} file(s) read · "
-        f"{len(loaded.frame)} {what} · schema: {len(cfg.schema.columns)} column(s), target {cfg.schema.target!r}",
+        f"site [bold]{escape(cfg.site_id)}[/] · {cfg.kind.value} · {escape(str(cfg.path))} · "
+        f"{n_sources} file(s) read · {len(loaded.frame)} {what} · "
+        f"schema: {len(cfg.schema.columns)} column(s), target {target}",
         highlight=False,
         soft_wrap=True,
     )
@@ -164,7 +167,7 @@ def stats(
     for table in _tables(stats_, spec.min_count):
         console.print(table)
     for site, why in result.failures.items():
-        err_console.print(f"[yellow]site {site}[/]: {why}", highlight=False, soft_wrap=True)
+        err_console.print(f"[yellow]site {escape(site)}[/]: {escape(why)}", highlight=False, soft_wrap=True)
     if json_out is not None:
         doc = stats_.to_dict()
         doc["failures"] = dict(result.failures)

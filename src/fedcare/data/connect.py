@@ -93,6 +93,15 @@ def _size(config: SiteConfig) -> tuple[int, int]:
     return int(size[0]), int(size[1])
 
 
+def _row_names(config: SiteConfig, raw: pd.DataFrame) -> str | list[str]:
+    """Bundle files (FHIR) and image files (DICOM) name their rows in problems; tables number them."""
+    if config.kind is SourceKind.FHIR:
+        return [f"{b} (Patient {p})" for b, p in zip(raw["bundle"], raw["patient_id"], strict=True)]
+    if config.kind is SourceKind.DICOM:
+        return [str(f) for f in raw[str(config.option("file_column", "file"))]]
+    return "row"
+
+
 def check_site(config: SiteConfig) -> LoadedSite:
     """Read a site's files with its connector and check them against the study schema.
 
@@ -146,7 +155,8 @@ def check_site(config: SiteConfig) -> LoadedSite:
         raw = pd.DataFrame(columns=list(schema.names))
         frame = pd.DataFrame(columns=list(schema.names))
     else:
-        frame = check_frame(raw, schema, source=source, report=report)
+        names = _row_names(config, raw)
+        frame = check_frame(raw, schema, source=source, report=report, row_label=names)
     return LoadedSite(config=config, frame=frame, raw=raw.reset_index(drop=True), images=images, report=report)
 
 

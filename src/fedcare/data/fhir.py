@@ -16,7 +16,7 @@ The study config declares the mapping from codes to columns::
     bmi = { code = "39156-5", unit = "kg/m2" }
     systolic_bp = "8480-6"                 # matched in Observation.component too
 
-Each patient row holds ``patient_id``, ``organization`` (the Organization most of the
+Each patient row holds ``bundle`` (the file name), ``patient_id``, ``organization`` (the Organization most of the
 patient's encounters name as service provider; the bundle's first Organization
 otherwise), ``age`` (completed years at the reference date, or at death), ``sex``
 (``Patient.gender``), one 0/1 column per declared condition (recorded with onset on or
@@ -112,7 +112,7 @@ class FhirMapping:
 
     def columns(self) -> tuple[str, ...]:
         """Every column the connector produces, in order."""
-        return ("patient_id", "organization", "age", "sex", *self.conditions, *self.observations)
+        return ("bundle", "patient_id", "organization", "age", "sex", *self.conditions, *self.observations)
 
 
 def _as_date(value: Any) -> dt.date | None:
@@ -182,14 +182,6 @@ def _parse_bundle(path: Path, report: CheckReport) -> Any | None:
         got = raw.get("resourceType") if isinstance(raw, dict) else type(raw).__name__
         report.add(path.name, "", f"is not a FHIR Bundle (resourceType {got!r})")
         return None
-    ok = True
-    if not raw.get("type"):
-        report.add(path.name, "Bundle.type", "required field is missing")
-        ok = False
-    for i, entry in enumerate(raw.get("entry") or []):
-        if not isinstance(entry, dict) or not isinstance(entry.get("resource"), dict):
-            report.add(path.name, f"entry[{i}]", "has no resource")
-            ok = False
     try:
         bundle = Bundle.model_validate(raw)
     except ValidationError as exc:
@@ -200,6 +192,14 @@ def _parse_bundle(path: Path, report: CheckReport) -> Any | None:
         if len(errors) > _MAX_ERRORS:
             report.add(path.name, "", f"{len(errors) - _MAX_ERRORS} more FHIR validation error(s)")
         return None
+    ok = True
+    if not bundle.type:  # 1..1 in FHIR R4; checked here in case the model lets it through
+        report.add(path.name, "type", "required field is missing")
+        ok = False
+    for i, entry in enumerate(bundle.entry or []):
+        if entry.resource is None:
+            report.add(path.name, f"entry.{i}", "has no resource")
+            ok = False
     return bundle if ok else None
 
 
@@ -263,7 +263,13 @@ def _patients_of(
             if not res.gender and "sex" in needs:
                 report.add(name, f"Patient {pid}", "has no gender (needed for 'sex')")
             age = _years(born, min(ref, died) if died else ref) if born else None
-            row: dict[str, Any] = {"patient_id": pid, "organization": None, "age": age, "sex": res.gender}
+            row: dict[str, Any] = {
+                "bundle": name,
+                "patient_id": pid,
+                "organization": None,
+                "age": age,
+                "sex": res.gender,
+            }
             row.update(dict.fromkeys(mapping.conditions, 0))
             row.update(dict.fromkeys(mapping.observations, np.nan))
             patients[pid] = _Patient(row, {}, Counter())

@@ -232,9 +232,14 @@ class StudySchema:
         )
 
 
-def _rows(mask: np.ndarray, values: Sequence[Any], row_label: str) -> str:
+def _rows(mask: np.ndarray, values: Sequence[Any] | None, row_label: str | Sequence[str]) -> str:
+    """Name the first offending rows (with their values when given)."""
     idx = np.flatnonzero(mask)
-    quoted = ", ".join(f"{row_label} {i + 1}: {values[i]!r}" for i in idx[:_QUOTE])
+
+    def name(i: int) -> str:
+        return f"{row_label} {i + 1}" if isinstance(row_label, str) else str(row_label[i])
+
+    quoted = ", ".join(name(i) if values is None else f"{name(i)}: {values[i]!r}" for i in idx[:_QUOTE])
     more = f" and {len(idx) - _QUOTE} more" if len(idx) > _QUOTE else ""
     return f"{quoted}{more}"
 
@@ -317,7 +322,11 @@ def _check_column(series: pd.Series, spec: ColumnSpec, source: str, row_label: s
     if not spec.allow_missing:
         missing = ~present
         if missing.any():
-            report.add(source, where, f"{int(missing.sum())} missing value(s), not allowed here")
+            report.add(
+                source,
+                where,
+                f"{int(missing.sum())} missing value(s), not allowed here ({_rows(missing, None, row_label)})",
+            )
     return result
 
 
@@ -331,7 +340,7 @@ def check_frame(
     *,
     source: str,
     report: CheckReport,
-    row_label: str = "row",
+    row_label: str | Sequence[str] = "row",
 ) -> pd.DataFrame:
     """Check ``frame`` against ``schema``; record every problem in ``report``.
 
@@ -345,8 +354,9 @@ def check_frame(
         File name quoted in each problem.
     report : CheckReport
         Where problems are collected.
-    row_label : str (default: "row")
-        How rows are named in problems (rows are numbered from 1 after the header).
+    row_label : str or sequence of str (default: "row")
+        How rows are named in problems: a word (rows are then numbered from 1 after the
+        header, ``row 3``) or one name per row (a bundle or image file name).
 
     Returns
     -------
