@@ -86,3 +86,20 @@ def test_stats_refuses_a_missing_by_column(tmp_path):
     pooled.write_text(f'[site]\nid = "p"\n[source]\nkind = "csv"\npath = "pooled.csv"\n{HEART_SCHEMA}')
     result = runner.invoke(app, ["stats", "--config", str(pooled), "--by", "ward"])
     assert result.exit_code == 3 and "--by column 'ward' is not in the data" in result.output
+
+
+def test_stats_names_a_site_whose_own_rules_differ(tmp_path):
+    write_heart_csvs(tmp_path)
+    configs = []
+    for site, k in (("cleveland", 5), ("hungary", 10)):
+        toml = tmp_path / f"{site}.toml"
+        toml.write_text(
+            f'[site]\nid = "{site}"\n[source]\nkind = "csv"\npath = "{site}.csv"\n'
+            f"{HEART_SCHEMA}[stats]\nmin_count = {k}\n"
+        )
+        configs += ["--config", str(toml)]
+    result = runner.invoke(app, ["stats", *configs, "--json", str(tmp_path / "s.json")])
+    assert result.exit_code == 0, result.output
+    assert "site hungary: refused: statistics spec" in result.stderr
+    doc = json.loads((tmp_path / "s.json").read_text())
+    assert set(doc["sites"]) == {"cleveland"} and doc["combined"]["n"] == 303

@@ -311,6 +311,8 @@ class SiteAggregates:
             moments = None
             if f"{name}.moments" in arrays:
                 c, t, t2 = get(f"{name}.moments", (3,), "f")
+                if c < 0 or t2 < 0:
+                    raise SerdeError(f"{where}: stats entry {name!r} has a negative count or sum of squares")
                 moments = Moments(np.array([c]), np.array([t]), np.array([t2]))
             columns[name] = ColumnAggregate(values.copy(), flags.copy(), moments)
         unexpected = sorted(
