@@ -49,11 +49,8 @@ def fail(exc: FedcareError, created: Path | None = None) -> typer.Exit:
 def main() -> None:
     """Console-script entry point."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from fedcare.cli import (  # noqa: F401  (register commands)
-        data,  # noqa: F401  (fedcare data check, fedcare stats)
-        demo,
-        simulate,
-    )
+    import fedcare.cli.data  # noqa: F401  (fedcare data check, fedcare stats)
+    from fedcare.cli import demo, simulate  # noqa: F401  (register commands)
 
     try:
         app()
