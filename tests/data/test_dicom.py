@@ -33,6 +33,8 @@ OTHERS = [
     "rtplan.dcm",
 ]
 HAS_LIBJPEG = importlib.util.find_spec("libjpeg") is not None
+# SC_rgb_jpeg.dcm declares explicit VR but is encoded implicit; pydicom reads it and warns.
+pytestmark = pytest.mark.filterwarnings("ignore:Expected explicit VR, but found implicit VR:UserWarning")
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ from __future__ import annotations
 import enum
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -144,7 +144,7 @@ def parse_site_config(raw: Mapping[str, Any], *, origin: Path | None = None) -> 
         stats=stats,
         origin=origin,
     )
-    return SiteConfig(**{**cfg.__dict__, "path": cfg.resolve(path_value)})
+    return replace(cfg, path=cfg.resolve(path_value))
 
 
 def load_site_config(path: str | Path) -> SiteConfig:
