@@ -88,10 +88,10 @@ def _tables(stats: CohortStats, min_count: int) -> list[Table]:
     tables = []
     sites = list(stats.sites)
     for name, labels in stats.layout.items():
-        table = Table(title=f"{name}", title_justify="left")
+        table = Table(title=escape(name), title_justify="left")
         table.add_column("site")
         for label in labels:
-            table.add_column(label, justify="right")
+            table.add_column(escape(label), justify="right")
         numeric = name in stats.moments or any(
             agg.columns.get(name) is not None and agg.columns[name].moments is not None for agg in stats.sites.values()
         )
@@ -102,12 +102,14 @@ def _tables(stats: CohortStats, min_count: int) -> list[Table]:
             agg = stats.sites[site]
             col = agg.columns.get(name)
             if col is None:
-                table.add_row(site, *(["suppressed"] + [""] * (len(labels) - 1)), *([""] * 3 if numeric else []))
+                table.add_row(
+                    escape(site), *(["suppressed"] + [""] * (len(labels) - 1)), *([""] * 3 if numeric else [])
+                )
                 continue
             cells = [f"<{min_count}*" if f else f"{v:g}" for v, f in zip(col.cells, col.suppressed, strict=True)]
             ms = stats.mean_std(name, site)
             extra = [f"{ms[0]:g}", f"{ms[1]:.4g}", f"{ms[2]:.4g}"] if ms else ["—"] * 3
-            table.add_row(site, *cells, *(extra if numeric else []))
+            table.add_row(escape(site), *cells, *(extra if numeric else []))
         held = stats.held_back[name]
         cells = [f"{v:g}" + ("+" if h else "") for v, h in zip(stats.cells[name], held, strict=True)]
         ms = stats.mean_std(name)
