@@ -7,7 +7,7 @@ import pytest
 from datahelpers import tree_hashes
 
 from fedcare.data.config import load_site_config
-from fedcare.data.connect import check_site, load_site
+from fedcare.data.connect import check_site, federated_images, load_site
 
 SITE = (
     '[site]\nid = "xray"\n[source]\nkind = "npz"\npath = "{name}"\n'
@@ -53,3 +53,13 @@ def test_unreadable_npz_is_named(write_config, tmp_path, content):
     (tmp_path / "broken.npz").write_bytes(content)
     problems = check_site(load_site_config(write_config(SITE.format(name="broken.npz")))).report.problems
     assert problems[0].source == "broken.npz" and "cannot be read as .npz" in problems[0].message
+
+
+def test_two_npz_sites_become_a_federated_image_dataset(tmp_path):
+    for k, sid in enumerate(("a", "b")):
+        np.savez_compressed(tmp_path / f"{sid}.npz", **medmnist(np.random.default_rng(k), sizes=(10 + k, 2, 3)))
+        (tmp_path / f"{sid}.toml").write_text(SITE.format(name=f"{sid}.npz").replace('id = "xray"', f'id = "{sid}"'))
+    sites = {sid: load_site(load_site_config(tmp_path / f"{sid}.toml")) for sid in ("a", "b")}
+    fed = federated_images(sites)
+    assert [len(fed.sites[s].train) for s in ("a", "b")] == [10, 11]
+    assert fed.sites["b"].test.x.shape == (3, 1, 28, 28) and fed.sites["b"].test.y.dtype == np.int64

@@ -1,7 +1,7 @@
 """Data connectors, schema check, partitioners, cohort statistics and the FederatedDataset container."""
 
 from fedcare.data.config import SiteConfig, SourceKind, load_site_config, parse_site_config
-from fedcare.data.connect import LoadedSite, check_site, federated_tabular, load_site
+from fedcare.data.connect import LoadedSite, check_site, federated_images, federated_tabular, load_site
 from fedcare.data.federated import FederatedDataset, concat
 from fedcare.data.partition import dirichlet_label_partition, natural_partition, quantity_skew_partition
 from fedcare.data.schema import CheckReport, ColumnSpec, ColumnType, Problem, StudySchema, check_frame
@@ -28,6 +28,7 @@ __all__ = [
     "combine",
     "concat",
     "dirichlet_label_partition",
+    "federated_images",
     "federated_tabular",
     "load_site",
     "load_site_config",
