@@ -49,7 +49,8 @@ def main() -> None:
         f"Fed-Heart-Disease, {args.seeds} seeds, recipe {recipe.config.fit_config}, "
         f"{args.rounds or recipe.config.rounds} rounds ({elapsed:.0f} s)",
         "",
-        "| setting | mean over sites acc | pooled test acc | pooled test AUC | FLamby mean over sites | FLamby pooled test |",
+        "| setting | mean over sites acc | pooled test acc | pooled test AUC "
+        "| FLamby mean over sites | FLamby pooled test |",
         "|---|---|---|---|---|---|",
     ]
     for name, s in stats.items():
@@ -73,8 +74,11 @@ def main() -> None:
     out = Path(__file__).parent / "results" / "heart_fedavg.md"
     out.parent.mkdir(exist_ok=True)
     out.write_text(text + "\n")
-    print(json.dumps({"benchmark": "heart_fedavg", "seeds": args.seeds, "stats": stats, "targets": checks,
-                      "seconds": elapsed}))
+    print(
+        json.dumps(
+            {"benchmark": "heart_fedavg", "seeds": args.seeds, "stats": stats, "targets": checks, "seconds": elapsed}
+        )
+    )
 
 
 if __name__ == "__main__":
