@@ -21,7 +21,7 @@ import numpy.typing as npt
 
 from fedcare.types import ConfigValue, EvalResult, FitResult, ModelState
 
-__all__ = ["ArrayDataset", "SiteData", "Task", "task_hash"]
+__all__ = ["ArrayDataset", "FitContext", "SiteData", "Task", "task_hash"]
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,28 @@ class SiteData:
 
     train: ArrayDataset
     test: ArrayDataset
+
+
+@dataclass(frozen=True)
+class FitContext:
+    """What a node passes a task's ``fit`` besides the model (tasks opt in).
+
+    A task whose class sets ``accepts_context = True`` gets ``fit(..., context=ctx)``.
+    Strategies that need site-side state (SCAFFOLD's ``c_i``, a personal model) use it;
+    a node refuses instructions carrying extra records for a task that does not opt in.
+
+    Attributes
+    ----------
+    inputs : Mapping[str, ModelState]
+        The instruction's records other than ``"model"`` (e.g. ``"scaffold_c"``),
+        validated (finite, allowed dtypes) by the node.
+    state : dict[str, ModelState]
+        This site's memory for the current run, kept by the node between rounds and
+        never sent anywhere. A task should write it only once its fit has succeeded.
+    """
+
+    inputs: Mapping[str, ModelState]
+    state: dict[str, ModelState]
 
 
 @runtime_checkable

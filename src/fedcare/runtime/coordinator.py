@@ -203,6 +203,10 @@ class Coordinator:
         sampled = self.sample_sites(round_no, self.channel.sites())  # type: ignore[attr-defined]
         rng = np.random.default_rng([self.seed, round_no, 1])
         payloads = self.strategy.configure_fit(state, info, sampled, rng)
+        stray = sorted(set(payloads) - set(sampled))
+        if stray:  # a strategy may instruct a subset of the sampled sites (Cyclic), never others
+            raise ConfigError(f"round {round_no}: strategy {self.strategy.name!r} instructed unsampled sites {stray}")
+        sampled = sorted(payloads)
         failures: dict[SiteId, str] = {}
         site_fit: dict[SiteId, Metrics] = {}
         spec = spec_of(state.model)

@@ -16,12 +16,15 @@ import numpy as np
 from fedcare.errors import FedcareError
 from fedcare.runtime.policy import SitePolicy
 from fedcare.serde import check_state, spec_of
-from fedcare.task import SiteData, Task, task_hash
-from fedcare.types import Message, MessageKind, Payload, SiteId
+from fedcare.task import FitContext, SiteData, Task, task_hash
+from fedcare.types import Message, MessageKind, ModelState, Payload, RunId, SiteId
 
 __all__ = ["SiteNode"]
 
 log = logging.getLogger(__name__)
+
+#: Runs whose site state (``FitContext.state``) a node keeps in memory, newest last.
+MAX_RUNS_WITH_STATE = 4
 
 
 class SiteNode:
@@ -58,6 +61,8 @@ class SiteNode:
         self.query_handler = query_handler
         self.task_hash = task_hash(task)
         self._spec = spec_of(task.init_model(np.random.default_rng(0)))
+        #: Per-run site memory handed to tasks that accept a FitContext (never leaves the site).
+        self.site_state: dict[RunId, dict[str, ModelState]] = {}
 
     def handle(self, message: Message) -> Message:
         """Check the instruction against policy, run it, and build the reply."""
@@ -89,10 +94,26 @@ class SiteNode:
         config = message.payload.config
         seed = config.get("seed")
         rng = np.random.default_rng(int(seed) if isinstance(seed, int) else None)
-        result = self.task.fit(self._model(message), self.data.train, config, rng)
+        inputs = {k: dict(v) for k, v in message.payload.arrays.items() if k != "model"}
+        for name, arrays in inputs.items():
+            check_state(arrays, where=f"fit instruction record {name!r} at {self.site_id}")
+        if getattr(self.task, "accepts_context", False):
+            context = FitContext(inputs=inputs, state=self._run_state(message.run_id))
+            result = self.task.fit(self._model(message), self.data.train, config, rng, context=context)  # type: ignore[call-arg]
+        elif inputs:
+            return message.reply(error=f"task {self.task.name!r} cannot use instruction records {sorted(inputs)}")
+        else:
+            result = self.task.fit(self._model(message), self.data.train, config, rng)
         arrays = {"model": result.state, **result.extras}
         metrics = {"num_examples": float(result.num_examples), **result.metrics}
         return message.reply(Payload(arrays=arrays, metrics=metrics))
+
+    def _run_state(self, run_id: RunId) -> dict[str, ModelState]:
+        if run_id not in self.site_state:
+            while len(self.site_state) >= MAX_RUNS_WITH_STATE:
+                del self.site_state[next(iter(self.site_state))]
+            self.site_state[run_id] = {}
+        return self.site_state[run_id]
 
     def _evaluate(self, message: Message) -> Message:
         result = self.task.evaluate(self._model(message), self.data.test)

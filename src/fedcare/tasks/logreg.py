@@ -2,7 +2,9 @@
 
 Fit config keys (all optional): ``lr`` (0.01), ``optimizer`` ("sgd" | "adam"),
 ``batch_size`` (4), ``local_epochs`` (1) or ``local_steps`` (overrides epochs),
-``proximal_mu`` (0: FedProx's proximal term towards the received model).
+``proximal_mu`` (0: FedProx's proximal term towards the received model). With a
+``scaffold_c`` instruction record the task applies SCAFFOLD's correction (see
+:class:`fedcare.tasks.torch_common.LocalCorrections`).
 """
 
 from __future__ import annotations
@@ -17,13 +19,13 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from fedcare.errors import ConfigError
-from fedcare.task import ArrayDataset
+from fedcare.task import ArrayDataset, FitContext
 from fedcare.tasks.torch_common import (
+    LocalCorrections,
     batches,
     load_state,
     make_optimizer,
     module_state,
-    read_float,
     read_int,
 )
 from fedcare.types import ConfigValue, EvalResult, FitResult, Metrics, ModelState
@@ -54,6 +56,8 @@ class LogisticRegressionTask:
     """
 
     name = "logreg"
+    #: The node passes a :class:`~fedcare.task.FitContext` (SCAFFOLD's site state).
+    accepts_context = True
 
     def __init__(self, *, n_features: int) -> None:
         if n_features < 1:
@@ -81,8 +85,10 @@ class LogisticRegressionTask:
         data: ArrayDataset,
         config: Mapping[str, ConfigValue],
         rng: np.random.Generator,
+        *,
+        context: FitContext | None = None,
     ) -> FitResult:
-        """Minibatch training with BCE loss; optional FedProx proximal term."""
+        """Minibatch training with BCE loss; optional FedProx term and SCAFFOLD correction."""
         if len(data) == 0:
             raise ConfigError("cannot fit on an empty training set")
         module = self._module()
@@ -91,8 +97,7 @@ class LogisticRegressionTask:
         batch_size = read_int(config, "batch_size", 4)
         epochs = read_int(config, "local_epochs", 1)
         steps = read_int(config, "local_steps", 0)
-        mu = read_float(config, "proximal_mu", 0.0)
-        anchor = [p.detach().clone() for p in module.parameters()] if mu > 0 else []
+        corrections = LocalCorrections(module, config, context)
         x = torch.from_numpy(np.ascontiguousarray(data.x, dtype=np.float32))
         y = torch.from_numpy(np.ascontiguousarray(data.y, dtype=np.float32)).reshape(-1, 1)
         loss_fn = torch.nn.BCEWithLogitsLoss()
@@ -103,11 +108,9 @@ class LogisticRegressionTask:
                 index = torch.from_numpy(idx)
                 optimizer.zero_grad()
                 loss = loss_fn(module(x[index]), y[index])
-                objective = loss
-                if mu > 0:
-                    prox = sum(((p - a) ** 2).sum() for p, a in zip(module.parameters(), anchor, strict=True))
-                    objective = loss + 0.5 * mu * prox
+                objective = loss + corrections.penalty()
                 objective.backward()
+                corrections.correct_gradients()
                 optimizer.step()
                 total += float(loss.detach()) * len(idx)
                 seen += len(idx)
@@ -118,6 +121,7 @@ class LogisticRegressionTask:
             state=module_state(module),
             num_examples=len(data),
             metrics={"train_loss": total / max(seen, 1)},
+            extras=corrections.finish(steps=done),
         )
 
     def predict(self, model: ModelState, x: npt.NDArray[Any]) -> npt.NDArray[np.float64]:

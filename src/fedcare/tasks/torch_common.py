@@ -8,9 +8,19 @@ import numpy as np
 import torch
 
 from fedcare.errors import ConfigError
+from fedcare.strategies.scaffold import CONTROL_RECORD, DELTA_RECORD, SITE_STATE_KEY
+from fedcare.task import FitContext
 from fedcare.types import ConfigValue, ModelState
 
-__all__ = ["batches", "load_state", "make_optimizer", "module_state", "read_float", "read_int"]
+__all__ = [
+    "LocalCorrections",
+    "batches",
+    "load_state",
+    "make_optimizer",
+    "module_state",
+    "read_float",
+    "read_int",
+]
 
 
 def load_state(module: torch.nn.Module, state: ModelState) -> None:
@@ -59,3 +69,112 @@ def batches(n: int, batch_size: int, rng: np.random.Generator) -> Iterator[np.nd
     order = rng.permutation(n)
     for start in range(0, n, batch_size):
         yield order[start : start + batch_size]
+
+
+class LocalCorrections:
+    """Site-side parts of FedProx and SCAFFOLD for any torch module's local loop.
+
+    Use in a task's training loop::
+
+        corr = LocalCorrections(module, config, context)
+        loss = loss_fn(...) + corr.penalty()      # FedProx: mu / 2 ||w - w_t||^2
+        loss.backward()
+        corr.correct_gradients()                  # SCAFFOLD: g <- g - c_i + c
+        optimizer.step()
+        ...
+        extras = corr.finish(steps=done)          # SCAFFOLD: Delta c_i; stores c_i+
+
+    FedProx (Li et al., MLSys 2020) is on when ``config["proximal_mu"] > 0``. SCAFFOLD
+    (Karimireddy et al., ICML 2020, option II) is on when the instruction carries the
+    server control variate (record ``scaffold_c``); the site's own ``c_i`` lives in
+    ``context.state`` between rounds and is updated only by :meth:`finish`.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        The model, already loaded with the received global state.
+    config : Mapping[str, ConfigValue]
+        The fit config (``proximal_mu``, ``lr``, ``optimizer``).
+    context : FitContext or None (default: None)
+        The node's context; ``None`` disables SCAFFOLD.
+    """
+
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        config: Mapping[str, ConfigValue],
+        context: FitContext | None = None,
+    ) -> None:
+        self.mu = read_float(config, "proximal_mu", 0.0)
+        if self.mu < 0:
+            raise ConfigError(f"config 'proximal_mu' must be non-negative, got {self.mu}")
+        self._params = dict(module.named_parameters())
+        self._anchor = {n: p.detach().clone() for n, p in self._params.items()}
+        self._context = context
+        self._control = context.inputs.get(CONTROL_RECORD) if context is not None else None
+        self._correction: dict[str, torch.Tensor] = {}
+        self._lr = read_float(config, "lr", 0.01)
+        if self._control is None:
+            return
+        if config.get("optimizer", "sgd") != "sgd" or read_float(config, "momentum", 0.0) != 0.0:
+            raise ConfigError("SCAFFOLD needs plain SGD at the site (optimizer 'sgd', momentum 0)")
+        state = module.state_dict()
+        for name, c in self._control.items():
+            if name not in state or tuple(state[name].shape) != c.shape:
+                raise ConfigError(f"SCAFFOLD control variate entry {name!r} does not match the model")
+        missing = [n for n in self._params if n not in self._control]
+        if missing:
+            raise ConfigError(f"SCAFFOLD control variate lacks parameters {missing}")
+        assert context is not None
+        previous = context.state.get(SITE_STATE_KEY)
+        self._c_i = {n: np.zeros(c.shape, np.float64) for n, c in self._control.items()}
+        if previous is not None and set(previous) == set(self._control):
+            self._c_i = {n: np.asarray(v, np.float64) for n, v in previous.items()}
+        for name in self._params:
+            diff = np.asarray(self._control[name], np.float64) - self._c_i[name]
+            self._correction[name] = torch.from_numpy(diff.astype(np.float32))
+
+    @property
+    def scaffold(self) -> bool:
+        """True when the instruction asked for SCAFFOLD's correction."""
+        return self._control is not None
+
+    def penalty(self) -> torch.Tensor | float:
+        """FedProx's ``mu / 2 * ||w - w_t||^2`` (``0.0`` when ``mu`` is 0)."""
+        if self.mu <= 0:
+            return 0.0
+        prox = sum(((p - self._anchor[n]) ** 2).sum() for n, p in self._params.items())
+        return 0.5 * self.mu * prox
+
+    def correct_gradients(self) -> None:
+        """Add ``c - c_i`` to each parameter's gradient (no-op without SCAFFOLD)."""
+        for name, corr in self._correction.items():
+            grad = self._params[name].grad
+            if grad is not None:
+                grad.add_(corr.to(grad.dtype))
+
+    def finish(self, *, steps: int) -> dict[str, ModelState]:
+        """Return the reply records; with SCAFFOLD store ``c_i+`` and return ``Delta c_i``.
+
+        ``c_i+ = c_i - c + (x - y) / (steps * lr)`` (option II), computed from the
+        received model ``x`` and the trained one ``y``.
+        """
+        if self._control is None or self._context is None:
+            return {}
+        if steps < 1:
+            raise ConfigError("SCAFFOLD needs at least one local step")
+        new_ci: ModelState = {}
+        delta: ModelState = {}
+        scale = 1.0 / (steps * self._lr)
+        for name, c in self._control.items():
+            c64 = np.asarray(c, np.float64)
+            if name in self._params:
+                x = self._anchor[name].detach().cpu().numpy().astype(np.float64)
+                y = self._params[name].detach().cpu().numpy().astype(np.float64)
+                updated = self._c_i[name] - c64 + (x - y) * scale
+            else:  # buffers carry no gradient: their control variate stays put
+                updated = self._c_i[name]
+            new_ci[name] = updated
+            delta[name] = (updated - self._c_i[name]).astype(c.dtype)
+        self._context.state[SITE_STATE_KEY] = new_ci
+        return {DELTA_RECORD: delta}
