@@ -44,7 +44,7 @@ FLAMBY_RECIPES: dict[str, tuple[float, dict[str, Any]]] = {
     "fedadagrad": (0.003162, {"server_lr": 0.316228, "beta1": 0.9, "beta2": 0.999, "tau": 1e-8}),
     "median": (0.001, {}),
     "trimmed_mean": (0.001, {"beta": 0.25}),
-    "krum": (0.001, {"f": 0, "m": 2}),
+    "krum": (0.001, {"f": 0, "m": 3}),
 }
 
 
