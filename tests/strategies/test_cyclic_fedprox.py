@@ -75,3 +75,12 @@ def test_proximal_term_adds_mu_times_distance_to_the_gradient():
     assert LocalCorrections(module, {}).penalty() == 0.0
     with pytest.raises(ConfigError, match="proximal_mu' must be non-negative"):
         LocalCorrections(module, {"proximal_mu": -1.0})
+
+
+def test_coordinator_refuses_a_strategy_that_instructs_an_unsampled_site(shift_task):
+    class Rogue(Cyclic):
+        def configure_fit(self, state, rnd, sites, rng):
+            return {SiteId("site-99"): next(iter(super().configure_fit(state, rnd, sites, rng).values()))}
+
+    with pytest.raises(ConfigError, match=r"strategy 'cyclic' instructed unsampled sites \['site-99'\]"):
+        run_simulation(sites=shift_sites(2), task=shift_task, strategy=Rogue(), rounds=1, seed=0, run_id=RunId("x"))

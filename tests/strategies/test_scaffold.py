@@ -184,3 +184,27 @@ def test_sites_keep_c_i_across_rounds_and_server_c_is_their_weighted_mean():
         assert np.abs(c[name]).max() > 0
     fedavg, _, _ = _run(FedAvg(fit_config=cfg))
     assert not np.allclose(fedavg.state.model["weight"], result.state.model["weight"], atol=1e-4)
+
+
+def test_node_keeps_site_state_per_run_and_forgets_the_oldest():
+    task = make_task("logreg", n_features=1)
+    ds = ArrayDataset(x=np.array([[1.0], [-1.0]], np.float32), y=np.array([1.0, 0.0], np.float32))
+    node = SiteNode(site_id=SiteId("a"), task=task, data=SiteData(ds, ds))
+    model = task.init_model(np.random.default_rng(0))
+    c = {k: np.zeros_like(v) for k, v in model.items()}
+    for run in range(6):
+        msg = Message(
+            kind=MessageKind.FIT,
+            run_id=RunId(f"run-{run}"),
+            round_no=1,
+            site=SiteId("a"),
+            payload=Payload(
+                arrays={"model": model, "scaffold_c": c},
+                config={"task_hash": task_hash(task), "seed": 1, "lr": 0.1, "local_steps": 1},
+            ),
+        )
+        reply = node.handle(msg)
+        assert reply.error is None, reply.error
+        assert set(reply.payload.arrays) == {"model", "scaffold_delta_c"}
+    assert list(node.site_state) == [RunId(f"run-{r}") for r in range(2, 6)]
+    assert "scaffold_c_i" in node.site_state[RunId("run-5")]
