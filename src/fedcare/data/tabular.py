@@ -98,18 +98,25 @@ class TabularRecipe:
         return tuple(numeric + dummies)
 
     def encode(self, frame: pd.DataFrame) -> np.ndarray:
-        """One-hot encode categoricals; numeric values stay (NaN where missing)."""
+        """One-hot encode categoricals; numeric values stay (NaN where missing).
+
+        A missing categorical value (NaN/None) gives NaN in all of its dummy columns, so
+        imputation fills them with the training frequencies; a value that is not in the
+        category list gives zeros (the dropped first category).
+        """
         numeric = [c for c in self.features if c not in self.categorical]
         parts = [frame[numeric].to_numpy(dtype=np.float64)]
         for col in self.features:
             if col in self.categorical:
                 cats = list(self.categorical[col])[1:]
                 values = frame[col].to_numpy()
-                parts.append(
+                block = (
                     np.stack([values == c for c in cats], axis=1).astype(np.float64)
                     if cats
                     else np.zeros((len(frame), 0))
                 )
+                block[pd.isna(values)] = np.nan  # a missing category is imputed like any missing value
+                parts.append(block)
         return np.concatenate(parts, axis=1)
 
 

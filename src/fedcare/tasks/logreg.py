@@ -58,6 +58,10 @@ class LogisticRegressionTask:
     name = "logreg"
     #: The node passes a :class:`~fedcare.task.FitContext` (SCAFFOLD's site state).
     accepts_context = True
+    #: Keys ``fit`` reads from its config; run files are checked against them for typos.
+    fit_config_keys = frozenset(
+        {"lr", "optimizer", "momentum", "batch_size", "local_epochs", "local_steps", "proximal_mu"}
+    )
 
     def __init__(self, *, n_features: int) -> None:
         if n_features < 1:

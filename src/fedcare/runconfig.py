@@ -1,0 +1,382 @@
+"""The ``fedcare simulate`` run file: TOML parsed and validated into typed settings.
+
+Every problem is a :class:`~fedcare.errors.ConfigError` whose one-line message starts
+with the file name; problems of one kind are collected (all unknown keys at once, with
+a "did you mean" hint, then all bad values at once). Relative paths resolve against the
+folder of the config file. The keys are documented in ``docs/simulate.md``::
+
+    name = "my-study"            # optional; default: the config file's stem
+    seed = 0                     # model initialisation, batching, sampling
+    rounds = 20
+
+    [sites]                      # one CSV per site: site id = path ...
+    north = "north.csv"
+    south = "south.csv"
+
+    [data]                       # ... or: file = "all.csv" and site_column = "hospital"
+    target = "outcome"
+    positive = "yes"             # a value or a list of values
+    exclude = ["patient_id"]     # or: features = [...]
+    categorical = ["smoker"]
+    missing = ["", "?", -9999]
+    test_fraction = 0.25
+    split_seed = 0
+    normalization = "federated"  # or "site"
+
+    [task]
+    name = "logreg"
+
+    [federated]
+    strategy = "fedavg"
+    fraction_fit = 1.0
+    min_sites = 1
+    fit = { optimizer = "sgd", lr = 0.05, batch_size = 4, local_epochs = 1 }
+    # params = { ... }           # extra keyword arguments of the strategy
+
+    [baseline]                   # Local and Pooled training
+    optimizer = "adam"
+    lr = 0.001
+    batch_size = 4
+    local_epochs = 50
+"""
+
+from __future__ import annotations
+
+import difflib
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, cast
+
+import numpy as np
+
+import fedcare.strategies  # noqa: F401  (registers the built-in strategies)
+from fedcare.data.byo import CsvSource, TableSpec
+from fedcare.data.federated import FederatedDataset
+from fedcare.errors import ConfigError
+from fedcare.experiment import ExperimentConfig
+from fedcare.strategies.registry import available_strategies, make_strategy
+from fedcare.task import ArrayDataset, Task
+from fedcare.tasks import BUILTIN_TASKS
+from fedcare.types import ConfigValue, SiteId
+
+__all__ = ["DEFAULT_BASELINE", "DEFAULT_FIT", "SimulateConfig", "check_training", "load_simulate_config"]
+
+#: Local training per round when ``[federated] fit`` is not given (the heart-disease demo's recipe).
+DEFAULT_FIT: dict[str, ConfigValue] = {"optimizer": "sgd", "lr": 0.05, "batch_size": 4, "local_epochs": 1}
+#: Local and Pooled baseline training when ``[baseline]`` is not given (FLamby's recipe).
+DEFAULT_BASELINE: dict[str, ConfigValue] = {"optimizer": "adam", "lr": 0.001, "batch_size": 4, "local_epochs": 50}
+
+_TOP = {"name", "seed", "rounds", "sites", "data", "task", "federated", "baseline"}
+_DATA = {
+    "file",
+    "site_column",
+    "target",
+    "positive",
+    "features",
+    "exclude",
+    "categorical",
+    "missing",
+    "test_fraction",
+    "split_seed",
+    "normalization",
+    "delimiter",
+}
+_TASK = {"name"}
+_FEDERATED = {"strategy", "fraction_fit", "min_sites", "fit", "params"}
+_PLACES = {"": _TOP - {"sites", "data", "task", "federated", "baseline"}, "data.": _DATA, "federated.": _FEDERATED}
+
+
+@dataclass(frozen=True)
+class SimulateConfig:
+    """A validated ``fedcare simulate`` run file.
+
+    Attributes
+    ----------
+    path : Path
+        The config file.
+    table : TableSpec
+        What data to read and how to prepare it.
+    task : str
+        Built-in task name (``"logreg"``).
+    experiment : ExperimentConfig
+        Rounds, seed, strategy and the training configs of every setting.
+    """
+
+    path: Path
+    table: TableSpec
+    task: str
+    experiment: ExperimentConfig
+
+    def describe(self) -> dict[str, Any]:
+        """The resolved configuration for summary.json (beside the experiment config)."""
+        return {"config_file": str(self.path), "task": self.task, "data": self.table.describe()}
+
+
+class _Checker:
+    """Collects unknown keys and bad values, then raises them as one line each."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        self.unknown: list[str] = []
+        self.bad: list[str] = []
+
+    def keys(self, table: Mapping[str, Any], allowed: set[str] | frozenset[str], prefix: str) -> None:
+        for key in table:
+            if key not in allowed:
+                hint = difflib.get_close_matches(key, sorted(allowed), n=1)
+                if hint:
+                    self.unknown.append(f"'{prefix}{key}' (did you mean '{hint[0]}'?)")
+                    continue
+                # a key that belongs in another table (say rounds under [federated])
+                where = {f"{p}{k}": k for p, keys in _PLACES.items() if p != prefix for k in keys}
+                near = difflib.get_close_matches(key, sorted(set(where.values())), n=1)
+                elsewhere = [full for full, k in where.items() if near and k == near[0]]
+                self.unknown.append(f"'{prefix}{key}'" + (f" (did you mean '{elsewhere[0]}'?)" if elsewhere else ""))
+
+    def table(self, parent: Mapping[str, Any], key: str, name: str) -> dict[str, Any]:
+        value = parent.get(key, {})
+        if not isinstance(value, dict):
+            self.bad.append(f"{name} must be a table")
+            return {}
+        return value
+
+    def raise_unknown(self) -> None:
+        if self.unknown:
+            word = "key" if len(self.unknown) == 1 else "keys"
+            raise ConfigError(f"{self.where}: unknown {word} {', '.join(self.unknown)}")
+
+    def raise_bad(self) -> None:
+        if self.bad:
+            raise ConfigError(f"{self.where}: " + "; ".join(self.bad))
+
+    # typed getters: record a problem and return the default when the value is wrong
+    def string(self, table: Mapping[str, Any], key: str, name: str, default: str | None = None) -> str | None:
+        value = table.get(key, default)
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            self.bad.append(f"{name} must be a non-empty string, got {value!r}")
+            return default
+        return value
+
+    def integer(self, table: Mapping[str, Any], key: str, name: str, default: int, minimum: int | None = None) -> int:
+        value = table.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
+            bound = f" >= {minimum}" if minimum is not None else ""
+            self.bad.append(f"{name} must be an integer{bound}, got {value!r}")
+            return default
+        return value
+
+    def fraction(self, table: Mapping[str, Any], key: str, name: str, default: float, *, closed: bool) -> float:
+        value = table.get(key, default)
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        if ok and not (0 < value < 1 or (closed and value == 1)):
+            ok = False
+        if not ok:
+            interval = "(0, 1]" if closed else "(0, 1)"
+            self.bad.append(f"{name} must be a number in {interval}, got {value!r}")
+            return default
+        return float(value)
+
+    def names(self, table: Mapping[str, Any], key: str, name: str) -> tuple[str, ...] | None:
+        value = table.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+            self.bad.append(f"{name} must be a list of column names, got {value!r}")
+            return None
+        return tuple(v.strip() for v in value)
+
+    def scalars(self, table: Mapping[str, Any], key: str, name: str) -> tuple[str | int | float, ...] | None:
+        value = table.get(key)
+        if value is None:
+            return None
+        items = value if isinstance(value, list) else [value]
+        if not items or not all(isinstance(v, str | int | float) and not isinstance(v, bool) for v in items):
+            self.bad.append(f"{name} must be a value or a list of values (strings or numbers), got {value!r}")
+            return None
+        return tuple(items)
+
+    def config(self, table: Mapping[str, Any], name: str) -> dict[str, ConfigValue]:
+        out: dict[str, ConfigValue] = {}
+        for key, value in table.items():
+            if not isinstance(value, bool | int | float | str):
+                self.bad.append(f"{name}.{key} must be a string, number or boolean, got {value!r}")
+            else:
+                out[key] = value
+        return out
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the config file ({exc})") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {' '.join(str(exc).split())}") from None
+
+
+def load_simulate_config(path: Path) -> SimulateConfig:
+    """Parse and validate a ``fedcare simulate`` config file.
+
+    Parameters
+    ----------
+    path : Path
+        The TOML file; relative data paths resolve against its folder.
+
+    Raises
+    ------
+    ConfigError
+        One line starting with ``path``: unknown keys (with a hint), wrong types or
+        values, an unknown task or strategy, strategy parameters it does not accept.
+    """
+    raw = _read_toml(path)
+    where = str(path)
+    c = _Checker(where)
+    c.keys(raw, _TOP, "")
+    data = c.table(raw, "data", "[data]")
+    task_t = c.table(raw, "task", "[task]")
+    fed = c.table(raw, "federated", "[federated]")
+    sites_t = c.table(raw, "sites", "[sites]")
+    baseline_t = c.table(raw, "baseline", "[baseline]")
+    c.keys(data, _DATA, "data.")
+    c.keys(task_t, _TASK, "task.")
+    c.keys(fed, _FEDERATED, "federated.")
+    fit_t = c.table(fed, "fit", "federated.fit")
+    params_t = c.table(fed, "params", "federated.params")
+    task_name = c.string(task_t, "name", "task.name", "logreg") or "logreg"
+    task_cls = BUILTIN_TASKS.get(task_name)
+    known_fit = getattr(task_cls, "fit_config_keys", None)
+    if known_fit is not None:
+        c.keys(fit_t, known_fit, "federated.fit.")
+        c.keys(baseline_t, known_fit, "baseline.")
+    c.raise_unknown()
+    if task_cls is None:
+        raise ConfigError(f"{where}: unknown task {task_name!r}; built in: {', '.join(sorted(BUILTIN_TASKS))}")
+
+    name = c.string(raw, "name", "name", path.stem) or path.stem
+    seed = c.integer(raw, "seed", "seed", 0)
+    rounds = c.integer(raw, "rounds", "rounds", 20, minimum=1)
+    target = c.string(data, "target", "data.target")
+    if target is None:
+        c.bad.append("data.target is required (the label column)")
+    positive = c.scalars(data, "positive", "data.positive")
+    if positive is None and "positive" not in data:
+        c.bad.append("data.positive is required (the value, or values, of the positive class)")
+    features = c.names(data, "features", "data.features")
+    exclude = c.names(data, "exclude", "data.exclude") or ()
+    if features is not None and exclude:
+        c.bad.append("give data.features or data.exclude, not both")
+    categorical = c.names(data, "categorical", "data.categorical") or ()
+    missing = c.scalars(data, "missing", "data.missing")
+    test_fraction = c.fraction(data, "test_fraction", "data.test_fraction", 0.25, closed=False)
+    split_seed = c.integer(data, "split_seed", "data.split_seed", 0)
+    normalization = data.get("normalization", "federated")
+    if normalization not in ("federated", "site"):
+        c.bad.append(f"data.normalization must be 'federated' or 'site', got {normalization!r}")
+        normalization = "federated"
+    delimiter = data.get("delimiter", ",")
+    if not isinstance(delimiter, str) or len(delimiter) != 1:
+        c.bad.append(f"data.delimiter must be one character, got {delimiter!r}")
+        delimiter = ","
+    site_column = c.string(data, "site_column", "data.site_column")
+    file = c.string(data, "file", "data.file")
+    sources = _sources(c, path, sites_t, file, site_column)
+    if site_column is not None and (site_column == target or site_column in (features or ())):
+        c.bad.append(f"data.site_column {site_column!r} cannot also be the target or a feature")
+    if target is not None and target in (features or ()):
+        c.bad.append(f"data.target {target!r} cannot also be a feature")
+    strategy = c.string(fed, "strategy", "federated.strategy", "fedavg") or "fedavg"
+    fraction_fit = c.fraction(fed, "fraction_fit", "federated.fraction_fit", 1.0, closed=True)
+    min_sites = c.integer(fed, "min_sites", "federated.min_sites", 1, minimum=1)
+    fit = {**DEFAULT_FIT, **c.config(fit_t, "federated.fit")}
+    baseline = {**DEFAULT_BASELINE, **c.config(baseline_t, "baseline")}
+    params = dict(params_t)
+    c.raise_bad()
+
+    if strategy not in available_strategies():
+        raise ConfigError(
+            f"{where}: unknown strategy {strategy!r} in federated.strategy; "
+            f"available: {', '.join(available_strategies())}"
+        )
+    if strategy in ("local", "pooled"):
+        raise ConfigError(f"{where}: strategy name {strategy!r} clashes with a baseline setting")
+    try:
+        make_strategy(strategy, fit_config=fit, **params)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: federated: {exc}") from None
+
+    table = TableSpec(
+        name=name,
+        sources=sources,
+        target=cast(str, target),
+        positive=cast(tuple[str | int | float, ...], positive),
+        site_column=site_column,
+        features=features,
+        exclude=exclude,
+        categorical=categorical,
+        missing=missing if missing is not None else ("",),
+        test_fraction=test_fraction,
+        split_seed=split_seed,
+        normalization=cast(Literal["federated", "site"], normalization),
+        delimiter=delimiter,
+    )
+    experiment = ExperimentConfig(
+        rounds=rounds,
+        seed=seed,
+        strategy=strategy,
+        strategy_params=params,
+        fit_config=fit,
+        baseline_config=baseline,
+        fraction_fit=fraction_fit,
+        min_sites=min_sites,
+    )
+    return SimulateConfig(path=path, table=table, task=task_name, experiment=experiment)
+
+
+def _sources(
+    c: _Checker, path: Path, sites: Mapping[str, Any], file: str | None, site_column: str | None
+) -> tuple[CsvSource, ...]:
+    base = path.parent
+
+    def resolve(text: str) -> Path:
+        p = Path(text).expanduser()
+        return (p if p.is_absolute() else base / p).resolve()
+
+    if sites and (file is not None or site_column is not None):
+        c.bad.append("give either a [sites] table (one CSV per site) or data.file with data.site_column, not both")
+        return ()
+    if sites:
+        out = []
+        for site, text in sites.items():
+            if not isinstance(text, str) or not text.strip():
+                c.bad.append(f"sites.{site} must be the path of a CSV file, got {text!r}")
+                continue
+            out.append(CsvSource(path=resolve(text), label=text, site=SiteId(site)))
+        return tuple(out)
+    if file is None or site_column is None:
+        c.bad.append("no data: give a [sites] table (site = CSV path) or data.file with data.site_column")
+        return ()
+    return (CsvSource(path=resolve(file), label=file),)
+
+
+def check_training(cfg: SimulateConfig, task: Task, dataset: FederatedDataset) -> None:
+    """Run the task once on a few training rows with each training config.
+
+    Catches a wrong type or value in ``[federated] fit`` or ``[baseline]`` (say
+    ``lr = "fast"``) before anything is recorded or written, with the config file and
+    the section in the message.
+    """
+    first = dataset.sites[dataset.site_ids()[0]].train
+    rows = ArrayDataset(first.x[:8], first.y[:8])
+    for section, config in (("federated.fit", cfg.experiment.fit_config), ("baseline", cfg.experiment.baseline_config)):
+        try:
+            task.fit(task.init_model(np.random.default_rng(0)), rows, config, np.random.default_rng(0))
+        except ConfigError as exc:
+            raise ConfigError(f"{cfg.path}: {section}: {exc}") from None
+        except (ValueError, TypeError, RuntimeError) as exc:
+            raise ConfigError(f"{cfg.path}: {section}: the task rejects this config ({exc})") from None
