@@ -14,6 +14,11 @@ the same N float32 arrays and weights:
 (b) streaming ``np.multiply(a, w, out=tmp); acc += tmp`` (O(P) memory), float32 as in
     the definition; (b64) the same with a float64 ``tmp``/``acc``, fedcare's accumulator.
 
+The floors (b) and (b64) are timed right after each round of a second fedcare run
+("paired"), so each round is compared with a floor taken under the same machine load;
+the median of the per-round ratios is the robust figure on a shared machine. The CPU
+ratio compares CPU seconds (all threads) per round with the floor's CPU seconds.
+
 Usage::
 
     python benchmarks/overhead.py                  # N in {10, 100}, P in {100k, 1M}
@@ -104,79 +109,110 @@ def current_rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def _median_time(fn: Any, repeats: int) -> tuple[float, float, float]:
+def _median_time(fn: Any, repeats: int) -> tuple[float, float, float, float]:
+    """Median, min and max wall seconds, and the mean CPU seconds (all threads) of ``fn``."""
     times = []
+    cpu0 = time.process_time()
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times), min(times), max(times)
+    return statistics.median(times), min(times), max(times), (time.process_time() - cpu0) / repeats
+
+
+def _run_fedcare(
+    nodes: Mapping[SiteId, Any], task: OffsetTask, x0: np.ndarray, rounds: int, workers: int | None, on_round: Any
+) -> tuple[list[float], float, float]:
+    """One fedcare run; returns the round wall times, CPU seconds (all threads), closed-form error."""
+    channel = InProcessChannel({s: node.handle for s, node in nodes.items()}, max_workers=workers)
+    coordinator = Coordinator(
+        channel=channel,
+        strategy=FedAvg(),
+        task_name=task.name,
+        task_hash=task_hash(task),
+        rounds=rounds,
+        evaluate=False,
+        on_round=on_round,
+    )
+    spec = RunSpec(
+        run_id=RunId("bench"),
+        name="overhead",
+        dataset="synthetic",
+        strategy="fedavg",
+        task=task.name,
+        task_hash=task_hash(task),
+        seed=0,
+        rounds=rounds,
+    )
+    cpu0 = time.process_time()
+    try:
+        result = coordinator.run({"x": x0}, spec=spec)
+    finally:
+        channel.close()
+    cpu = time.process_time() - cpu0
+    assert all(not r.failures for r in result.rounds), result.rounds[0].failures
+    n = len(nodes)
+    expected = x0.astype(np.float64) + rounds * 1e-3 * (2 * n + 1) / 3
+    err = float(np.max(np.abs(result.state.model["x"].astype(np.float64) - expected)))
+    if err > 1e-4:
+        raise SystemExit(f"N={n} P={x0.size}: final model is off the closed form by {err:.3g}")
+    return [r.duration_s for r in result.rounds], cpu, err
 
 
 def run_worker(n: int, p: int, rounds: int, repeats: int, workers: int | None) -> dict[str, Any]:
-    """One (N, P) configuration: the fedcare run, then the floors (in this process)."""
+    """One (N, P) configuration, in this fresh process.
+
+    Phase 1: ``repeats`` fedcare runs alone, for peak RSS, wall and CPU time per round.
+    Phase 2: one more fedcare run with the streaming floors timed right after each round,
+    so each round has a floor measured under the same load (the machine is shared).
+    """
     task = OffsetTask(p)
     x0 = task.init_model(np.random.default_rng(0))["x"]
     nodes = build_nodes(offset_sites(n), task)
     rss_before = current_rss_mb()
     round_times: list[float] = []
+    cpu_s = 0.0
     worst_err = 0.0
-    for rep in range(repeats):
-        channel = InProcessChannel({s: node.handle for s, node in nodes.items()}, max_workers=workers)
-        coordinator = Coordinator(
-            channel=channel,
-            strategy=FedAvg(),
-            task_name=task.name,
-            task_hash=task_hash(task),
-            rounds=rounds,
-            evaluate=False,
-        )
-        spec = RunSpec(
-            run_id=RunId(f"bench-{rep}"),
-            name="overhead",
-            dataset="synthetic",
-            strategy="fedavg",
-            task=task.name,
-            task_hash=task_hash(task),
-            seed=0,
-            rounds=rounds,
-        )
-        try:
-            result = coordinator.run({"x": x0}, spec=spec)
-        finally:
-            channel.close()
-        assert all(not r.failures for r in result.rounds), result.rounds[0].failures
-        round_times += [r.duration_s for r in result.rounds]
-        expected = x0.astype(np.float64) + rounds * 1e-3 * (2 * n + 1) / 3
-        err = float(np.max(np.abs(result.state.model["x"].astype(np.float64) - expected)))
+    for _ in range(repeats):
+        times, cpu, err = _run_fedcare(nodes, task, x0, rounds, workers, None)
+        round_times += times
+        cpu_s += cpu
         worst_err = max(worst_err, err)
-        if err > 1e-4:
-            raise SystemExit(f"N={n} P={p}: final model is off the closed form by {err:.3g}")
-        del result
     fedcare_peak = peak_rss_mb()
 
-    # The floors: the same N float32 arrays and weights in one process.
+    # The floors: the same N float32 arrays and weights in one process, no framework.
     arrays = [x0 + np.float32(1e-3 * (k + 1)) for k in range(n)]
     weights = np.arange(1, n + 1, dtype=np.float64)
+    weights32 = weights.astype(np.float32)
     w32 = (weights / weights.sum()).astype(np.float32)
 
     def floor_b(dtype: type) -> None:
         acc = np.zeros(p, dtype=dtype)
         tmp = np.empty(p, dtype=dtype)
-        for a, w in zip(arrays, weights, strict=True):
+        for a, w in zip(arrays, weights32 if dtype is np.float32 else weights, strict=True):
             np.multiply(a, w, out=tmp)
             acc += tmp
         acc /= weights.sum()
 
-    floors = {
-        "b": _median_time(lambda: floor_b(np.float32), 5),
-        "b64": _median_time(lambda: floor_b(np.float64), 5),
-    }
+    paired: dict[str, list[float]] = {"b": [], "b64": []}
+
+    def after_round(report: Any) -> None:
+        for key, dtype in (("b", np.float32), ("b64", np.float64)):
+            t0 = time.perf_counter()
+            floor_b(dtype)
+            paired[key].append(time.perf_counter() - t0)
+
+    times, _, err = _run_fedcare(nodes, task, x0, rounds, workers, after_round)
+    worst_err = max(worst_err, err)
+    ratios_b = [t / f for t, f in zip(times, paired["b"], strict=True)]
+    floors = {"b": _median_time(lambda: floor_b(np.float32), 5)}
     if n * p <= 100 * 1_000_000:
         stacked = np.stack(arrays)
         floors["a"] = _median_time(lambda: w32 @ stacked, 5)
         del stacked
     med = statistics.median(round_times)
+    floor_b_med = statistics.median(paired["b"])
+    floor_b64_med = statistics.median(paired["b64"])
     return {
         "sites": n,
         "params": p,
@@ -186,11 +222,17 @@ def run_worker(n: int, p: int, rounds: int, repeats: int, workers: int | None) -
         "s_per_round_min": min(round_times),
         "s_per_round_max": max(round_times),
         "floor_a_s": floors["a"][0] if "a" in floors else None,
-        "floor_b_s": floors["b"][0],
-        "floor_b64_s": floors["b64"][0],
+        "floor_b_s": floor_b_med,
+        "floor_b64_s": floor_b64_med,
         "ratio_a": med / floors["a"][0] if "a" in floors else None,
-        "ratio_b": med / floors["b"][0],
-        "ratio_b64": med / floors["b64"][0],
+        "ratio_b": med / floor_b_med,
+        "ratio_b64": med / floor_b64_med,
+        "paired_ratio_b": statistics.median(ratios_b),
+        "paired_ratio_b_min": min(ratios_b),
+        "paired_ratio_b_max": max(ratios_b),
+        "cpu_s_per_round": cpu_s / len(round_times),
+        "floor_b_cpu_s": floors["b"][3],
+        "cpu_ratio_b": cpu_s / len(round_times) / floors["b"][3],
         "peak_rss_mb": fedcare_peak,
         "rss_before_run_mb": rss_before,
         "rss_growth_mb": fedcare_peak - rss_before,
@@ -225,7 +267,8 @@ def main() -> None:
     print(f"workload 1 (BENCHMARKS.md): FedAvg, {args.rounds} rounds, no evaluation; cpus={os.cpu_count()}")
     print(
         f"{'N':>5} {'P':>9} | {'s/round median (min-max)':>28} | {'floor a':>8} {'floor b':>8} {'b64':>8} | "
-        f"{'x a':>6} {'x b':>6} {'x b64':>6} | {'peak RSS':>9} {'growth':>8} | Flower s/round (x a), RSS"
+        f"{'x a':>6} {'x b':>6} {'x b64':>6} {'paired x b (min-max)':>20} {'cpu x b':>7} | "
+        f"{'peak RSS':>9} {'growth':>8} | Flower s/round (x a), RSS"
     )
     for r in rows:
         fl = FLOWER.get((r["sites"], r["params"]))
@@ -235,7 +278,10 @@ def main() -> None:
         print(
             f"{r['sites']:>5} {r['params']:>9} | {r['s_per_round']:9.4f} ({r['s_per_round_min']:.4f}-"
             f"{r['s_per_round_max']:.4f}) | {fa} {r['floor_b_s'] * 1e3:6.2f}ms {r['floor_b64_s'] * 1e3:6.2f}ms | "
-            f"{xa} {r['ratio_b']:6.2f} {r['ratio_b64']:6.2f} | {r['peak_rss_mb']:6.0f} MB {r['rss_growth_mb']:5.0f} MB"
+            f"{xa} {r['ratio_b']:6.2f} {r['ratio_b64']:6.2f} "
+            f"{r['paired_ratio_b']:6.2f} ({r['paired_ratio_b_min']:.2f}-{r['paired_ratio_b_max']:.2f}) "
+            f"{r['cpu_ratio_b']:7.2f} | "
+            f"{r['peak_rss_mb']:6.0f} MB {r['rss_growth_mb']:5.0f} MB"
             f" | {flower}"
         )
     print(json.dumps({"benchmark": "overhead", "rows": rows}))

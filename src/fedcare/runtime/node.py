@@ -87,7 +87,7 @@ class SiteNode:
         model = message.payload.arrays.get("model")
         if model is None:
             raise FedcareError("instruction carries no 'model' record")
-        check_state(model, self._spec, where=f"{message.kind.value} instruction at {self.site_id}")
+        check_state(model, self._spec, where=f"{message.kind.value} instruction at {self.site_id}", reuse_frozen=True)
         return dict(model)
 
     def _fit(self, message: Message) -> Message:

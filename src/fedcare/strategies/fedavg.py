@@ -11,7 +11,10 @@ which vanishes when the result is cast back to the model's float32.
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import ClassVar
 
 import numpy as np
@@ -29,6 +32,39 @@ __all__ = ["BATCH", "BLOCK", "FedAvg", "WeightedMeanFold"]
 BLOCK = 1 << 15
 #: Updates buffered before they are folded in one blocked pass (bounded: O(model) memory).
 BATCH = 4
+#: Entries with at least this many elements are folded by several threads, each owning a
+#: contiguous range of elements (numpy releases the GIL; per element nothing changes).
+PARALLEL_MIN = 1 << 18
+
+_pool_lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+
+
+def _fold_pool() -> tuple[ThreadPoolExecutor | None, int]:
+    """A small shared thread pool for large folds and its size; ``None`` on a single CPU."""
+    global _pool
+    workers = min(4, os.cpu_count() or 1)
+    if workers < 2:
+        return None, 1
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fedcare-fold")
+        return _pool, workers
+
+
+def _fold_range(acc: np.ndarray, flats: list[tuple[np.ndarray, float]], start: int, stop: int, tmp: np.ndarray) -> None:
+    """``acc[i] += w_k * a_k[i]`` for each update k in order, block by block over [start, stop).
+
+    The product is computed in float64 (``dtype=``): with a Python-float weight numpy
+    would otherwise multiply in float32 and round every product before accumulating.
+    """
+    for lo in range(start, stop, BLOCK):
+        hi = min(lo + BLOCK, stop)
+        block = acc[lo:hi]
+        t = tmp[: hi - lo]
+        for flat, weight in flats:
+            np.multiply(flat[lo:hi], weight, out=t, dtype=np.float64)  # exact: a float32 times an integer
+            block += t
 
 
 class WeightedMeanFold:
@@ -93,21 +129,26 @@ class WeightedMeanFold:
             return
         for name in pending[0][0]:
             acc = self._acc.get(name)
-            first = pending[0][0][name]
             if acc is None:
-                self._acc[name] = acc = np.zeros(first.shape, dtype=np.float64)
+                self._acc[name] = acc = np.zeros(pending[0][0][name].shape, dtype=np.float64)
             flat_acc = acc.reshape(-1)
             flats = [(state[name].reshape(-1), weight) for state, weight in pending]
             size = flat_acc.size
-            if self._tmp.size < min(size, BLOCK):
-                self._tmp = np.empty(min(size, BLOCK), dtype=np.float64)
-            for start in range(0, size, BLOCK):
-                stop = min(start + BLOCK, size)
-                block = flat_acc[start:stop]
-                tmp = self._tmp[: stop - start]
-                for flat, weight in flats:
-                    np.multiply(flat[start:stop], weight, out=tmp)
-                    block += tmp
+            pool, parts = _fold_pool() if size >= PARALLEL_MIN else (None, 1)
+            if pool is None:
+                if self._tmp.size < min(size, BLOCK):
+                    self._tmp = np.empty(min(size, BLOCK), dtype=np.float64)
+                _fold_range(flat_acc, flats, 0, size, self._tmp)
+                continue
+            bounds = np.linspace(0, size, parts + 1).astype(int) // BLOCK * BLOCK
+            bounds[-1] = size
+            futures = [
+                pool.submit(_fold_range, flat_acc, flats, int(lo), int(hi), np.empty(BLOCK, dtype=np.float64))
+                for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)
+                if hi > lo
+            ]
+            for future in futures:
+                future.result()
 
     def mean(self) -> ModelState:
         """Return the weighted mean, cast back to each entry's template dtype."""
