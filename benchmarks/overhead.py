@@ -17,7 +17,10 @@ the same N float32 arrays and weights:
 The floors (b) and (b64) are timed right after each round of a second fedcare run
 ("paired"), so each round is compared with a floor taken under the same machine load;
 the median of the per-round ratios is the robust figure on a shared machine. The CPU
-ratio compares CPU seconds (all threads) per round with the floor's CPU seconds.
+ratio compares CPU seconds (all threads) per round with the floor's CPU seconds; the
+server ratio leaves out the CPU the simulated sites spend in their handlers (in a
+deployment that work happens at the hospitals), i.e. the Coordinator, channel,
+validation and fold.
 
 Usage::
 
@@ -37,6 +40,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -122,9 +126,28 @@ def _median_time(fn: Any, repeats: int) -> tuple[float, float, float, float]:
 
 def _run_fedcare(
     nodes: Mapping[SiteId, Any], task: OffsetTask, x0: np.ndarray, rounds: int, workers: int | None, on_round: Any
-) -> tuple[list[float], float, float]:
-    """One fedcare run; returns the round wall times, CPU seconds (all threads), closed-form error."""
-    channel = InProcessChannel({s: node.handle for s, node in nodes.items()}, max_workers=workers)
+) -> tuple[list[float], float, float, float]:
+    """One fedcare run.
+
+    Returns the round wall times, the CPU seconds of the whole process (all threads) and
+    of the server side alone (process minus the sites' handlers, timed per thread), and
+    the error against the closed form.
+    """
+    site_cpu = [0.0]
+    lock = threading.Lock()
+
+    def timed(handle: Any) -> Any:
+        def call(message: Any) -> Any:
+            t0 = time.thread_time()
+            try:
+                return handle(message)
+            finally:
+                with lock:
+                    site_cpu[0] += time.thread_time() - t0
+
+        return call
+
+    channel = InProcessChannel({s: timed(node.handle) for s, node in nodes.items()}, max_workers=workers)
     coordinator = Coordinator(
         channel=channel,
         strategy=FedAvg(),
@@ -150,13 +173,14 @@ def _run_fedcare(
     finally:
         channel.close()
     cpu = time.process_time() - cpu0
+    server_cpu = cpu - site_cpu[0]
     assert all(not r.failures for r in result.rounds), result.rounds[0].failures
     n = len(nodes)
     expected = x0.astype(np.float64) + rounds * 1e-3 * (2 * n + 1) / 3
     err = float(np.max(np.abs(result.state.model["x"].astype(np.float64) - expected)))
     if err > 1e-4:
         raise SystemExit(f"N={n} P={x0.size}: final model is off the closed form by {err:.3g}")
-    return [r.duration_s for r in result.rounds], cpu, err
+    return [r.duration_s for r in result.rounds], cpu, server_cpu, err
 
 
 def run_worker(n: int, p: int, rounds: int, repeats: int, workers: int | None) -> dict[str, Any]:
@@ -172,11 +196,13 @@ def run_worker(n: int, p: int, rounds: int, repeats: int, workers: int | None) -
     rss_before = current_rss_mb()
     round_times: list[float] = []
     cpu_s = 0.0
+    server_cpu_s = 0.0
     worst_err = 0.0
     for _ in range(repeats):
-        times, cpu, err = _run_fedcare(nodes, task, x0, rounds, workers, None)
+        times, cpu, server_cpu, err = _run_fedcare(nodes, task, x0, rounds, workers, None)
         round_times += times
         cpu_s += cpu
+        server_cpu_s += server_cpu
         worst_err = max(worst_err, err)
     fedcare_peak = peak_rss_mb()
 
@@ -202,7 +228,7 @@ def run_worker(n: int, p: int, rounds: int, repeats: int, workers: int | None) -
             floor_b(dtype)
             paired[key].append(time.perf_counter() - t0)
 
-    times, _, err = _run_fedcare(nodes, task, x0, rounds, workers, after_round)
+    times, _, _, err = _run_fedcare(nodes, task, x0, rounds, workers, after_round)
     worst_err = max(worst_err, err)
     ratios_b = [t / f for t, f in zip(times, paired["b"], strict=True)]
     floors = {"b": _median_time(lambda: floor_b(np.float32), 5)}
@@ -233,6 +259,8 @@ def run_worker(n: int, p: int, rounds: int, repeats: int, workers: int | None) -
         "cpu_s_per_round": cpu_s / len(round_times),
         "floor_b_cpu_s": floors["b"][3],
         "cpu_ratio_b": cpu_s / len(round_times) / floors["b"][3],
+        "server_cpu_s_per_round": server_cpu_s / len(round_times),
+        "server_cpu_ratio_b": server_cpu_s / len(round_times) / floors["b"][3],
         "peak_rss_mb": fedcare_peak,
         "rss_before_run_mb": rss_before,
         "rss_growth_mb": fedcare_peak - rss_before,
@@ -267,7 +295,7 @@ def main() -> None:
     print(f"workload 1 (BENCHMARKS.md): FedAvg, {args.rounds} rounds, no evaluation; cpus={os.cpu_count()}")
     print(
         f"{'N':>5} {'P':>9} | {'s/round median (min-max)':>28} | {'floor a':>8} {'floor b':>8} {'b64':>8} | "
-        f"{'x a':>6} {'x b':>6} {'x b64':>6} {'paired x b (min-max)':>20} {'cpu x b':>7} | "
+        f"{'x a':>6} {'x b':>6} {'x b64':>6} {'paired x b (min-max)':>20} {'cpu x b':>7} {'server':>6} | "
         f"{'peak RSS':>9} {'growth':>8} | Flower s/round (x a), RSS"
     )
     for r in rows:
@@ -280,7 +308,7 @@ def main() -> None:
             f"{r['s_per_round_max']:.4f}) | {fa} {r['floor_b_s'] * 1e3:6.2f}ms {r['floor_b64_s'] * 1e3:6.2f}ms | "
             f"{xa} {r['ratio_b']:6.2f} {r['ratio_b64']:6.2f} "
             f"{r['paired_ratio_b']:6.2f} ({r['paired_ratio_b_min']:.2f}-{r['paired_ratio_b_max']:.2f}) "
-            f"{r['cpu_ratio_b']:7.2f} | "
+            f"{r['cpu_ratio_b']:7.2f} {r['server_cpu_ratio_b']:6.2f} | "
             f"{r['peak_rss_mb']:6.0f} MB {r['rss_growth_mb']:5.0f} MB"
             f" | {flower}"
         )

@@ -7,10 +7,10 @@ from fedcare.types import FitResult, SiteId
 
 
 def _one_at_a_time(updates, weights):
-    """The reference fold: acc += w * a in float64, one update at a time, in order."""
+    """The reference fold: one update at a time, in order; float32 product, float64 sum."""
     acc = np.zeros(updates[0].shape, dtype=np.float64)
     for a, w in zip(updates, weights, strict=True):
-        acc += a.astype(np.float64) * w
+        acc += (a * np.float32(w)).astype(np.float64)
     acc *= 1.0 / sum(weights)
     return acc.astype(np.float32)
 
@@ -56,3 +56,10 @@ def test_multi_dimensional_entries_keep_their_shape():
     assert out["m"].shape == (3, 5) and out["b"].shape == ()
     np.testing.assert_array_equal(out["m"], np.full((3, 5), 2.5, np.float32))
     assert float(out["b"]) == 0.5
+
+
+def test_integer_entries_are_averaged_in_float64():
+    fold = WeightedMeanFold({"n": np.zeros(3, np.int64)}, batch=2)
+    fold.add(SiteId("a"), FitResult(state={"n": np.array([1, 2, 3])}, num_examples=1))
+    fold.add(SiteId("b"), FitResult(state={"n": np.array([3, 4, 6])}, num_examples=3))
+    np.testing.assert_array_equal(fold.mean()["n"], np.array([2, 3, 5]))

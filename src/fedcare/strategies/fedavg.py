@@ -52,19 +52,29 @@ def _fold_pool() -> tuple[ThreadPoolExecutor | None, int]:
         return _pool, workers
 
 
-def _fold_range(acc: np.ndarray, flats: list[tuple[np.ndarray, float]], start: int, stop: int, tmp: np.ndarray) -> None:
+def _fold_range(acc: np.ndarray, flats: list[tuple[np.ndarray, float]], start: int, stop: int) -> None:
     """``acc[i] += w_k * a_k[i]`` for each update k in order, block by block over [start, stop).
 
-    The product is computed in float64 (``dtype=``): with a Python-float weight numpy
-    would otherwise multiply in float32 and round every product before accumulating.
+    The product ``w_k * a_k[i]`` is rounded once to the update's own dtype (float32 for a
+    float32 model: numpy's rule for a Python-float scalar, and twice as fast as a float64
+    product), then added to the float64 accumulator. A product does not depend on the
+    arrival order, so the determinism argument is unchanged: only the float64 sums see
+    the order, and their rounding vanishes in the cast back to float32.
     """
+    tmps: dict[np.dtype, np.ndarray] = {}
+    work = []
+    for flat, weight in flats:
+        dtype = np.result_type(flat.dtype, weight)  # float32 stays float32; integers become float64
+        if dtype not in tmps:
+            tmps[dtype] = np.empty(min(BLOCK, stop - start), dtype=dtype)
+        work.append((flat, weight, tmps[dtype]))
     for lo in range(start, stop, BLOCK):
         hi = min(lo + BLOCK, stop)
         block = acc[lo:hi]
-        t = tmp[: hi - lo]
-        for flat, weight in flats:
-            np.multiply(flat[lo:hi], weight, out=t, dtype=np.float64)  # exact: a float32 times an integer
-            block += t
+        for flat, weight, tmp in work:
+            t = tmp[: hi - lo]
+            np.multiply(flat[lo:hi], weight, out=t)
+            np.add(block, t, out=block)
 
 
 class WeightedMeanFold:
@@ -93,7 +103,6 @@ class WeightedMeanFold:
         self._template = template
         self._batch = batch
         self._acc: dict[str, np.ndarray] = {}
-        self._tmp = np.empty(0, dtype=np.float64)
         self._pending: list[tuple[ModelState, float]] = []
         self._total = 0.0
         self._count = 0
@@ -136,14 +145,12 @@ class WeightedMeanFold:
             size = flat_acc.size
             pool, parts = _fold_pool() if size >= PARALLEL_MIN else (None, 1)
             if pool is None:
-                if self._tmp.size < min(size, BLOCK):
-                    self._tmp = np.empty(min(size, BLOCK), dtype=np.float64)
-                _fold_range(flat_acc, flats, 0, size, self._tmp)
+                _fold_range(flat_acc, flats, 0, size)
                 continue
             bounds = np.linspace(0, size, parts + 1).astype(int) // BLOCK * BLOCK
             bounds[-1] = size
             futures = [
-                pool.submit(_fold_range, flat_acc, flats, int(lo), int(hi), np.empty(BLOCK, dtype=np.float64))
+                pool.submit(_fold_range, flat_acc, flats, int(lo), int(hi))
                 for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)
                 if hi > lo
             ]
