@@ -6,9 +6,11 @@
     ├── ConfigError              exit 2   bad run/site configuration
     ├── DataError                exit 3   missing file/column, bad values, empty site
     ├── SerdeError               exit 4   malformed or unsafe payload on the wire/disk
+    │   └── ProtocolError        exit 4   a malformed or out-of-order protocol frame
     ├── PolicyError              exit 5   a site's policy refuses an instruction
     ├── NotEnoughSitesError      exit 6   fewer sites answered than the minimum
-    └── StoreError               exit 7   the run store is unusable or inconsistent
+    ├── StoreError               exit 7   the run store is unusable or inconsistent
+    └── TransportError           exit 8   cannot reach or stay connected to a peer (TLS, network)
 
 Failures at a site travel back as error replies (data); these exceptions are for the
 process that detects the problem.
@@ -22,8 +24,10 @@ __all__ = [
     "FedcareError",
     "NotEnoughSitesError",
     "PolicyError",
+    "ProtocolError",
     "SerdeError",
     "StoreError",
+    "TransportError",
 ]
 
 
@@ -67,3 +71,13 @@ class StoreError(FedcareError):
     """The run store cannot be read or written."""
 
     exit_code = 7
+
+
+class ProtocolError(SerdeError):
+    """A protocol frame is malformed, oversized or out of order (wire protocol v1)."""
+
+
+class TransportError(FedcareError):
+    """A peer cannot be reached or refused the connection (network, TLS, version)."""
+
+    exit_code = 8

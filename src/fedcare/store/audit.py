@@ -1,0 +1,143 @@
+"""Append-only, hash-chained audit log (JSON lines) kept by the server and by each site.
+
+Each line is one event: ``{"seq", "time", "actor", "event", ..., "prev", "hash"}`` where
+``hash = sha256(prev + canonical JSON of the entry without "hash")`` and ``prev`` is the
+previous line's hash (64 zeros for the first). A sidecar ``<log>.head`` file holds the
+last sequence number and hash, so deleting the final lines is detected too.
+:func:`verify_audit_log` recomputes the chain and names the first broken line.
+
+What is logged is metadata only: instruction kinds, rounds, sizes and sha256 digests of
+what left or arrived, refusals and their reasons. Never data, never keys.
+
+Limits: someone who can rewrite the whole file AND its head can forge a consistent
+chain; copy the head hash somewhere else (the coordinator, a ticket, a printout) to
+anchor it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from fedcare.errors import StoreError
+
+__all__ = ["AuditLog", "AuditReport", "verify_audit_log"]
+
+_GENESIS = "0" * 64
+
+
+def _digest(prev: str, entry: dict[str, Any]) -> str:
+    body = json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256((prev + body).encode()).hexdigest()
+
+
+def _head_path(path: Path) -> Path:
+    return path.with_name(path.name + ".head")
+
+
+class AuditLog:
+    """Append events to a hash-chained JSONL file (thread-safe, fsynced).
+
+    Parameters
+    ----------
+    path : Path
+        The log file; created with its folder. An existing log is continued after its
+        chain is verified (a broken log is refused rather than extended).
+    actor : str
+        Who writes (``"server"`` or the site's name).
+    """
+
+    def __init__(self, path: str | Path, *, actor: str) -> None:
+        self.path = Path(path)
+        self.actor = actor
+        self._lock = threading.Lock()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists() and self.path.stat().st_size > 0:
+            report = verify_audit_log(self.path)
+            if not report.ok:
+                raise StoreError(f"audit log {self.path} fails verification: {report.problem}")
+            self._seq, self._prev = report.entries, report.head
+        else:
+            self._seq, self._prev = 0, _GENESIS
+
+    def append(self, event: str, **fields: Any) -> str:
+        """Write one event; return its hash."""
+        with self._lock:
+            entry: dict[str, Any] = {
+                "seq": self._seq + 1,
+                "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                "actor": self.actor,
+                "event": event,
+                **fields,
+                "prev": self._prev,
+            }
+            digest = _digest(self._prev, entry)
+            entry["hash"] = digest
+            line = json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=True) + "\n"
+            with open(self.path, "a", encoding="ascii") as fh:
+                fh.write(line)
+                fh.flush()
+                os.fsync(fh.fileno())
+            head = _head_path(self.path)
+            tmp = head.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"seq": entry["seq"], "hash": digest}), encoding="ascii")
+            os.replace(tmp, head)
+            self._seq, self._prev = entry["seq"], digest
+            return digest
+
+
+@dataclass(frozen=True)
+class AuditReport:
+    """Outcome of :func:`verify_audit_log`."""
+
+    ok: bool
+    entries: int
+    head: str
+    problem: str = ""
+
+
+def verify_audit_log(path: str | Path) -> AuditReport:
+    """Recompute the chain of ``path``; report the first edited, deleted or reordered line."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="ascii").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        return AuditReport(False, 0, _GENESIS, f"cannot read {path}: {exc}")
+    prev, seq = _GENESIS, 0
+    for lineno, line in enumerate(lines, start=1):
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            return AuditReport(False, seq, prev, f"line {lineno} is not valid JSON (edited?)")
+        if not isinstance(entry, dict) or "hash" not in entry:
+            return AuditReport(False, seq, prev, f"line {lineno} has no hash")
+        claimed = entry.pop("hash")
+        if entry.get("seq") != seq + 1:
+            return AuditReport(False, seq, prev, f"line {lineno}: sequence {entry.get('seq')} follows {seq} (deleted?)")
+        if entry.get("prev") != prev:
+            return AuditReport(False, seq, prev, f"line {lineno}: does not chain to the previous entry (deleted?)")
+        if _digest(prev, entry) != claimed:
+            return AuditReport(False, seq, prev, f"line {lineno}: content does not match its hash (edited)")
+        prev, seq = claimed, seq + 1
+    head_file = _head_path(path)
+    if head_file.exists():
+        try:
+            head = json.loads(head_file.read_text(encoding="ascii"))
+        except ValueError:
+            return AuditReport(False, seq, prev, f"{head_file} is not valid JSON")
+        if head.get("seq") != seq or head.get("hash") != prev:
+            return AuditReport(
+                False,
+                seq,
+                prev,
+                f"the log ends at entry {seq} but its head records entry {head.get('seq')} (truncated?)",
+            )
+    elif seq:
+        return AuditReport(False, seq, prev, f"{head_file} is missing")
+    return AuditReport(True, seq, prev)

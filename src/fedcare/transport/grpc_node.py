@@ -1,0 +1,403 @@
+"""The site's side of deployment: dial out, join a study, answer instructions.
+
+:class:`GrpcNodeAgent` opens one outbound gRPC stream to the coordinator (mutual TLS;
+through an HTTPS proxy when ``https_proxy``/``grpc_proxy`` is set or ``proxy`` is
+given), says hello with its protocol version, checks that the study it is welcomed
+into is one its config opts in to, then answers instructions by calling
+:meth:`fedcare.runtime.node.SiteNode.handle` (the site's policy: approved task hashes,
+and whatever the privacy and secure-aggregation rules add). Every incoming message is
+assembled and validated by :class:`~fedcare.transport.wire.MessageAssembler` before
+use; a malformed instruction gets an error reply, never a crash.
+
+When the server or the network goes away the agent reconnects with exponential
+backoff (with jitter); a refusal by the server (not allow-listed, incompatible
+protocol) or a study the site did not opt in to ends it with a clear error instead.
+
+Audit trail (site side): instruction received (kind, round, sizes, sha256),
+refused (reason), executed (duration), and what left the site (kind, sizes, sha256).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import grpc
+
+from fedcare.errors import PolicyError, ProtocolError, TransportError
+from fedcare.store.audit import AuditLog
+from fedcare.transport.grpc_server import grpc_options
+from fedcare.transport.proto import fedcare_pb2 as pb
+from fedcare.transport.proto import fedcare_pb2_grpc as pb_grpc
+from fedcare.transport.tls import TlsFiles, client_credentials
+from fedcare.transport.version import PROTOCOL_VERSION
+from fedcare.transport.wire import (
+    DEFAULT_CHUNK_BYTES,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    EncodedMessage,
+    MessageAssembler,
+    encode_message,
+)
+from fedcare.types import Message
+
+__all__ = ["Backoff", "GrpcNodeAgent", "describe_rpc_error"]
+
+log = logging.getLogger(__name__)
+
+#: Handler of one instruction (usually ``SiteNode.handle``).
+Handler = Callable[[Message], Message]
+_OutQueue = queue.SimpleQueue[pb.SiteFrame | EncodedMessage | None]
+
+
+@dataclass
+class Backoff:
+    """Exponential backoff with full jitter: ``uniform(0, min(max, initial * 2**n))``."""
+
+    initial_s: float = 0.5
+    max_s: float = 30.0
+    attempt: int = 0
+
+    def next_delay(self) -> float:
+        """Delay before the next attempt (and count the attempt)."""
+        cap = min(self.max_s, self.initial_s * (2.0**self.attempt))
+        self.attempt += 1
+        return cap * (0.5 + 0.5 * secrets.randbelow(1_000_000) / 1_000_000)
+
+    def reset(self) -> None:
+        """Back to the initial delay (after a successful join)."""
+        self.attempt = 0
+
+
+def describe_rpc_error(exc: grpc.RpcError) -> str:
+    """One line a site's IT officer can act on, from a gRPC error."""
+    code = exc.code() if hasattr(exc, "code") else None
+    details = (exc.details() if hasattr(exc, "details") else "") or ""
+    low = details.lower()
+    if code == grpc.StatusCode.PERMISSION_DENIED:
+        return f"the coordinator refused this site: {details}"
+    if "handshake" in low or "ssl" in low or "certificate" in low or "tls" in low:
+        return (
+            f"TLS handshake with the coordinator failed ({details}); check that ca/cert/key are the study's "
+            "(run `fedcare doctor`)"
+        )
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return f"the coordinator is unreachable ({details})"
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return f"the coordinator did not answer in time ({details})"
+    return f"{code.name if code else 'error'}: {details}"
+
+
+class _Fatal(Exception):
+    """The server or the site's own policy ended the session for good."""
+
+
+class GrpcNodeAgent:
+    """Keep a site connected to its coordinator and answer instructions.
+
+    Parameters
+    ----------
+    site : str
+        This site's name; must equal the CN of its certificate.
+    handler : Handler
+        Answers one instruction (``SiteNode.handle``).
+    address : str
+        Coordinator ``host:port``.
+    tls : TlsFiles
+        Study CA, site certificate and key.
+    studies : Sequence[str]
+        Studies this site opts in to; any other study is declined.
+    audit : AuditLog or None (default: None)
+        The site's audit trail.
+    proxy : str or None (default: None)
+        HTTPS proxy URL (``http://host:port``); ``None`` uses the standard environment
+        variables (``grpc_proxy``, ``https_proxy``, ``http_proxy``, ``no_proxy``).
+    server_name : str or None (default: None)
+        Name expected in the server certificate when it differs from the address host.
+    chunk_bytes : int (default: 4 MiB)
+        Chunk size of outgoing records.
+    max_message_bytes : int (default: 2 GiB)
+        Largest instruction accepted.
+    backoff : Backoff or None (default: None)
+        Reconnection policy (0.5 s doubling to 30 s).
+    connect_timeout_s : float (default: 10.0)
+        Deadline for the TCP + TLS + hello/welcome exchange.
+    """
+
+    def __init__(
+        self,
+        *,
+        site: str,
+        handler: Handler,
+        address: str,
+        tls: TlsFiles,
+        studies: Sequence[str],
+        audit: AuditLog | None = None,
+        proxy: str | None = None,
+        server_name: str | None = None,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        backoff: Backoff | None = None,
+        connect_timeout_s: float = 10.0,
+    ) -> None:
+        self.site = site
+        self.handler = handler
+        self.address = address
+        self.tls = tls
+        self.studies = frozenset(studies)
+        self.audit = audit
+        self.proxy = proxy
+        self.server_name = server_name
+        self.chunk_bytes = chunk_bytes
+        self.max_message_bytes = max_message_bytes
+        self.backoff = backoff or Backoff()
+        self.connect_timeout_s = connect_timeout_s
+        self.stop_event = threading.Event()
+        self.run_id: str | None = None
+        self.joined = threading.Event()
+
+    def _audit(self, event: str, **fields: object) -> None:
+        if self.audit is not None:
+            self.audit.append(event, **fields)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def run_forever(self, *, max_attempts: int | None = None) -> None:
+        """Connect, serve, reconnect with backoff; return when stopped.
+
+        Raises
+        ------
+        TransportError
+            The coordinator refused this site (allow-list, protocol version) or
+            ``max_attempts`` consecutive connection attempts failed.
+        PolicyError
+            The coordinator runs a study this site's config does not opt in to.
+        """
+        failures = 0
+        while not self.stop_event.is_set():
+            try:
+                self.serve_once()
+                failures = 0
+            except _Fatal as exc:
+                raise exc.__cause__ or TransportError(str(exc)) from None
+            except TransportError as exc:
+                failures += 1
+                log.warning("site %s: %s", self.site, exc)
+                if max_attempts is not None and failures >= max_attempts:
+                    raise
+            if self.stop_event.is_set():
+                return
+            delay = self.backoff.next_delay()
+            log.info("site %s: reconnecting in %.1f s", self.site, delay)
+            self.stop_event.wait(delay)
+
+    def stop(self) -> None:
+        """Ask :meth:`run_forever` to return (closes the current stream)."""
+        self.stop_event.set()
+        call = getattr(self, "_call", None)
+        if call is not None:
+            call.cancel()
+
+    def _channel(self) -> grpc.Channel:
+        options: list[tuple[str, int | str]] = list(grpc_options(self.chunk_bytes))
+        options += [("grpc.initial_reconnect_backoff_ms", 500), ("grpc.max_reconnect_backoff_ms", 10_000)]
+        if self.proxy:
+            options.append(("grpc.http_proxy", self.proxy))
+        if self.server_name:
+            options.append(("grpc.ssl_target_name_override", self.server_name))
+        return grpc.secure_channel(self.address, client_credentials(self.tls), options=options)
+
+    def serve_once(self) -> None:
+        """One session: handshake, then answer instructions until the stream ends.
+
+        Raises
+        ------
+        TransportError
+            The connection failed or broke (the caller retries).
+        _Fatal
+            A refusal that retrying cannot fix.
+        """
+        outq: _OutQueue = queue.SimpleQueue()
+        chunk_bytes = self.chunk_bytes
+
+        def requests() -> Iterator[pb.SiteFrame]:
+            while True:
+                item = outq.get()
+                if item is None:
+                    return
+                if isinstance(item, EncodedMessage):
+                    yield pb.SiteFrame(header=item.header)
+                    for chunk in item.chunks(chunk_bytes):
+                        yield pb.SiteFrame(chunk=chunk)
+                    yield pb.SiteFrame(end=pb.MessageEnd(message_id=item.header.message_id))
+                else:
+                    yield item
+
+        channel = self._channel()
+        try:
+            outq.put(
+                pb.SiteFrame(
+                    hello=pb.Hello(protocol_version=PROTOCOL_VERSION, software_version=_software(), site=self.site)
+                )
+            )
+            call = pb_grpc.FederationStub(channel).Connect(requests())
+            self._call = call
+            try:
+                self._session(call, outq)
+            except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.CANCELLED and self.stop_event.is_set():
+                    return
+                message = describe_rpc_error(exc)
+                self._audit("connection_failed", reason=message[:500])
+                if exc.code() == grpc.StatusCode.PERMISSION_DENIED:
+                    raise _Fatal(message) from TransportError(message)
+                raise TransportError(message) from None
+        finally:
+            outq.put(None)
+            self._call = None
+            self.joined.clear()
+            channel.close()
+
+    def _session(self, call: Iterator[pb.ServerFrame], outq: _OutQueue) -> None:
+        timer = threading.Timer(self.connect_timeout_s, call.cancel)  # type: ignore[attr-defined]
+        timer.daemon = True
+        timer.start()
+        try:
+            first = next(call, None)
+        finally:
+            timer.cancel()
+        if first is None:
+            raise TransportError("the coordinator closed the stream before welcoming this site")
+        if first.WhichOneof("frame") == "refusal":
+            reason = first.refusal.reason[:500]
+            self._audit("refused_by_server", reason=reason)
+            message = f"the coordinator refused this site: {reason}"
+            raise _Fatal(message) from TransportError(message)
+        if first.WhichOneof("frame") != "welcome":
+            raise TransportError("protocol error: the coordinator's first frame is not a welcome")
+        welcome = first.welcome
+        if welcome.study not in self.studies:
+            reason = f"study {welcome.study!r} is not in this site's opt-in list {sorted(self.studies)}"
+            outq.put(pb.SiteFrame(refusal=pb.Refusal(reason=reason)))
+            self._audit("declined_study", study=welcome.study, run_id=welcome.run_id, reason=reason)
+            raise _Fatal(reason) from PolicyError(f"refused: {reason}")
+        skew_s = time.time() - welcome.server_time_unix_ms / 1000.0
+        outq.put(pb.SiteFrame(join=pb.Join(study=welcome.study)))
+        self.run_id = welcome.run_id
+        self._audit(
+            "joined",
+            study=welcome.study,
+            run_id=welcome.run_id,
+            task=welcome.task,
+            task_hash=welcome.task_hash,
+            protocol=welcome.protocol_version,
+            clock_skew_s=round(skew_s, 3),
+        )
+        log.info("site %s joined study %s (run %s)", self.site, welcome.study, welcome.run_id)
+        self.backoff.reset()
+        self.joined.set()
+        limit = min(self.max_message_bytes, welcome.max_message_bytes or self.max_message_bytes)
+        assembler = MessageAssembler(max_message_bytes=self.max_message_bytes, where="instruction")
+        skip = ""
+        header: pb.MessageHeader | None = None
+        for frame in call:
+            which = frame.WhichOneof("frame")
+            try:
+                if which == "header":
+                    header = frame.header
+                    skip = ""
+                    assembler.start(frame.header)
+                elif which == "chunk":
+                    if not (skip and frame.chunk.message_id == skip):
+                        assembler.add(frame.chunk)
+                elif which == "end":
+                    if skip and frame.end.message_id == skip:
+                        skip = ""
+                        continue
+                    message = assembler.finish(frame.end)
+                    self._answer(message, welcome.run_id, outq, limit)
+                elif which != "ping":
+                    raise ProtocolError(f"instruction stream: unexpected {which or 'empty'} frame")
+            except ProtocolError as exc:
+                skip = assembler.current_id or (header.message_id if header is not None else "")
+                assembler.reset()
+                log.warning("site %s: malformed instruction: %s", self.site, exc)
+                self._audit("malformed", error=str(exc)[:500])
+                if header is not None:
+                    self._send_error(header, f"malformed instruction: {exc}", outq)
+        raise TransportError("the coordinator closed the stream")
+
+    # -- one instruction -------------------------------------------------------------------
+
+    def _answer(self, message: Message, run_id: str, outq: _OutQueue, limit: int) -> None:
+        sizes = {k: int(sum(a.nbytes for a in v.values())) for k, v in message.payload.arrays.items()}
+        self._audit(
+            "received",
+            kind=message.kind.value,
+            run_id=message.run_id,
+            round_no=message.round_no,
+            message_id=message.message_id,
+            task_hash=str(message.payload.config.get("task_hash", "")),
+            sizes=sizes,
+        )
+        started = time.perf_counter()
+        if message.run_id != run_id:
+            reply = message.reply(error=f"refused: run {message.run_id!r} is not the run this site joined ({run_id!r})")
+        else:
+            try:
+                reply = self.handler(message)
+            except Exception as exc:  # a failing task is an error reply, not a dead node
+                log.exception("site %s: %s failed", self.site, message.kind.value)
+                reply = message.reply(error=f"{type(exc).__name__}: {exc}")
+        if reply.has_error:
+            event = "refused" if (reply.error or "").startswith("refused") else "failed"
+            self._audit(event, kind=message.kind.value, round_no=message.round_no, reason=(reply.error or "")[:500])
+        else:
+            self._audit(
+                "executed",
+                kind=message.kind.value,
+                round_no=message.round_no,
+                duration_s=round(time.perf_counter() - started, 4),
+            )
+        encoded = encode_message(reply, with_sha256=True)
+        if encoded.size_bytes > limit:
+            reply = message.reply(error=f"reply of {encoded.size_bytes} bytes exceeds the limit of {limit}")
+            encoded = encode_message(reply)
+        self._audit(
+            "sent",
+            kind=reply.kind.value,
+            round_no=reply.round_no,
+            reply_to=reply.reply_to,
+            error=reply.error is not None,
+            metrics=sorted(reply.payload.metrics),
+            records=[{"name": r.name, "size": r.size_bytes, "sha256": r.sha256} for r in encoded.header.records],
+        )
+        outq.put(encoded)  # expanded into chunks lazily by the request stream
+
+    def _send_error(self, header: pb.MessageHeader, error: str, outq: _OutQueue) -> None:
+        reply = pb.MessageHeader(
+            message_id=secrets.token_hex(16),
+            kind=header.kind[:40],
+            run_id=header.run_id[:200],
+            round_no=header.round_no,
+            site=self.site,
+            reply_to=header.message_id[:128],
+            has_error=True,
+            error=error[:2000],
+        )
+        self._audit("sent", kind=reply.kind, round_no=reply.round_no, reply_to=reply.reply_to, error=True, records=[])
+        outq.put(pb.SiteFrame(header=reply))
+        outq.put(pb.SiteFrame(end=pb.MessageEnd(message_id=reply.message_id)))
+
+
+def _software() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("fedcare")
+    except Exception:  # running from a source tree
+        return "dev"

@@ -1,0 +1,456 @@
+"""GrpcChannel: the coordinator's side of deployment, a Channel over gRPC + mutual TLS.
+
+Sites dial out to this server and keep one bidirectional stream open
+(``fedcare.v1.Federation/Connect``). :meth:`GrpcChannel.send` queues instructions on
+the right site's stream; :meth:`GrpcChannel.receive` yields replies as they finish
+arriving. The Coordinator cannot tell this from the in-process channel.
+
+Security and robustness, in the order a connection meets them:
+
+1. TLS handshake: the client must present a certificate signed by the study CA
+   (``require_client_auth``); no certificate or another CA fails the handshake.
+2. Identity: the certificate's CN must be on the allow-list, else PERMISSION_DENIED.
+3. Hello: the protocol version must be compatible, else a refusal frame saying why.
+4. Every frame afterwards goes through :class:`~fedcare.transport.wire.MessageAssembler`
+   (sizes, order, dtypes, finite values). A malformed reply becomes an error reply for
+   the instruction it answers: recorded as that site's failure, never a crash.
+
+Memory: replies are assembled into one buffer each and decoded as views of it. At most
+``max_inflight`` array-carrying replies exist at once (assembled and not yet consumed by
+the Coordinator); other sites' streams wait, held back by HTTP/2 flow control. With the
+default of 1 the server holds the global model, the fold, and one reply.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import grpc
+
+from fedcare.errors import ConfigError, ProtocolError
+from fedcare.store.audit import AuditLog
+from fedcare.transport.proto import fedcare_pb2 as pb
+from fedcare.transport.proto import fedcare_pb2_grpc as pb_grpc
+from fedcare.transport.tls import TlsFiles, server_credentials
+from fedcare.transport.version import PROTOCOL_VERSION, compatibility_problem
+from fedcare.transport.wire import (
+    DEFAULT_CHUNK_BYTES,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    EncodedMessage,
+    MessageAssembler,
+    encode_message,
+)
+from fedcare.types import Message, MessageKind, RunId, SiteId
+
+__all__ = ["GrpcChannel", "StudyInfo", "grpc_options"]
+
+log = logging.getLogger(__name__)
+
+_HANDSHAKE_TIMEOUT_S = 30.0
+
+
+def grpc_options(chunk_bytes: int) -> list[tuple[str, int]]:
+    """Explicit limits and keep-alives shared by server and node.
+
+    One protobuf message is at most one chunk plus its header: the gRPC message limit is
+    ``chunk_bytes`` + 1 MiB, so a 1 GB model crosses as ~256 messages of 4 MiB, never as
+    one. HTTP/2 PINGs every 20 s (timeout 10 s) detect a dead peer behind a NAT or proxy.
+    """
+    limit = chunk_bytes + 1024 * 1024
+    return [
+        ("grpc.max_send_message_length", limit),
+        ("grpc.max_receive_message_length", limit),
+        ("grpc.keepalive_time_ms", 20_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.min_time_between_pings_ms", 10_000),
+    ]
+
+
+@dataclass(frozen=True)
+class StudyInfo:
+    """What the server tells each site in its welcome."""
+
+    study: str
+    run_id: str
+    task: str
+    task_hash: str
+
+
+@dataclass
+class _Pending:
+    kind: MessageKind
+    run_id: str
+    round_no: int
+
+
+@dataclass
+class _Session:
+    site: SiteId
+    context: grpc.ServicerContext
+    outq: queue.SimpleQueue[EncodedMessage | pb.ServerFrame | None] = field(default_factory=queue.SimpleQueue)
+    pending: dict[str, _Pending] = field(default_factory=dict)
+    alive: bool = True
+
+
+class _Servicer(pb_grpc.FederationServicer):
+    def __init__(self, channel: GrpcChannel) -> None:
+        self.channel = channel
+
+    def Connect(
+        self, request_iterator: Iterator[pb.SiteFrame], context: grpc.ServicerContext
+    ) -> Iterator[pb.ServerFrame]:  # noqa: N802
+        """One site's session (see the module docstring for the checks, in order)."""
+        return self.channel._serve(request_iterator, context)
+
+
+class GrpcChannel:
+    """Serve sites over gRPC with mutual TLS and act as the Coordinator's Channel.
+
+    Parameters
+    ----------
+    listen : str
+        ``host:port`` to bind, e.g. ``"127.0.0.1:50051"`` (port 0 picks a free one).
+    tls : TlsFiles
+        Study CA, server certificate and key.
+    allowed_sites : Sequence[str]
+        Certificate CNs allowed to connect; everyone else is refused.
+    study : StudyInfo
+        Study, run and task announced in the welcome.
+    chunk_bytes : int (default: 4 MiB)
+        Chunk size of outgoing records.
+    max_message_bytes : int (default: 2 GiB)
+        Largest reply (all records) accepted.
+    max_inflight : int (default: 1)
+        Array-carrying replies held at once (see module docstring).
+    audit : AuditLog or None (default: None)
+        Where connections, instructions sent and replies received are logged.
+    with_sha256 : bool (default: True)
+        Hash outgoing records for the audit trail (once per broadcast).
+    """
+
+    def __init__(
+        self,
+        *,
+        listen: str,
+        tls: TlsFiles,
+        allowed_sites: Sequence[str],
+        study: StudyInfo,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        max_inflight: int = 1,
+        audit: AuditLog | None = None,
+        with_sha256: bool = True,
+    ) -> None:
+        if not allowed_sites:
+            raise ConfigError("the server needs at least one allow-listed site")
+        if not 64 * 1024 <= chunk_bytes <= 64 * 1024 * 1024:
+            raise ConfigError(f"chunk_bytes must be between 64 KiB and 64 MiB, got {chunk_bytes}")
+        if max_inflight < 1:
+            raise ConfigError(f"max_inflight must be at least 1, got {max_inflight}")
+        self.allowed = frozenset(allowed_sites)
+        self.study = study
+        self.chunk_bytes = chunk_bytes
+        self.max_message_bytes = max_message_bytes
+        self.audit = audit
+        self.with_sha256 = with_sha256
+        self._sessions: dict[SiteId, _Session] = {}
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._replies: queue.SimpleQueue[tuple[Message, bool]] = queue.SimpleQueue()
+        self._inflight = threading.BoundedSemaphore(max_inflight)
+        self._closed = threading.Event()
+        self._server = grpc.server(
+            ThreadPoolExecutor(max_workers=2 * len(self.allowed) + 4, thread_name_prefix="fedcare-grpc"),
+            options=grpc_options(chunk_bytes),
+            maximum_concurrent_rpcs=2 * len(self.allowed) + 4,
+        )
+        pb_grpc.add_FederationServicer_to_server(_Servicer(self), self._server)
+        self.port = self._server.add_secure_port(listen, server_credentials(tls))
+        if self.port == 0:
+            raise ConfigError(f"cannot listen on {listen}")
+        self._server.start()
+        self._audit("listening", address=listen, port=self.port, protocol=PROTOCOL_VERSION)
+
+    # -- Channel ------------------------------------------------------------------------
+
+    def sites(self) -> Sequence[SiteId]:
+        """Sites with an open, joined session, sorted."""
+        with self._lock:
+            return sorted(s for s, sess in self._sessions.items() if sess.alive)
+
+    def wait_for_sites(self, count: int, *, timeout_s: float) -> list[SiteId]:
+        """Block until ``count`` sites have joined or ``timeout_s`` passes; return who is there."""
+        deadline = time.monotonic() + timeout_s
+        with self._changed:
+            while len(self._sessions) < count and not self._closed.is_set():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._changed.wait(remaining)
+            return sorted(self._sessions)
+
+    def send(self, messages: Sequence[Message]) -> None:
+        """Queue each instruction on its site's stream (a broadcast is encoded once)."""
+        cache: dict[int, tuple[bytes, str]] = {}
+        for message in messages:
+            with self._lock:
+                session = self._sessions.get(message.site)
+            if session is None or not session.alive:
+                self._replies.put((message.reply(error=f"site {message.site} is not connected"), False))
+                continue
+            encoded = encode_message(message, cache=cache, with_sha256=self.with_sha256)
+            with self._lock:
+                session.pending[message.message_id] = _Pending(message.kind, message.run_id, message.round_no)
+            self._audit(
+                "sent",
+                site=message.site,
+                kind=message.kind.value,
+                round_no=message.round_no,
+                message_id=message.message_id,
+                records=[{"name": r.name, "size": r.size_bytes, "sha256": r.sha256} for r in encoded.header.records],
+            )
+            session.outq.put(encoded)
+
+    def receive(self, *, timeout_s: float) -> Iterator[Message]:
+        """Yield complete, validated replies in arrival order until the deadline."""
+        deadline = time.monotonic() + timeout_s
+        token = False
+        try:
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                try:
+                    message, token = self._replies.get(timeout=remaining)
+                except queue.Empty:
+                    return
+                yield message
+                if token:
+                    token = False
+                    self._inflight.release()
+        finally:
+            if token:
+                self._inflight.release()
+
+    def close(self) -> None:
+        """End every session and stop the server (1 s grace)."""
+        self._closed.set()
+        with self._lock:
+            sessions = list(self._sessions.values())
+        for session in sessions:
+            session.outq.put(None)
+        self._server.stop(grace=1.0).wait(5)
+
+    # -- sessions -----------------------------------------------------------------------
+
+    def _audit(self, event: str, **fields: object) -> None:
+        if self.audit is not None:
+            self.audit.append(event, **fields)
+
+    def _serve(self, requests: Iterator[pb.SiteFrame], context: grpc.ServicerContext) -> Iterator[pb.ServerFrame]:
+        auth = context.auth_context()
+        cns = auth.get("x509_common_name") or []
+        cn = cns[0].decode(errors="replace") if cns else ""
+        peer = context.peer()
+        if cn not in self.allowed:
+            self._audit("refused", peer=peer, site=cn, reason="certificate CN not allow-listed")
+            log.warning("refused %s: certificate CN %r is not allow-listed", peer, cn)
+            context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"certificate CN {cn!r} is not allow-listed for study {self.study.study!r}",
+            )
+        site = SiteId(cn)
+        timer = threading.Timer(_HANDSHAKE_TIMEOUT_S, context.cancel)  # a silent peer cannot hold a thread
+        timer.daemon = True
+        timer.start()
+        first = _next_frame(requests)
+        if first is None or first.WhichOneof("frame") != "hello":
+            timer.cancel()
+            self._audit("refused", site=site, reason="no hello")
+            yield pb.ServerFrame(refusal=pb.Refusal(reason="protocol error: the first frame must be a hello"))
+            return
+        hello = first.hello
+        problem = compatibility_problem(hello.protocol_version)
+        if problem is None and hello.site and hello.site != cn:
+            problem = f"the hello names site {hello.site[:64]!r} but the certificate says {cn!r}"
+        if problem is not None:
+            timer.cancel()
+            self._audit("refused", site=site, protocol=hello.protocol_version[:20], reason=problem)
+            yield pb.ServerFrame(refusal=pb.Refusal(reason=problem))
+            return
+        yield pb.ServerFrame(
+            welcome=pb.Welcome(
+                protocol_version=PROTOCOL_VERSION,
+                study=self.study.study,
+                run_id=self.study.run_id,
+                task=self.study.task,
+                task_hash=self.study.task_hash,
+                max_message_bytes=self.max_message_bytes,
+                chunk_bytes=self.chunk_bytes,
+                server_time_unix_ms=int(time.time() * 1000),
+            )
+        )
+        answer = _next_frame(requests)
+        timer.cancel()
+        if answer is None or answer.WhichOneof("frame") != "join":
+            reason = answer.refusal.reason[:500] if answer is not None and answer.HasField("refusal") else "no join"
+            self._audit("declined", site=site, reason=reason)
+            log.info("site %s declined study %s: %s", site, self.study.study, reason)
+            return
+        session = _Session(site=site, context=context)
+        self._register(session, hello.protocol_version)
+        reader = threading.Thread(target=self._read, args=(session, requests), daemon=True, name=f"fedcare-rx-{site}")
+        reader.start()
+        try:
+            while session.alive:
+                item = session.outq.get()
+                if item is None:
+                    break
+                if isinstance(item, EncodedMessage):
+                    yield pb.ServerFrame(header=item.header)
+                    for chunk in item.chunks(self.chunk_bytes):
+                        yield pb.ServerFrame(chunk=chunk)
+                    yield pb.ServerFrame(end=pb.MessageEnd(message_id=item.header.message_id))
+                else:
+                    yield item
+        finally:
+            self._unregister(session, "stream closed")
+
+    def _register(self, session: _Session, version: str) -> None:
+        with self._changed:
+            old = self._sessions.get(session.site)
+            self._sessions[session.site] = session
+            self._changed.notify_all()
+        if old is not None:
+            self._end(old, "replaced by a new connection from the same site")
+        self._audit("joined", site=session.site, protocol=version[:20], peer=session.context.peer())
+        log.info("site %s joined (protocol %s)", session.site, version)
+
+    def _unregister(self, session: _Session, why: str) -> None:
+        with self._changed:
+            if self._sessions.get(session.site) is session:
+                del self._sessions[session.site]
+                self._changed.notify_all()
+        self._end(session, why)
+
+    def _end(self, session: _Session, why: str) -> None:
+        with self._lock:
+            if not session.alive:
+                return
+            session.alive = False
+            pending = dict(session.pending)
+            session.pending.clear()
+        session.outq.put(None)
+        for mid, p in pending.items():
+            self._replies.put((self._error_reply(session.site, mid, p, f"site disconnected ({why})"), False))
+        self._audit("left", site=session.site, reason=why, pending=len(pending))
+        log.info("site %s left: %s", session.site, why)
+
+    @staticmethod
+    def _error_reply(site: SiteId, reply_to: str, p: _Pending, error: str) -> Message:
+        return Message(
+            kind=p.kind, run_id=RunId(p.run_id), round_no=p.round_no, site=site, reply_to=reply_to, error=error
+        )
+
+    def _read(self, session: _Session, requests: Iterator[pb.SiteFrame]) -> None:
+        assembler = MessageAssembler(max_message_bytes=self.max_message_bytes, where=f"reply from {session.site}")
+        skip = ""  # id of a rejected message whose remaining frames are dropped
+        reply_to = ""  # what the message being assembled answers
+        token = False
+        try:
+            for frame in requests:
+                which = frame.WhichOneof("frame")
+                try:
+                    if which == "header":
+                        reply_to = frame.header.reply_to
+                        if assembler.busy:
+                            raise ProtocolError(f"reply from {session.site}: a header arrived mid-message")
+                        if frame.header.records:
+                            token = self._acquire(session)
+                            if not token:
+                                return
+                        skip = ""
+                        assembler.start(frame.header)
+                    elif which == "chunk":
+                        if not (skip and frame.chunk.message_id == skip):
+                            assembler.add(frame.chunk)
+                    elif which == "end":
+                        if skip and frame.end.message_id == skip:
+                            skip = ""
+                            continue
+                        reply = assembler.finish(frame.end)
+                        self._deliver(session, reply, token)
+                        token = False
+                    elif which != "ping":
+                        raise ProtocolError(f"reply from {session.site}: unexpected {which or 'empty'} frame")
+                except ProtocolError as exc:
+                    skip = assembler.current_id or (frame.header.message_id if which == "header" else "")
+                    assembler.reset()
+                    if token:
+                        self._inflight.release()
+                        token = False
+                    self._reject(session, reply_to, exc)
+        except grpc.RpcError:
+            pass
+        except Exception:  # never let a reader thread die silently
+            log.exception("reader for %s failed", session.site)
+        finally:
+            if token:
+                self._inflight.release()
+            self._unregister(session, "stream closed")
+            try:
+                session.context.cancel()
+            except Exception:  # pragma: no cover - context already done
+                pass
+
+    def _acquire(self, session: _Session) -> bool:
+        while session.alive and not self._closed.is_set():
+            if self._inflight.acquire(timeout=0.5):
+                return True
+        return False
+
+    def _deliver(self, session: _Session, reply: Message, token: bool) -> None:
+        with self._lock:
+            sent = session.pending.pop(reply.reply_to or "", None)
+        if sent is None or reply.site != session.site:
+            if token:
+                self._inflight.release()
+            self._audit(
+                "ignored", site=session.site, message_id=reply.message_id[:64], reason="answers nothing pending"
+            )
+            log.warning("ignored a reply from %s that answers no pending instruction", session.site)
+            return
+        self._audit(
+            "received",
+            site=session.site,
+            kind=reply.kind.value,
+            round_no=reply.round_no,
+            reply_to=reply.reply_to,
+            error=reply.error,
+            sizes={k: int(sum(a.nbytes for a in v.values())) for k, v in reply.payload.arrays.items()},
+        )
+        self._replies.put((reply, token))
+
+    def _reject(self, session: _Session, reply_to: str, exc: ProtocolError) -> None:
+        log.warning("malformed frame from %s: %s", session.site, exc)
+        self._audit("malformed", site=session.site, reply_to=reply_to[:64], error=str(exc)[:500])
+        with self._lock:
+            sent = session.pending.pop(reply_to, None)
+        if sent is not None:
+            self._replies.put((self._error_reply(session.site, reply_to, sent, f"malformed reply: {exc}"), False))
+
+
+def _next_frame(requests: Iterator[pb.SiteFrame]) -> pb.SiteFrame | None:
+    try:
+        return next(requests, None)
+    except grpc.RpcError:
+        return None

@@ -1,0 +1,1 @@
+"""Generated protobuf/gRPC modules of the wire protocol (regenerate with ``make proto``)."""
