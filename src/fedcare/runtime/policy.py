@@ -23,9 +23,19 @@ class SitePolicy:
     approved_task_hashes : frozenset[str] or None (default: None)
         Content hashes of tasks the site has reviewed. ``None`` approves exactly the
         task the node was started with (its own hash), nothing else.
+    studies : frozenset[str] or None (default: None)
+        Studies the site opts in to (deployment): a node joins a coordinator's run only
+        when its study is listed. ``None`` (simulation) does not check.
     """
 
     approved_task_hashes: frozenset[str] | None = field(default=None)
+    studies: frozenset[str] | None = field(default=None)
+
+    def study_refusal(self, study: str) -> str | None:
+        """Return why the site does not take part in ``study``, or ``None`` when it opts in."""
+        if self.studies is None or study in self.studies:
+            return None
+        return f"refused: study {study!r} is not in this site's opt-in list {sorted(self.studies)}"
 
     def refusal(self, config: Mapping[str, ConfigValue], *, installed_hash: str) -> str | None:
         """Return why ``config`` is refused, or ``None`` when it is allowed."""

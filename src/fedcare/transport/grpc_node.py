@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import grpc
 
 from fedcare.errors import PolicyError, ProtocolError, TransportError
+from fedcare.runtime.policy import SitePolicy
 from fedcare.store.audit import AuditLog
 from fedcare.transport.grpc_server import grpc_options
 from fedcare.transport.proto import fedcare_pb2 as pb
@@ -204,7 +205,13 @@ class GrpcNodeAgent:
 
     def _channel(self) -> grpc.Channel:
         options: list[tuple[str, int | str]] = list(grpc_options(self.chunk_bytes))
-        options += [("grpc.initial_reconnect_backoff_ms", 500), ("grpc.max_reconnect_backoff_ms", 10_000)]
+        # the server picks its chunk size (at most 64 MiB): accept any legal chunk from it
+        options = [o for o in options if o[0] != "grpc.max_receive_message_length"]
+        options += [
+            ("grpc.max_receive_message_length", 65 * 1024 * 1024),
+            ("grpc.initial_reconnect_backoff_ms", 500),
+            ("grpc.max_reconnect_backoff_ms", 10_000),
+        ]
         if self.proxy:
             options.append(("grpc.http_proxy", self.proxy))
         if self.server_name:
@@ -222,7 +229,7 @@ class GrpcNodeAgent:
             A refusal that retrying cannot fix.
         """
         outq: _OutQueue = queue.SimpleQueue()
-        chunk_bytes = self.chunk_bytes
+        self._send_chunk = self.chunk_bytes
 
         def requests() -> Iterator[pb.SiteFrame]:
             while True:
@@ -231,7 +238,7 @@ class GrpcNodeAgent:
                     return
                 if isinstance(item, EncodedMessage):
                     yield pb.SiteFrame(header=item.header)
-                    for chunk in item.chunks(chunk_bytes):
+                    for chunk in item.chunks(self._send_chunk):
                         yield pb.SiteFrame(chunk=chunk)
                     yield pb.SiteFrame(end=pb.MessageEnd(message_id=item.header.message_id))
                 else:
@@ -280,11 +287,12 @@ class GrpcNodeAgent:
         if first.WhichOneof("frame") != "welcome":
             raise TransportError("protocol error: the coordinator's first frame is not a welcome")
         welcome = first.welcome
-        if welcome.study not in self.studies:
-            reason = f"study {welcome.study!r} is not in this site's opt-in list {sorted(self.studies)}"
+        refusal = SitePolicy(studies=self.studies).study_refusal(welcome.study)
+        if refusal is not None:
+            reason = refusal.removeprefix("refused: ")
             outq.put(pb.SiteFrame(refusal=pb.Refusal(reason=reason)))
             self._audit("declined_study", study=welcome.study, run_id=welcome.run_id, reason=reason)
-            raise _Fatal(reason) from PolicyError(f"refused: {reason}")
+            raise _Fatal(reason) from PolicyError(refusal)
         skew_s = time.time() - welcome.server_time_unix_ms / 1000.0
         outq.put(pb.SiteFrame(join=pb.Join(study=welcome.study)))
         self.run_id = welcome.run_id
@@ -301,6 +309,8 @@ class GrpcNodeAgent:
         self.backoff.reset()
         self.joined.set()
         limit = min(self.max_message_bytes, welcome.max_message_bytes or self.max_message_bytes)
+        # the server's gRPC message limit is its chunk size + 1 MiB: never send larger chunks
+        self._send_chunk = min(self.chunk_bytes, welcome.chunk_bytes or self.chunk_bytes)
         assembler = MessageAssembler(max_message_bytes=self.max_message_bytes, where="instruction")
         skip = ""
         header: pb.MessageHeader | None = None

@@ -1,0 +1,172 @@
+"""Deployment commands: ``server``, ``node``, ``doctor``, ``certs init|issue``, ``audit verify``."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from fedcare.cli.app import app, console, err_console, fail
+from fedcare.errors import FedcareError
+
+__all__ = ["audit_app", "certs_app"]
+
+certs_app = typer.Typer(help="Create a study CA and issue server and site certificates.", no_args_is_help=True)
+audit_app = typer.Typer(help="Check a hash-chained audit log.", no_args_is_help=True)
+app.add_typer(certs_app, name="certs")
+app.add_typer(audit_app, name="audit")
+
+ConfigArg = Annotated[Path, typer.Option("--config", "-c", help="TOML config file.")]
+
+
+def _info_logging() -> None:
+    root = logging.getLogger()
+    if root.level > logging.INFO:
+        root.setLevel(logging.INFO)
+    if not root.handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@app.command()
+def server(config: ConfigArg) -> None:
+    """Coordinate a study: serve sites over gRPC + mutual TLS, run (or resume) its rounds."""
+    from fedcare.deploy.config import load_server_config
+    from fedcare.deploy.server import run_server
+
+    _info_logging()
+    try:
+        cfg = load_server_config(config)
+        console.print(
+            f"[bold]fedcare server[/] · study {cfg.study} · run {cfg.run_id} · {cfg.listen} · "
+            f"sites {', '.join(cfg.allowed_sites)} · store {cfg.store_url.split('@')[-1]}",
+            highlight=False,
+        )
+
+        def on_round(report: object) -> None:
+            r = report  # RoundReport
+            auc = r.eval_metrics.get("auc")  # type: ignore[attr-defined]
+            console.print(
+                f"round {r.round_no}: {len(r.site_fit)}/{len(r.sampled)} sites"  # type: ignore[attr-defined]
+                + (f", eval auc {auc:.3f}" if auc is not None else "")
+                + (f", failed: {', '.join(sorted(r.failures))}" if r.failures else ""),  # type: ignore[attr-defined]
+                highlight=False,
+            )
+
+        outcome = run_server(cfg, on_round=on_round, on_listening=lambda p: console.print(f"listening on port {p}"))
+    except FedcareError as exc:
+        raise fail(exc) from None
+    console.print(f"run {outcome.run_id}: {outcome.status}")
+
+
+@app.command()
+def node(
+    config: ConfigArg,
+    show_task_hash: Annotated[
+        bool, typer.Option("--show-task-hash", help="Print the installed task's hash (to review and approve) and exit.")
+    ] = False,
+) -> None:
+    """Run a site: dial out to the coordinator and answer what this site's policy allows."""
+    from fedcare.deploy.config import load_site_config
+    from fedcare.deploy.node import build_site, run_node
+    from fedcare.task import task_hash
+
+    _info_logging()
+    try:
+        cfg = load_site_config(config)
+        if show_task_hash:
+            _, task = build_site(cfg)
+            console.print(f"{task.name} {task_hash(task)}", highlight=False)
+            return
+
+        def started(info: object) -> None:
+            approved = "approved" if info.approved else "[red]NOT approved by [policy][/]"  # type: ignore[attr-defined]
+            console.print(
+                f"[bold]fedcare node[/] · site {cfg.site} · coordinator {cfg.address} · studies "
+                f"{', '.join(cfg.studies)} · task {info.task} {info.task_hash[:12]}… {approved}",  # type: ignore[attr-defined]
+                highlight=False,
+            )
+
+        run_node(cfg, on_start=started)
+    except FedcareError as exc:
+        raise fail(exc) from None
+
+
+@app.command()
+def doctor(config: ConfigArg, timeout: Annotated[float, typer.Option(help="Seconds per network step.")] = 5.0) -> None:
+    """Check this site's path to the coordinator step by step, and say what to fix."""
+    from fedcare.deploy.config import load_site_config
+    from fedcare.deploy.doctor import Check, run_doctor
+
+    def show(check: Check) -> None:
+        mark = "[green]ok[/]" if check.ok and not check.warning else ("[yellow]warn[/]" if check.ok else "[red]FAIL[/]")
+        console.print(f"{mark:>16} {check.step:16s} {check.detail}", highlight=False)
+        if check.advice:
+            console.print(f"{'':>5}{'':16s} → {check.advice}", highlight=False)
+
+    try:
+        checks = run_doctor(load_site_config(config), timeout_s=timeout, report=show)
+    except FedcareError as exc:
+        raise fail(exc) from None
+    if not all(c.ok for c in checks):
+        failed = next(c for c in checks if not c.ok)
+        err_console.print(f"[red]failed at step:[/] {failed.step}", highlight=False)
+        raise typer.Exit(code=8)
+    console.print("all checks passed")
+
+
+@certs_app.command("init")
+def certs_init(
+    study: Annotated[str, typer.Option(help="Study name (goes into the CA's name).")],
+    out: Annotated[Path, typer.Option(help="Folder for ca.pem and ca.key.")] = Path("certs"),
+    days: Annotated[int, typer.Option(help="CA validity in days.", min=1)] = 3650,
+) -> None:
+    """Create the study CA (keep ca.key offline; it signs every certificate of the study)."""
+    from fedcare.transport.tls import create_ca
+
+    try:
+        cert, key = create_ca(out, study=study, days=days)
+    except FedcareError as exc:
+        raise fail(exc) from None
+    console.print(f"CA certificate: {cert}\nCA key (0600):  {key}", highlight=False)
+
+
+@certs_app.command("issue")
+def certs_issue(
+    name: Annotated[
+        str, typer.Argument(help="Subject CN: the site's name (what the server allow-lists) or the server's.")
+    ],
+    kind: Annotated[str, typer.Option(help="'site' (client certificate) or 'server'.")] = "site",
+    ca_dir: Annotated[Path, typer.Option(help="Folder holding ca.pem and ca.key.")] = Path("certs"),
+    out: Annotated[Path | None, typer.Option(help="Output folder (default: the CA folder).")] = None,
+    host: Annotated[list[str] | None, typer.Option(help="Server DNS name or IP (repeatable).")] = None,
+    days: Annotated[int, typer.Option(help="Validity in days.", min=1)] = 825,
+) -> None:
+    """Issue a server or site certificate signed by the study CA."""
+    from fedcare.transport.tls import issue_certificate
+
+    try:
+        cert, key = issue_certificate(
+            ca_dir,
+            out or ca_dir,
+            name=name,
+            kind=kind,
+            hosts=tuple(host or ()),
+            days=days,  # type: ignore[arg-type]
+        )
+    except FedcareError as exc:
+        raise fail(exc) from None
+    console.print(f"certificate: {cert}\nkey (0600):  {key}", highlight=False)
+
+
+@audit_app.command("verify")
+def audit_verify(path: Annotated[Path, typer.Argument(help="Audit log (JSON lines) to verify.")]) -> None:
+    """Recompute the hash chain; exit 1 and name the first edited or deleted entry."""
+    from fedcare.store.audit import verify_audit_log
+
+    report = verify_audit_log(path)
+    if not report.ok:
+        err_console.print(f"[red]audit log {path} FAILS verification:[/] {report.problem}", highlight=False)
+        raise typer.Exit(code=1)
+    console.print(f"audit log {path}: {report.entries} entries, chain intact, head {report.head}", highlight=False)

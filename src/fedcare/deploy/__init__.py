@@ -1,0 +1,1 @@
+"""Deployment: ``fedcare server`` and ``fedcare node`` processes, their configs and checks."""

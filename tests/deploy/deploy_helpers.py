@@ -1,0 +1,180 @@
+"""Helpers for deployment tests: a study folder (CA, certificates, configs), server and node processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fedcare.task import task_hash
+from fedcare.tasks import make_task
+from fedcare.transport.tls import create_ca, issue_certificate
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+SITES = ("cleveland", "hungary", "switzerland")
+FIT_CONFIG = {"optimizer": "sgd", "lr": 0.05, "batch_size": 4, "local_epochs": 1}
+HEART_HASH = task_hash(make_task("logreg", n_features=13))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], object], timeout_s: float, what: str, poll_s: float = 0.02) -> object:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll_s)
+    raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return repr(value)
+
+
+def write_toml(path: Path, tables: dict[str, dict[str, object]]) -> Path:
+    lines = []
+    for name, table in tables.items():
+        lines.append(f"[{name}]")
+        lines += [f"{k} = {_toml(v)}" for k, v in table.items()]
+        lines.append("")
+    path.write_text("\n".join(lines))
+    return path
+
+
+@dataclass
+class Study:
+    """A study folder: certificates for the hub and the sites, and a port for the server."""
+
+    root: Path
+    port: int
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def certs(self) -> Path:
+        return self.root / "certs"
+
+    def server_config(
+        self, *, run_id: str, store_url: str, rounds: int, sites: tuple[str, ...] = SITES, **study: object
+    ) -> Path:
+        body: dict[str, object] = {
+            "name": "heart-2026",
+            "run_id": run_id,
+            "dataset": "heart-disease",
+            "task": "logreg",
+            "task_params": {"n_features": 13},
+            "strategy": "fedavg",
+            "fit_config": FIT_CONFIG,
+            "rounds": rounds,
+            "seed": 7,
+            "min_sites": 2,
+            "round_timeout_s": 60.0,
+        }
+        body.update(study)
+        return write_toml(
+            self.root / f"server-{run_id}.toml",
+            {
+                "server": {
+                    "listen": f"127.0.0.1:{self.port}",
+                    "ca": str(self.certs / "ca.pem"),
+                    "cert": str(self.certs / "hub.pem"),
+                    "key": str(self.certs / "hub.key"),
+                    "allowed_sites": list(sites),
+                    "wait_for_sites": len(sites),
+                    "wait_timeout_s": 60.0,
+                    "audit_log": str(self.root / "server-audit.jsonl"),
+                },
+                "study": body,
+                "store": {"url": store_url, "checkpoint_dir": str(self.root / f"checkpoints-{run_id}")},
+            },
+        )
+
+    def site_config(self, site: str, *, approved: tuple[str, ...] = (HEART_HASH,), csv: Path | None = None) -> Path:
+        return write_toml(
+            self.root / f"{site}.toml",
+            {
+                "site": {"name": site},
+                "server": {
+                    "address": f"127.0.0.1:{self.port}",
+                    "ca": str(self.certs / "ca.pem"),
+                    "cert": str(self.certs / f"{site}.pem"),
+                    "key": str(self.certs / f"{site}.key"),
+                },
+                "policy": {"studies": ["heart-2026"], "approved_task_hashes": list(approved)},
+                "data": {"csv": str(csv), "label": "label"} if csv else {"dataset": "heart-disease", "site": site},
+                "audit": {"path": str(self.root / f"audit-{site}.jsonl")},
+                "connection": {"backoff_initial_s": 0.1, "backoff_max_s": 0.5},
+            },
+        )
+
+    def spawn(self, args: list[str], log_name: str) -> subprocess.Popen[bytes]:
+        env = {**os.environ, "PYTHONPATH": str(SRC), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+        for var in ("grpc_proxy", "https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
+            env.pop(var, None)
+        log = open(self.root / log_name, "ab")  # noqa: SIM115 - closed with the process
+        proc = subprocess.Popen([sys.executable, "-m", "fedcare", *args], stdout=log, stderr=subprocess.STDOUT, env=env)
+        log.close()
+        self.procs.append(proc)
+        return proc
+
+    def server(self, config: Path, tag: str) -> subprocess.Popen[bytes]:
+        return self.spawn(["server", "--config", str(config)], f"server-{tag}.log")
+
+    def node(self, site: str, csv: Path | None = None) -> subprocess.Popen[bytes]:
+        return self.spawn(["node", "--config", str(self.site_config(site, csv=csv))], f"node-{site}.log")
+
+    def log(self, name: str) -> str:
+        path = self.root / name
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def make_certs(root: Path) -> Path:
+    certs = root / "certs"
+    create_ca(certs, study="heart-2026")
+    issue_certificate(certs, certs, name="hub", kind="server", hosts=("127.0.0.1", "localhost"))
+    for site in (*SITES, "va-long-beach"):
+        issue_certificate(certs, certs, name=site, kind="site")
+    return certs
+
+
+def write_big_csv(path: Path, rows: int = 20_000, seed: int = 0) -> Path:
+    """A large site (13 numeric features, 0/1 label) whose local training takes seconds."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(rows, 13))
+    y = (x @ rng.normal(size=13) + 0.5 * rng.normal(size=rows) > 0).astype(int)
+    frame = pd.DataFrame(x, columns=[f"f{i}" for i in range(13)])
+    frame["label"] = y
+    frame.to_csv(path, index=False)
+    return path
