@@ -169,7 +169,7 @@ def make_certs(root: Path) -> Path:
     return certs
 
 
-def write_big_csv(path: Path, rows: int = 20_000, seed: int = 0) -> Path:
+def write_big_csv(path: Path, rows: int = 8_000, seed: int = 0) -> Path:
     """A large site (13 numeric features, 0/1 label) whose local training takes seconds."""
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(rows, 13))

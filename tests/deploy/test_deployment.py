@@ -46,7 +46,7 @@ def _audit_has(path: Path, **match: object) -> bool:
 def test_site_killed_mid_round_is_dropped_and_a_restarted_site_rejoins(
     study: Study, backend: str, request: pytest.FixtureRequest
 ):
-    # Prepare: a fourth, large site (a CSV of 20k rows) whose local training takes seconds
+    # Prepare: a fourth, large site (a CSV of 8000 rows) whose local training takes seconds
     url = _store_url(backend, study, request)
     run_id = f"dropout-{backend}"
     victim = "va-long-beach"

@@ -77,7 +77,7 @@ def node(
         cfg = load_site_config(config)
         if show_task_hash:
             _, task = build_site(cfg)
-            console.print(f"{task.name} {task_hash(task)}", highlight=False)
+            console.print(f"{task.name} {task_hash(task)}", highlight=False, soft_wrap=True)
             return
 
         def started(info: object) -> None:
@@ -101,9 +101,9 @@ def doctor(config: ConfigArg, timeout: Annotated[float, typer.Option(help="Secon
 
     def show(check: Check) -> None:
         mark = "[green]ok[/]" if check.ok and not check.warning else ("[yellow]warn[/]" if check.ok else "[red]FAIL[/]")
-        console.print(f"{mark:>16} {check.step:16s} {check.detail}", highlight=False)
+        console.print(f"{mark:>16} {check.step:16s} {check.detail}", highlight=False, soft_wrap=True)
         if check.advice:
-            console.print(f"{'':>5}{'':16s} → {check.advice}", highlight=False)
+            console.print(f"{'':>5}{'':16s} → {check.advice}", highlight=False, soft_wrap=True)
 
     try:
         checks = run_doctor(load_site_config(config), timeout_s=timeout, report=show)
@@ -111,7 +111,7 @@ def doctor(config: ConfigArg, timeout: Annotated[float, typer.Option(help="Secon
         raise fail(exc) from None
     if not all(c.ok for c in checks):
         failed = next(c for c in checks if not c.ok)
-        err_console.print(f"[red]failed at step:[/] {failed.step}", highlight=False)
+        err_console.print(f"[red]failed at step:[/] {failed.step}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=8)
     console.print("all checks passed")
 
@@ -129,7 +129,7 @@ def certs_init(
         cert, key = create_ca(out, study=study, days=days)
     except FedcareError as exc:
         raise fail(exc) from None
-    console.print(f"CA certificate: {cert}\nCA key (0600):  {key}", highlight=False)
+    console.print(f"CA certificate: {cert}\nCA key (0600):  {key}", highlight=False, soft_wrap=True)
 
 
 @certs_app.command("issue")
@@ -157,7 +157,7 @@ def certs_issue(
         )
     except FedcareError as exc:
         raise fail(exc) from None
-    console.print(f"certificate: {cert}\nkey (0600):  {key}", highlight=False)
+    console.print(f"certificate: {cert}\nkey (0600):  {key}", highlight=False, soft_wrap=True)
 
 
 @audit_app.command("verify")
@@ -167,6 +167,10 @@ def audit_verify(path: Annotated[Path, typer.Argument(help="Audit log (JSON line
 
     report = verify_audit_log(path)
     if not report.ok:
-        err_console.print(f"[red]audit log {path} FAILS verification:[/] {report.problem}", highlight=False)
+        err_console.print(
+            f"[red]audit log {path} FAILS verification:[/] {report.problem}", highlight=False, soft_wrap=True
+        )
         raise typer.Exit(code=1)
-    console.print(f"audit log {path}: {report.entries} entries, chain intact, head {report.head}", highlight=False)
+    console.print(
+        f"audit log {path}: {report.entries} entries, chain intact, head {report.head}", highlight=False, soft_wrap=True
+    )

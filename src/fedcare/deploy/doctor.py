@@ -286,14 +286,15 @@ def run_doctor(
     if not opted:
         return checks
     approved = w.task_hash in cfg.approved_task_hashes
-    add(
+    if not add(
         Check(
             "task",
             approved,
             f"task hash {w.task_hash} " + ("is approved" if approved else "is NOT approved"),
             "" if approved else "review the task and add its hash to [policy] approved_task_hashes",
         )
-    )
+    ):
+        return checks
     add(
         Check(
             "clock",

@@ -11,7 +11,8 @@ what left or arrived, refusals and their reasons. Never data, never keys.
 
 Limits: someone who can rewrite the whole file AND its head can forge a consistent
 chain; copy the head hash somewhere else (the coordinator, a ticket, a printout) to
-anchor it.
+anchor it. A crash between writing a line and its head leaves the head one entry
+behind; that state verifies, and the next writer repairs the head.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ class AuditLog:
             if not report.ok:
                 raise StoreError(f"audit log {self.path} fails verification: {report.problem}")
             self._seq, self._prev = report.entries, report.head
+            self._write_head()  # repairs a head left one entry behind by a crash (SIGKILL)
         else:
             self._seq, self._prev = 0, _GENESIS
 
@@ -84,12 +86,15 @@ class AuditLog:
                 fh.write(line)
                 fh.flush()
                 os.fsync(fh.fileno())
-            head = _head_path(self.path)
-            tmp = head.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"seq": entry["seq"], "hash": digest}), encoding="ascii")
-            os.replace(tmp, head)
             self._seq, self._prev = entry["seq"], digest
+            self._write_head()
             return digest
+
+    def _write_head(self) -> None:
+        head = _head_path(self.path)
+        tmp = head.with_name(head.name + ".tmp")
+        tmp.write_text(json.dumps({"seq": self._seq, "hash": self._prev}), encoding="ascii")
+        os.replace(tmp, head)
 
 
 @dataclass(frozen=True)
@@ -110,6 +115,7 @@ def verify_audit_log(path: str | Path) -> AuditReport:
     except (OSError, UnicodeDecodeError) as exc:
         return AuditReport(False, 0, _GENESIS, f"cannot read {path}: {exc}")
     prev, seq = _GENESIS, 0
+    hashes = [_GENESIS]
     for lineno, line in enumerate(lines, start=1):
         try:
             entry = json.loads(line)
@@ -125,19 +131,23 @@ def verify_audit_log(path: str | Path) -> AuditReport:
         if _digest(prev, entry) != claimed:
             return AuditReport(False, seq, prev, f"line {lineno}: content does not match its hash (edited)")
         prev, seq = claimed, seq + 1
+        hashes.append(claimed)
     head_file = _head_path(path)
     if head_file.exists():
         try:
             head = json.loads(head_file.read_text(encoding="ascii"))
-        except ValueError:
-            return AuditReport(False, seq, prev, f"{head_file} is not valid JSON")
-        if head.get("seq") != seq or head.get("hash") != prev:
+            head_seq, head_hash = int(head["seq"]), str(head["hash"])
+        except (ValueError, KeyError, TypeError):
+            return AuditReport(False, seq, prev, f"{head_file} is not a valid head record")
+        if head_seq > seq:
             return AuditReport(
-                False,
-                seq,
-                prev,
-                f"the log ends at entry {seq} but its head records entry {head.get('seq')} (truncated?)",
+                False, seq, prev, f"the log ends at entry {seq} but its head records entry {head_seq} (truncated)"
             )
+        if head_seq < seq - 1:
+            return AuditReport(False, seq, prev, f"{seq - head_seq} entries follow the recorded head {head_seq}")
+        if hashes[head_seq] != head_hash:
+            return AuditReport(False, seq, prev, f"entry {head_seq} does not match the recorded head hash")
+        # head_seq == seq - 1: a crash between writing the last line and the head (the writer repairs it)
     elif seq:
         return AuditReport(False, seq, prev, f"{head_file} is missing")
     return AuditReport(True, seq, prev)

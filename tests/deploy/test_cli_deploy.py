@@ -1,0 +1,131 @@
+"""`fedcare certs`, config errors and `fedcare doctor` against a live server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+from cryptography import x509
+from tests.deploy.deploy_helpers import free_port, write_toml
+from typer.testing import CliRunner
+
+import fedcare.cli.deploy  # noqa: F401  (registers the commands)
+from fedcare.cli.app import app
+from fedcare.deploy.config import load_server_config, load_site_config
+from fedcare.deploy.doctor import run_doctor
+from fedcare.errors import ConfigError
+from fedcare.task import task_hash
+from fedcare.tasks import make_task
+from fedcare.transport.grpc_server import GrpcChannel, StudyInfo
+from fedcare.transport.tls import TlsFiles
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("certs")
+    assert runner.invoke(app, ["certs", "init", "--study", "heart", "--out", str(root / "ca")]).exit_code == 0
+    for args in (["hub", "--kind", "server", "--host", "127.0.0.1"], ["cleveland"], ["hungary"]):
+        result = runner.invoke(app, ["certs", "issue", *args, "--ca-dir", str(root / "ca")])
+        assert result.exit_code == 0, result.output
+    assert runner.invoke(app, ["certs", "init", "--study", "other", "--out", str(root / "other")]).exit_code == 0
+    assert runner.invoke(app, ["certs", "issue", "cleveland", "--ca-dir", str(root / "other")]).exit_code == 0
+    return root
+
+
+def test_certs_keys_are_private_and_names_are_identities(certs):
+    for key in ("ca/ca.key", "ca/hub.key", "ca/cleveland.key"):
+        assert stat.S_IMODE(os.stat(certs / key).st_mode) == 0o600
+    cert = x509.load_pem_x509_certificate((certs / "ca/cleveland.pem").read_bytes())
+    assert cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value == "cleveland"
+    again = runner.invoke(app, ["certs", "init", "--study", "heart", "--out", str(certs / "ca")])
+    assert again.exit_code == 2 and "refusing to replace the study CA" in again.output
+
+
+def test_config_errors_name_file_and_key(tmp_path):
+    path = write_toml(
+        tmp_path / "site.toml",
+        {"site": {"name": "a"}, "server": {"address": "x:1"}, "policy": {}, "data": {"dataset": "heart-disease"}},
+    )
+    with pytest.raises(ConfigError, match=r"site.toml \[policy\]: missing key 'studies'"):
+        load_site_config(path)
+    path = write_toml(
+        tmp_path / "server.toml",
+        {"server": {"ca": "a", "cert": "b", "key": "c", "allowed_sites": []}, "study": {"name": "s"}},
+    )
+    with pytest.raises(ConfigError, match="'allowed_sites' must name at least one site"):
+        load_server_config(path)
+
+
+def _site_toml(tmp_path, certs, port, *, ca="ca", studies=("heart",), approved=None):
+    digest = task_hash(make_task("logreg", n_features=13))
+    return write_toml(
+        tmp_path / f"site-{ca}-{port}.toml",
+        {
+            "site": {"name": "cleveland"},
+            "server": {
+                "address": f"127.0.0.1:{port}",
+                "ca": str(certs / ca / "ca.pem"),
+                "cert": str(certs / ca / "cleveland.pem"),
+                "key": str(certs / ca / "cleveland.key"),
+            },
+            "policy": {"studies": list(studies), "approved_task_hashes": [approved or digest]},
+            "data": {"dataset": "heart-disease"},
+        },
+    )
+
+
+@pytest.fixture
+def server(certs):
+    task = make_task("logreg", n_features=13)
+    channel = GrpcChannel(
+        listen="127.0.0.1:0",
+        tls=TlsFiles(certs / "ca/ca.pem", certs / "ca/hub.pem", certs / "ca/hub.key"),
+        allowed_sites=["cleveland"],
+        study=StudyInfo("heart", "run-1", task.name, task_hash(task)),
+    )
+    yield channel
+    channel.close()
+
+
+@pytest.mark.grpc
+def test_doctor_passes_every_step_against_a_live_server(tmp_path, certs, server):
+    checks = run_doctor(load_site_config(_site_toml(tmp_path, certs, server.port)))
+    assert [c.step for c in checks] == ["files", "name resolution", "tcp", "tls", "protocol", "task", "clock"]
+    assert all(c.ok for c in checks), checks
+    assert server.sites() == []  # the doctor never joins
+
+
+@pytest.mark.grpc
+@pytest.mark.parametrize(
+    ("case", "step", "advice"),
+    [
+        ("closed-port", "tcp", "firewall"),
+        ("other-ca", "tls", "not from this study's CA"),
+        ("not-opted-in", "protocol", "add it to [policy] studies"),
+        ("unapproved", "task", "approved_task_hashes"),
+    ],
+)
+def test_doctor_says_which_step_fails_and_what_to_do(tmp_path, certs, server, case, step, advice):
+    port = free_port() if case == "closed-port" else server.port
+    kwargs = {
+        "other-ca": {"ca": "other"},
+        "not-opted-in": {"studies": ("another",)},
+        "unapproved": {"approved": "0" * 64},
+    }.get(case, {})
+    checks = run_doctor(load_site_config(_site_toml(tmp_path, certs, port, **kwargs)), timeout_s=3)
+    failed = checks[-1]
+    assert not failed.ok and failed.step == step, checks
+    assert advice in failed.advice
+    assert all(c.ok for c in checks[:-1])
+
+
+@pytest.mark.grpc
+def test_doctor_cli_exit_code(tmp_path, certs, server):
+    ok = runner.invoke(app, ["doctor", "--config", str(_site_toml(tmp_path, certs, server.port))])
+    assert ok.exit_code == 0, ok.output
+    assert "all checks passed" in ok.output
+    bad = runner.invoke(app, ["doctor", "--config", str(_site_toml(tmp_path, certs, free_port()))])
+    assert bad.exit_code == 8 and "failed at step: tcp" in bad.output
