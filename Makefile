@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean proto
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/overhead.py
+
+# Regenerate the committed protobuf/gRPC modules from src/fedcare/transport/proto/fedcare.proto.
+proto: $(STAMP)
+	PYTHON=$(PY) scripts/gen_proto.sh
 
 clean:
 	rm -rf $(VENV) fedcare-out .pytest_cache

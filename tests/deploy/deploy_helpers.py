@@ -102,7 +102,7 @@ class Study:
                     "key": str(self.certs / "hub.key"),
                     "allowed_sites": list(sites),
                     "wait_for_sites": len(sites),
-                    "wait_timeout_s": 60.0,
+                    "wait_timeout_s": 240.0,
                     "audit_log": str(self.root / "server-audit.jsonl"),
                 },
                 "study": body,
