@@ -24,8 +24,10 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import grpc
 import numpy as np
 import psutil
 
@@ -35,7 +37,7 @@ from fedcare.strategies.fedavg import FedAvg
 from fedcare.transport.grpc_node import Backoff, GrpcNodeAgent
 from fedcare.transport.grpc_server import GrpcChannel, StudyInfo
 from fedcare.transport.inprocess import InProcessChannel
-from fedcare.transport.tls import TlsFiles, create_ca, issue_certificate
+from fedcare.transport.tls import TlsFiles, create_ca, issue_certificate, server_credentials
 from fedcare.types import FitResult, Message, MessageKind, Payload, RunId, SiteId
 
 MB = 1024 * 1024
@@ -143,7 +145,8 @@ def throughput(root: Path, sizes_mb: list[int], repeats: int) -> dict[str, dict[
                 "MB_per_s_best": 2 * size / min(times),
             }
             print(
-                f"  {size:5d} MB  round trip {med:6.3f} s  -> {2 * size / med:7.0f} MB/s (best {2 * size / min(times):.0f})"
+                f"  {size:5d} MB  round trip {med:6.3f} s  -> {2 * size / med:7.0f} MB/s "
+                f"(best {2 * size / min(times):.0f})"
             )
             del state
     finally:
@@ -151,6 +154,67 @@ def throughput(root: Path, sizes_mb: list[int], repeats: int) -> dict[str, dict[
         proc.wait(timeout=30)
         ch.close()
     return results
+
+
+def bare_client(address: str, root: Path, size_mb: int, repeats: int) -> None:
+    """Child process: stream size_mb of 4 MiB chunks to a bare echo service and read them back."""
+    creds = grpc.ssl_channel_credentials(
+        (root / "ca.pem").read_bytes(), (root / "site-00.key").read_bytes(), (root / "site-00.pem").read_bytes()
+    )
+    opts = [("grpc.max_send_message_length", 5 * MB), ("grpc.max_receive_message_length", 5 * MB)]
+    with grpc.secure_channel(address, creds, options=opts) as ch:
+        echo = ch.stream_stream("/bench.Bare/Echo", request_serializer=None, response_deserializer=None)
+        chunk = bytes(4 * MB)
+        n = size_mb // 4
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            got = sum(len(c) for c in echo(iter([chunk] * n)))
+            times.append(time.perf_counter() - t0)
+            assert got == n * len(chunk)
+    print(json.dumps(times), flush=True)
+
+
+def bare_grpc(root: Path, size_mb: int, repeats: int) -> float:
+    """Baseline: bare grpcio echo stream with the same TLS and chunk size, no protocol, no validation."""
+
+    def echo(requests, context):
+        yield from requests
+
+    handler = grpc.method_handlers_generic_handler("bench.Bare", {"Echo": grpc.stream_stream_rpc_method_handler(echo)})
+    server = grpc.server(
+        ThreadPoolExecutor(max_workers=4),
+        options=[("grpc.max_send_message_length", 5 * MB), ("grpc.max_receive_message_length", 5 * MB)],
+    )
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_secure_port("127.0.0.1:0", server_credentials(tls(root, "hub")))
+    server.start()
+    try:
+        out = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--bare",
+                str(size_mb),
+                "--address",
+                f"127.0.0.1:{port}",
+                "--certs",
+                str(root),
+                "--repeats",
+                str(repeats),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=600,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
+        times = json.loads(out.stdout.strip().splitlines()[-1])
+    finally:
+        server.stop(0)
+    med = float(np.median(times))
+    print(f"  {size_mb:5d} MB  bare grpcio echo (same TLS, 4 MiB chunks) {med:6.3f} s -> {2 * size_mb / med:7.0f} MB/s")
+    return 2 * size_mb / med
 
 
 def rss_while_receiving(root: Path, size_mb: int, n: int) -> dict[str, float]:
@@ -280,11 +344,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rss-mb", type=int, default=100)
     parser.add_argument("--sites", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--bare", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--address", help=argparse.SUPPRESS)
     parser.add_argument("--certs", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.sites:
         run_sites(args.address, Path(args.certs), args.sites)
+        return
+    if args.bare:
+        bare_client(args.address, Path(args.certs), args.bare, args.repeats)
         return
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -292,12 +360,17 @@ def main() -> None:
         sizes = [10, 100] if args.quick else [10, 100, 1024]
         repeats = 1 if args.quick else args.repeats
         print("throughput (loopback, gRPC + mutual TLS, 4 MiB chunks, echo = download + upload):")
+        bare = {f"{size}MB": bare_grpc(root, size, repeats) for size in sizes if size <= 100}
         tp = throughput(root, sizes, repeats)
         print("server memory while receiving:")
         rss = rss_while_receiving(root, 10 if args.quick else args.rss_mb, 10)
         print("per-round overhead (workload 1):")
         pr = per_round(root, 10, 1_000_000, 10)
-    print(json.dumps({"benchmark": "transport", "throughput": tp, "server_rss": rss, "per_round": pr}))
+    print(
+        json.dumps(
+            {"benchmark": "transport", "bare_grpc_MB_per_s": bare, "throughput": tp, "server_rss": rss, "per_round": pr}
+        )
+    )
 
 
 if __name__ == "__main__":
