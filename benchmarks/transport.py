@@ -62,7 +62,10 @@ def shift_reply(k: int):
 
     def handle(message: Message) -> Message:
         w = message.payload.arrays["model"]["w"]
-        if message.payload.config.get("echo"):
+        size = message.payload.config.get("reply_floats")
+        if isinstance(size, int):
+            out = np.full(size, np.float32(k + 1))  # an upload of a given size, whatever was received
+        elif message.payload.config.get("echo"):
             out = w
         else:
             out = w + np.float32(1e-3 * (k + 1))
@@ -232,12 +235,12 @@ def rss_while_receiving(root: Path, size_mb: int, n: int) -> dict[str, float]:
 
     try:
         sites = ch.wait_for_sites(n, timeout_s=180)
-        state = {"w": np.linspace(-1, 1, size_mb * MB // 4, dtype=np.float32)}
-        acc = np.zeros_like(state["w"])
-        payload = Payload(arrays={"model": state}, config={"echo": True})
-        ch.send([Message(MessageKind.FIT, RunId("bench-run"), 1, s, payload) for s in sites])
-        time.sleep(0.5)  # let the broadcast leave before measuring the receive side
+        floats = size_mb * MB // 4
+        acc = np.zeros(floats, dtype=np.float32)
+        # a tiny instruction; each site answers with a full-size model (the receive side alone)
+        payload = Payload(arrays={"model": {"w": np.zeros(4, dtype=np.float32)}}, config={"reply_floats": floats})
         base = me.memory_info().rss
+        ch.send([Message(MessageKind.FIT, RunId("bench-run"), 1, s, payload) for s in sites])
         peak = base
         threading.Thread(target=sample, daemon=True).start()
         got = 0

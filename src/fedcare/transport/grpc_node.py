@@ -328,8 +328,7 @@ class GrpcNodeAgent:
                     if skip and frame.end.message_id == skip:
                         skip = ""
                         continue
-                    message = assembler.finish(frame.end)
-                    self._answer(message, welcome.run_id, outq, limit)
+                    self._answer(assembler.finish(frame.end), welcome.run_id, outq, limit)
                 elif which != "ping":
                     raise ProtocolError(f"instruction stream: unexpected {which or 'empty'} frame")
             except ProtocolError as exc:

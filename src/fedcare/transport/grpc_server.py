@@ -75,6 +75,11 @@ def grpc_options(chunk_bytes: int) -> list[tuple[str, int]]:
         # A long upload carries BDP-probe and keep-alive pings; never answer them with a
         # "too_many_pings" GOAWAY (seen on a 1 GB transfer under load).
         ("grpc.http2.max_ping_strikes", 0),
+        # Fixed HTTP/2 stream window of two chunks instead of BDP-probed windows, which grow
+        # until a stalled stream buffers a whole upload: with it, a site whose reply waits
+        # for its turn (max_inflight) holds at most ~2 chunks in the server's memory.
+        ("grpc.http2.bdp_probe", 0),
+        ("grpc.http2.lookahead_bytes", 2 * chunk_bytes),
     ]
 
 
@@ -237,6 +242,7 @@ class GrpcChannel:
                 except queue.Empty:
                     return
                 yield message
+                del message  # hold nothing once the consumer moves on (O(1) replies in memory)
                 if token:
                     token = False
                     self._inflight.release()
@@ -390,8 +396,8 @@ class GrpcChannel:
                         if skip and frame.end.message_id == skip:
                             skip = ""
                             continue
-                        reply = assembler.finish(frame.end)
-                        self._deliver(session, reply, token)
+                        # no local name for the reply: this thread must not keep the last one alive
+                        self._deliver(session, assembler.finish(frame.end), token)
                         token = False
                     elif which != "ping":
                         raise ProtocolError(f"reply from {session.site}: unexpected {which or 'empty'} frame")
