@@ -169,8 +169,8 @@ def main() -> None:
         f"`PYTHONPATH=src python benchmarks/privacy_utility.py --seeds {args.seeds} --rounds {args.rounds}` "
         f"({elapsed:.0f} s; taken on a shared 2-core machine under heavy load, timings not meaningful).",
         f"Pooled test set (all 4 sites' test rows, 254). Mean ± std over seeds 0..{args.seeds - 1}. "
-        "MIA: loss-threshold attack (Yeom et al. 2018), members = pooled training rows, non-members = pooled test rows; "
-        "advantage = TPR − FPR at the mean training loss (best threshold in brackets).",
+        "MIA: loss-threshold attack (Yeom et al. 2018); members = pooled training rows, non-members = pooled test "
+        "rows; advantage = TPR − FPR at the mean training loss (best threshold in brackets).",
         "",
         "| level | ε | accuracy | AUC | MIA advantage | (best threshold) | max ε spent by a site |",
         "|---|---|---|---|---|---|---|",
