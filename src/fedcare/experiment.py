@@ -63,6 +63,9 @@ class ExperimentConfig:
         Share of sites sampled per round.
     min_sites : int
         Minimum valid updates per round.
+    privacy : Mapping[str, Any]
+        DP options of the federated setting (:class:`fedcare.privacy.setup.PrivacySettings`
+        fields); empty means non-private. Local and Pooled stay non-private references.
     """
 
     rounds: int = 20
@@ -73,6 +76,7 @@ class ExperimentConfig:
     baseline_config: Mapping[str, ConfigValue] = field(default_factory=dict)
     fraction_fit: float = 1.0
     min_sites: int = 1
+    privacy: Mapping[str, Any] = field(default_factory=dict)
 
 
 def _metrics(task: Task, model: ModelState, data: Any) -> Metrics:
@@ -131,6 +135,7 @@ def run_experiment(
     results: dict[str, Any] = {}
     final_models: dict[str, Mapping[SiteId, ModelState]] = {}
     sites = dataset.site_ids()
+    privacy_summary: dict[str, Any] | None = None
 
     def baseline(name: str, models: Mapping[SiteId, ModelState], view: Mapping[SiteId, SiteData], local: bool) -> None:
         run_id = RunId(f"{exp}-{name}")
@@ -169,6 +174,9 @@ def run_experiment(
         if name in ("local", "pooled"):
             raise ConfigError(f"strategy name {name!r} clashes with a baseline setting")
         run_id = RunId(f"{exp}-{name}")
+        private = _private_run(cfg, recorder, sites, study=exp)
+        if private is not None:
+            strategy = private.strategy
         result = run_simulation(
             sites=dataset.sites,
             task=task,
@@ -182,11 +190,17 @@ def run_experiment(
             on_round=(lambda r: progress(name, r)) if progress else None,
             fraction_fit=cfg.fraction_fit,
             min_sites=cfg.min_sites,
-            config={"fit_config": dict(cfg.fit_config)},
+            config={"fit_config": dict(private.fit_config if private else cfg.fit_config)},
             experiment=exp,
+            policies=private.policies if private else None,
+            ledgers=private.ledgers if private else None,
         )
         models = dict.fromkeys(sites, result.state.model)
         results[name] = evaluate_setting(task, models, dataset.sites, local=False)
+        if private is not None:
+            from fedcare.privacy.setup import ledger_summary
+
+            privacy_summary = ledger_summary(private.ledgers, run_id, private.settings)
         results[name]["history"] = [
             {
                 "round": r.round_no,
@@ -200,7 +214,7 @@ def run_experiment(
         ]
         _record_final(recorder, run_id, results[name]["per_site"])
         final_models[name] = models
-    return {
+    out = {
         "experiment": exp,
         "dataset": dataset.name,
         "provenance": dataset.provenance,
@@ -210,6 +224,34 @@ def run_experiment(
         "config": _jsonable(asdict(cfg)),
         "settings": results,
     }
+    if privacy_summary is not None:
+        out["privacy"] = privacy_summary
+    return out
+
+
+def _private_run(cfg: ExperimentConfig, recorder: Recorder, sites: Any, *, study: str) -> Any:
+    """Wire ``cfg.privacy`` into the federated setting (None when non-private)."""
+    if not cfg.privacy:
+        return None
+    from fedcare.privacy.ledger import MemoryLedgerBackend
+    from fedcare.privacy.setup import PrivacySettings, prepare_private_run
+    from fedcare.store.ledger import SqlLedgerBackend
+    from fedcare.store.sql import SqlStore
+
+    settings = PrivacySettings.from_mapping(cfg.privacy)
+    if not settings.is_private and settings.site_max_epsilon is None:
+        return None
+    backend = SqlLedgerBackend(recorder) if isinstance(recorder, SqlStore) else MemoryLedgerBackend()
+    return prepare_private_run(
+        settings,
+        make_strategy=lambda fc: make_strategy(cfg.strategy, fit_config=fc, **dict(cfg.strategy_params)),
+        fit_config=cfg.fit_config,
+        rounds=cfg.rounds,
+        seed=cfg.seed,
+        sites=sites,
+        backend=backend,
+        study=study,
+    )
 
 
 def _record_final(recorder: Recorder, run_id: RunId, per_site: Mapping[str, Metrics]) -> None:

@@ -51,6 +51,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     import fedcare.cli.data  # noqa: F401  (fedcare data check, fedcare stats)
     import fedcare.cli.deploy  # noqa: F401  (server, node, doctor, certs, audit)
+    import fedcare.cli.privacy  # noqa: F401  (fedcare privacy ledger/calibrate)
     import fedcare.cli.strategies  # noqa: F401  (fedcare strategies list/run)
     from fedcare.cli import demo, simulate  # noqa: F401  (register commands)
 

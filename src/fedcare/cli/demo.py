@@ -10,6 +10,7 @@ import typer
 
 from fedcare.cli.app import DbOption, OutOption, app, console, default_db_url, fail
 from fedcare.cli.console import ExperimentProgress, results_table
+from fedcare.cli.privacy import demo_privacy_settings, privacy_table
 from fedcare.demos import DEMOS, get_demo
 from fedcare.errors import FedcareError
 from fedcare.experiment import new_run_id, run_experiment
@@ -26,6 +27,23 @@ def demo(
     seed: Annotated[int, typer.Option(help="Seed for initialisation, batching and sampling.")] = 0,
     out: OutOption = None,
     db: DbOption = None,
+    dp: Annotated[
+        str, typer.Option(help="Differential privacy: none, record (DP-SGD at sites), client, client-distributed.")
+    ] = "none",
+    epsilon: Annotated[float | None, typer.Option(help="Target ε over the run (with --dp).")] = None,
+    delta: Annotated[float, typer.Option(help="Target δ (and the sites' budget δ).")] = 1e-5,
+    site_budget: Annotated[
+        float | None, typer.Option(help="Give every site a fail-closed budget: max ε at δ for the study.")
+    ] = None,
+    clip_norm: Annotated[float, typer.Option(help="Client-level DP: L2 bound of each site's update.")] = 0.5,
+    adaptive_clipping: Annotated[bool, typer.Option(help="Client-level DP: quantile-based adaptive clipping.")] = False,
+    secure_noise: Annotated[
+        bool, typer.Option(help="Draw DP noise from the OS CSPRNG (not repeatable) instead of the run seed.")
+    ] = False,
+    trust_central_noise: Annotated[
+        bool, typer.Option(help="Sites with a budget accept server-added noise (--dp client).")
+    ] = False,
+    accountant: Annotated[str, typer.Option(help="Privacy accountant: rdp or prv.")] = "rdp",
 ) -> None:
     """Train on a built-in data set as Local, Pooled and FedAvg; write report.html and summary.json."""
     run_id = new_run_id()
@@ -34,6 +52,19 @@ def demo(
     try:
         recipe = get_demo(dataset)
         cfg = replace(recipe.config, seed=seed, rounds=rounds or recipe.config.rounds)
+        privacy = demo_privacy_settings(
+            dp=dp,
+            epsilon=epsilon,
+            delta=delta,
+            site_budget=site_budget,
+            clip_norm=clip_norm,
+            adaptive_clipping=adaptive_clipping,
+            secure_noise=secure_noise,
+            trust_central_noise=trust_central_noise,
+            accountant=accountant,
+        )
+        if privacy:
+            cfg = replace(cfg, privacy=privacy)
         console.print(f"[bold]fedcare demo[/] · {recipe.description}")
         data = recipe.load()
         for site in data.site_ids():
@@ -48,6 +79,8 @@ def demo(
         metrics = [m for m in ("accuracy", "auc", "c_index") if m in summary["settings"]["pooled"]["pooled_test"]]
         for metric in metrics:
             console.print(results_table(summary, metric))
+        if "privacy" in summary:
+            console.print(privacy_table(summary["privacy"]))
         summary_path, report_path = write_outputs(summary, out_dir)
     except FedcareError as exc:
         raise fail(exc, created) from None

@@ -69,6 +69,33 @@ def _reference_table(summary: Mapping[str, Any]) -> str:
     )
 
 
+def _privacy_table(summary: Mapping[str, Any]) -> str:
+    privacy = summary.get("privacy")
+    if not privacy:
+        return ""
+    s = privacy["settings"]
+    rows = []
+    for site, row in privacy["sites"].items():
+        name = summary["sites"].get(site, site)
+        rows.append(
+            f"<tr><td>{html.escape(name)}</td><td>{_fmt(row['epsilon_run'])}</td><td>{_fmt(row['epsilon_study'])}</td>"
+            f"<td>{row['delta']:g}</td><td>{_fmt(row['max_epsilon'] if row['max_epsilon'] is not None else '—')}</td>"
+            f"<td>{html.escape(', '.join(row['mechanisms']) or '—')}</td><td>{_fmt(row['noise_multiplier'])}</td>"
+            f"<td>{_fmt(row['sample_rate'])}</td><td>{_fmt(row['steps_per_round'])}</td>"
+            f"<td>{row['rounds_charged']}</td></tr>"
+        )
+    return (
+        "<h2>Privacy spent per site</h2>"
+        f"<p class='note'>DP level {html.escape(str(s['level']))}, target ε {html.escape(str(s['epsilon']))} at "
+        f"δ {s['delta']:g}; ε recomputed by the accountant ({html.escape(privacy['accountant_version'])}) from each "
+        "site's ledger. Local and Pooled above are non-private references.</p>"
+        "<table><tr><th>site</th><th>ε this run</th><th>ε study</th><th>δ</th><th>budget</th><th>mechanism</th>"
+        "<th>noise σ</th><th>sample rate</th><th>steps/round</th><th>rounds charged</th></tr>"
+        + "".join(rows)
+        + "</table>"
+    )
+
+
 def render_report(summary: Mapping[str, Any]) -> str:
     """Return the full HTML page for an experiment summary (see summary.json)."""
     sites = list(summary["sites"])
@@ -97,6 +124,7 @@ Pooled: one model on all training rows in one place. Mean over sites is unweight
 <div class="figs">{"".join(figs)}</div>
 <h2>Per-round metrics (federated)</h2>
 <div class="figs">{"".join(curves)}</div>
+{_privacy_table(summary)}
 {_reference_table(summary)}
 <h2>Configuration</h2><p class="note"><code>{cfg}</code></p>
 </body></html>

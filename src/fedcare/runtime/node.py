@@ -13,7 +13,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from fedcare.errors import FedcareError
+from fedcare.errors import FedcareError, PolicyError
+from fedcare.privacy.guard import SitePrivacyGuard
+from fedcare.privacy.ledger import PrivacyLedger
 from fedcare.runtime.policy import SitePolicy
 from fedcare.serde import check_state, spec_of
 from fedcare.task import FitContext, SiteData, Task, task_hash
@@ -43,6 +45,8 @@ class SiteNode:
     query_handler : Callable[[Message], Message] or None (default: None)
         Answers ``QUERY`` instructions (e.g. :class:`fedcare.data.cohort.StatsResponder`,
         which applies the site's own release rules); ``None`` refuses them.
+    ledger : PrivacyLedger or None (default: None)
+        The site's privacy ledger, charged before any private update leaves.
     """
 
     def __init__(
@@ -53,6 +57,7 @@ class SiteNode:
         data: SiteData,
         policy: SitePolicy | None = None,
         query_handler: Callable[[Message], Message] | None = None,
+        ledger: PrivacyLedger | None = None,
     ) -> None:
         self.site_id = site_id
         self.task = task
@@ -63,6 +68,14 @@ class SiteNode:
         self._spec = spec_of(task.init_model(np.random.default_rng(0)))
         #: Per-run site memory handed to tasks that accept a FitContext (never leaves the site).
         self.site_state: dict[RunId, dict[str, ModelState]] = {}
+        self.privacy = SitePrivacyGuard(
+            site=site_id,
+            max_epsilon=self.policy.max_epsilon,
+            delta=self.policy.delta,
+            trust_central_noise=self.policy.trust_central_noise,
+            allow_seeded_noise=self.policy.allow_seeded_noise,
+            ledger=ledger,
+        )
 
     def handle(self, message: Message) -> Message:
         """Check the instruction against policy, run it, and build the reply."""
@@ -80,6 +93,9 @@ class SiteNode:
             if message.kind is MessageKind.EVALUATE:
                 return self._evaluate(message)
             return message.reply(error=f"unsupported instruction kind {message.kind.value!r}")
+        except PolicyError as exc:  # a refusal: the message says "refused: ..."
+            log.info("site %s refused %s round %d: %s", self.site_id, message.kind.value, message.round_no, exc)
+            return message.reply(error=str(exc))
         except FedcareError as exc:
             return message.reply(error=f"{type(exc).__name__}: {exc}")
 
@@ -94,16 +110,22 @@ class SiteNode:
         config = message.payload.config
         seed = config.get("seed")
         rng = np.random.default_rng(int(seed) if isinstance(seed, int) else None)
+        model = self._model(message)
         inputs = {k: dict(v) for k, v in message.payload.arrays.items() if k != "model"}
         for name, arrays in inputs.items():
             check_state(arrays, where=f"fit instruction record {name!r} at {self.site_id}")
+        admission = self.privacy.admit(config, n_train=len(self.data.train))  # refusals raise PolicyError
+        task_config = admission.task_config
         if getattr(self.task, "accepts_context", False):
             context = FitContext(inputs=inputs, state=self._run_state(message.run_id))
-            result = self.task.fit(self._model(message), self.data.train, config, rng, context=context)  # type: ignore[call-arg]
+            result = self.task.fit(model, self.data.train, task_config, rng, context=context)  # type: ignore[call-arg]
         elif inputs:
             return message.reply(error=f"task {self.task.name!r} cannot use instruction records {sorted(inputs)}")
         else:
-            result = self.task.fit(self._model(message), self.data.train, config, rng)
+            result = self.task.fit(model, self.data.train, task_config, rng)
+        result = self.privacy.release(
+            admission, reference=model, result=result, run_id=message.run_id, round_no=message.round_no, seed=seed
+        )
         arrays = {"model": result.state, **result.extras}
         metrics = {"num_examples": float(result.num_examples), **result.metrics}
         return message.reply(Payload(arrays=arrays, metrics=metrics))

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from fedcare.errors import ConfigError
 from fedcare.types import ConfigValue
 
 __all__ = ["SitePolicy"]
@@ -26,10 +27,31 @@ class SitePolicy:
     studies : frozenset[str] or None (default: None)
         Studies the site opts in to (deployment): a node joins a coordinator's run only
         when its study is listed. ``None`` (simulation) does not check.
+    max_epsilon : float or None (default: None)
+        The site's privacy budget for a study (ε at ``delta``, all runs together).
+        ``None``: no budget. With a budget the site is fail-closed: it refuses rounds
+        without a DP guarantee and rounds that would take it past ``max_epsilon``.
+    delta : float (default: 1e-5)
+        δ at which the site states and caps its ε.
+    trust_central_noise : bool (default: False)
+        Accept client-level DP whose noise the server adds (central mode).
+    allow_seeded_noise : bool (default: False)
+        Accept DP noise drawn from the coordinator's round seed (tests and demos).
     """
 
     approved_task_hashes: frozenset[str] | None = field(default=None)
     studies: frozenset[str] | None = field(default=None)
+    max_epsilon: float | None = None
+    delta: float = 1e-5
+    trust_central_noise: bool = False
+    allow_seeded_noise: bool = False
+
+    def __post_init__(self) -> None:
+        """Validate the privacy budget (a bad cap must fail loudly, not open the door)."""
+        if self.max_epsilon is not None and not (self.max_epsilon > 0 and self.max_epsilon == self.max_epsilon):
+            raise ConfigError(f"SitePolicy.max_epsilon must be positive, got {self.max_epsilon}")
+        if not 0.0 < self.delta < 1.0:
+            raise ConfigError(f"SitePolicy.delta must be in (0, 1), got {self.delta}")
 
     def study_refusal(self, study: str) -> str | None:
         """Return why the site does not take part in ``study``, or ``None`` when it opts in."""

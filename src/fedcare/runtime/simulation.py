@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
+from fedcare.privacy.ledger import PrivacyLedger
 from fedcare.runtime.coordinator import Coordinator, RunResult
 from fedcare.runtime.node import SiteNode
 from fedcare.runtime.policy import SitePolicy
@@ -26,11 +27,14 @@ def build_nodes(
     sites: Mapping[SiteId, SiteData],
     task: Task,
     policies: Mapping[SiteId, SitePolicy] | None = None,
+    ledgers: Mapping[SiteId, PrivacyLedger] | None = None,
 ) -> dict[SiteId, SiteNode]:
-    """One SiteNode per site, each holding only its own data."""
+    """One SiteNode per site, each holding only its own data (and its own ledger)."""
     policies = policies or {}
+    ledgers = ledgers or {}
     return {
-        site: SiteNode(site_id=site, task=task, data=data, policy=policies.get(site)) for site, data in sites.items()
+        site: SiteNode(site_id=site, task=task, data=data, policy=policies.get(site), ledger=ledgers.get(site))
+        for site, data in sites.items()
     }
 
 
@@ -53,9 +57,10 @@ def run_simulation(
     max_workers: int | None = None,
     config: Mapping[str, object] | None = None,
     experiment: str = "",
+    ledgers: Mapping[SiteId, PrivacyLedger] | None = None,
 ) -> RunResult:
     """Run ``rounds`` of ``strategy`` over in-process sites; return the final state."""
-    nodes = build_nodes(sites, task, policies)
+    nodes = build_nodes(sites, task, policies, ledgers)
     channel = InProcessChannel({s: n.handle for s, n in nodes.items()}, max_workers=max_workers)
     digest = task_hash(task)
     coordinator = Coordinator(

@@ -1,4 +1,4 @@
-"""SQLAlchemy tables: runs, rounds, per-site metrics, site events, checkpoints."""
+"""SQLAlchemy tables: runs, rounds, per-site metrics, site events, checkpoints, privacy ledger."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from datetime import datetime
 from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["Base", "CheckpointRow", "RoundRow", "RunRow", "SiteEventRow", "SiteMetricRow"]
+__all__ = ["Base", "CheckpointRow", "PrivacyLedgerRow", "RoundRow", "RunRow", "SiteEventRow", "SiteMetricRow"]
 
 
 class Base(DeclarativeBase):
@@ -87,4 +87,31 @@ class CheckpointRow(Base):
     path: Mapped[str] = mapped_column(Text)
     sha256: Mapped[str] = mapped_column(String(64))
     size_bytes: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class PrivacyLedgerRow(Base):
+    """One charge to a site's privacy budget, with everything needed to recompute ε.
+
+    Keyed by site and study (the budget scope), not by a foreign key to ``runs``: a
+    deployed node keeps its ledger in its own store, where the run is not recorded.
+    """
+
+    __tablename__ = "privacy_ledger"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    site: Mapped[str] = mapped_column(String(200), index=True)
+    study: Mapped[str] = mapped_column(String(200), index=True)
+    run_id: Mapped[str] = mapped_column(String(64), index=True)
+    round_no: Mapped[int] = mapped_column(Integer)
+    mechanism: Mapped[str] = mapped_column(String(40))
+    noise_multiplier: Mapped[float] = mapped_column(Float)
+    sample_rate: Mapped[float] = mapped_column(Float)
+    steps: Mapped[int] = mapped_column(Integer)
+    delta: Mapped[float] = mapped_column(Float)
+    accountant: Mapped[str] = mapped_column(String(20))
+    accountant_version: Mapped[str] = mapped_column(String(60))
+    epsilon_round: Mapped[float] = mapped_column(Float)
+    epsilon_run: Mapped[float] = mapped_column(Float)
+    epsilon_total: Mapped[float] = mapped_column(Float)
+    details: Mapped[dict[str, object]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -5,6 +5,8 @@ Fit config keys (all optional): ``lr`` (0.01), ``optimizer`` ("sgd" | "adam"),
 ``proximal_mu`` (0: FedProx's proximal term towards the received model). With a
 ``scaffold_c`` instruction record the task applies SCAFFOLD's correction (see
 :class:`fedcare.tasks.torch_common.LocalCorrections`).
+With a DP-SGD plan resolved by the site (``dp.*`` keys, see :mod:`fedcare.privacy.guard`)
+training runs through Opacus instead (:func:`fedcare.tasks.torch_common.fit_dpsgd`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from fedcare.task import ArrayDataset, FitContext
 from fedcare.tasks.torch_common import (
     LocalCorrections,
     batches,
+    dp_requested,
+    fit_dpsgd,
     load_state,
     make_optimizer,
     module_state,
@@ -97,6 +101,13 @@ class LogisticRegressionTask:
             raise ConfigError("cannot fit on an empty training set")
         module = self._module()
         load_state(module, model)
+        if dp_requested(config):
+            if context is not None and context.inputs:
+                raise ConfigError(f"instruction records {sorted(context.inputs)} are not supported with DP-SGD")
+            x = torch.from_numpy(np.ascontiguousarray(data.x, dtype=np.float32))
+            y = torch.from_numpy(np.ascontiguousarray(data.y, dtype=np.float32)).reshape(-1, 1)
+            metrics = fit_dpsgd(module, x, y, torch.nn.BCEWithLogitsLoss(reduction="sum"), config)
+            return FitResult(state=module_state(module), num_examples=len(data), metrics=metrics)
         optimizer = make_optimizer(module.parameters(), config)
         batch_size = read_int(config, "batch_size", 4)
         epochs = read_int(config, "local_epochs", 1)

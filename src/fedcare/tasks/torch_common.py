@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -15,6 +15,8 @@ from fedcare.types import ConfigValue, ModelState
 __all__ = [
     "LocalCorrections",
     "batches",
+    "dp_requested",
+    "fit_dpsgd",
     "load_state",
     "make_optimizer",
     "module_state",
@@ -178,3 +180,49 @@ class LocalCorrections:
             delta[name] = (updated - self._c_i[name]).astype(c.dtype)
         self._context.state[SITE_STATE_KEY] = new_ci
         return {DELTA_RECORD: delta}
+
+
+def dp_requested(config: Mapping[str, ConfigValue]) -> bool:
+    """True when the site's privacy guard resolved a DP-SGD plan for this fit."""
+    return "dp.noise_multiplier" in config
+
+
+def fit_dpsgd(
+    module: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    config: Mapping[str, ConfigValue],
+) -> dict[str, float]:
+    """Train ``module`` with DP-SGD (Opacus) as resolved by the site's privacy guard.
+
+    Any torch task calls this when :func:`dp_requested` is true; ``loss_fn`` must sum
+    over the batch. The ``dp.*`` keys (noise multiplier, sample rate, steps, clipping
+    norm, secure mode, noise seed) come from the site, never from the task. Returns
+    the metrics that prove what ran (``dp.steps``, ``dp.noise_multiplier``, ...).
+    """
+    from fedcare.privacy.dpsgd import noise_generator, train_dpsgd
+
+    if read_float(config, "proximal_mu", 0.0) > 0:
+        raise ConfigError("proximal_mu > 0 is not supported with DP-SGD (the proximal term is not clipped)")
+    sigma = read_float(config, "dp.noise_multiplier", 0.0)
+    seed = read_int(config, "dp.noise_seed", -1)
+    secure = config.get("dp.secure_mode", True)
+    result = train_dpsgd(
+        module,
+        x,
+        y,
+        loss_fn=loss_fn,
+        optimizer=make_optimizer(module.parameters(), config),
+        noise_multiplier=sigma,
+        max_grad_norm=read_float(config, "dp.max_grad_norm", 1.0),
+        sample_rate=read_float(config, "dp.sample_rate", 1.0),
+        steps=read_int(config, "dp.steps", 1),
+        generator=noise_generator(None if seed < 0 else seed),
+        secure_mode=secure is True,
+    )
+    return {
+        "dp.steps": float(result.steps),
+        "dp.noise_multiplier": sigma,
+        "dp.empty_batches": float(result.empty_batches),
+    }
