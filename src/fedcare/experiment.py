@@ -10,6 +10,13 @@ Every setting is evaluated on each site's test split (``per_site``), their unwei
 mean (``site_mean``: FLamby's figure value) and the union of the test splits
 (``pooled_test``). For ``local``, ``per_site`` is each site's own model on its own test
 set and ``pooled_test`` is the mean over the local models of their pooled-test metrics.
+
+**Personalised** settings (``ExperimentConfig.personalization``: ``fedbn``, ``fedper``,
+``ditto``, ``finetune``) end with one model per site; ``per_site`` is each site's
+personalised model on its own test set and ``pooled_test`` scores the union of the test
+sets, each row by its own site's model. Every setting also reports, per site,
+``calibration`` (binary tasks: reliability curve, Brier, ECE) and ``subgroups``
+(metrics by sex / age band where the data set has them).
 """
 
 from __future__ import annotations
@@ -24,8 +31,10 @@ import numpy as np
 
 from fedcare.data.federated import FederatedDataset, concat
 from fedcare.errors import ConfigError
+from fedcare.evaluation import calibration_report, subgroup_metrics
+from fedcare.personal.site import local_keys, model_for
 from fedcare.runtime.recorder import NullRecorder, Recorder, RoundReport, RunSpec
-from fedcare.runtime.simulation import run_simulation
+from fedcare.runtime.simulation import build_nodes, run_simulation
 from fedcare.strategies.registry import make_strategy
 from fedcare.task import SiteData, Task, task_hash
 from fedcare.types import ConfigValue, Metrics, ModelState, RunId, SiteId
@@ -66,6 +75,17 @@ class ExperimentConfig:
     privacy : Mapping[str, Any]
         DP options of the federated setting (:class:`fedcare.privacy.setup.PrivacySettings`
         fields); empty means non-private. Local and Pooled stay non-private references.
+    personalization : str
+        ``"none"``, ``"fedbn"`` / ``"fedper"`` (the task keeps entries local: see
+        :mod:`fedcare.tasks.mlp`), ``"ditto"`` (``personal_config`` holds
+        ``ditto_lambda`` and optionally ``ditto_epochs``, sent with the fit config) or
+        ``"finetune"`` (after the last round each site trains the global model on its
+        own data with ``personal_config`` as fit config).
+    personal_config : Mapping[str, ConfigValue]
+        Parameters of the personalisation (see above).
+    label : str
+        Name of the federated setting in the results (default: the strategy name, with
+        ``+<personalization>`` appended).
     """
 
     rounds: int = 20
@@ -77,6 +97,18 @@ class ExperimentConfig:
     fraction_fit: float = 1.0
     min_sites: int = 1
     privacy: Mapping[str, Any] = field(default_factory=dict)
+    personalization: str = "none"
+    personal_config: Mapping[str, ConfigValue] = field(default_factory=dict)
+    label: str = ""
+
+    def setting_name(self) -> str:
+        """The federated setting's key in the results."""
+        if self.label:
+            return self.label
+        return self.strategy if self.personalization == "none" else f"{self.strategy}+{self.personalization}"
+
+
+PERSONALIZATIONS = ("none", "fedbn", "fedper", "ditto", "finetune")
 
 
 def _metrics(task: Task, model: ModelState, data: Any) -> Metrics:
@@ -91,25 +123,60 @@ def _mean(rows: list[Metrics]) -> Metrics:
     return {k: float(np.mean([r[k] for r in rows if k in r])) for k in keys}
 
 
+def _scores(kind: str, y: Any, pred: Any) -> Metrics:
+    from fedcare.tasks.cox import survival_metrics
+    from fedcare.tasks.logreg import binary_metrics
+
+    return survival_metrics(y, pred) if kind == "survival" else binary_metrics(y, pred)
+
+
 def evaluate_setting(
     task: Task,
     models: Mapping[SiteId, ModelState],
     view: Mapping[SiteId, SiteData],
     *,
     local: bool,
+    personal: bool = False,
+    kind: str | None = None,
+    groups: Mapping[SiteId, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Score a setting: ``models`` has one entry per site (local) or one shared model."""
+    """Score a setting: ``models`` has one entry per site (local, personal) or one shared model.
+
+    With ``kind`` (the data set's ``"binary"`` or ``"survival"``), also report each
+    site's ``calibration`` (binary only) and ``subgroups`` (when ``groups`` has the
+    site's test-row attributes), both for the model that site uses.
+    """
     pooled_test = concat([d.test for d in view.values()])
     per_site: dict[str, Metrics] = {}
     for site, data in view.items():
         model = models[site]
         per_site[site] = _metrics(task, model, data.test)
-    if local:
+    if personal:
+        if kind is None:
+            raise ConfigError("evaluate_setting: personal=True needs the data set's kind")
+        preds = np.concatenate([task.predict(models[s], view[s].test.x) for s in view])
+        pooled = _scores(kind, pooled_test.y, preds)
+    elif local:
         pooled = _mean([_metrics(task, models[s], pooled_test) for s in view])
     else:
         pooled = _metrics(task, next(iter(models.values())), pooled_test)
         pooled.pop("n_test", None)
-    return {"per_site": per_site, "site_mean": _mean(list(per_site.values())), "pooled_test": pooled}
+    out: dict[str, Any] = {"per_site": per_site, "site_mean": _mean(list(per_site.values())), "pooled_test": pooled}
+    if kind is not None:
+        calibration: dict[str, Any] = {}
+        subgroups: dict[str, Any] = {}
+        for site, data in view.items():
+            pred = task.predict(models[site], data.test.x)
+            if kind == "binary":
+                calibration[site] = calibration_report(data.test.y, pred)
+            site_groups = (groups or {}).get(site)
+            if site_groups:
+                subgroups[site] = subgroup_metrics(data.test.y, pred, site_groups, kind=kind)
+        if calibration:
+            out["calibration"] = calibration
+        if subgroups:
+            out["subgroups"] = subgroups
+    return out
 
 
 def _train_alone(task: Task, data: SiteData, cfg: ExperimentConfig, salt: int) -> ModelState:
@@ -153,7 +220,7 @@ def run_experiment(
                 experiment=exp,
             )
         )
-        results[name] = evaluate_setting(task, models, view, local=local)
+        results[name] = evaluate_setting(task, models, view, local=local, kind=dataset.kind, groups=dataset.groups)
         _record_final(recorder, run_id, results[name]["per_site"])
         recorder.finish_run(run_id, status="completed")
         final_models[name] = models
@@ -169,14 +236,17 @@ def run_experiment(
         model = _train_alone(task, pooled_data, cfg, len(sites))
         baseline("pooled", dict.fromkeys(sites, model), view, False)
     if "federated" in settings:
-        strategy = make_strategy(cfg.strategy, fit_config=dict(cfg.fit_config), **dict(cfg.strategy_params))
-        name = cfg.strategy
+        strategy = make_strategy(cfg.strategy, fit_config=_fit_config(task, cfg), **dict(cfg.strategy_params))
+        name = cfg.setting_name()
         if name in ("local", "pooled"):
             raise ConfigError(f"strategy name {name!r} clashes with a baseline setting")
         run_id = RunId(f"{exp}-{name}")
         private = _private_run(cfg, recorder, sites, study=exp)
         if private is not None:
             strategy = private.strategy
+        nodes = build_nodes(
+            dataset.sites, task, private.policies if private else None, private.ledgers if private else None
+        )
         result = run_simulation(
             sites=dataset.sites,
             task=task,
@@ -190,13 +260,24 @@ def run_experiment(
             on_round=(lambda r: progress(name, r)) if progress else None,
             fraction_fit=cfg.fraction_fit,
             min_sites=cfg.min_sites,
-            config={"fit_config": dict(private.fit_config if private else cfg.fit_config)},
+            config={
+                "fit_config": dict(private.fit_config if private else _fit_config(task, cfg)),
+                "personalization": cfg.personalization,
+                "personal_config": dict(cfg.personal_config),
+            },
             experiment=exp,
             policies=private.policies if private else None,
             ledgers=private.ledgers if private else None,
+            nodes=nodes,
         )
-        models = dict.fromkeys(sites, result.state.model)
-        results[name] = evaluate_setting(task, models, dataset.sites, local=False)
+        personal = cfg.personalization != "none" or bool(local_keys(task))
+        if personal:
+            models = _personal_models(task, nodes, run_id, result.state.model, cfg)
+        else:
+            models = dict.fromkeys(sites, result.state.model)
+        results[name] = evaluate_setting(
+            task, models, dataset.sites, local=False, personal=personal, kind=dataset.kind, groups=dataset.groups
+        )
         if private is not None:
             from fedcare.privacy.setup import ledger_summary
 
@@ -252,6 +333,39 @@ def _private_run(cfg: ExperimentConfig, recorder: Recorder, sites: Any, *, study
         backend=backend,
         study=study,
     )
+
+
+def _fit_config(task: Task, cfg: ExperimentConfig) -> dict[str, ConfigValue]:
+    """The fit config sent each round, checked against the personalisation asked for."""
+    if cfg.personalization not in PERSONALIZATIONS:
+        raise ConfigError(f"personalization must be one of {', '.join(PERSONALIZATIONS)}, got {cfg.personalization!r}")
+    keys = local_keys(task)
+    if cfg.personalization in ("fedbn", "fedper") and not keys:
+        raise ConfigError(
+            f"personalization {cfg.personalization!r} needs a task that keeps entries local "
+            f"(e.g. mlp with local='norm' or 'head'); task {task.name!r} shares everything"
+        )
+    out = dict(cfg.fit_config)
+    if cfg.personalization == "ditto":
+        lam = cfg.personal_config.get("ditto_lambda")
+        if isinstance(lam, bool) or not isinstance(lam, int | float) or lam <= 0:
+            raise ConfigError(f"personalization 'ditto' needs personal_config['ditto_lambda'] > 0, got {lam!r}")
+        out.update(cfg.personal_config)
+    return out
+
+
+def _personal_models(
+    task: Task, nodes: Mapping[SiteId, Any], run_id: RunId, global_model: ModelState, cfg: ExperimentConfig
+) -> dict[SiteId, ModelState]:
+    """The model each site ends with (computed at the site; in simulation we can read it)."""
+    models: dict[SiteId, ModelState] = {}
+    for i, (site, node) in enumerate(nodes.items()):
+        model = model_for(task, global_model, node.site_state.get(run_id, {}))
+        if cfg.personalization == "finetune":
+            rng = np.random.default_rng([cfg.seed, 7919, i])
+            model = task.fit(model, node.data.train, cfg.personal_config, rng).state
+        models[site] = model
+    return models
 
 
 def _record_final(recorder: Recorder, run_id: RunId, per_site: Mapping[str, Metrics]) -> None:

@@ -64,7 +64,9 @@ def test_unknown_dataset_is_a_one_line_error_and_writes_nothing(tmp_path):
         timeout=120,
     )
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == ["error: unknown demo dataset 'nope'; available: heart-disease"]
+    assert proc.stderr.strip().splitlines() == [
+        "error: unknown demo dataset 'nope'; available: heart-disease, tcga-brca"
+    ]
     assert not out.exists()
 
 

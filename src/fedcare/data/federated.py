@@ -54,6 +54,10 @@ class FederatedDataset:
         Human-readable site names for reports.
     provenance : str
         Where the data comes from and its licence (one line).
+    groups : Mapping[SiteId, Mapping[str, numpy.ndarray]]
+        Per site, raw attributes of the **test** rows (one value per row, in row order)
+        for subgroup metrics, e.g. ``{"sex": [...], "age_band": [...]}``. They stay at
+        the site like the rows; empty when the data set has none.
     """
 
     name: str
@@ -64,6 +68,7 @@ class FederatedDataset:
     feature_names: tuple[str, ...]
     display_names: Mapping[SiteId, str] = field(default_factory=dict)
     provenance: str = ""
+    groups: Mapping[SiteId, Mapping[str, np.ndarray]] = field(default_factory=dict)
 
     @property
     def n_features(self) -> int:

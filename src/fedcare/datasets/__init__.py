@@ -16,8 +16,14 @@ def _heart() -> FederatedDataset:
     return load_heart_disease()
 
 
+def _tcga() -> FederatedDataset:
+    from fedcare.datasets.tcga_brca import load_tcga_brca
+
+    return load_tcga_brca()
+
+
 #: name -> loader of each built-in data set.
-BUILTIN_DATASETS: dict[str, Callable[[], FederatedDataset]] = {"heart-disease": _heart}
+BUILTIN_DATASETS: dict[str, Callable[[], FederatedDataset]] = {"heart-disease": _heart, "tcga-brca": _tcga}
 
 
 def load_builtin(name: str) -> FederatedDataset:

@@ -6,8 +6,9 @@ import html
 from collections.abc import Mapping
 from typing import Any
 
+from fedcare.report.clinical import clinical_section
 from fedcare.report.plots import round_curves_svg, setting_bars_svg
-from fedcare.report.reference import FLAMBY
+from fedcare.report.reference import FLAMBY, METRIC
 
 __all__ = ["render_report"]
 
@@ -50,6 +51,7 @@ def _reference_table(summary: Mapping[str, Any]) -> str:
     if not ref:
         return ""
     ours = summary["settings"]
+    metric = METRIC.get(summary["dataset"], "accuracy")
     rows = []
     for method, values in ref.items():
         key = "local" if method.startswith("local") else method
@@ -57,13 +59,14 @@ def _reference_table(summary: Mapping[str, Any]) -> str:
         rows.append(
             f"<tr><td>{html.escape(method)}</td><td>{_fmt(values['site_mean'])}</td>"
             f"<td>{_fmt(values['pooled_test'])}</td>"
-            f"<td>{_fmt(mine.get('site_mean', {}).get('accuracy', float('nan')))}</td>"
-            f"<td>{_fmt(mine.get('pooled_test', {}).get('accuracy', float('nan')))}</td></tr>"
+            f"<td>{_fmt(mine.get('site_mean', {}).get(metric, float('nan')))}</td>"
+            f"<td>{_fmt(mine.get('pooled_test', {}).get(metric, float('nan')))}</td></tr>"
         )
     return (
         "<h2>Beside FLamby's published numbers</h2>"
-        "<p class='note'>FLamby (NeurIPS 2022) Fed-Heart-Disease accuracy, mean of seeds 42–46 from its "
-        "published per-run CSVs; FLamby standardises per centre and runs 15 rounds. Ours: this run, one seed.</p>"
+        f"<p class='note'>FLamby (NeurIPS 2022) {html.escape(summary['dataset'])} {metric}, mean of seeds "
+        "42–46 from its published per-run CSVs; FLamby standardises heart disease per centre and runs 15 "
+        "(heart) or 5 (TCGA) rounds. Ours: this run, one seed.</p>"
         "<table><tr><th>method</th><th>FLamby mean over sites</th><th>FLamby pooled test</th>"
         "<th>fedcare mean over sites</th><th>fedcare pooled test</th></tr>" + "".join(rows) + "</table>"
     )
@@ -126,6 +129,7 @@ Pooled: one model on all training rows in one place. Mean over sites is unweight
 <div class="figs">{"".join(curves)}</div>
 {_privacy_table(summary)}
 {_reference_table(summary)}
+{clinical_section(summary)}
 <h2>Configuration</h2><p class="note"><code>{cfg}</code></p>
 </body></html>
 """

@@ -13,7 +13,9 @@ from collections.abc import Callable
 
 import numpy as np
 
+from fedcare.data.moments_query import answer_query
 from fedcare.errors import FedcareError, PolicyError
+from fedcare.personal.site import model_for, personal_fit, shared_part
 from fedcare.privacy.guard import SitePrivacyGuard
 from fedcare.privacy.ledger import PrivacyLedger
 from fedcare.runtime.policy import SitePolicy
@@ -65,8 +67,9 @@ class SiteNode:
         self.policy = policy or SitePolicy()
         self.query_handler = query_handler
         self.task_hash = task_hash(task)
-        self._spec = spec_of(task.init_model(np.random.default_rng(0)))
-        #: Per-run site memory handed to tasks that accept a FitContext (never leaves the site).
+        self._spec = spec_of(shared_part(task, task.init_model(np.random.default_rng(0))))
+        #: Per-run site memory (SCAFFOLD's c_i, FedBN/FedPer local entries, Ditto's personal
+        #: model); handed to tasks that accept a FitContext and never leaves the site.
         self.site_state: dict[RunId, dict[str, ModelState]] = {}
         self.privacy = SitePrivacyGuard(
             site=site_id,
@@ -92,6 +95,8 @@ class SiteNode:
                 return self._fit(message)
             if message.kind is MessageKind.EVALUATE:
                 return self._evaluate(message)
+            if message.kind is MessageKind.QUERY:
+                return answer_query(self.data, message)
             return message.reply(error=f"unsupported instruction kind {message.kind.value!r}")
         except PolicyError as exc:  # a refusal: the message says "refused: ..."
             log.info("site %s refused %s round %d: %s", self.site_id, message.kind.value, message.round_no, exc)
@@ -116,13 +121,13 @@ class SiteNode:
             check_state(arrays, where=f"fit instruction record {name!r} at {self.site_id}")
         admission = self.privacy.admit(config, n_train=len(self.data.train))  # refusals raise PolicyError
         task_config = admission.task_config
+        memory = self._run_state(message.run_id)
+        kwargs = {}
         if getattr(self.task, "accepts_context", False):
-            context = FitContext(inputs=inputs, state=self._run_state(message.run_id))
-            result = self.task.fit(model, self.data.train, task_config, rng, context=context)  # type: ignore[call-arg]
+            kwargs["context"] = FitContext(inputs=inputs, state=memory)
         elif inputs:
             return message.reply(error=f"task {self.task.name!r} cannot use instruction records {sorted(inputs)}")
-        else:
-            result = self.task.fit(model, self.data.train, task_config, rng)
+        result = personal_fit(self.task, model, self.data.train, task_config, rng, memory, **kwargs)
         result = self.privacy.release(
             admission, reference=model, result=result, run_id=message.run_id, round_no=message.round_no, seed=seed
         )
@@ -138,6 +143,7 @@ class SiteNode:
         return self.site_state[run_id]
 
     def _evaluate(self, message: Message) -> Message:
-        result = self.task.evaluate(self._model(message), self.data.test)
+        model = model_for(self.task, self._model(message), self.site_state.get(message.run_id, {}))
+        result = self.task.evaluate(model, self.data.test)
         metrics = {"loss": result.loss, "num_examples": float(result.num_examples), **result.metrics}
         return message.reply(Payload(metrics=metrics))

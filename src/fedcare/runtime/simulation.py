@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
+from fedcare.personal.site import shared_part
 from fedcare.privacy.ledger import PrivacyLedger
 from fedcare.runtime.coordinator import Coordinator, RunResult
 from fedcare.runtime.node import SiteNode
@@ -58,9 +59,14 @@ def run_simulation(
     config: Mapping[str, object] | None = None,
     experiment: str = "",
     ledgers: Mapping[SiteId, PrivacyLedger] | None = None,
+    nodes: Mapping[SiteId, SiteNode] | None = None,
 ) -> RunResult:
-    """Run ``rounds`` of ``strategy`` over in-process sites; return the final state."""
-    nodes = build_nodes(sites, task, policies, ledgers)
+    """Run ``rounds`` of ``strategy`` over in-process sites; return the final state.
+
+    Pass ``nodes`` (from :func:`build_nodes`) to read the sites' local state afterwards
+    (personalised models); by default fresh nodes are built from ``sites``.
+    """
+    nodes = nodes if nodes is not None else build_nodes(sites, task, policies, ledgers)
     channel = InProcessChannel({s: n.handle for s, n in nodes.items()}, max_workers=max_workers)
     digest = task_hash(task)
     coordinator = Coordinator(
@@ -89,6 +95,6 @@ def run_simulation(
         experiment=experiment,
     )
     try:
-        return coordinator.run(task.init_model(np.random.default_rng(seed)), spec=spec)
+        return coordinator.run(shared_part(task, task.init_model(np.random.default_rng(seed))), spec=spec)
     finally:
         channel.close()

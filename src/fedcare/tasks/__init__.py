@@ -6,12 +6,18 @@ from typing import Any
 
 from fedcare.errors import ConfigError
 from fedcare.task import Task
+from fedcare.tasks.cox import CoxTask
 from fedcare.tasks.logreg import LogisticRegressionTask
+from fedcare.tasks.mlp import MLPTask
 
-__all__ = ["BUILTIN_TASKS", "LogisticRegressionTask", "make_task"]
+__all__ = ["BUILTIN_TASKS", "CoxTask", "LogisticRegressionTask", "MLPTask", "make_task"]
 
 #: name -> task class of each built-in task.
-BUILTIN_TASKS: dict[str, type[Any]] = {LogisticRegressionTask.name: LogisticRegressionTask}
+BUILTIN_TASKS: dict[str, type[Any]] = {
+    LogisticRegressionTask.name: LogisticRegressionTask,
+    CoxTask.name: CoxTask,
+    MLPTask.name: MLPTask,
+}
 
 
 def make_task(name: str, **params: Any) -> Task:

@@ -54,15 +54,21 @@ def read_int(config: Mapping[str, ConfigValue], key: str, default: int) -> int:
 
 
 def make_optimizer(params: Iterator[torch.nn.Parameter], config: Mapping[str, ConfigValue]) -> torch.optim.Optimizer:
-    """Build the local optimiser named by ``config["optimizer"]`` (sgd or adam)."""
+    """Build the local optimiser named by ``config["optimizer"]`` (sgd or adam).
+
+    ``weight_decay`` (default 0) adds ``weight_decay * w`` to every gradient (L2 penalty).
+    """
     name = config.get("optimizer", "sgd")
     lr = read_float(config, "lr", 0.01)
     if lr <= 0:
         raise ConfigError(f"config 'lr' must be positive, got {lr}")
+    decay = read_float(config, "weight_decay", 0.0)
+    if decay < 0:
+        raise ConfigError(f"config 'weight_decay' must be non-negative, got {decay}")
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=read_float(config, "momentum", 0.0))
+        return torch.optim.SGD(params, lr=lr, momentum=read_float(config, "momentum", 0.0), weight_decay=decay)
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr)
+        return torch.optim.Adam(params, lr=lr, weight_decay=decay)
     raise ConfigError(f"config 'optimizer' must be 'sgd' or 'adam', got {name!r}")
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from fedcare.data.federated import FederatedDataset
-from fedcare.data.tabular import TabularRecipe, prepare_sites
+from fedcare.data.tabular import TabularRecipe, prepare_sites, split_indices
 from fedcare.errors import DataError
 from fedcare.types import SiteId
 
@@ -103,6 +103,14 @@ def load_heart_disease(normalization: Literal["federated", "site"] = "federated"
     frames = load_raw()
     labels = {s: (df["num"].to_numpy() > 0).astype(np.float32) for s, df in frames.items()}
     prepared = prepare_sites(frames, labels, RECIPE)
+    groups = {}
+    for site, df in frames.items():
+        _, test_idx = split_indices(labels[site], test_fraction=RECIPE.test_fraction, seed=RECIPE.seed)
+        test = df.iloc[test_idx]
+        groups[site] = {
+            "sex": np.where(test["sex"].to_numpy() == 1, "male", "female"),
+            "age_band": age_band(test["age"].to_numpy()),
+        }
     return FederatedDataset(
         name="heart-disease",
         kind="binary",
@@ -113,4 +121,10 @@ def load_heart_disease(normalization: Literal["federated", "site"] = "federated"
         display_names={s: v[1] for s, v in SITES.items()},
         provenance="UCI Heart Disease (Janosi, Steinbrunn, Pfisterer, Detrano, 1988), CC BY 4.0; "
         "FLamby Fed-Heart-Disease split",
+        groups=groups,
     )
+
+
+def age_band(age: np.ndarray) -> np.ndarray:
+    """Label ages (years) as ``<50``, ``50-64`` or ``65+`` (subgroup metrics)."""
+    return np.where(age < 50, "<50", np.where(age < 65, "50-64", "65+")).astype(str)
