@@ -61,6 +61,27 @@ DEMOS: dict[str, DemoRecipe] = {
         ),
         description="TCGA-BRCA breast-cancer survival, 6 regions (FLamby Fed-TCGA-BRCA), Cox model, C-index",
     ),
+    "pneumonia": DemoRecipe(
+        dataset="pneumonia",
+        # One torch thread per site: sites train in parallel threads (see docs/pneumonia.md).
+        make_task=lambda d: make_task("cnn", channels=16, norm="batch", dropout=0.2, num_threads=1),
+        config=ExperimentConfig(
+            rounds=10,
+            seed=0,
+            strategy="fedavg",
+            # One local epoch of Adam per round; class-balanced loss and augmentation (cnn task defaults).
+            fit_config={"optimizer": "adam", "lr": 0.001, "batch_size": 64, "local_epochs": 1},
+            # Local and Pooled: 8 epochs of Adam with a cosine learning-rate decay.
+            baseline_config={
+                "optimizer": "adam",
+                "lr": 0.002,
+                "batch_size": 64,
+                "local_epochs": 8,
+                "lr_schedule": "cosine",
+            },
+        ),
+        description="chest X-ray pneumonia (PneumoniaMNIST 28x28), 3 simulated hospitals, small CNN",
+    ),
 }
 
 

@@ -22,8 +22,15 @@ def _tcga() -> FederatedDataset:
     return load_tcga_brca()
 
 
+def _pneumonia() -> FederatedDataset:
+    from fedcare.datasets.pneumonia import load_pneumonia
+
+    return load_pneumonia()
+
+
 #: name -> loader of each built-in data set.
 BUILTIN_DATASETS: dict[str, Callable[[], FederatedDataset]] = {"heart-disease": _heart, "tcga-brca": _tcga}
+BUILTIN_DATASETS["pneumonia"] = _pneumonia
 
 
 def load_builtin(name: str) -> FederatedDataset:

@@ -6,17 +6,19 @@ from typing import Any
 
 from fedcare.errors import ConfigError
 from fedcare.task import Task
+from fedcare.tasks.cnn import CnnTask
 from fedcare.tasks.cox import CoxTask
 from fedcare.tasks.logreg import LogisticRegressionTask
 from fedcare.tasks.mlp import MLPTask
 
-__all__ = ["BUILTIN_TASKS", "CoxTask", "LogisticRegressionTask", "MLPTask", "make_task"]
+__all__ = ["BUILTIN_TASKS", "CnnTask", "CoxTask", "LogisticRegressionTask", "MLPTask", "make_task"]
 
 #: name -> task class of each built-in task.
 BUILTIN_TASKS: dict[str, type[Any]] = {
     LogisticRegressionTask.name: LogisticRegressionTask,
     CoxTask.name: CoxTask,
     MLPTask.name: MLPTask,
+    CnnTask.name: CnnTask,
 }
 
 

@@ -1,0 +1,299 @@
+"""A small convolutional network for binary image classification (28x28 chest X-rays).
+
+Architecture: three blocks of ``Conv3x3 -> norm -> ReLU -> MaxPool2`` with ``c, 2c, 4c``
+channels (28 -> 14 -> 7 -> 3), then dropout and ``Linear(4c*3*3, 1)``: a LeNet/VGG-style
+network (LeCun et al., Proc. IEEE 1998; Simonyan & Zisserman, ICLR 2015) with batch
+normalisation (Ioffe & Szegedy, ICML 2015) or group normalisation (Wu & He, ECCV 2018;
+Hsieh et al., ICML 2020 recommend it for non-IID federated data). With ``channels=16``
+it has about 24k parameters.
+
+BatchNorm's running statistics are part of the :class:`~fedcare.types.ModelState` and are
+averaged by FedAvg like the weights. ``num_batches_tracked`` (int64) is averaged too and
+cast back to int64 by the fold; it only matters for ``momentum=None``, which is not used.
+
+Fit config keys (all optional): ``optimizer`` ("adam" | "sgd", default "adam"), ``lr``
+(0.001), ``batch_size`` (64), ``local_epochs`` (1) or ``local_steps`` (overrides epochs),
+``augment`` (True: random affine per image, rotation +-10 deg, scale +-10 %, shift +-10 %),
+``class_weight`` ("balanced" | "none", default "balanced": each class weighs half of the
+site's loss, computed from the site's own labels), ``lr_schedule`` ("constant" |
+"cosine": cosine decay to 0 within this fit call, Loshchilov & Hutter, ICLR 2017) and
+``proximal_mu`` (0: FedProx's proximal term, Li et al., MLSys 2020).
+
+Randomness (initialisation, batches, augmentation, dropout) comes only from the numpy
+generator passed in, through a ``torch.Generator`` seeded from it: same generator, same
+model (for a given number of torch threads).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import torch.nn.functional as F  # noqa: N812
+
+from fedcare.errors import ConfigError, DataError
+from fedcare.task import ArrayDataset
+from fedcare.tasks.logreg import binary_metrics
+from fedcare.tasks.torch_common import batches, load_state, make_optimizer, module_state, read_float, read_int
+from fedcare.types import ConfigValue, EvalResult, FitResult, ModelState
+
+__all__ = ["CnnTask", "SmallCnn"]
+
+Norm = Literal["batch", "group", "none"]
+_NORMS = ("batch", "group", "none")
+_EVAL_BATCH = 1024
+
+
+def _norm_layer(kind: str, channels: int) -> torch.nn.Module:
+    if kind == "batch":
+        return torch.nn.BatchNorm2d(channels)
+    if kind == "group":
+        return torch.nn.GroupNorm(min(4, channels), channels)
+    return torch.nn.Identity()
+
+
+class SmallCnn(torch.nn.Module):
+    """Three conv blocks and a linear head producing one logit per image.
+
+    Parameters
+    ----------
+    in_channels : int
+        Channels of the input images.
+    channels : int
+        Channels of the first block (doubled in each next block).
+    norm : {"batch", "group", "none"}
+        Normalisation after each convolution.
+    dropout : float
+        Dropout probability before the head (masks drawn from the caller's generator).
+    side : int
+        Height and width of the (square) input.
+    """
+
+    def __init__(self, *, in_channels: int, channels: int, norm: str, dropout: float, side: int) -> None:
+        super().__init__()
+        widths = [in_channels, channels, 2 * channels, 4 * channels]
+        layers: list[torch.nn.Module] = []
+        for cin, cout in zip(widths[:-1], widths[1:], strict=True):
+            layers += [
+                torch.nn.Conv2d(cin, cout, 3, padding=1, bias=norm == "none"),
+                _norm_layer(norm, cout),
+                torch.nn.ReLU(),
+                torch.nn.MaxPool2d(2),
+            ]
+        self.features = torch.nn.Sequential(*layers)
+        self.dropout = dropout
+        self.head = torch.nn.Linear(widths[-1] * (side // 2 // 2 // 2) ** 2, 1)
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Return logits of shape ``(n,)``; dropout is active only in training mode."""
+        h = self.features((x - 0.5) / 0.5).flatten(1)
+        if self.training and self.dropout > 0:
+            keep = torch.rand(h.shape, generator=generator) >= self.dropout
+            h = h * keep / (1.0 - self.dropout)
+        return self.head(h).reshape(-1)
+
+
+def _random_affine(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Rotate (+-10 deg), scale (+-10 %) and shift (+-10 %) each image at random."""
+    n = x.shape[0]
+
+    def uniform(scale: float) -> torch.Tensor:
+        return (torch.rand(n, generator=generator) * 2 - 1) * scale
+
+    angle, scale = uniform(math.radians(10)), 1 + uniform(0.1)
+    tx, ty = uniform(0.2), uniform(0.2)  # affine_grid coordinates span [-1, 1]: 0.2 = 10 % of the side
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, padding_mode="border", align_corners=False)
+
+
+def _read_choice(config: Mapping[str, ConfigValue], key: str, default: str, allowed: tuple[str, ...]) -> str:
+    value = config.get(key, default)
+    if value not in allowed:
+        raise ConfigError(f"config {key!r} must be one of {', '.join(allowed)}, got {value!r}")
+    return str(value)
+
+
+def _read_bool(config: Mapping[str, ConfigValue], key: str, default: bool) -> bool:
+    value = config.get(key, default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"config {key!r} must be true or false, got {value!r}")
+    return value
+
+
+class CnnTask:
+    """Binary image classification with :class:`SmallCnn` and BCE loss.
+
+    Parameters
+    ----------
+    image_shape : tuple[int, int, int] (default: (1, 28, 28))
+        ``(channels, height, width)`` of the inputs; height = width >= 8.
+    channels : int (default: 16)
+        Width of the first convolution block.
+    norm : {"batch", "group", "none"} (default: "batch")
+        Normalisation layer.
+    dropout : float (default: 0.2)
+        Dropout before the head, in [0, 1).
+    num_threads : int or None (default: None)
+        torch intra-op threads set before each fit/predict (``None`` leaves torch's
+        setting). One thread per site is fastest when sites train in parallel threads on
+        few cores. Not part of the task hash: it changes only speed (and float rounding).
+    """
+
+    name = "cnn"
+
+    def __init__(
+        self,
+        *,
+        image_shape: tuple[int, int, int] = (1, 28, 28),
+        channels: int = 16,
+        norm: Norm = "batch",
+        dropout: float = 0.2,
+        num_threads: int | None = None,
+    ) -> None:
+        if len(image_shape) != 3 or image_shape[1] != image_shape[2] or image_shape[1] < 8 or image_shape[0] < 1:
+            raise ConfigError(f"image_shape must be (channels, side, side) with side >= 8, got {image_shape}")
+        if channels < 1:
+            raise ConfigError(f"channels must be at least 1, got {channels}")
+        if norm not in _NORMS:
+            raise ConfigError(f"norm must be one of {', '.join(_NORMS)}, got {norm!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {dropout}")
+        if num_threads is not None and num_threads < 1:
+            raise ConfigError(f"num_threads must be at least 1, got {num_threads}")
+        self.image_shape = tuple(int(v) for v in image_shape)
+        self.channels = channels
+        self.norm = norm
+        self.dropout = dropout
+        self.num_threads = num_threads
+
+    def params(self) -> Mapping[str, ConfigValue]:
+        """The architecture (part of the task hash)."""
+        c, h, w = self.image_shape
+        return {
+            "image_shape": f"{c}x{h}x{w}",
+            "channels": self.channels,
+            "norm": self.norm,
+            "dropout": self.dropout,
+        }
+
+    def _module(self) -> SmallCnn:
+        return SmallCnn(
+            in_channels=self.image_shape[0],
+            channels=self.channels,
+            norm=self.norm,
+            dropout=self.dropout,
+            side=self.image_shape[1],
+        )
+
+    def _threads(self) -> None:
+        if self.num_threads is not None and torch.get_num_threads() != self.num_threads:
+            torch.set_num_threads(self.num_threads)
+
+    def _inputs(self, x: npt.NDArray[Any], where: str) -> torch.Tensor:
+        if x.ndim == 2 and x.shape[1] == math.prod(self.image_shape):
+            x = x.reshape(-1, *self.image_shape)
+        if tuple(x.shape[1:]) != self.image_shape:
+            raise DataError(f"{where}: images must have shape (n, {', '.join(map(str, self.image_shape))}), got {x.shape}")
+        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+
+    def init_model(self, rng: np.random.Generator) -> ModelState:
+        """He-uniform convolutions (He et al., ICCV 2015), torch-default head, unit norms; seeded."""
+        state = module_state(self._module())
+        out: ModelState = {}
+        for name, value in state.items():
+            if name.startswith("features.") and value.ndim == 4:
+                fan_in = int(np.prod(value.shape[1:]))
+                bound = math.sqrt(6.0 / fan_in)
+                out[name] = rng.uniform(-bound, bound, value.shape).astype(np.float32)
+            elif name.startswith("head."):
+                bound = 1.0 / math.sqrt(state["head.weight"].shape[1])
+                out[name] = rng.uniform(-bound, bound, value.shape).astype(np.float32)
+            else:  # conv bias 0, norm weight 1 / bias 0, running mean 0 / var 1, counter 0
+                out[name] = value
+        return out
+
+    def fit(
+        self,
+        model: ModelState,
+        data: ArrayDataset,
+        config: Mapping[str, ConfigValue],
+        rng: np.random.Generator,
+    ) -> FitResult:
+        """Minibatch training with (class-weighted) BCE, augmentation and optional FedProx term."""
+        if len(data) == 0:
+            raise DataError("cannot fit on an empty training set")
+        self._threads()
+        cfg = {"optimizer": "adam", "lr": 0.001, **config}
+        batch_size = read_int(cfg, "batch_size", 64)
+        epochs = read_int(cfg, "local_epochs", 1)
+        steps = read_int(cfg, "local_steps", 0)
+        mu = read_float(cfg, "proximal_mu", 0.0)
+        if batch_size < 1 or epochs < 1 or steps < 0 or mu < 0:
+            raise ConfigError("config batch_size and local_epochs must be >= 1, local_steps and proximal_mu >= 0")
+        augment = _read_bool(cfg, "augment", True)
+        class_weight = _read_choice(cfg, "class_weight", "balanced", ("balanced", "none"))
+        schedule = _read_choice(cfg, "lr_schedule", "constant", ("constant", "cosine"))
+        generator = torch.Generator().manual_seed(int(rng.integers(0, 2**63 - 1)))
+        module = self._module()
+        load_state(module, model)
+        module.train()
+        optimizer = make_optimizer(module.parameters(), cfg)
+        target_steps = steps if steps > 0 else epochs * math.ceil(len(data) / batch_size)
+        scheduler = (
+            torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=target_steps) if schedule == "cosine" else None
+        )
+        anchor = [p.detach().clone() for p in module.parameters()] if mu > 0 else []
+        x = self._inputs(data.x, "training data")
+        y = torch.from_numpy(np.ascontiguousarray(data.y, dtype=np.float32).reshape(-1))
+        weights = torch.ones(2)
+        if class_weight == "balanced":
+            positive = float(y.mean())
+            if 0.0 < positive < 1.0:
+                weights = torch.tensor([0.5 / (1.0 - positive), 0.5 / positive])
+        total, seen, done = 0.0, 0, 0
+        while done < target_steps:
+            for idx in batches(len(data), batch_size, rng):
+                index = torch.from_numpy(idx)
+                xb, yb = x[index], y[index]
+                if augment:
+                    xb = _random_affine(xb, generator)
+                loss = F.binary_cross_entropy_with_logits(module(xb, generator), yb, weight=weights[yb.long()])
+                objective = loss
+                if mu > 0:
+                    prox = sum(((p - a) ** 2).sum() for p, a in zip(module.parameters(), anchor, strict=True))
+                    objective = loss + 0.5 * mu * prox
+                optimizer.zero_grad()
+                objective.backward()
+                optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
+                total += float(loss.detach()) * len(idx)
+                seen += len(idx)
+                done += 1
+                if done >= target_steps:
+                    break
+        return FitResult(state=module_state(module), num_examples=len(data), metrics={"train_loss": total / seen})
+
+    def predict(self, model: ModelState, x: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
+        """Probability of the positive class for each image (evaluation mode, batches of 1024)."""
+        self._threads()
+        module = self._module()
+        load_state(module, model)
+        module.eval()
+        inputs = self._inputs(np.asarray(x), "prediction input")
+        with torch.no_grad():
+            logits = [module(inputs[i : i + _EVAL_BATCH]) for i in range(0, len(inputs), _EVAL_BATCH)]
+        if not logits:
+            return np.zeros(0)
+        return torch.sigmoid(torch.cat(logits)).double().numpy()
+
+    def evaluate(self, model: ModelState, data: ArrayDataset) -> EvalResult:
+        """Log loss, accuracy at 0.5 and ROC AUC on ``data``."""
+        metrics = binary_metrics(data.y, self.predict(model, data.x))
+        return EvalResult(loss=metrics["loss"], num_examples=len(data), metrics=metrics)
