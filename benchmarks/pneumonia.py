@@ -52,7 +52,9 @@ def main() -> None:
     recipe = get_demo("pneumonia")
     data = load_pneumonia(max_train_per_site=args.max_train_per_site)
     task = recipe.make_task(data)
-    runs: dict[str, dict[str, list[float]]] = {s: {"accuracy": [], "auc": [], "site_mean_accuracy": []} for s in SETTINGS}
+    runs: dict[str, dict[str, list[float]]] = {
+        s: {"accuracy": [], "auc": [], "site_mean_accuracy": []} for s in SETTINGS
+    }
     durations: list[float] = []
     load_before = os.getloadavg()[0]
     for seed in args.seeds:

@@ -65,7 +65,7 @@ def test_unknown_dataset_is_a_one_line_error_and_writes_nothing(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "error: unknown demo dataset 'nope'; available: heart-disease, tcga-brca"
+        "error: unknown demo dataset 'nope'; available: heart-disease, pneumonia, tcga-brca"
     ]
     assert not out.exists()
 

@@ -199,7 +199,9 @@ class CnnTask:
         if x.ndim == 2 and x.shape[1] == math.prod(self.image_shape):
             x = x.reshape(-1, *self.image_shape)
         if tuple(x.shape[1:]) != self.image_shape:
-            raise DataError(f"{where}: images must have shape (n, {', '.join(map(str, self.image_shape))}), got {x.shape}")
+            raise DataError(
+                f"{where}: images must have shape (n, {', '.join(map(str, self.image_shape))}), got {x.shape}"
+            )
         return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
 
     def init_model(self, rng: np.random.Generator) -> ModelState:

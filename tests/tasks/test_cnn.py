@@ -1,0 +1,125 @@
+import numpy as np
+import pytest
+
+from fedcare.datasets.pneumonia import load_pneumonia
+from fedcare.errors import ConfigError, DataError
+from fedcare.serde import check_state, decode_state, encode_state, spec_of
+from fedcare.strategies.fedavg import WeightedMeanFold
+from fedcare.task import ArrayDataset, task_hash
+from fedcare.tasks import make_task
+from fedcare.tasks.cnn import CnnTask
+from fedcare.types import FitResult, SiteId
+
+FAST = {"batch_size": 32, "local_epochs": 1}
+
+
+@pytest.fixture(scope="module")
+def subset():
+    site = load_pneumonia(max_train_per_site=96).sites["regional"]
+    return site.train
+
+
+@pytest.fixture(scope="module")
+def task():
+    return CnnTask(channels=4, num_threads=1)
+
+
+def test_fit_reduces_training_loss(task, subset):
+    model = task.init_model(np.random.default_rng(0))
+    before = task.evaluate(model, subset).loss
+    fitted = task.fit(
+        model, subset, {"lr": 0.01, "batch_size": 16, "local_epochs": 6, "augment": False}, np.random.default_rng(1)
+    )
+    after = task.evaluate(fitted.state, subset).loss
+    assert fitted.num_examples == 96 and np.isfinite(fitted.metrics["train_loss"])
+    assert after < 0.8 * before
+
+
+def test_same_seed_same_model_other_seed_other_model(task, subset):
+    init = task.init_model(np.random.default_rng(0))
+    again = task.init_model(np.random.default_rng(0))
+    assert list(init) == list(again) and all(np.array_equal(init[k], again[k]) for k in init)
+    a = task.fit(init, subset, FAST, np.random.default_rng(5)).state
+    b = task.fit(init, subset, FAST, np.random.default_rng(5)).state
+    c = task.fit(init, subset, FAST, np.random.default_rng(6)).state
+    assert list(a) == list(b) and all(np.array_equal(a[k], b[k]) for k in a)
+    assert not np.array_equal(a["head.weight"], c["head.weight"])
+
+
+def test_fit_does_not_modify_inputs(task, subset):
+    model = task.init_model(np.random.default_rng(0))
+    for arr in model.values():
+        arr.flags.writeable = False
+    x_before = subset.x.copy()
+    task.fit(model, subset, FAST, np.random.default_rng(0))
+    assert np.array_equal(subset.x, x_before)
+
+
+def test_state_round_trips_through_serde_with_batchnorm_buffers(task, subset):
+    state = task.fit(task.init_model(np.random.default_rng(0)), subset, FAST, np.random.default_rng(0)).state
+    assert state["features.1.num_batches_tracked"].dtype == np.int64
+    assert int(state["features.1.num_batches_tracked"]) == 3  # 96 images / batch 32
+    decoded = decode_state(encode_state(state), spec=spec_of(state))
+    assert list(decoded) == list(state)
+    assert all(decoded[k].dtype == state[k].dtype and np.array_equal(decoded[k], state[k]) for k in state)
+    p1, p2 = task.predict(state, subset.x), task.predict(decoded, subset.x)
+    assert np.array_equal(p1, p2)
+
+
+def test_fedavg_of_batchnorm_states_keeps_dtypes_and_averages_running_stats(task, subset):
+    init = task.init_model(np.random.default_rng(0))
+    a = task.fit(init, subset, FAST, np.random.default_rng(1)).state
+    b = task.fit(init, ArrayDataset(subset.x[:64], subset.y[:64]), FAST, np.random.default_rng(2)).state
+    fold = WeightedMeanFold(init)
+    fold.add(SiteId("a"), FitResult(state=a, num_examples=96))
+    fold.add(SiteId("b"), FitResult(state=b, num_examples=64))
+    mean = fold.mean()
+    check_state(mean, spec_of(init))  # what a site checks before using the global model
+    assert mean["features.1.num_batches_tracked"].dtype == np.int64
+    assert int(mean["features.1.num_batches_tracked"]) == 2  # (96*3 + 64*2) / 160 = 2.6, cast to int64
+    expected = (96 * a["features.1.running_mean"].astype(np.float64) + 64 * b["features.1.running_mean"]) / 160
+    np.testing.assert_allclose(mean["features.1.running_mean"], expected, rtol=1e-6)
+    assert np.all(np.isfinite(task.predict(mean, subset.x)))
+
+
+@pytest.mark.parametrize("norm", ["group", "none"])
+def test_other_norms_have_no_buffers_and_train(norm, subset):
+    task = CnnTask(channels=4, norm=norm, num_threads=1)
+    state = task.fit(task.init_model(np.random.default_rng(0)), subset, FAST, np.random.default_rng(0)).state
+    assert all(v.dtype == np.float32 for v in state.values())
+    assert task.evaluate(state, subset).num_examples == 96
+
+
+def test_predict_accepts_flat_pixels_and_rejects_wrong_shapes(task, subset):
+    model = task.init_model(np.random.default_rng(0))
+    flat = subset.x.reshape(len(subset), -1)
+    assert np.array_equal(task.predict(model, flat), task.predict(model, subset.x))
+    with pytest.raises(
+        DataError, match=r"prediction input: images must have shape \(n, 1, 28, 28\), got \(2, 1, 14, 14\)"
+    ):
+        task.predict(model, np.zeros((2, 1, 14, 14), dtype=np.float32))
+
+
+def test_bad_configuration_is_a_one_line_error(task, subset):
+    model = task.init_model(np.random.default_rng(0))
+    rng = np.random.default_rng(0)
+    with pytest.raises(ConfigError, match="config 'class_weight' must be one of balanced, none, got 'auto'"):
+        task.fit(model, subset, {"class_weight": "auto"}, rng)
+    with pytest.raises(ConfigError, match="config 'augment' must be true or false, got 1"):
+        task.fit(model, subset, {"augment": 1}, rng)
+    with pytest.raises(ConfigError, match="config 'optimizer' must be 'sgd' or 'adam'"):
+        task.fit(model, subset, {"optimizer": "lbfgs"}, rng)
+    with pytest.raises(DataError, match="cannot fit on an empty training set"):
+        task.fit(model, ArrayDataset(subset.x[:0], subset.y[:0]), {}, rng)
+    with pytest.raises(ConfigError, match="norm must be one of batch, group, none, got 'layer'"):
+        CnnTask(norm="layer")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="dropout must be in"):
+        CnnTask(dropout=1.0)
+
+
+def test_registered_and_hash_covers_architecture_not_threads():
+    task = make_task("cnn", channels=8)
+    assert isinstance(task, CnnTask) and task.name == "cnn"
+    assert task_hash(CnnTask(channels=8)) == task_hash(CnnTask(channels=8, num_threads=1))
+    assert task_hash(CnnTask(channels=8)) != task_hash(CnnTask(channels=16))
+    assert task_hash(CnnTask(norm="batch")) != task_hash(CnnTask(norm="group"))
