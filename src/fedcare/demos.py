@@ -66,7 +66,7 @@ DEMOS: dict[str, DemoRecipe] = {
         # One torch thread per site: sites train in parallel threads (see docs/pneumonia.md).
         make_task=lambda d: make_task("cnn", channels=16, norm="batch", dropout=0.2, num_threads=1),
         config=ExperimentConfig(
-            rounds=10,
+            rounds=15,
             seed=0,
             strategy="fedavg",
             # One local epoch of Adam per round; class-balanced loss and augmentation (cnn task defaults).

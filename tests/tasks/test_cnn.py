@@ -3,12 +3,14 @@ import pytest
 
 from fedcare.datasets.pneumonia import load_pneumonia
 from fedcare.errors import ConfigError, DataError
+from fedcare.runtime.simulation import run_simulation
 from fedcare.serde import check_state, decode_state, encode_state, spec_of
 from fedcare.strategies.fedavg import WeightedMeanFold
+from fedcare.strategies.registry import make_strategy
 from fedcare.task import ArrayDataset, task_hash
 from fedcare.tasks import make_task
 from fedcare.tasks.cnn import CnnTask
-from fedcare.types import FitResult, SiteId
+from fedcare.types import FitResult, RunId, SiteId
 
 FAST = {"batch_size": 32, "local_epochs": 1}
 
@@ -123,3 +125,20 @@ def test_registered_and_hash_covers_architecture_not_threads():
     assert task_hash(CnnTask(channels=8)) == task_hash(CnnTask(channels=8, num_threads=1))
     assert task_hash(CnnTask(channels=8)) != task_hash(CnnTask(channels=16))
     assert task_hash(CnnTask(norm="batch")) != task_hash(CnnTask(norm="group"))
+
+
+@pytest.mark.parametrize(("strategy", "params"), [("fedprox", {"mu": 0.01}), ("scaffold", {})])
+def test_cnn_runs_under_fedprox_and_scaffold_with_batchnorm(strategy, params):
+    sites = load_pneumonia(max_train_per_site=32).sites
+    fit_config = {"optimizer": "sgd", "lr": 0.05, "batch_size": 16}
+    result = run_simulation(
+        sites=sites,
+        task=CnnTask(channels=4, num_threads=1),
+        strategy=make_strategy(strategy, fit_config=fit_config, **params),
+        rounds=2,
+        seed=0,
+        run_id=RunId("r"),
+    )
+    assert [r.round_no for r in result.rounds] == [1, 2]
+    assert all(not r.failures for r in result.rounds)
+    assert result.state.model["features.1.num_batches_tracked"].dtype == np.int64

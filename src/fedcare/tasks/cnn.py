@@ -17,7 +17,9 @@ Fit config keys (all optional): ``optimizer`` ("adam" | "sgd", default "adam"), 
 ``class_weight`` ("balanced" | "none", default "balanced": each class weighs half of the
 site's loss, computed from the site's own labels), ``lr_schedule`` ("constant" |
 "cosine": cosine decay to 0 within this fit call, Loshchilov & Hutter, ICLR 2017) and
-``proximal_mu`` (0: FedProx's proximal term, Li et al., MLSys 2020).
+``proximal_mu`` (0: FedProx's proximal term, Li et al., MLSys 2020). With a ``scaffold_c``
+instruction record (and ``optimizer="sgd"``) the task applies SCAFFOLD's correction
+through :class:`fedcare.tasks.torch_common.LocalCorrections`.
 
 Randomness (initialisation, batches, augmentation, dropout) comes only from the numpy
 generator passed in, through a ``torch.Generator`` seeded from it: same generator, same
@@ -36,9 +38,9 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 from fedcare.errors import ConfigError, DataError
-from fedcare.task import ArrayDataset
+from fedcare.task import ArrayDataset, FitContext
 from fedcare.tasks.logreg import binary_metrics
-from fedcare.tasks.torch_common import batches, load_state, make_optimizer, module_state, read_float, read_int
+from fedcare.tasks.torch_common import LocalCorrections, batches, load_state, make_optimizer, module_state, read_int
 from fedcare.types import ConfigValue, EvalResult, FitResult, ModelState
 
 __all__ = ["CnnTask", "SmallCnn"]
@@ -146,6 +148,8 @@ class CnnTask:
     """
 
     name = "cnn"
+    #: The node passes a :class:`~fedcare.task.FitContext` (SCAFFOLD's site state).
+    accepts_context = True
 
     def __init__(
         self,
@@ -226,8 +230,10 @@ class CnnTask:
         data: ArrayDataset,
         config: Mapping[str, ConfigValue],
         rng: np.random.Generator,
+        *,
+        context: FitContext | None = None,
     ) -> FitResult:
-        """Minibatch training with (class-weighted) BCE, augmentation and optional FedProx term."""
+        """Minibatch training with (class-weighted) BCE, augmentation, optional FedProx/SCAFFOLD."""
         if len(data) == 0:
             raise DataError("cannot fit on an empty training set")
         self._threads()
@@ -235,9 +241,8 @@ class CnnTask:
         batch_size = read_int(cfg, "batch_size", 64)
         epochs = read_int(cfg, "local_epochs", 1)
         steps = read_int(cfg, "local_steps", 0)
-        mu = read_float(cfg, "proximal_mu", 0.0)
-        if batch_size < 1 or epochs < 1 or steps < 0 or mu < 0:
-            raise ConfigError("config batch_size and local_epochs must be >= 1, local_steps and proximal_mu >= 0")
+        if batch_size < 1 or epochs < 1 or steps < 0:
+            raise ConfigError("config batch_size and local_epochs must be >= 1, local_steps >= 0")
         augment = _read_bool(cfg, "augment", True)
         class_weight = _read_choice(cfg, "class_weight", "balanced", ("balanced", "none"))
         schedule = _read_choice(cfg, "lr_schedule", "constant", ("constant", "cosine"))
@@ -250,7 +255,7 @@ class CnnTask:
         scheduler = (
             torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=target_steps) if schedule == "cosine" else None
         )
-        anchor = [p.detach().clone() for p in module.parameters()] if mu > 0 else []
+        corrections = LocalCorrections(module, cfg, context)
         x = self._inputs(data.x, "training data")
         y = torch.from_numpy(np.ascontiguousarray(data.y, dtype=np.float32).reshape(-1))
         weights = torch.ones(2)
@@ -266,12 +271,9 @@ class CnnTask:
                 if augment:
                     xb = _random_affine(xb, generator)
                 loss = F.binary_cross_entropy_with_logits(module(xb, generator), yb, weight=weights[yb.long()])
-                objective = loss
-                if mu > 0:
-                    prox = sum(((p - a) ** 2).sum() for p, a in zip(module.parameters(), anchor, strict=True))
-                    objective = loss + 0.5 * mu * prox
                 optimizer.zero_grad()
-                objective.backward()
+                (loss + corrections.penalty()).backward()
+                corrections.correct_gradients()
                 optimizer.step()
                 if scheduler is not None:
                     scheduler.step()
@@ -280,7 +282,12 @@ class CnnTask:
                 done += 1
                 if done >= target_steps:
                     break
-        return FitResult(state=module_state(module), num_examples=len(data), metrics={"train_loss": total / seen})
+        return FitResult(
+            state=module_state(module),
+            num_examples=len(data),
+            metrics={"train_loss": total / seen},
+            extras=corrections.finish(steps=done),
+        )
 
     def predict(self, model: ModelState, x: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
         """Probability of the positive class for each image (evaluation mode, batches of 1024)."""
