@@ -96,3 +96,20 @@ def test_fold_refuses_a_second_update_from_the_same_site():
 def test_bad_parameters_are_named(name, params, message):
     with pytest.raises(ConfigError, match=message):
         make_strategy(name, **params)
+
+
+@pytest.mark.parametrize("name,params", [("median", {}), ("trimmed_mean", {"beta": 0.2}), ("krum", {"f": 1})])
+def test_robust_rules_keep_zero_dim_entries_as_arrays(name, params):
+    # A BatchNorm step counter is a 0-d int64 entry; the aggregate must stay a 0-d array, not a scalar.
+    strategy = make_strategy(name, **params)
+    template = {"w": np.zeros(3, np.float32), "count": np.array(0, dtype=np.int64)}
+    state = strategy.init(template)
+    info = RoundInfo(run_id=RunId("r"), round_no=1, total_rounds=1)
+    fold = strategy.new_fold(state, info)
+    for k in range(5):
+        fold.add(SiteId(f"s{k}"), FitResult(state={"w": np.full(3, k, np.float32),
+                                                   "count": np.array(10 + k, dtype=np.int64)}, num_examples=1))
+    new_state, _ = strategy.finish_round(state, fold)
+    assert isinstance(new_state.model["count"], np.ndarray) and new_state.model["count"].shape == ()
+    assert new_state.model["count"].dtype == np.int64
+    new_state.model["count"].flags.writeable = False  # what the in-process channel does to a broadcast

@@ -137,10 +137,10 @@ class BufferFold:
         """Cast aggregated float64 entries back to the template's dtypes."""
         out: ModelState = {}
         for name, ref in self._template.items():
-            v = values[name]
+            v = np.asarray(values[name])  # a 0-d entry (e.g. a BatchNorm counter) reduces to a numpy scalar
             if not np.issubdtype(ref.dtype, np.floating):
                 v = np.rint(v)
-            out[name] = v.astype(ref.dtype)
+            out[name] = np.asarray(v).astype(ref.dtype)
         return out
 
     def metrics(self) -> Metrics:
