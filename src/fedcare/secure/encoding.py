@@ -1,0 +1,135 @@
+"""Fixed-point encoding of model updates into the ring Z_{2^M} used by SecAgg+.
+
+A site's update ``delta`` (its locally trained model minus the global model) is clipped
+coordinate-wise to ``[-clip_range, clip_range]``, mapped onto the integers
+``0..L`` with ``L = 2^bits - 1`` (deterministic rounding), and multiplied by the site's
+integer weight ``w`` (its sample count), so that the unmasked sum is directly
+``sum_k w_k q_k``. The weight itself travels as the last element of the same vector, so
+the server learns only the total weight, never a site's sample count.
+
+Overflow is prevented, not detected: the sum of ``n`` sites fits the modulus ``2^M`` iff
+``n * max_site_weight * L + ... < 2^M``; :meth:`FixedPointCodec.check_capacity` raises a
+:class:`~fedcare.errors.ConfigError` naming the numbers otherwise, and a site whose
+weight exceeds ``max_site_weight`` refuses to encode.
+
+Quantisation bound: each coordinate of the decoded weighted mean is within
+``clip_range / L`` (half a step) of the weighted mean of the clipped updates.
+
+The ring arithmetic follows Bonawitz et al., "Practical Secure Aggregation for
+Privacy-Preserving Machine Learning", CCS 2017, section 4 (inputs in Z_R, masks uniform
+in Z_R).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from fedcare.errors import ConfigError
+from fedcare.secure.errors import SecAggError
+
+__all__ = ["FixedPointCodec"]
+
+_DTYPES = {32: np.uint32, 64: np.uint64}
+
+
+@dataclass(frozen=True)
+class FixedPointCodec:
+    """Clip, quantise and weight updates into ``uint32`` / ``uint64`` ring elements.
+
+    Attributes
+    ----------
+    clip_range : float (default: 1.0)
+        Coordinates of an update are clipped to ``[-clip_range, clip_range]``.
+    bits : int (default: 16)
+        Quantisation levels ``L = 2^bits - 1`` over the clip range.
+    modulus_bits : int (default: 32)
+        Ring ``Z_{2^M}``: 32 (uint32 masks, the fast default) or 64.
+    """
+
+    clip_range: float = 1.0
+    bits: int = 16
+    modulus_bits: int = 32
+
+    def __post_init__(self) -> None:
+        """Validate the parameters (one-line errors naming the value)."""
+        if not (self.clip_range > 0 and np.isfinite(self.clip_range)):
+            raise ConfigError(f"clip_range must be a positive finite number, got {self.clip_range}")
+        if self.modulus_bits not in _DTYPES:
+            raise ConfigError(f"modulus_bits must be 32 or 64, got {self.modulus_bits}")
+        if not 1 <= self.bits < self.modulus_bits:
+            raise ConfigError(f"bits must be in [1, {self.modulus_bits - 1}], got {self.bits}")
+
+    @property
+    def dtype(self) -> type[np.unsignedinteger[Any]]:
+        """Numpy dtype of ring elements."""
+        return _DTYPES[self.modulus_bits]  # type: ignore[return-value]
+
+    @property
+    def levels(self) -> int:
+        """``L = 2^bits - 1``: the largest quantised value of one coordinate."""
+        return (1 << self.bits) - 1
+
+    @property
+    def step(self) -> float:
+        """Width of one quantisation step, ``2 * clip_range / L``."""
+        return 2.0 * self.clip_range / self.levels
+
+    def max_total_weight(self) -> int:
+        """Largest total weight ``W`` whose sum ``W * L`` still fits below ``2^M``."""
+        return ((1 << self.modulus_bits) - 1) // self.levels
+
+    def check_capacity(self, num_sites: int, max_site_weight: int) -> None:
+        """Raise :class:`ConfigError` if ``num_sites`` sites of weight ``max_site_weight`` could overflow."""
+        if num_sites < 1 or max_site_weight < 1:
+            raise ConfigError(f"num_sites and max_site_weight must be >= 1, got {num_sites}, {max_site_weight}")
+        need = num_sites * max_site_weight * self.levels
+        if need >= 1 << self.modulus_bits:
+            raise ConfigError(
+                f"secure aggregation would overflow: {num_sites} sites x weight {max_site_weight} x {self.levels} "
+                f"levels = {need} >= 2^{self.modulus_bits}; lower bits, max_site_weight or raise modulus_bits to 64"
+            )
+
+    def default_site_weight(self, num_sites: int) -> int:
+        """The largest per-site weight bound that cannot overflow with ``num_sites`` sites."""
+        return max(1, self.max_total_weight() // max(1, num_sites))
+
+    def encode_into(
+        self, out: npt.NDArray[Any], delta: npt.NDArray[np.floating[Any]], weight: int, max_site_weight: int
+    ) -> int:
+        """Write ``weight * quantise(delta)`` and then ``weight`` into ``out`` (length ``len(delta) + 1``).
+
+        Returns the number of coordinates that were clipped.
+        """
+        if not 1 <= weight <= max_site_weight:
+            raise SecAggError(
+                f"site weight {weight} is outside [1, {max_site_weight}] (the overflow bound of this round)"
+            )
+        if out.shape != (delta.size + 1,) or out.dtype != self.dtype:
+            raise SecAggError(f"encode buffer must be {self.dtype.__name__}[{delta.size + 1}]")
+        c = self.clip_range
+        scale = self.levels / (2.0 * c)
+        x = np.clip(delta, -c, c, dtype=np.float64)
+        clipped = int(np.count_nonzero(np.abs(delta) > c))
+        x += c
+        x *= scale
+        np.rint(x, out=x)
+        if weight != 1:
+            x *= weight
+        body = out[:-1]
+        body[...] = x  # exact: integers below 2^53 (and below 2^M by check_capacity)
+        out[-1] = weight
+        return clipped
+
+    def decode_sum(self, total: npt.NDArray[Any]) -> tuple[npt.NDArray[np.float64], int]:
+        """Turn the unmasked ring sum into ``(sum_k w_k * delta_k, sum_k w_k)`` in float64."""
+        weight = int(total[-1])
+        if weight < 1:
+            raise SecAggError(f"decoded total weight is {weight}: the aggregate is corrupt")
+        out = total[:-1].astype(np.float64)
+        out *= 2.0 * self.clip_range / self.levels
+        out -= self.clip_range * weight
+        return out, weight

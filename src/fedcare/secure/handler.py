@@ -1,0 +1,125 @@
+"""A site node's side of SecAgg+: dispatch stage messages to per-round :class:`SecAggSite` sessions.
+
+The node calls :meth:`SecAggSiteHandler.handle` for every ``secagg`` instruction (after its
+policy admitted the task). The masked-input stage includes local training: the site
+trains on its own data, computes its update (trained minus global model), encodes and
+masks it; the unmasked update never leaves this object.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from fedcare.secure.errors import SecAggError
+from fedcare.secure.site import SecAggSite
+from fedcare.secure.stages import AdvertiseKeysIns, MaskedInputIns, ShareKeysIns, UnmaskIns, parse_instruction
+from fedcare.task import SiteData, Task
+from fedcare.types import Message, ModelState, SiteId
+
+__all__ = ["SecAggSiteHandler", "flatten_state"]
+
+_MAX_SESSIONS = 16
+
+
+def flatten_state(state: ModelState, names: list[str]) -> npt.NDArray[np.float64]:
+    """Concatenate ``state``'s entries (in ``names`` order) into one float64 vector."""
+    if not names:
+        return np.zeros(0)
+    return np.concatenate([np.asarray(state[n], dtype=np.float64).ravel() for n in names])
+
+
+class SecAggSiteHandler:
+    """Per-site SecAgg+ sessions keyed by (run, round); refuses replays and unknown sessions.
+
+    Parameters
+    ----------
+    site_id : SiteId
+        This site.
+    task : Task
+        The installed task (trains in the masked-input stage).
+    data : SiteData
+        The site's data (never leaves).
+    load_model : callable
+        Validates and returns the instruction's ``model`` record (the node's own check).
+    min_peers : int (default: 1)
+        Policy: the fewest sites this site's update may be summed with (itself included).
+    rng : numpy.random.Generator or None (default: None)
+        Keys and noise; ``None`` = OS CSPRNG (a seeded generator is for tests only).
+    """
+
+    def __init__(
+        self,
+        *,
+        site_id: SiteId,
+        task: Task,
+        data: SiteData,
+        load_model: Callable[[Message], ModelState],
+        min_peers: int = 1,
+        rng: np.random.Generator | None = None,
+    ) -> None:
+        self.site_id = site_id
+        self.task = task
+        self.data = data
+        self.load_model = load_model
+        self.min_peers = min_peers
+        self._rng = rng
+        self._sessions: OrderedDict[tuple[str, int], SecAggSite] = OrderedDict()
+        self._seen_ids: set[str] = set()
+
+    def handle(self, message: Message) -> Message:
+        """Run one stage; a refusal or protocol error becomes an error reply."""
+        where = f"secagg instruction at {self.site_id}"
+        try:
+            if message.message_id in self._seen_ids:
+                raise SecAggError(f"{self.site_id}: replayed instruction {message.message_id}")
+            self._seen_ids.add(message.message_id)
+            ins = parse_instruction(message.payload, where)
+            key = (str(message.run_id), int(message.round_no))
+            if isinstance(ins, AdvertiseKeysIns):
+                if key in self._sessions:
+                    raise SecAggError(f"{self.site_id}: round {message.round_no} already has a session (replay)")
+                session = SecAggSite(
+                    self.site_id, run_id=key[0], round_no=key[1], min_peers=self.min_peers, rng=self._rng
+                )
+                self._sessions[key] = session
+                while len(self._sessions) > _MAX_SESSIONS:
+                    self._sessions.popitem(last=False)
+                return message.reply(session.advertise_keys(ins).to_payload())
+            session = self._sessions.get(key)
+            if session is None:
+                raise SecAggError(f"{self.site_id}: no secure-aggregation session for round {message.round_no}")
+            if isinstance(ins, ShareKeysIns):
+                return message.reply(session.share_keys(ins).to_payload())
+            if isinstance(ins, MaskedInputIns):
+                return message.reply(self._masked_input(session, ins, message).to_payload())
+            assert isinstance(ins, UnmaskIns)
+            return message.reply(session.unmask(ins).to_payload())
+        except SecAggError as exc:
+            return message.reply(error=f"SecAggError: {exc}")
+
+    def _masked_input(self, session: SecAggSite, ins: MaskedInputIns, message: Message) -> Any:
+        session.check_masked_input(ins)
+        try:
+            model = self.load_model(message)
+            config = message.payload.config
+            seed = config.get("seed")
+            rng = np.random.default_rng(int(seed) if isinstance(seed, int) else None)
+            result = self.task.fit(model, self.data.train, config, rng)
+            if result.extras:
+                raise SecAggError(
+                    f"{self.site_id}: secure aggregation carries only the model, not {sorted(result.extras)}"
+                )
+            names = list(model)
+            delta = flatten_state(result.state, names)
+            delta -= flatten_state(model, names)
+        except Exception:
+            session.fail()
+            raise
+        reply = session.masked_input(delta, int(result.num_examples), noise_rng=self._rng)
+        metrics = {**{k: float(v) for k, v in result.metrics.items()}, **reply.metrics}
+        return type(reply)(session=reply.session, masked=reply.masked, metrics=metrics)
