@@ -4,16 +4,16 @@ from tests.conftest import ShiftTask, shift_sites
 
 from fedcare.datasets.heart_disease import load_heart_disease
 from fedcare.errors import NotEnoughSitesError
-from fedcare.runtime.policy import SitePolicy
 from fedcare.runtime.coordinator import Coordinator
+from fedcare.runtime.policy import SitePolicy
 from fedcare.runtime.recorder import RoundReport, RunSpec
 from fedcare.runtime.simulation import build_nodes, run_simulation
 from fedcare.secure import DistributedDp, FixedPointCodec, SecAggPlusWorkflow
 from fedcare.secure.dp import DistributedDpLedger, effective_noise_multiplier
-from fedcare.task import task_hash
-from fedcare.transport import InProcessChannel
 from fedcare.strategies import FedAvg
+from fedcare.task import task_hash
 from fedcare.tasks.logreg import LogisticRegressionTask
+from fedcare.transport import InProcessChannel
 from fedcare.types import Message, MessageKind, RunId
 
 
@@ -138,7 +138,7 @@ def test_heart_disease_fedavg_with_secagg_reaches_the_plain_accuracy():
     data = load_heart_disease()
     task = LogisticRegressionTask(n_features=data.n_features)
     fit = {"optimizer": "sgd", "lr": 0.05, "batch_size": 4, "local_epochs": 1}
-    kw = dict(sites=data.sites, task=task, rounds=5, seed=0, run_id=RunId("hd"), max_workers=2)
+    kw = {"sites": data.sites, "task": task, "rounds": 5, "seed": 0, "run_id": RunId("hd"), "max_workers": 2}
     plain = run_simulation(strategy=FedAvg(fit_config=fit), **kw)
     wf = SecAggPlusWorkflow(codec=FixedPointCodec(clip_range=4.0, bits=20, modulus_bits=64), seed=0)
     secure = run_simulation(strategy=FedAvg(fit_config=fit), fit_workflow=wf, **kw)
