@@ -21,7 +21,7 @@ from fedcare.secure.stages import AdvertiseKeysIns, MaskedInputIns, ShareKeysIns
 from fedcare.task import SiteData, Task
 from fedcare.types import Message, ModelState, SiteId
 
-__all__ = ["SecAggSiteHandler", "flatten_state"]
+__all__ = ["SecAggSiteHandler", "flat_delta", "flatten_state"]
 
 _MAX_SESSIONS = 16
 
@@ -31,6 +31,21 @@ def flatten_state(state: ModelState, names: list[str]) -> npt.NDArray[np.float64
     if not names:
         return np.zeros(0)
     return np.concatenate([np.asarray(state[n], dtype=np.float64).ravel() for n in names])
+
+
+def flat_delta(new: ModelState, old: ModelState, names: list[str]) -> npt.NDArray[np.floating[Any]]:
+    """``new - old`` flattened in ``names`` order, in one pass (float32 if every entry is float32)."""
+    dtype = np.float32 if all(new[n].dtype == np.float32 and old[n].dtype == np.float32 for n in names) else np.float64
+    size = sum(int(old[n].size) for n in names)
+    out = np.empty(size, dtype=dtype)
+    offset = 0
+    for n in names:
+        k = int(old[n].size)
+        if new[n].shape != old[n].shape:
+            raise SecAggError(f"trained entry {n!r} has shape {new[n].shape}, expected {old[n].shape}")
+        np.subtract(new[n].reshape(-1), old[n].reshape(-1), out=out[offset : offset + k], dtype=dtype)
+        offset += k
+    return out
 
 
 class SecAggSiteHandler:
@@ -114,9 +129,9 @@ class SecAggSiteHandler:
                 raise SecAggError(
                     f"{self.site_id}: secure aggregation carries only the model, not {sorted(result.extras)}"
                 )
-            names = list(model)
-            delta = flatten_state(result.state, names)
-            delta -= flatten_state(model, names)
+            if set(result.state) != set(model):
+                raise SecAggError(f"{self.site_id}: trained model entries differ from the global model's")
+            delta = flat_delta(result.state, model, list(model))
         except Exception:
             session.fail()
             raise

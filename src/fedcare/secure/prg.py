@@ -9,6 +9,8 @@ subtracted in place: no per-element Python work, two passes over memory per mask
 
 from __future__ import annotations
 
+import threading
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -19,6 +21,22 @@ __all__ = ["MaskExpander"]
 
 _IV = bytes(16)
 _BLOCK = 16
+_local = threading.local()
+
+
+@lru_cache(maxsize=4)
+def _zeros(nbytes: int) -> bytes:
+    """Shared read-only plaintext of zeros (CTR keystream = encryption of zeros)."""
+    return bytes(nbytes)
+
+
+def _scratch(nbytes: int) -> bytearray:
+    """A per-thread keystream buffer, reused across masks and rounds (no page faults per mask)."""
+    buf: bytearray | None = getattr(_local, "buf", None)
+    if buf is None or len(buf) < nbytes:
+        buf = bytearray(nbytes)
+        _local.buf = buf
+    return buf
 
 
 class MaskExpander:
@@ -36,8 +54,8 @@ class MaskExpander:
         self.size = int(size)
         self.dtype = np.dtype(dtype)
         self._nbytes = self.size * self.dtype.itemsize
-        self._zeros = bytes(self._nbytes)
-        self._buf = bytearray(self._nbytes + _BLOCK - 1)
+        self._zeros = _zeros(self._nbytes)
+        self._buf = _scratch(self._nbytes + _BLOCK - 1)
         self._view = np.frombuffer(self._buf, dtype=self.dtype, count=self.size)
 
     def expand(self, seed: bytes) -> npt.NDArray[Any]:

@@ -8,8 +8,15 @@ seed of the X25519 masking key), so each secret is one sharing.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
+from typing import Any
 
 from Crypto.Protocol.SecretSharing import Shamir
+
+try:  # pycryptodome's GF(2^128) element, used to cache Lagrange coefficients (see combine_secret)
+    from Crypto.Protocol.SecretSharing import _Element
+except ImportError:  # pragma: no cover - a pycryptodome without it: fall back to Shamir.combine
+    _Element = None
 
 from fedcare.secure.errors import SecAggError
 
@@ -36,7 +43,29 @@ def combine_secret(shares: Sequence[tuple[int, bytes]], threshold: int) -> bytes
     picked = sorted(shares)[:threshold]
     if threshold == 1:
         return picked[0][1]
-    try:
+    indices = tuple(i for i, _ in picked)
+    if len(set(indices)) != len(indices) or any(len(s) != SECRET_BYTES for _, s in picked):
+        raise SecAggError("cannot combine shares: duplicate index or wrong share length")
+    if _Element is None:  # pragma: no cover
         return Shamir.combine(list(picked))
-    except ValueError as exc:
-        raise SecAggError(f"cannot combine shares: {exc}") from None
+    # Same interpolation as Shamir.combine (ssss=False), but the Lagrange coefficients at 0
+    # depend only on the share indices, which repeat across the round: cache them, so a
+    # reconstruction costs t field multiplications instead of t inversions.
+    result = _Element(0)
+    for coeff, (_, share) in zip(_lagrange_at_zero(indices), picked, strict=True):
+        result += _Element(share) * coeff
+    return result.encode()  # type: ignore[no-any-return]
+
+
+@lru_cache(maxsize=4096)
+def _lagrange_at_zero(indices: tuple[int, ...]) -> tuple[Any, ...]:
+    """``l_j(0) = prod_{m != j} x_m / (x_j - x_m)`` in GF(2^128) (subtraction is xor)."""
+    coeffs = []
+    for j, xj in enumerate(indices):
+        num, den = _Element(1), _Element(1)
+        for m, xm in enumerate(indices):
+            if m != j:
+                num *= _Element(xm)
+                den *= _Element(xj) + _Element(xm)
+        coeffs.append(num * den.inverse())
+    return tuple(coeffs)

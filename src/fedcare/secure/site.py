@@ -268,8 +268,6 @@ class SecAggSite:
         try:
             if delta.shape != (p.vector_size,):
                 raise SecAggError(f"{self.site_id}: update has {delta.size} values, round expects {p.vector_size}")
-            if not np.isfinite(delta).all():
-                raise SecAggError(f"{self.site_id}: update contains NaN or Inf")
             metrics: dict[str, float] = {}
             if p.dp_noise_multiplier > 0:
                 delta, metrics = _dp_share(delta, p, self._num_peers, noise_rng)
