@@ -107,6 +107,7 @@ class SecAggSite:
         self._shares: dict[SiteId, tuple[bytes, bytes]] = {}
         self._mask_peers: tuple[SiteId, ...] = ()
         self._num_peers = 0
+        self._share_keys: dict[SiteId, Any] = {}  # AES-GCM keys agreed in stage 2, reused in stage 3
 
     @property
     def next_stage(self) -> Stage | None:
@@ -193,7 +194,7 @@ class SecAggSite:
                 continue
             if holder not in live:
                 continue
-            key = share_key(self._enc_key, self._pk_enc[holder], self._session)
+            key = self._share_keys[holder] = share_key(self._enc_key, self._pk_enc[holder], self._session)
             cts[holder] = encrypt_share(
                 key,
                 b_shares[i] + sk_shares[i],
@@ -230,7 +231,7 @@ class SecAggSite:
             assert self._enc_key is not None
             shares: dict[SiteId, tuple[bytes, bytes]] = {}
             for sender in sorted(senders):
-                key = share_key(self._enc_key, self._pk_enc[sender], self._session)
+                key = self._share_keys.get(sender) or share_key(self._enc_key, self._pk_enc[sender], self._session)
                 plain = decrypt_share(
                     key,
                     ins.ciphertexts[sender],
