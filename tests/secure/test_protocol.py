@@ -236,3 +236,25 @@ def test_cached_combine_agrees_with_pycryptodome(secret, k, data):
     shares = list(enumerate(split_secret(secret, t, k), start=1))
     picked = data.draw(st.permutations(shares))[:t]
     assert combine_secret(picked, t) == Shamir.combine(sorted(picked)) == secret
+
+
+def test_site_refuses_nan_update_and_wrong_size():
+    sites, server, clients, ins = _to_stage3(seed=11)
+    a, b = sites[0], sites[1]
+    clients[a].check_masked_input(ins[a])
+    with pytest.raises(SecAggError, match="NaN"):
+        clients[a].masked_input(np.full(8, np.nan), 1)
+    assert clients[a].next_stage is None
+    clients[b].check_masked_input(ins[b])
+    with pytest.raises(SecAggError, match="round expects 8"):
+        clients[b].masked_input(np.zeros(7), 1)
+
+
+def test_weight_is_folded_before_rounding_and_clipping_is_applied():
+    codec = FixedPointCodec(clip_range=1.0, bits=8)
+    out = np.empty(4, np.uint32)
+    codec.encode_into(out, np.array([-5.0, 0.0, 5.0]), 3, 10)
+    assert out.tolist() == [0, 383, 3 * 255, 3]  # 382.5 rounds half up
+    total, weight = codec.decode_sum(out)
+    np.testing.assert_allclose(total, [-3.0, 0.0, 3.0], atol=3 * codec.error_bound)
+    assert weight == 3

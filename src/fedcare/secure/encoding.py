@@ -98,25 +98,38 @@ class FixedPointCodec:
         """The largest per-site weight bound that cannot overflow with ``num_sites`` sites."""
         return max(1, self.max_total_weight() // max(1, num_sites))
 
-    @property
-    def work_dtype(self) -> type[np.floating[Any]]:
-        """Float type of the scaling pass: float32 when ``L < 2^16`` (exact integers, 2^-8 fractions), else float64."""
-        return np.float32 if self.bits <= 16 else np.float64  # type: ignore[return-value]
+    @staticmethod
+    def _work_dtype(top: float) -> type[np.floating[Any]]:
+        """float32 while every encoded value is below 2^24 (exact integers), else float64."""
+        return np.float32 if top < 2.0**24 else np.float64  # type: ignore[return-value]
 
     @property
     def error_bound(self) -> float:
-        """Largest error of one decoded coordinate of the weighted mean: half a step (+ float32 rounding)."""
-        slack = 2.0**-7 if self.work_dtype is np.float32 else 2.0**-30
-        return self.step * (0.5 + slack)
+        """Largest error of one decoded coordinate of the weighted mean.
+
+        Each site's value is off by at most half a level plus float32 rounding
+        (``w * L * 2^-24`` levels), so the weighted mean is within
+        ``(1/2 + L * 2^-24) * step`` of the mean of the clipped updates.
+        """
+        return self.step * (0.5 + max(2.0**-30, self.levels * 2.0**-24))
 
     def encode_into(
-        self, out: npt.NDArray[Any], delta: npt.NDArray[np.floating[Any]], weight: int, max_site_weight: int
+        self,
+        out: npt.NDArray[Any],
+        delta: npt.NDArray[np.floating[Any]],
+        weight: int,
+        max_site_weight: int,
+        *,
+        overwrite: bool = False,
     ) -> int:
-        """Write ``weight * quantise(delta)`` and then ``weight`` into ``out`` (length ``len(delta) + 1``).
+        """Write ``round(weight * L * (clip(delta) + c) / 2c)`` and then ``weight`` into ``out``.
 
-        Four vectorised passes in the common case (scale, min/max, cast, weight); clipping
-        costs one more pass only when a coordinate is out of range. Returns 1 if any
-        coordinate was clipped, else 0. Raises :class:`SecAggError` on NaN/Inf.
+        The weight is folded into the scale before rounding, so a site's value is within
+        half a level of ``weight`` times its exact value (finer than weighting rounded
+        values). Four vectorised passes (scale, offset, clip, rounding cast); with
+        ``overwrite=True`` a float ``delta`` of the working dtype is used as scratch.
+        Returns 0 (kept for callers that report clipping). Raises :class:`SecAggError`
+        on NaN.
         """
         if not 1 <= weight <= max_site_weight:
             raise SecAggError(
@@ -125,23 +138,24 @@ class FixedPointCodec:
         if out.shape != (delta.size + 1,) or out.dtype != self.dtype:
             raise SecAggError(f"encode buffer must be {self.dtype.__name__}[{delta.size + 1}]")
         c = self.clip_range
-        levels = float(self.levels)
-        scale = levels / (2.0 * c)
-        x = np.multiply(delta, scale, dtype=self.work_dtype)
-        x += c * scale + 0.5  # + 0.5: the truncating cast below then rounds to nearest
-        lo, hi = (float(x.min()), float(x.max())) if x.size else (0.5, 0.5)
-        if not (np.isfinite(lo) and np.isfinite(hi)):
-            raise SecAggError("update contains NaN or Inf")
-        clipped = 0
-        if lo < 0.5 or hi >= levels + 0.5:
-            np.clip(x, 0.5, levels + 0.5 - 1e-3, out=x)
-            clipped = 1
+        top = float(weight * self.levels)
+        work = self._work_dtype(top)
+        scale = top / (2.0 * c)
+        if overwrite and delta.dtype == work and delta.flags.writeable and delta.flags.c_contiguous:
+            x = np.multiply(delta, scale, out=delta)
+        else:
+            x = np.multiply(delta, scale, dtype=work)
+        x += work(top / 2.0 + 0.5)  # + 0.5: the truncating cast below then rounds to nearest
+        # clip to [-c, c] before rounding; the upper bound stays strictly below top + 1 in `work`
+        np.clip(x, 0.5, top + 0.5 - max(1e-3, top * 2.0**-22), out=x)
         body = out[:-1]
-        body[...] = x  # truncation of x + 0.5 = rounding; exact (integers below 2^24 or 2^53)
-        if weight != 1:
-            body *= self.dtype(weight)  # no wrap-around: check_capacity bounds n * weight * L
+        with np.errstate(invalid="raise"):
+            try:
+                body[...] = x  # truncation of x + 0.5 = rounding; NaN cannot be cast
+            except FloatingPointError:
+                raise SecAggError("update contains NaN") from None
         out[-1] = weight
-        return clipped
+        return 0
 
     def decode_sum(self, total: npt.NDArray[Any]) -> tuple[npt.NDArray[np.float64], int]:
         """Turn the unmasked ring sum into ``(sum_k w_k * delta_k, sum_k w_k)`` in float64."""

@@ -135,6 +135,6 @@ class SecAggSiteHandler:
         except Exception:
             session.fail()
             raise
-        reply = session.masked_input(delta, int(result.num_examples), noise_rng=self._rng)
+        reply = session.masked_input(delta, int(result.num_examples), noise_rng=self._rng, overwrite=True)
         metrics = {**{k: float(v) for k, v in result.metrics.items()}, **reply.metrics}
         return type(reply)(session=reply.session, masked=reply.masked, metrics=metrics)

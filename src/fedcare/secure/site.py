@@ -257,10 +257,12 @@ class SecAggSite:
         weight: int,
         *,
         noise_rng: np.random.Generator | None = None,
+        overwrite: bool = False,
     ) -> MaskedInputRes:
         """Encode ``weight * delta`` (plus this site's DP noise share) and add all masks.
 
         Call after :meth:`check_masked_input`; ``delta`` is the flat update (trained minus global).
+        With ``overwrite=True`` the site may use ``delta``'s memory as scratch.
         """
         if self._next is not Stage.MASKED_INPUT or not self._session or self._mask_key is None:
             self.fail()
@@ -275,7 +277,7 @@ class SecAggSite:
                 weight = 1  # DP bounds each site's contribution: uniform weights (see docs)
             codec = FixedPointCodec(clip_range=p.clip_range, bits=p.bits, modulus_bits=p.modulus_bits)
             out = np.empty(p.vector_size + 1, dtype=codec.dtype)
-            clipped = codec.encode_into(out, delta, weight, p.max_site_weight)
+            codec.encode_into(out, delta, weight, p.max_site_weight, overwrite=overwrite)
             prg = MaskExpander(out.size, codec.dtype)
             prg.apply(out, self._b, +1)
             for peer in self._mask_peers:
@@ -284,7 +286,6 @@ class SecAggSite:
         except Exception:
             self.fail()
             raise
-        metrics["secagg_clipped_fraction"] = clipped / max(1, p.vector_size)
         self._next = Stage.UNMASK
         return MaskedInputRes(session=self._session, masked=out, metrics=metrics)
 
