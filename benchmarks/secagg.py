@@ -222,6 +222,9 @@ def main() -> None:
                 "plain_site_cpu_s": plain["site_cpu_s"],
                 "mask_floor_s": floor,
                 "site_cpu_over_floor": sec["site_cpu_s"] / floor,
+                # the site's SecAgg+ work alone: its CPU minus what the same site spends in a plain round
+                "site_protocol_cpu_s": sec["site_cpu_s"] - plain["site_cpu_s"],
+                "site_protocol_cpu_over_floor": (sec["site_cpu_s"] - plain["site_cpu_s"]) / floor,
                 "bytes_per_site": sec["bytes_per_site"],
                 "plain_bytes_per_site": plain["bytes_per_site"],
                 "secagg_max_abs_error": sec["max_abs_error"],
@@ -239,7 +242,16 @@ def main() -> None:
             )
     ok_speed = all(r["speedup_vs_flower"] >= 5 for r in rows if np.isfinite(r["speedup_vs_flower"]))
     ok_floor = all(r["site_cpu_over_floor"] <= 2 for r in rows)
-    print(f"targets: >= 5x Flower on every measured (N, P): {ok_speed}; site CPU <= 2x mask floor: {ok_floor}")
+    ok_proto = all(r["site_protocol_cpu_over_floor"] <= 2 for r in rows)
+    for r in rows:
+        print(
+            f"N={r['sites']:>3} P={r['params']:>7}: site SecAgg+ CPU beyond its plain round "
+            f"{r['site_protocol_cpu_s'] * 1e3:.2f} ms = {r['site_protocol_cpu_over_floor']:.2f}x the mask floor"
+        )
+    print(
+        f"targets: >= 5x Flower on every measured (N, P): {ok_speed}; site CPU <= 2x mask floor: {ok_floor} "
+        f"(site CPU beyond its plain round <= 2x floor: {ok_proto})"
+    )
     print(f"Flower figures: {flower_source}")
     print(json.dumps({"benchmark": "secagg", "rounds": args.rounds, "flower": flower_source, "rows": rows}))
 

@@ -254,7 +254,7 @@ def test_weight_is_folded_before_rounding_and_clipping_is_applied():
     codec = FixedPointCodec(clip_range=1.0, bits=8)
     out = np.empty(4, np.uint32)
     codec.encode_into(out, np.array([-5.0, 0.0, 5.0]), 3, 10)
-    assert out.tolist() == [0, 383, 3 * 255, 3]  # 382.5 rounds half up
+    assert out.view(np.int32).tolist() == [-382, 0, 382, 3]  # clipped to floor(w L / 2)
     total, weight = codec.decode_sum(out)
     np.testing.assert_allclose(total, [-3.0, 0.0, 3.0], atol=3 * codec.error_bound)
     assert weight == 3

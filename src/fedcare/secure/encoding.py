@@ -1,19 +1,20 @@
 """Fixed-point encoding of model updates into the ring Z_{2^M} used by SecAgg+.
 
 A site's update ``delta`` (its locally trained model minus the global model) is clipped
-coordinate-wise to ``[-clip_range, clip_range]``, mapped onto the integers
-``0..L`` with ``L = 2^bits - 1`` (deterministic rounding), and multiplied by the site's
-integer weight ``w`` (its sample count), so that the unmasked sum is directly
-``sum_k w_k q_k``. The weight itself travels as the last element of the same vector, so
+coordinate-wise to ``[-clip_range, clip_range]`` and mapped, together with the site's
+integer weight ``w`` (its sample count), onto the signed integers
+``round(w * delta * L / (2 clip_range))`` with ``L = 2^bits - 1``, stored in two's
+complement, so that the unmasked sum is directly the fixed-point ``sum_k w_k delta_k``. The weight itself travels as the last element of the same vector, so
 the server learns only the total weight, never a site's sample count.
 
 Overflow is prevented, not detected: the sum of ``n`` sites fits the modulus ``2^M`` iff
-``n * max_site_weight * L + ... < 2^M``; :meth:`FixedPointCodec.check_capacity` raises a
+``n * max_site_weight * L < 2^M``; :meth:`FixedPointCodec.check_capacity` raises a
 :class:`~fedcare.errors.ConfigError` naming the numbers otherwise, and a site whose
 weight exceeds ``max_site_weight`` refuses to encode.
 
 Quantisation bound: each coordinate of the decoded weighted mean is within
-``clip_range / L`` (half a step) of the weighted mean of the clipped updates.
+:attr:`FixedPointCodec.error_bound` (half a step ``2 clip_range / L``, plus float32
+rounding of at most ``L 2^-24`` steps) of the weighted mean of the clipped updates.
 
 The ring arithmetic follows Bonawitz et al., "Practical Secure Aggregation for
 Privacy-Preserving Machine Learning", CCS 2017, section 4 (inputs in Z_R, masks uniform
@@ -113,6 +114,11 @@ class FixedPointCodec:
         """
         return self.step * (0.5 + max(2.0**-30, self.levels * 2.0**-24))
 
+    @property
+    def signed_dtype(self) -> type[np.signedinteger[Any]]:
+        """The two's-complement view of ring elements (int32 / int64)."""
+        return np.int32 if self.modulus_bits == 32 else np.int64  # type: ignore[return-value]
+
     def encode_into(
         self,
         out: npt.NDArray[Any],
@@ -121,15 +127,20 @@ class FixedPointCodec:
         max_site_weight: int,
         *,
         overwrite: bool = False,
-    ) -> int:
-        """Write ``round(weight * L * (clip(delta) + c) / 2c)`` and then ``weight`` into ``out``.
+    ) -> None:
+        """Write ``round(weight * L * clip(delta) / 2c)`` (two's complement) and then ``weight`` into ``out``.
 
-        The weight is folded into the scale before rounding, so a site's value is within
-        half a level of ``weight`` times its exact value (finer than weighting rounded
-        values). Four vectorised passes (scale, offset, clip, rounding cast); with
-        ``overwrite=True`` a float ``delta`` of the working dtype is used as scratch.
-        Returns 0 (kept for callers that report clipping). Raises :class:`SecAggError`
-        on NaN.
+        Values are signed ring elements: the sum of the sites' values is below
+        ``W * L / 2 < 2^(M-1)`` in magnitude (:meth:`check_capacity`), so it decodes exactly
+        from its two's-complement form and no offset pass is needed. The weight is folded
+        into the scale before rounding (each site's value is within half a level of its
+        exact weighted value). Three vectorised passes: scale, clip, round-and-cast. With
+        ``overwrite=True`` a ``delta`` of the working dtype is used as scratch.
+
+        Raises
+        ------
+        SecAggError
+            On a weight outside ``[1, max_site_weight]``, a wrong buffer, or NaN values.
         """
         if not 1 <= weight <= max_site_weight:
             raise SecAggError(
@@ -137,32 +148,28 @@ class FixedPointCodec:
             )
         if out.shape != (delta.size + 1,) or out.dtype != self.dtype:
             raise SecAggError(f"encode buffer must be {self.dtype.__name__}[{delta.size + 1}]")
-        c = self.clip_range
-        top = float(weight * self.levels)
-        work = self._work_dtype(top)
-        scale = top / (2.0 * c)
+        top = weight * self.levels
+        work = self._work_dtype(float(top))
+        scale = top / (2.0 * self.clip_range)
         if overwrite and delta.dtype == work and delta.flags.writeable and delta.flags.c_contiguous:
             x = np.multiply(delta, scale, out=delta)
         else:
             x = np.multiply(delta, scale, dtype=work)
-        x += work(top / 2.0 + 0.5)  # + 0.5: the truncating cast below then rounds to nearest
-        # clip to [-c, c] before rounding; the upper bound stays strictly below top + 1 in `work`
-        np.clip(x, 0.5, top + 0.5 - max(1e-3, top * 2.0**-22), out=x)
-        body = out[:-1]
+        half = float(top // 2)  # clip to [-c, c]; |value| <= floor(w L / 2) keeps the sum in range
+        np.clip(x, -half, half, out=x)
+        body = out[:-1].view(self.signed_dtype)
         with np.errstate(invalid="raise"):
             try:
-                body[...] = x  # truncation of x + 0.5 = rounding; NaN cannot be cast
+                np.rint(x, out=body, casting="unsafe")
             except FloatingPointError:
                 raise SecAggError("update contains NaN") from None
         out[-1] = weight
-        return 0
 
     def decode_sum(self, total: npt.NDArray[Any]) -> tuple[npt.NDArray[np.float64], int]:
         """Turn the unmasked ring sum into ``(sum_k w_k * delta_k, sum_k w_k)`` in float64."""
         weight = int(total[-1])
         if weight < 1:
             raise SecAggError(f"decoded total weight is {weight}: the aggregate is corrupt")
-        out = total[:-1].astype(np.float64)
+        out = total[:-1].view(self.signed_dtype).astype(np.float64)
         out *= 2.0 * self.clip_range / self.levels
-        out -= self.clip_range * weight
         return out, weight

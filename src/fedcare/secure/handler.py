@@ -8,6 +8,7 @@ masks it; the unmasked update never leaves this object.
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -24,6 +25,17 @@ from fedcare.types import Message, ModelState, SiteId
 __all__ = ["SecAggSiteHandler", "flat_delta", "flatten_state"]
 
 _MAX_SESSIONS = 16
+_local = threading.local()
+
+
+def _scratch(size: int, dtype: type[np.floating[Any]]) -> npt.NDArray[np.floating[Any]]:
+    """A per-thread work vector reused across rounds (no fresh pages to fault in every round)."""
+    key = (size, np.dtype(dtype).str)
+    buf = getattr(_local, "scratch", None)
+    if buf is None or buf[0] != key:
+        buf = (key, np.empty(size, dtype=dtype))
+        _local.scratch = buf
+    return buf[1]
 
 
 def flatten_state(state: ModelState, names: list[str]) -> npt.NDArray[np.float64]:
@@ -33,11 +45,16 @@ def flatten_state(state: ModelState, names: list[str]) -> npt.NDArray[np.float64
     return np.concatenate([np.asarray(state[n], dtype=np.float64).ravel() for n in names])
 
 
-def flat_delta(new: ModelState, old: ModelState, names: list[str]) -> npt.NDArray[np.floating[Any]]:
-    """``new - old`` flattened in ``names`` order, in one pass (float32 if every entry is float32)."""
+def flat_delta(
+    new: ModelState, old: ModelState, names: list[str], *, reuse: bool = False
+) -> npt.NDArray[np.floating[Any]]:
+    """``new - old`` flattened in ``names`` order, in one pass (float32 if every entry is float32).
+
+    With ``reuse=True`` the result lives in a per-thread buffer that the next call overwrites.
+    """
     dtype = np.float32 if all(new[n].dtype == np.float32 and old[n].dtype == np.float32 for n in names) else np.float64
     size = sum(int(old[n].size) for n in names)
-    out = np.empty(size, dtype=dtype)
+    out = _scratch(size, dtype) if reuse else np.empty(size, dtype=dtype)
     offset = 0
     for n in names:
         k = int(old[n].size)
@@ -131,7 +148,7 @@ class SecAggSiteHandler:
                 )
             if set(result.state) != set(model):
                 raise SecAggError(f"{self.site_id}: trained model entries differ from the global model's")
-            delta = flat_delta(result.state, model, list(model))
+            delta = flat_delta(result.state, model, list(model), reuse=True)
         except Exception:
             session.fail()
             raise
