@@ -4,7 +4,8 @@ A site's update ``delta`` (its locally trained model minus the global model) is 
 coordinate-wise to ``[-clip_range, clip_range]`` and mapped, together with the site's
 integer weight ``w`` (its sample count), onto the signed integers
 ``round(w * delta * L / (2 clip_range))`` with ``L = 2^bits - 1``, stored in two's
-complement, so that the unmasked sum is directly the fixed-point ``sum_k w_k delta_k``. The weight itself travels as the last element of the same vector, so
+complement, so that the unmasked sum is directly the fixed-point ``sum_k w_k delta_k``.
+The weight itself travels as the last element of the same vector, so
 the server learns only the total weight, never a site's sample count.
 
 Overflow is prevented, not detected: the sum of ``n`` sites fits the modulus ``2^M`` iff
