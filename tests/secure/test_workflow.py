@@ -169,3 +169,51 @@ def test_distributed_dp_noise_and_epsilon_account_for_dropped_sites():
     full = wf.ledger.entries[0]
     partial = DistributedDpLedger(dp).charge(1, planned=8, survived=6)
     assert partial.epsilon > full.epsilon
+
+
+def test_site_node_refuses_replayed_and_out_of_order_stage_messages():
+    from fedcare.secure.stages import AdvertiseKeysIns, RoundParams, ShareKeysIns
+
+    task = ShiftTask(size=4)
+    sites = shift_sites(3)
+    nodes = build_nodes(sites, task)
+    node = nodes["site-00"]
+    session = bytes(range(16))
+    params = RoundParams(
+        neighbours=("site-01", "site-02"),
+        threshold=2,
+        num_sites=3,
+        vector_size=4,
+        clip_range=1.0,
+        bits=16,
+        modulus_bits=32,
+        max_site_weight=100,
+    )
+
+    def msg(payload):
+        config = {**payload.config, "task": task.name, "task_hash": task_hash(task)}
+        return Message(
+            kind=MessageKind.SECAGG,
+            run_id=RunId("r"),
+            round_no=1,
+            site="site-00",
+            payload=type(payload)(arrays=payload.arrays, config=config),
+        )
+
+    early = msg(ShareKeysIns(session=session, pk_enc={}, pk_mask={}).to_payload())
+    assert "no secure-aggregation session" in node.handle(early).error
+    first = msg(AdvertiseKeysIns(session=session, params=params).to_payload())
+    reply = node.handle(first)
+    assert reply.error is None and reply.payload.arrays["secagg"]["pk_enc"].size == 32
+    assert "replayed instruction" in node.handle(first).error
+    again = msg(AdvertiseKeysIns(session=session, params=params).to_payload())  # new id, same round
+    assert "already has a session" in node.handle(again).error
+    wrong_stage = msg(AdvertiseKeysIns(session=session, params=params).to_payload())
+    bad = Message(
+        kind=MessageKind.SECAGG,
+        run_id=RunId("r"),
+        round_no=1,
+        site="site-00",
+        payload=type(wrong_stage.payload)(config={**wrong_stage.payload.config, "secagg.stage": "bogus"}),
+    )
+    assert "unknown secagg.stage" in node.handle(bad).error
