@@ -258,3 +258,20 @@ def test_weight_is_folded_before_rounding_and_clipping_is_applied():
     total, weight = codec.decode_sum(out)
     np.testing.assert_allclose(total, [-3.0, 0.0, 3.0], atol=3 * codec.error_bound)
     assert weight == 3
+
+
+def test_server_refuses_early_result_and_unmask_replies_that_answer_nothing():
+    from fedcare.secure.stages import UnmaskRes
+
+    sites, server, clients, ins = _to_stage3(seed=12)
+    with pytest.raises(SecAggError, match="unmask stage"):
+        server.result()
+    for s, i in ins.items():
+        clients[s].check_masked_input(i)
+        server.receive(s, clients[s].masked_input(np.zeros(8), 1))
+    unmask = server.advance()
+    s0 = sites[0]
+    honest = clients[s0].unmask(unmask[s0])
+    greedy = UnmaskRes(session=honest.session, b_shares=honest.b_shares, sk_shares={sites[1]: bytes(16)})
+    with pytest.raises(SecAggError, match="do not answer"):
+        server.receive(s0, greedy)

@@ -154,6 +154,9 @@ class SecAggServer:
         self._dropped_inputs: set[SiteId] = set()
         self._b_shares: dict[SiteId, list[tuple[int, bytes]]] = {}
         self._sk_shares: dict[SiteId, list[tuple[int, bytes]]] = {}
+        self._mask_group: set[SiteId] = set()  # U2: sites asked for a masked input
+        self._unmask_ins: dict[SiteId, UnmaskIns] = {}
+        self._unmasked = False  # the unmask stage has been closed
         self._aborted = False
         self._done = False
 
@@ -323,6 +326,7 @@ class SecAggServer:
             return dict(self._unmask_ins)
         if stage is Stage.UNMASK:
             self._stage = None
+            self._unmasked = True
             return {}
         raise SecAggError("advance() called before start()")
 
@@ -344,9 +348,9 @@ class SecAggServer:
             raise SecAggError("the round was aborted: no aggregate")
         if self._stage is Stage.UNMASK:
             self.advance()
-        if self._done or self._stage is not None or not hasattr(self, "_unmask_ins"):
+        if self._done or not self._unmasked:
             raise SecAggError("result() needs the unmask stage to be complete")
-        answering = set(self._answered) if self._answered else set()
+        answering = set(self._answered)
         survivors = sorted(self._alive)
         self._check_reconstructible(answering)
         prg = MaskExpander(self.vector_size + 1, self.codec.dtype)
