@@ -3,14 +3,14 @@ import pytest
 from tests.conftest import ShiftTask, shift_sites
 
 from fedcare.datasets.heart_disease import load_heart_disease
-from fedcare.errors import NotEnoughSitesError
+from fedcare.errors import ConfigError, NotEnoughSitesError
 from fedcare.runtime.coordinator import Coordinator
 from fedcare.runtime.policy import SitePolicy
 from fedcare.runtime.recorder import RoundReport, RunSpec
 from fedcare.runtime.simulation import build_nodes, run_simulation
 from fedcare.secure import DistributedDp, FixedPointCodec, SecAggPlusWorkflow
 from fedcare.secure.dp import DistributedDpLedger, effective_noise_multiplier
-from fedcare.strategies import FedAvg
+from fedcare.strategies import CoordinateMedian, FedAdam, FedAvg, FedProx, Scaffold
 from fedcare.task import task_hash
 from fedcare.tasks.logreg import LogisticRegressionTask
 from fedcare.transport import InProcessChannel
@@ -217,3 +217,28 @@ def test_site_node_refuses_replayed_and_out_of_order_stage_messages():
         payload=type(wrong_stage.payload)(config={**wrong_stage.payload.config, "secagg.stage": "bogus"}),
     )
     assert "unknown secagg.stage" in node.handle(bad).error
+
+
+@pytest.mark.parametrize("make", [lambda: FedAdam(), lambda: FedProx(mu=0.1)], ids=["fedadam", "fedprox"])
+def test_secagg_runs_weighted_sum_strategies_like_the_plain_path(make):
+    codec = FixedPointCodec(clip_range=0.05, bits=16)
+    kw = {"sites": shift_sites(5), "task": ShiftTask(size=16), "rounds": 2, "seed": 0, "max_workers": 2}
+    plain = run_simulation(strategy=make(), run_id=RunId("p"), **kw)
+    secure = run_simulation(
+        strategy=make(), run_id=RunId("s"), fit_workflow=SecAggPlusWorkflow(codec=codec, seed=0), **kw
+    )
+    np.testing.assert_allclose(secure.state.model["w"], plain.state.model["w"], atol=1e-3)
+
+
+@pytest.mark.parametrize("make", [lambda: CoordinateMedian(), lambda: Scaffold()], ids=["median", "scaffold"])
+def test_secagg_refuses_strategies_that_need_individual_updates(make):
+    with pytest.raises(ConfigError, match="needs individual updates"):
+        run_simulation(
+            sites=shift_sites(3),
+            task=ShiftTask(size=4),
+            strategy=make(),
+            rounds=1,
+            seed=0,
+            run_id=RunId("x"),
+            fit_workflow=SecAggPlusWorkflow(seed=0),
+        )

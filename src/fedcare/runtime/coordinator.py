@@ -34,7 +34,7 @@ from fedcare.types import (
     SiteId,
 )
 
-__all__ = ["Coordinator", "FitContext", "FitWorkflow", "PlainFit", "RunResult", "site_seed"]
+__all__ = ["Coordinator", "FitPhase", "FitWorkflow", "PlainFit", "RunResult", "site_seed"]
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def _fit_result(reply: Message, spec: StateSpec) -> FitResult:
 
 
 @dataclass
-class FitContext:
+class FitPhase:
     """One round's fit phase: what a :class:`FitWorkflow` reads and fills in."""
 
     run_id: RunId
@@ -94,7 +94,7 @@ class FitContext:
 class FitWorkflow(Protocol):
     """How the fit phase of a round runs (plain exchange, or SecAgg+'s four stages)."""
 
-    def run_fit(self, coordinator: Coordinator, ctx: FitContext) -> Metrics:
+    def run_fit(self, coordinator: Coordinator, ctx: FitPhase) -> Metrics:
         """Exchange with the sites, fold into ``ctx.fold``; return extra round metrics."""
         ...
 
@@ -102,7 +102,7 @@ class FitWorkflow(Protocol):
 class PlainFit:
     """The default fit phase: one FIT exchange, each valid reply folded as it arrives."""
 
-    def run_fit(self, coordinator: Coordinator, ctx: FitContext) -> Metrics:
+    def run_fit(self, coordinator: Coordinator, ctx: FitPhase) -> Metrics:
         """Send ``ctx.payloads`` as FIT instructions and fold the validated replies."""
         spec = spec_of(ctx.state.model)
         fold, failures = ctx.fold, ctx.failures
@@ -256,7 +256,7 @@ class Coordinator:
         failures: dict[SiteId, str] = {}
         site_fit: dict[SiteId, Metrics] = {}
         fold = self.strategy.new_fold(state, info)
-        ctx = FitContext(run_id, round_no, state, payloads, fold, failures, site_fit)
+        ctx = FitPhase(run_id, round_no, state, payloads, fold, failures, site_fit)
         extra_metrics = self.fit_workflow.run_fit(self, ctx)
         if fold.count < self.min_sites:
             detail = "; ".join(f"{s}: {e}" for s, e in sorted(failures.items()))

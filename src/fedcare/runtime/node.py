@@ -119,6 +119,7 @@ class SiteNode:
                 data=self.data,
                 load_model=self._model,
                 min_peers=self.policy.min_peers,
+                run_state=self._run_state,
             )
         return self._secagg
 

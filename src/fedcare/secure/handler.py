@@ -19,8 +19,8 @@ import numpy.typing as npt
 from fedcare.secure.errors import SecAggError
 from fedcare.secure.site import SecAggSite
 from fedcare.secure.stages import AdvertiseKeysIns, MaskedInputIns, ShareKeysIns, UnmaskIns, parse_instruction
-from fedcare.task import SiteData, Task
-from fedcare.types import Message, ModelState, SiteId
+from fedcare.task import FitContext, SiteData, Task
+from fedcare.types import Message, ModelState, RunId, SiteId
 
 __all__ = ["SecAggSiteHandler", "flat_delta", "flatten_state"]
 
@@ -80,6 +80,8 @@ class SecAggSiteHandler:
         Validates and returns the instruction's ``model`` record (the node's own check).
     min_peers : int (default: 1)
         Policy: the fewest sites this site's update may be summed with (itself included).
+    run_state : callable or None (default: None)
+        The node's per-run site memory, for tasks that accept a :class:`FitContext`.
     rng : numpy.random.Generator or None (default: None)
         Keys and noise; ``None`` = OS CSPRNG (a seeded generator is for tests only).
     """
@@ -92,6 +94,7 @@ class SecAggSiteHandler:
         data: SiteData,
         load_model: Callable[[Message], ModelState],
         min_peers: int = 1,
+        run_state: Callable[[RunId], dict[str, ModelState]] | None = None,
         rng: np.random.Generator | None = None,
     ) -> None:
         self.site_id = site_id
@@ -99,6 +102,7 @@ class SecAggSiteHandler:
         self.data = data
         self.load_model = load_model
         self.min_peers = min_peers
+        self.run_state = run_state
         self._rng = rng
         self._sessions: OrderedDict[tuple[str, int], SecAggSite] = OrderedDict()
         self._seen_ids: set[str] = set()
@@ -141,7 +145,16 @@ class SecAggSiteHandler:
             config = message.payload.config
             seed = config.get("seed")
             rng = np.random.default_rng(int(seed) if isinstance(seed, int) else None)
-            result = self.task.fit(model, self.data.train, config, rng)
+            inputs = {
+                k: dict(v) for k, v in message.payload.arrays.items() if k != "model" and not k.startswith("secagg")
+            }
+            if getattr(self.task, "accepts_context", False) and self.run_state is not None:
+                context = FitContext(inputs=inputs, state=self.run_state(message.run_id))
+                result = self.task.fit(model, self.data.train, config, rng, context=context)  # type: ignore[call-arg]
+            elif inputs:
+                raise SecAggError(f"task {self.task.name!r} cannot use instruction records {sorted(inputs)}")
+            else:
+                result = self.task.fit(model, self.data.train, config, rng)
             if result.extras:
                 raise SecAggError(
                     f"{self.site_id}: secure aggregation carries only the model, not {sorted(result.extras)}"

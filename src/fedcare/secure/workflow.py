@@ -28,7 +28,7 @@ from fedcare.secure.stages import MaskedInputIns, MaskedInputRes, Stage, parse_r
 from fedcare.types import MessageKind, Metrics, ModelState, SiteId
 
 if TYPE_CHECKING:
-    from fedcare.runtime.coordinator import Coordinator, FitContext
+    from fedcare.runtime.coordinator import Coordinator, FitPhase
 
 __all__ = ["SecAggPlusWorkflow"]
 
@@ -87,7 +87,7 @@ class SecAggPlusWorkflow:
 
     # -- the seam the Coordinator calls -----------------------------------------------------
 
-    def run_fit(self, coordinator: Coordinator, ctx: FitContext) -> Metrics:
+    def run_fit(self, coordinator: Coordinator, ctx: FitPhase) -> Metrics:
         """Run the four stages for ``ctx``'s sampled sites and fold the unmasked sum."""
         add_sum = getattr(ctx.fold, "add_sum", None)
         if add_sum is None:
