@@ -25,6 +25,7 @@ from fedcare.types import Message, ModelState, RunId, SiteId
 __all__ = ["SecAggSiteHandler", "flat_delta", "flatten_state"]
 
 _MAX_SESSIONS = 16
+_MAX_SEEN_IDS = 4096
 _local = threading.local()
 
 
@@ -105,7 +106,7 @@ class SecAggSiteHandler:
         self.run_state = run_state
         self._rng = rng
         self._sessions: OrderedDict[tuple[str, int], SecAggSite] = OrderedDict()
-        self._seen_ids: set[str] = set()
+        self._seen_ids: OrderedDict[str, None] = OrderedDict()  # recent instruction ids (replay guard)
 
     def handle(self, message: Message) -> Message:
         """Run one stage; a refusal or protocol error becomes an error reply."""
@@ -113,7 +114,9 @@ class SecAggSiteHandler:
         try:
             if message.message_id in self._seen_ids:
                 raise SecAggError(f"{self.site_id}: replayed instruction {message.message_id}")
-            self._seen_ids.add(message.message_id)
+            self._seen_ids[message.message_id] = None
+            while len(self._seen_ids) > _MAX_SEEN_IDS:
+                self._seen_ids.popitem(last=False)
             ins = parse_instruction(message.payload, where)
             key = (str(message.run_id), int(message.round_no))
             if isinstance(ins, AdvertiseKeysIns):
