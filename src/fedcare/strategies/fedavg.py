@@ -164,6 +164,7 @@ class WeightedMeanFold:
         """
         if total_weight <= 0 or count < 1:
             raise ValueError(f"add_sum needs a positive total weight and count, got {total_weight}, {count}")
+        self._flush()
         for name, ref in self._template.items():
             arr = sums.get(name)
             if arr is None or arr.shape != ref.shape:
@@ -171,7 +172,6 @@ class WeightedMeanFold:
             acc = self._acc.get(name)
             if acc is None:
                 self._acc[name] = np.array(arr, dtype=np.float64)
-                self._tmp[name] = np.empty(arr.shape, dtype=np.float64)
             else:
                 acc += arr
         for key, value in (metrics or {}).items():
