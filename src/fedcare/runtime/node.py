@@ -95,6 +95,8 @@ class SiteNode:
         try:
             if message.kind is MessageKind.FIT:
                 exposure = self.policy.exposure_refusal(secure=False)
+                if exposure is None and message.payload.config.get("dp.secure_aggregation") is True:
+                    exposure = "refused: the DP plan counts on secure aggregation but this is a plain fit"
                 if exposure is not None:
                     return message.reply(error=exposure)
                 return self._fit(message)
@@ -120,6 +122,7 @@ class SiteNode:
                 load_model=self._model,
                 min_peers=self.policy.min_peers,
                 run_state=self._run_state,
+                privacy=self.privacy,
             )
         return self._secagg
 

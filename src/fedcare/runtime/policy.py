@@ -59,6 +59,8 @@ class SitePolicy:
             raise ConfigError(f"SitePolicy.max_epsilon must be positive, got {self.max_epsilon}")
         if not 0.0 < self.delta < 1.0:
             raise ConfigError(f"SitePolicy.delta must be in (0, 1), got {self.delta}")
+        if isinstance(self.min_peers, bool) or not isinstance(self.min_peers, int) or self.min_peers < 1:
+            raise ConfigError(f"SitePolicy.min_peers must be an integer >= 1, got {self.min_peers!r}")
 
     def study_refusal(self, study: str) -> str | None:
         """Return why the site does not take part in ``study``, or ``None`` when it opts in."""
@@ -68,8 +70,6 @@ class SitePolicy:
 
     def exposure_refusal(self, *, secure: bool, peers: int | None = None) -> str | None:
         """Return why an update may not leave (plain, or summed with too few peers), or ``None``."""
-        if self.min_peers < 1:
-            return f"refused: SitePolicy.min_peers must be >= 1, got {self.min_peers}"
         if not secure and (self.require_secure_aggregation or self.min_peers > 1):
             return "refused: this site sends its update only under secure aggregation (it would be seen alone)"
         if peers is not None and peers < self.min_peers:

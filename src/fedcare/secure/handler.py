@@ -83,6 +83,10 @@ class SecAggSiteHandler:
         Policy: the fewest sites this site's update may be summed with (itself included).
     run_state : callable or None (default: None)
         The node's per-run site memory, for tasks that accept a :class:`FitContext`.
+    privacy : SitePrivacyGuard or None (default: None)
+        The node's privacy guard: admits the round's DP plan against the site's budget,
+        applies the site's side of DP (clip + its noise share in distributed mode) and
+        charges the site's ledger before the update is masked.
     rng : numpy.random.Generator or None (default: None)
         Keys and noise; ``None`` = OS CSPRNG (a seeded generator is for tests only).
     """
@@ -96,6 +100,7 @@ class SecAggSiteHandler:
         load_model: Callable[[Message], ModelState],
         min_peers: int = 1,
         run_state: Callable[[RunId], dict[str, ModelState]] | None = None,
+        privacy: Any = None,
         rng: np.random.Generator | None = None,
     ) -> None:
         self.site_id = site_id
@@ -104,6 +109,7 @@ class SecAggSiteHandler:
         self.load_model = load_model
         self.min_peers = min_peers
         self.run_state = run_state
+        self.privacy = privacy
         self._rng = rng
         self._sessions: OrderedDict[tuple[str, int], SecAggSite] = OrderedDict()
         self._seen_ids: OrderedDict[str, None] = OrderedDict()  # recent instruction ids (replay guard)
@@ -148,16 +154,31 @@ class SecAggSiteHandler:
             config = message.payload.config
             seed = config.get("seed")
             rng = np.random.default_rng(int(seed) if isinstance(seed, int) else None)
+            admission = self.privacy.admit(config, n_train=len(self.data.train)) if self.privacy else None
+            client_dp = admission is not None and admission.plan.client is not None
+            if client_dp and session.params.dp_noise_multiplier > 0:
+                raise SecAggError(f"{self.site_id}: two client-level DP mechanisms in one round (plan and SecAgg dp)")
+            task_config = admission.task_config if admission is not None else config
             inputs = {
                 k: dict(v) for k, v in message.payload.arrays.items() if k != "model" and not k.startswith("secagg")
             }
             if getattr(self.task, "accepts_context", False) and self.run_state is not None:
                 context = FitContext(inputs=inputs, state=self.run_state(message.run_id))
-                result = self.task.fit(model, self.data.train, config, rng, context=context)  # type: ignore[call-arg]
+                result = self.task.fit(model, self.data.train, task_config, rng, context=context)  # type: ignore[call-arg]
             elif inputs:
                 raise SecAggError(f"task {self.task.name!r} cannot use instruction records {sorted(inputs)}")
             else:
-                result = self.task.fit(model, self.data.train, config, rng)
+                result = self.task.fit(model, self.data.train, task_config, rng)
+            if admission is not None:  # clip + noise share (distributed DP), ledger charged, or refusal
+                result = self.privacy.release(
+                    admission,
+                    reference=model,
+                    result=result,
+                    run_id=message.run_id,
+                    round_no=message.round_no,
+                    seed=seed,
+                )
+            weight = 1 if client_dp else int(result.num_examples)  # DP sums give each site weight 1
             if result.extras:
                 raise SecAggError(
                     f"{self.site_id}: secure aggregation carries only the model, not {sorted(result.extras)}"
@@ -168,6 +189,6 @@ class SecAggSiteHandler:
         except Exception:
             session.fail()
             raise
-        reply = session.masked_input(delta, int(result.num_examples), noise_rng=self._rng, overwrite=True)
+        reply = session.masked_input(delta, weight, noise_rng=self._rng, overwrite=True)
         metrics = {**{k: float(v) for k, v in result.metrics.items()}, **reply.metrics}
         return type(reply)(session=reply.session, masked=reply.masked, metrics=metrics)

@@ -35,6 +35,12 @@ __all__ = ["SecAggPlusWorkflow"]
 log = logging.getLogger(__name__)
 
 
+def _plan_min_sites(ctx: FitPhase) -> int:
+    """The fewest noise shares a distributed-DP plan allows in a sum (``dp.min_sites``; 1 without a plan)."""
+    values = [p.config.get("dp.min_sites", 1) for p in ctx.payloads.values()]
+    return max((int(v) for v in values if isinstance(v, int) and not isinstance(v, bool)), default=1)
+
+
 @dataclass
 class SecAggPlusWorkflow:
     """Secure aggregation of the fit phase (the server learns only the sum).
@@ -113,7 +119,7 @@ class SecAggPlusWorkflow:
                 degree=degree,
                 threshold=threshold,
                 max_site_weight=max_weight,
-                min_survivors=max(coordinator.min_sites, threshold),
+                min_survivors=max(coordinator.min_sites, threshold, _plan_min_sites(ctx)),
                 dp_clip_norm=self.dp.clip_norm if self.dp else 0.0,
                 dp_noise_multiplier=self.dp.noise_multiplier if self.dp else 0.0,
                 rng=rng,
