@@ -47,6 +47,8 @@ class MessageKind(enum.Enum):
     FIT = "fit"
     EVALUATE = "evaluate"
     QUERY = "query"
+    #: One SecAgg+ stage; the stage is named in the config (``secagg.stage``).
+    SECAGG = "secagg"
 
 
 @dataclass(frozen=True)

@@ -94,8 +94,11 @@ def test_distributed_share_without_secure_aggregation_is_accounted_at_the_sites_
     (entry,) = ledger.entries()
     assert entry.cost.noise_multiplier == pytest.approx(2.0)  # z / sqrt(4): the server sees this update alone
     with_secagg = PrivacyPlan(client=ClientDP(**{**plan.__dict__, "secure_aggregation": True})).to_config()
-    _fit(node, task, with_secagg, round_no=2)
-    assert ledger.entries()[-1].cost.noise_multiplier == pytest.approx(4.0)
+    # a plan that counts on secure aggregation is refused as a plain fit (the update would be seen alone);
+    # under SecAgg+ the site accounts the full z: tests/secure/test_privacy_integration.py
+    refused = _fit(node, task, with_secagg, round_no=2)
+    assert refused.error.startswith("refused: the DP plan counts on secure aggregation")
+    assert len(ledger.entries()) == 1
 
 
 def test_malformed_plan_is_an_error_reply_naming_the_key():

@@ -167,6 +167,20 @@ class _ClippedFold:
         metrics = {k: v for k, v in result.metrics.items() if not k.startswith("dp.")}
         self.inner.add(site, FitResult(state=state, num_examples=1, metrics=metrics, extras=result.extras))
 
+    def add_sum(self, sums: ModelState, total_weight: float, *, count: int, metrics: Metrics | None = None) -> None:
+        """Fold a secure-aggregation sum (distributed mode: the sites clipped, noised and weighted 1).
+
+        Central mode clips each update here, which a sum does not allow: it is refused.
+        """
+        if self.clip:
+            raise ConfigError(
+                "central client-level DP clips each update at the server; under secure aggregation use "
+                "ClientDPMode.DISTRIBUTED (the sites clip and add their noise shares)"
+            )
+        if total_weight != count:
+            raise ConfigError(f"distributed DP folds each site with weight 1: total weight {total_weight} != {count}")
+        self.inner.add_sum(sums, total_weight, count=count, metrics=metrics)
+
 
 class _NoisyMeanFold:
     """Proxy for a weighted-mean fold whose ``mean()`` gets Gaussian noise added."""

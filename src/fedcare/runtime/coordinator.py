@@ -13,13 +13,14 @@ import time
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
 from fedcare.errors import ConfigError, NotEnoughSitesError, SerdeError
 from fedcare.runtime.recorder import NullRecorder, Recorder, RoundReport, RunSpec
 from fedcare.serde import StateSpec, check_state, spec_of
-from fedcare.strategies.base import ServerState, Strategy
+from fedcare.strategies.base import Fold, ServerState, Strategy
 from fedcare.types import (
     ConfigValue,
     FitResult,
@@ -33,7 +34,7 @@ from fedcare.types import (
     SiteId,
 )
 
-__all__ = ["Coordinator", "RunResult", "site_seed"]
+__all__ = ["Coordinator", "FitPhase", "FitWorkflow", "PlainFit", "RunResult", "site_seed"]
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,46 @@ def _fit_result(reply: Message, spec: StateSpec) -> FitResult:
     return FitResult(state=model, num_examples=int(num_examples), metrics=metrics, extras=extras)
 
 
+@dataclass
+class FitPhase:
+    """One round's fit phase: what a :class:`FitWorkflow` reads and fills in."""
+
+    run_id: RunId
+    round_no: int
+    state: ServerState
+    payloads: Mapping[SiteId, Payload]
+    fold: Fold
+    failures: dict[SiteId, str]
+    site_fit: dict[SiteId, Metrics]
+
+
+class FitWorkflow(Protocol):
+    """How the fit phase of a round runs (plain exchange, or SecAgg+'s four stages)."""
+
+    def run_fit(self, coordinator: Coordinator, ctx: FitPhase) -> Metrics:
+        """Exchange with the sites, fold into ``ctx.fold``; return extra round metrics."""
+        ...
+
+
+class PlainFit:
+    """The default fit phase: one FIT exchange, each valid reply folded as it arrives."""
+
+    def run_fit(self, coordinator: Coordinator, ctx: FitPhase) -> Metrics:
+        """Send ``ctx.payloads`` as FIT instructions and fold the validated replies."""
+        spec = spec_of(ctx.state.model)
+        fold, failures = ctx.fold, ctx.failures
+        for reply in coordinator.exchange(MessageKind.FIT, ctx.run_id, ctx.round_no, ctx.payloads, failures):
+            try:
+                fit = _fit_result(reply, spec)
+                fold.add(reply.site, fit)
+            except (SerdeError, ValueError) as exc:
+                failures[reply.site] = str(exc)
+                log.warning("round %d: rejected update from %s: %s", ctx.round_no, reply.site, exc)
+                continue
+            ctx.site_fit[reply.site] = {"num_examples": float(fit.num_examples), **fit.metrics}
+        return {}
+
+
 class Coordinator:
     """Run federated rounds.
 
@@ -104,6 +145,9 @@ class Coordinator:
         Where rounds are recorded (the Store); ``None`` records nothing.
     on_round : callable or None (default: None)
         Called with each :class:`RoundReport` (progress display).
+    fit_workflow : FitWorkflow or None (default: None)
+        How the fit phase runs; ``None`` is :class:`PlainFit` (e.g. pass
+        ``fedcare.secure.SecAggPlusWorkflow()`` for secure aggregation).
     """
 
     def __init__(
@@ -121,6 +165,7 @@ class Coordinator:
         evaluate: bool = True,
         recorder: Recorder | None = None,
         on_round: Callable[[RoundReport], None] | None = None,
+        fit_workflow: FitWorkflow | None = None,
     ) -> None:
         if rounds < 1:
             raise ConfigError(f"rounds must be at least 1, got {rounds}")
@@ -142,6 +187,7 @@ class Coordinator:
         self.evaluate = evaluate
         self.recorder: Recorder = recorder or NullRecorder()
         self.on_round = on_round
+        self.fit_workflow: FitWorkflow = fit_workflow or PlainFit()
 
     # -- public ---------------------------------------------------------------------
 
@@ -209,17 +255,9 @@ class Coordinator:
         sampled = sorted(payloads)
         failures: dict[SiteId, str] = {}
         site_fit: dict[SiteId, Metrics] = {}
-        spec = spec_of(state.model)
         fold = self.strategy.new_fold(state, info)
-        for reply in self._exchange(MessageKind.FIT, run_id, round_no, payloads, failures):
-            try:
-                fit = _fit_result(reply, spec)
-                fold.add(reply.site, fit)
-            except (SerdeError, ValueError) as exc:
-                failures[reply.site] = str(exc)
-                log.warning("round %d: rejected update from %s: %s", round_no, reply.site, exc)
-                continue
-            site_fit[reply.site] = {"num_examples": float(fit.num_examples), **fit.metrics}
+        ctx = FitPhase(run_id, round_no, state, payloads, fold, failures, site_fit)
+        extra_metrics = self.fit_workflow.run_fit(self, ctx)
         if fold.count < self.min_sites:
             detail = "; ".join(f"{s}: {e}" for s, e in sorted(failures.items()))
             raise NotEnoughSitesError(
@@ -227,6 +265,7 @@ class Coordinator:
                 f"{self.min_sites} required" + (f" ({detail})" if detail else "")
             )
         new_state, fit_metrics = self.strategy.finish_round(state, fold)
+        fit_metrics.update(extra_metrics)
         site_eval: dict[SiteId, Metrics] = {}
         if self.evaluate:
             site_eval = self._evaluate(run_id, round_no, new_state, failures)
@@ -249,7 +288,7 @@ class Coordinator:
         payload = Payload(arrays={"model": state.model})
         out: dict[SiteId, Metrics] = {}
         eval_failures: dict[SiteId, str] = {}
-        for reply in self._exchange(
+        for reply in self.exchange(
             MessageKind.EVALUATE, run_id, round_no, dict.fromkeys(sites, payload), eval_failures
         ):
             try:
@@ -260,7 +299,7 @@ class Coordinator:
             failures.setdefault(site, f"evaluate: {error}")
         return out
 
-    def _exchange(
+    def exchange(
         self,
         kind: MessageKind,
         run_id: RunId,
@@ -308,6 +347,8 @@ class Coordinator:
                 return
         for sent in pending.values():
             failures[sent.site] = f"no {kind.value} reply within {self.round_timeout_s:g} s"
+
+    _exchange = exchange  # the name used before the fit phase became a workflow
 
 
 def _weighted_mean(site_metrics: Mapping[SiteId, Metrics]) -> Metrics:

@@ -19,6 +19,7 @@ from fedcare.personal.site import model_for, personal_fit, shared_part
 from fedcare.privacy.guard import SitePrivacyGuard
 from fedcare.privacy.ledger import PrivacyLedger
 from fedcare.runtime.policy import SitePolicy
+from fedcare.secure.handler import SecAggSiteHandler
 from fedcare.serde import check_state, spec_of
 from fedcare.task import FitContext, SiteData, Task, task_hash
 from fedcare.types import Message, MessageKind, ModelState, Payload, RunId, SiteId
@@ -79,6 +80,7 @@ class SiteNode:
             allow_seeded_noise=self.policy.allow_seeded_noise,
             ledger=ledger,
         )
+        self._secagg: SecAggSiteHandler | None = None
 
     def handle(self, message: Message) -> Message:
         """Check the instruction against policy, run it, and build the reply."""
@@ -92,7 +94,14 @@ class SiteNode:
             return message.reply(error=refusal)
         try:
             if message.kind is MessageKind.FIT:
+                exposure = self.policy.exposure_refusal(secure=False)
+                if exposure is None and message.payload.config.get("dp.secure_aggregation") is True:
+                    exposure = "refused: the DP plan counts on secure aggregation but this is a plain fit"
+                if exposure is not None:
+                    return message.reply(error=exposure)
                 return self._fit(message)
+            if message.kind is MessageKind.SECAGG:
+                return self._secagg_handler().handle(message)
             if message.kind is MessageKind.EVALUATE:
                 return self._evaluate(message)
             if message.kind is MessageKind.QUERY:
@@ -103,6 +112,19 @@ class SiteNode:
             return message.reply(error=str(exc))
         except FedcareError as exc:
             return message.reply(error=f"{type(exc).__name__}: {exc}")
+
+    def _secagg_handler(self) -> SecAggSiteHandler:
+        if self._secagg is None:
+            self._secagg = SecAggSiteHandler(
+                site_id=self.site_id,
+                task=self.task,
+                data=self.data,
+                load_model=self._model,
+                min_peers=self.policy.min_peers,
+                run_state=self._run_state,
+                privacy=self.privacy,
+            )
+        return self._secagg
 
     def _model(self, message: Message) -> dict[str, np.ndarray]:
         model = message.payload.arrays.get("model")

@@ -37,6 +37,11 @@ class SitePolicy:
         Accept client-level DP whose noise the server adds (central mode).
     allow_seeded_noise : bool (default: False)
         Accept DP noise drawn from the coordinator's round seed (tests and demos).
+    require_secure_aggregation : bool (default: False)
+        Send updates only masked (SecAgg+); a plain fit instruction is refused.
+    min_peers : int (default: 1)
+        The fewest sites (this one included) the site's update may be summed with.
+        Above 1 the update must also be masked: a plain update is seen alone.
     """
 
     approved_task_hashes: frozenset[str] | None = field(default=None)
@@ -45,6 +50,8 @@ class SitePolicy:
     delta: float = 1e-5
     trust_central_noise: bool = False
     allow_seeded_noise: bool = False
+    require_secure_aggregation: bool = False
+    min_peers: int = 1
 
     def __post_init__(self) -> None:
         """Validate the privacy budget (a bad cap must fail loudly, not open the door)."""
@@ -52,12 +59,22 @@ class SitePolicy:
             raise ConfigError(f"SitePolicy.max_epsilon must be positive, got {self.max_epsilon}")
         if not 0.0 < self.delta < 1.0:
             raise ConfigError(f"SitePolicy.delta must be in (0, 1), got {self.delta}")
+        if isinstance(self.min_peers, bool) or not isinstance(self.min_peers, int) or self.min_peers < 1:
+            raise ConfigError(f"SitePolicy.min_peers must be an integer >= 1, got {self.min_peers!r}")
 
     def study_refusal(self, study: str) -> str | None:
         """Return why the site does not take part in ``study``, or ``None`` when it opts in."""
         if self.studies is None or study in self.studies:
             return None
         return f"refused: study {study!r} is not in this site's opt-in list {sorted(self.studies)}"
+
+    def exposure_refusal(self, *, secure: bool, peers: int | None = None) -> str | None:
+        """Return why an update may not leave (plain, or summed with too few peers), or ``None``."""
+        if not secure and (self.require_secure_aggregation or self.min_peers > 1):
+            return "refused: this site sends its update only under secure aggregation (it would be seen alone)"
+        if peers is not None and peers < self.min_peers:
+            return f"refused: {peers} site(s) in the aggregate, this site requires at least {self.min_peers}"
+        return None
 
     def refusal(self, config: Mapping[str, ConfigValue], *, installed_hash: str) -> str | None:
         """Return why ``config`` is refused, or ``None`` when it is allowed."""

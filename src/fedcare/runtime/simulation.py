@@ -12,7 +12,7 @@ import numpy as np
 
 from fedcare.personal.site import shared_part
 from fedcare.privacy.ledger import PrivacyLedger
-from fedcare.runtime.coordinator import Coordinator, RunResult
+from fedcare.runtime.coordinator import Coordinator, FitWorkflow, RunResult
 from fedcare.runtime.node import SiteNode
 from fedcare.runtime.policy import SitePolicy
 from fedcare.runtime.recorder import Recorder, RoundReport, RunSpec
@@ -60,6 +60,7 @@ def run_simulation(
     experiment: str = "",
     ledgers: Mapping[SiteId, PrivacyLedger] | None = None,
     nodes: Mapping[SiteId, SiteNode] | None = None,
+    fit_workflow: FitWorkflow | None = None,
 ) -> RunResult:
     """Run ``rounds`` of ``strategy`` over in-process sites; return the final state.
 
@@ -81,6 +82,7 @@ def run_simulation(
         round_timeout_s=round_timeout_s,
         recorder=recorder,
         on_round=on_round,
+        fit_workflow=fit_workflow,
     )
     spec = RunSpec(
         run_id=run_id,

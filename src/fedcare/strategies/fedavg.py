@@ -157,6 +157,28 @@ class WeightedMeanFold:
             for future in futures:
                 future.result()
 
+    def add_sum(self, sums: ModelState, total_weight: float, *, count: int, metrics: Metrics | None = None) -> None:
+        """Add a pre-summed aggregate ``sum_k w_k * state_k`` of ``count`` sites (secure aggregation).
+
+        ``metrics`` are already averaged over those sites; they enter with weight ``total_weight``.
+        """
+        if total_weight <= 0 or count < 1:
+            raise ValueError(f"add_sum needs a positive total weight and count, got {total_weight}, {count}")
+        self._flush()
+        for name, ref in self._template.items():
+            arr = sums.get(name)
+            if arr is None or arr.shape != ref.shape:
+                raise ValueError(f"add_sum: entry {name!r} is missing or has the wrong shape")
+            acc = self._acc.get(name)
+            if acc is None:
+                self._acc[name] = np.array(arr, dtype=np.float64)
+            else:
+                acc += arr
+        for key, value in (metrics or {}).items():
+            self._metric_sums[key] = self._metric_sums.get(key, 0.0) + total_weight * value
+        self._total += total_weight
+        self._count += count
+
     def mean(self) -> ModelState:
         """Return the weighted mean, cast back to each entry's template dtype."""
         if self._count == 0:
