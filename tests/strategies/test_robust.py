@@ -107,8 +107,12 @@ def test_robust_rules_keep_zero_dim_entries_as_arrays(name, params):
     info = RoundInfo(run_id=RunId("r"), round_no=1, total_rounds=1)
     fold = strategy.new_fold(state, info)
     for k in range(5):
-        fold.add(SiteId(f"s{k}"), FitResult(state={"w": np.full(3, k, np.float32),
-                                                   "count": np.array(10 + k, dtype=np.int64)}, num_examples=1))
+        fold.add(
+            SiteId(f"s{k}"),
+            FitResult(
+                state={"w": np.full(3, k, np.float32), "count": np.array(10 + k, dtype=np.int64)}, num_examples=1
+            ),
+        )
     new_state, _ = strategy.finish_round(state, fold)
     assert isinstance(new_state.model["count"], np.ndarray) and new_state.model["count"].shape == ()
     assert new_state.model["count"].dtype == np.int64
