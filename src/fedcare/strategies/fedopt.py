@@ -21,16 +21,16 @@ The fold streams (O(model) memory).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import ClassVar
 
 import numpy as np
 
 from fedcare.errors import ConfigError
-from fedcare.strategies.base import ServerState, broadcast
+from fedcare.strategies.base import ServerState
 from fedcare.strategies.fedavg import FedAvg, WeightedMeanFold
 from fedcare.strategies.registry import register_strategy
-from fedcare.types import ConfigValue, Metrics, ModelState, Payload, RoundInfo, SiteId
+from fedcare.types import ConfigValue, Metrics, ModelState
 
 __all__ = ["FedAdagrad", "FedAdam", "FedOpt", "FedYogi"]
 
@@ -55,7 +55,7 @@ def _is_float(arr: np.ndarray) -> bool:
     return bool(np.issubdtype(arr.dtype, np.floating))
 
 
-class FedOpt:
+class FedOpt(FedAvg):
     """Base of the adaptive server optimisers; subclasses define :meth:`second_moment`.
 
     Parameters
@@ -83,8 +83,7 @@ class FedOpt:
         tau: float = 1e-8,
         fit_config: Mapping[str, ConfigValue] | None = None,
     ) -> None:
-        self._avg = FedAvg(fit_config=fit_config)
-        self.fit_config = self._avg.fit_config
+        super().__init__(fit_config=fit_config)
         self.server_lr = _number("server_lr", server_lr, low=0.0)
         self.beta1 = _number("beta1", beta1, low=0.0, high=1.0, closed_low=True)
         self.beta2 = _number("beta2", beta2, low=0.0, high=1.0, closed_low=True)
@@ -99,20 +98,6 @@ class FedOpt:
         m = {k: np.zeros(a.shape, np.float64) for k, a in model.items() if _is_float(a)}
         v = {k: np.full(a.shape, self.tau**2, np.float64) for k, a in model.items() if _is_float(a)}
         return ServerState(model=model, extras={M_RECORD: m, V_RECORD: v})
-
-    def configure_fit(
-        self,
-        state: ServerState,
-        rnd: RoundInfo,
-        sites: Sequence[SiteId],
-        rng: np.random.Generator,
-    ) -> Mapping[SiteId, Payload]:
-        """Send the global model and the fit config to every sampled site."""
-        return broadcast(state, sites, self.fit_config)
-
-    def new_fold(self, state: ServerState, rnd: RoundInfo) -> WeightedMeanFold:
-        """Stream the sites' models into a weighted mean."""
-        return WeightedMeanFold(state.model)
 
     def finish_round(
         self,

@@ -24,16 +24,16 @@ before aggregation, so the result does not depend on arrival order.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import ClassVar
 
 import numpy as np
 
 from fedcare.errors import ConfigError, NotEnoughSitesError
-from fedcare.strategies.base import ServerState, broadcast
+from fedcare.strategies.base import ServerState
 from fedcare.strategies.fedavg import FedAvg
 from fedcare.strategies.registry import register_strategy
-from fedcare.types import ConfigValue, FitResult, Metrics, ModelState, Payload, RoundInfo, SiteId
+from fedcare.types import ConfigValue, FitResult, Metrics, ModelState, RoundInfo, SiteId
 
 __all__ = [
     "BufferFold",
@@ -152,30 +152,15 @@ class BufferFold:
         return out
 
 
-class _Robust:
+class _Robust(FedAvg):
     """Shared plumbing: broadcast, buffer, aggregate with :meth:`aggregate`."""
 
     name: ClassVar[str] = "robust"
 
     def __init__(self, *, fit_config: Mapping[str, ConfigValue] | None = None) -> None:
-        self._avg = FedAvg(fit_config=fit_config)
-        self.fit_config = self._avg.fit_config
+        super().__init__(fit_config=fit_config)
 
-    def init(self, model: ModelState) -> ServerState:
-        """Start from ``model``; no extra state."""
-        return ServerState(model=model)
-
-    def configure_fit(
-        self,
-        state: ServerState,
-        rnd: RoundInfo,
-        sites: Sequence[SiteId],
-        rng: np.random.Generator,
-    ) -> Mapping[SiteId, Payload]:
-        """Send the global model and the fit config to every sampled site."""
-        return broadcast(state, sites, self.fit_config)
-
-    def new_fold(self, state: ServerState, rnd: RoundInfo) -> BufferFold:
+    def new_fold(self, state: ServerState, rnd: RoundInfo) -> BufferFold:  # type: ignore[override]
         """Open a buffering fold (robust statistics need every update)."""
         return BufferFold(state.model)
 
