@@ -32,7 +32,15 @@ from lifelines.utils import concordance_index
 
 from fedcare.errors import ConfigError, DataError
 from fedcare.task import ArrayDataset, FitContext
-from fedcare.tasks.torch_common import LocalCorrections, batches, load_state, make_optimizer, module_state, read_int
+from fedcare.tasks.torch_common import (
+    LocalCorrections,
+    batches,
+    linear_init,
+    load_state,
+    make_optimizer,
+    module_state,
+    read_int,
+)
 from fedcare.types import ConfigValue, EvalResult, FitResult, Metrics, ModelState
 
 __all__ = ["CoxTask", "cox_partial_likelihood_loss", "survival_metrics"]
@@ -103,11 +111,7 @@ class CoxTask:
 
     def init_model(self, rng: np.random.Generator) -> ModelState:
         """Uniform(-1/sqrt(d), 1/sqrt(d)) weights and bias, as torch's default, seeded."""
-        bound = 1.0 / math.sqrt(self.n_features)
-        return {
-            "weight": rng.uniform(-bound, bound, (1, self.n_features)).astype(np.float32),
-            "bias": rng.uniform(-bound, bound, (1,)).astype(np.float32),
-        }
+        return linear_init(self.n_features, rng)
 
     def fit(
         self,

@@ -27,6 +27,7 @@ from fedcare.tasks.torch_common import (
     batches,
     dp_requested,
     fit_dpsgd,
+    linear_init,
     load_state,
     make_optimizer,
     module_state,
@@ -81,11 +82,7 @@ class LogisticRegressionTask:
 
     def init_model(self, rng: np.random.Generator) -> ModelState:
         """Uniform(-1/sqrt(d), 1/sqrt(d)) weights and bias, as torch's default, seeded."""
-        bound = 1.0 / math.sqrt(self.n_features)
-        return {
-            "weight": rng.uniform(-bound, bound, (1, self.n_features)).astype(np.float32),
-            "bias": rng.uniform(-bound, bound, (1,)).astype(np.float32),
-        }
+        return linear_init(self.n_features, rng)
 
     def fit(
         self,

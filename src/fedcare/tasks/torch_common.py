@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
@@ -17,6 +18,7 @@ __all__ = [
     "batches",
     "dp_requested",
     "fit_dpsgd",
+    "linear_init",
     "load_state",
     "make_optimizer",
     "module_state",
@@ -231,4 +233,13 @@ def fit_dpsgd(
         "dp.steps": float(result.steps),
         "dp.noise_multiplier": sigma,
         "dp.empty_batches": float(result.empty_batches),
+    }
+
+
+def linear_init(n_features: int, rng: np.random.Generator) -> ModelState:
+    """Seeded Uniform(-1/sqrt(d), 1/sqrt(d)) weight (1, d) and bias (1,), as torch's Linear default."""
+    bound = 1.0 / math.sqrt(n_features)
+    return {
+        "weight": rng.uniform(-bound, bound, (1, n_features)).astype(np.float32),
+        "bias": rng.uniform(-bound, bound, (1,)).astype(np.float32),
     }
