@@ -40,7 +40,14 @@ import torch.nn.functional as F  # noqa: N812
 from fedcare.errors import ConfigError, DataError
 from fedcare.task import ArrayDataset, FitContext
 from fedcare.tasks.logreg import binary_metrics
-from fedcare.tasks.torch_common import LocalCorrections, batches, load_state, make_optimizer, module_state, read_int
+from fedcare.tasks.torch_common import (
+    LocalCorrections,
+    load_state,
+    make_optimizer,
+    module_state,
+    read_int,
+    train_steps,
+)
 from fedcare.types import ConfigValue, EvalResult, FitResult, ModelState
 
 __all__ = ["CnnTask", "SmallCnn"]
@@ -263,29 +270,27 @@ class CnnTask:
             positive = float(y.mean())
             if 0.0 < positive < 1.0:
                 weights = torch.tensor([0.5 / (1.0 - positive), 0.5 / positive])
-        total, seen, done = 0.0, 0, 0
-        while done < target_steps:
-            for idx in batches(len(data), batch_size, rng):
-                index = torch.from_numpy(idx)
-                xb, yb = x[index], y[index]
-                if augment:
-                    xb = _random_affine(xb, generator)
-                loss = F.binary_cross_entropy_with_logits(module(xb, generator), yb, weight=weights[yb.long()])
-                optimizer.zero_grad()
-                (loss + corrections.penalty()).backward()
-                corrections.correct_gradients()
-                optimizer.step()
-                if scheduler is not None:
-                    scheduler.step()
-                total += float(loss.detach()) * len(idx)
-                seen += len(idx)
-                done += 1
-                if done >= target_steps:
-                    break
+
+        def batch_loss(index: torch.Tensor) -> torch.Tensor:
+            xb, yb = x[index], y[index]
+            if augment:
+                xb = _random_affine(xb, generator)
+            return F.binary_cross_entropy_with_logits(module(xb, generator), yb, weight=weights[yb.long()])
+
+        mean_loss, done = train_steps(
+            n=len(data),
+            batch_size=batch_size,
+            target_steps=target_steps,
+            rng=rng,
+            optimizer=optimizer,
+            corrections=corrections,
+            batch_loss=batch_loss,
+            after_step=scheduler.step if scheduler else None,
+        )
         return FitResult(
             state=module_state(module),
             num_examples=len(data),
-            metrics={"train_loss": total / seen},
+            metrics={"train_loss": mean_loss},
             extras=corrections.finish(steps=done),
         )
 

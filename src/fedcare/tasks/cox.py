@@ -34,12 +34,12 @@ from fedcare.errors import ConfigError, DataError
 from fedcare.task import ArrayDataset, FitContext
 from fedcare.tasks.torch_common import (
     LocalCorrections,
-    batches,
     linear_init,
     load_state,
     make_optimizer,
     module_state,
     read_int,
+    train_steps,
 )
 from fedcare.types import ConfigValue, EvalResult, FitResult, Metrics, ModelState
 
@@ -137,27 +137,20 @@ class CoxTask:
         x = torch.from_numpy(np.ascontiguousarray(data.x, dtype=np.float32))
         time = torch.from_numpy(np.ascontiguousarray(data.y[:, 0], dtype=np.float32))
         event = torch.from_numpy(np.ascontiguousarray(data.y[:, 1], dtype=np.float32))
-        total, seen, done = 0.0, 0, 0
         target_steps = steps if steps > 0 else epochs * math.ceil(len(data) / batch_size)
-        while done < target_steps:
-            for idx in batches(len(data), batch_size, rng):
-                index = torch.from_numpy(idx)
-                optimizer.zero_grad()
-                loss = cox_partial_likelihood_loss(module(x[index]), time[index], event[index])
-                objective = loss + corrections.penalty()
-                if objective.requires_grad:
-                    objective.backward()
-                    corrections.correct_gradients()
-                    optimizer.step()
-                total += float(loss.detach()) * len(idx)
-                seen += len(idx)
-                done += 1
-                if done >= target_steps:
-                    break
+        mean_loss, done = train_steps(
+            n=len(data),
+            batch_size=batch_size,
+            target_steps=target_steps,
+            rng=rng,
+            optimizer=optimizer,
+            corrections=corrections,
+            batch_loss=lambda index: cox_partial_likelihood_loss(module(x[index]), time[index], event[index]),
+        )
         return FitResult(
             state=module_state(module),
             num_examples=len(data),
-            metrics={"train_loss": total / seen},
+            metrics={"train_loss": mean_loss},
             extras=corrections.finish(steps=done),
         )
 

@@ -24,7 +24,6 @@ from fedcare.errors import ConfigError
 from fedcare.task import ArrayDataset, FitContext
 from fedcare.tasks.torch_common import (
     LocalCorrections,
-    batches,
     dp_requested,
     fit_dpsgd,
     linear_init,
@@ -32,6 +31,7 @@ from fedcare.tasks.torch_common import (
     make_optimizer,
     module_state,
     read_int,
+    train_steps,
 )
 from fedcare.types import ConfigValue, EvalResult, FitResult, Metrics, ModelState
 
@@ -113,26 +113,20 @@ class LogisticRegressionTask:
         x = torch.from_numpy(np.ascontiguousarray(data.x, dtype=np.float32))
         y = torch.from_numpy(np.ascontiguousarray(data.y, dtype=np.float32)).reshape(-1, 1)
         loss_fn = torch.nn.BCEWithLogitsLoss()
-        total, seen, done = 0.0, 0, 0
         target_steps = steps if steps > 0 else epochs * math.ceil(len(data) / batch_size)
-        while done < target_steps:
-            for idx in batches(len(data), batch_size, rng):
-                index = torch.from_numpy(idx)
-                optimizer.zero_grad()
-                loss = loss_fn(module(x[index]), y[index])
-                objective = loss + corrections.penalty()
-                objective.backward()
-                corrections.correct_gradients()
-                optimizer.step()
-                total += float(loss.detach()) * len(idx)
-                seen += len(idx)
-                done += 1
-                if done >= target_steps:
-                    break
+        mean_loss, done = train_steps(
+            n=len(data),
+            batch_size=batch_size,
+            target_steps=target_steps,
+            rng=rng,
+            optimizer=optimizer,
+            corrections=corrections,
+            batch_loss=lambda index: loss_fn(module(x[index]), y[index]),
+        )
         return FitResult(
             state=module_state(module),
             num_examples=len(data),
-            metrics={"train_loss": total / max(seen, 1)},
+            metrics={"train_loss": mean_loss},
             extras=corrections.finish(steps=done),
         )
 

@@ -24,6 +24,7 @@ __all__ = [
     "module_state",
     "read_float",
     "read_int",
+    "train_steps",
 ]
 
 
@@ -243,3 +244,41 @@ def linear_init(n_features: int, rng: np.random.Generator) -> ModelState:
         "weight": rng.uniform(-bound, bound, (1, n_features)).astype(np.float32),
         "bias": rng.uniform(-bound, bound, (1,)).astype(np.float32),
     }
+
+
+def train_steps(
+    *,
+    n: int,
+    batch_size: int,
+    target_steps: int,
+    rng: np.random.Generator,
+    optimizer: torch.optim.Optimizer,
+    corrections: LocalCorrections,
+    batch_loss: Callable[[torch.Tensor], torch.Tensor],
+    after_step: Callable[[], None] | None = None,
+) -> tuple[float, int]:
+    """Run ``target_steps`` minibatch steps over seeded epochs; return (mean loss, steps).
+
+    ``batch_loss`` maps a tensor of row indices to the batch's loss. The FedProx penalty
+    and SCAFFOLD correction of ``corrections`` are applied at every step. A loss that does
+    not depend on the parameters (e.g. a Cox batch without events) is counted but skips
+    the update.
+    """
+    total, seen, done = 0.0, 0, 0
+    while done < target_steps:
+        for idx in batches(n, batch_size, rng):
+            optimizer.zero_grad()
+            loss = batch_loss(torch.from_numpy(idx))
+            objective = loss + corrections.penalty()
+            if objective.requires_grad:
+                objective.backward()
+                corrections.correct_gradients()
+                optimizer.step()
+                if after_step is not None:
+                    after_step()
+            total += float(loss.detach()) * len(idx)
+            seen += len(idx)
+            done += 1
+            if done >= target_steps:
+                break
+    return total / max(seen, 1), done
