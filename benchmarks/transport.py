@@ -1,8 +1,10 @@
 """Transport benchmark: gRPC + mutual TLS on loopback vs in process.
 
-1. Throughput: one site (a separate process) echoes a model of 10 MB, 100 MB, 1 GB back
-   to the server: MB/s = 2 x size / round-trip (download + upload, including safetensors
-   encode/decode, sha256 for the audit trail on both sides, validation).
+1. Throughput, each direction, for models of 10 MB, 100 MB, 1 GB and one site in another
+   process: download = server encodes, hashes (BLAKE3, audit trail) and streams the model,
+   the site assembles and validates it; upload = the same from the site to the server.
+   Beside it, in the same run: bare grpcio streaming 4 MiB messages one way with the
+   same TLS credentials (no protocol, no validation).
 2. Server memory while 10 sites (threads of one separate process) each upload a full
    model of ``--rss-mb`` MB: peak RSS increase of the server process above its RSS
    before the uploads, as a multiple of the model size; the server folds each reply
@@ -58,15 +60,21 @@ def tls(root: Path, name: str) -> TlsFiles:
 
 
 def shift_reply(k: int):
-    """Site k returns x + 1e-3 (k+1) with num_examples = k+1 (workload 1)."""
+    """Site k returns x + 1e-3 (k+1) with num_examples = k+1 (workload 1).
+
+    With ``reply_floats`` in the config it instead uploads a model of that many floats,
+    whatever it received (built once per size, outside the timed exchanges).
+    """
+    replies: dict[int, np.ndarray] = {}
 
     def handle(message: Message) -> Message:
         w = message.payload.arrays["model"]["w"]
         size = message.payload.config.get("reply_floats")
         if isinstance(size, int):
-            out = np.full(size, np.float32(k + 1))  # an upload of a given size, whatever was received
-        elif message.payload.config.get("echo"):
-            out = w
+            if size not in replies:
+                replies.clear()
+                replies[size] = np.linspace(-1, 1, size, dtype=np.float32)
+            out = replies[size]
         else:
             out = w + np.float32(1e-3 * (k + 1))
         return message.reply(Payload(arrays={"model": {"w": out}}, metrics={"num_examples": float(k + 1)}))
@@ -126,32 +134,48 @@ def exchange(ch: GrpcChannel, state: dict[str, np.ndarray], sites: list[SiteId],
 
 
 def throughput(root: Path, sizes_mb: list[int], repeats: int) -> dict[str, dict[str, float]]:
+    """One-way transfer times of a model, each direction, one site in another process.
+
+    download: the server encodes, hashes and streams the model; the site assembles and
+    validates it and answers with a 4-byte reply. upload: a 4-byte instruction; the site
+    encodes, hashes and streams its model, the server assembles and validates it. Each
+    time is the whole exchange, so it includes one small message's round trip.
+    """
     ch = channel(root, 1)
     proc = spawn_sites(ch.port, root, 1)
     results: dict[str, dict[str, float]] = {}
+    tiny = {"w": np.zeros(1, dtype=np.float32)}
     try:
         ch.wait_for_sites(1, timeout_s=120)
+        site = [SiteId("site-00")]
         for size in sizes_mb:
-            state = {"w": np.linspace(-1, 1, size * MB // 4, dtype=np.float32)}
-            times = []
-            for _ in range(repeats):
+            floats = size * MB // 4
+            model = {"w": np.linspace(-1, 1, floats, dtype=np.float32)}
+            down, up = [], []
+            for attempt in range(repeats + 1):  # the first of each is a warm-up
                 t0 = time.perf_counter()
-                (reply,) = exchange(ch, state, [SiteId("site-00")], {"echo": True})
-                times.append(time.perf_counter() - t0)
+                (reply,) = exchange(ch, model, site, {"reply_floats": 1})
+                t1 = time.perf_counter()
                 assert reply.error is None, reply.error
-                assert reply.payload.arrays["model"]["w"].shape == state["w"].shape
+                (reply,) = exchange(ch, tiny, site, {"reply_floats": floats})
+                t2 = time.perf_counter()
+                assert reply.error is None and reply.payload.arrays["model"]["w"].shape == (floats,)
                 del reply
-            med = float(np.median(times))
+                if attempt:
+                    down.append(t1 - t0)
+                    up.append(t2 - t1)
             results[f"{size}MB"] = {
-                "roundtrip_s_median": med,
-                "MB_per_s": 2 * size / med,
-                "MB_per_s_best": 2 * size / min(times),
+                "download_s_median": float(np.median(down)),
+                "upload_s_median": float(np.median(up)),
+                "download_MB_per_s": size / float(np.median(down)),
+                "upload_MB_per_s": size / float(np.median(up)),
             }
+            r = results[f"{size}MB"]
             print(
-                f"  {size:5d} MB  round trip {med:6.3f} s  -> {2 * size / med:7.0f} MB/s "
-                f"(best {2 * size / min(times):.0f})"
+                f"  {size:5d} MB  fedcare   download {r['download_MB_per_s']:6.0f} MB/s   "
+                f"upload {r['upload_MB_per_s']:6.0f} MB/s"
             )
-            del state
+            del model
     finally:
         proc.stdin.close()  # type: ignore[union-attr]
         proc.wait(timeout=30)
@@ -160,31 +184,44 @@ def throughput(root: Path, sizes_mb: list[int], repeats: int) -> dict[str, dict[
 
 
 def bare_client(address: str, root: Path, size_mb: int, repeats: int) -> None:
-    """Child process: stream size_mb of 4 MiB chunks to a bare echo service and read them back."""
+    """Child process: upload size_mb in 4 MiB messages to a bare service, then download as much."""
     creds = grpc.ssl_channel_credentials(
         (root / "ca.pem").read_bytes(), (root / "site-00.key").read_bytes(), (root / "site-00.pem").read_bytes()
     )
     opts = [("grpc.max_send_message_length", 5 * MB), ("grpc.max_receive_message_length", 5 * MB)]
     with grpc.secure_channel(address, creds, options=opts) as ch:
-        echo = ch.stream_stream("/bench.Bare/Echo", request_serializer=None, response_deserializer=None)
-        chunk = bytes(4 * MB)
+        upload = ch.stream_unary("/bench.Bare/Up", request_serializer=None, response_deserializer=None)
+        download = ch.unary_stream("/bench.Bare/Down", request_serializer=None, response_deserializer=None)
+        chunk = os.urandom(4 * MB)
         n = size_mb // 4
-        times = []
-        for _ in range(repeats):
+        up, down = [], []
+        for attempt in range(repeats + 1):  # the first is a warm-up
             t0 = time.perf_counter()
-            got = sum(len(c) for c in echo(iter([chunk] * n)))
-            times.append(time.perf_counter() - t0)
-            assert got == n * len(chunk)
-    print(json.dumps(times), flush=True)
+            assert int(upload(iter([chunk] * n))) == n * len(chunk)
+            t1 = time.perf_counter()
+            assert sum(len(c) for c in download(str(n).encode())) == n * len(chunk)
+            t2 = time.perf_counter()
+            if attempt:
+                up.append(t1 - t0)
+                down.append(t2 - t1)
+    print(json.dumps({"upload": up, "download": down}), flush=True)
 
 
-def bare_grpc(root: Path, size_mb: int, repeats: int) -> float:
-    """Baseline: bare grpcio echo stream with the same TLS and chunk size, no protocol, no validation."""
+def bare_grpc(root: Path, sizes_mb: list[int], repeats: int) -> dict[str, dict[str, float]]:
+    """Baseline: bare grpcio one-way streams of 4 MiB messages, same TLS: no protocol, no validation."""
+    chunk = os.urandom(4 * MB)
 
-    def echo(requests, context):
-        yield from requests
+    def up(requests, context):
+        return str(sum(len(r) for r in requests)).encode()
 
-    handler = grpc.method_handlers_generic_handler("bench.Bare", {"Echo": grpc.stream_stream_rpc_method_handler(echo)})
+    def down(request, context):
+        for _ in range(int(request)):
+            yield chunk
+
+    handler = grpc.method_handlers_generic_handler(
+        "bench.Bare",
+        {"Up": grpc.stream_unary_rpc_method_handler(up), "Down": grpc.unary_stream_rpc_method_handler(down)},
+    )
     server = grpc.server(
         ThreadPoolExecutor(max_workers=4),
         options=[("grpc.max_send_message_length", 5 * MB), ("grpc.max_receive_message_length", 5 * MB)],
@@ -192,32 +229,29 @@ def bare_grpc(root: Path, size_mb: int, repeats: int) -> float:
     server.add_generic_rpc_handlers((handler,))
     port = server.add_secure_port("127.0.0.1:0", server_credentials(tls(root, "hub")))
     server.start()
+    results = {}
     try:
-        out = subprocess.run(
-            [
-                sys.executable,
-                __file__,
-                "--bare",
-                str(size_mb),
-                "--address",
-                f"127.0.0.1:{port}",
-                "--certs",
-                str(root),
-                "--repeats",
-                str(repeats),
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=600,
-            env={**os.environ, "OMP_NUM_THREADS": "1"},
-        )
-        times = json.loads(out.stdout.strip().splitlines()[-1])
+        for size in sizes_mb:
+            command = [sys.executable, __file__, "--bare", str(size), "--address", f"127.0.0.1:{port}"]
+            command += ["--certs", str(root), "--repeats", str(repeats)]
+            out = subprocess.run(
+                command,
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=900,
+                env={**os.environ, "OMP_NUM_THREADS": "1"},
+            )
+            times = json.loads(out.stdout.strip().splitlines()[-1])
+            r = {f"{k}_MB_per_s": size / float(np.median(v)) for k, v in times.items()}
+            results[f"{size}MB"] = r
+            print(
+                f"  {size:5d} MB  bare gRPC download {r['download_MB_per_s']:6.0f} MB/s   "
+                f"upload {r['upload_MB_per_s']:6.0f} MB/s"
+            )
     finally:
         server.stop(0)
-    med = float(np.median(times))
-    print(f"  {size_mb:5d} MB  bare grpcio echo (same TLS, 4 MiB chunks) {med:6.3f} s -> {2 * size_mb / med:7.0f} MB/s")
-    return 2 * size_mb / med
+    return results
 
 
 def rss_while_receiving(root: Path, size_mb: int, n: int) -> dict[str, float]:
@@ -343,8 +377,8 @@ def per_round(root: Path, n: int, p: int, rounds: int) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="10 and 100 MB only, 1 repeat, 10 MB RSS probe")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="10 and 100 MB only, 2 repeats, 10 MB RSS probe")
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--rss-mb", type=int, default=100)
     parser.add_argument("--sites", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--bare", type=int, help=argparse.SUPPRESS)
@@ -361,9 +395,9 @@ def main() -> None:
         root = Path(tmp)
         certs(root, 10)
         sizes = [10, 100] if args.quick else [10, 100, 1024]
-        repeats = 1 if args.quick else args.repeats
-        print("throughput (loopback, gRPC + mutual TLS, 4 MiB chunks, echo = download + upload):")
-        bare = {f"{size}MB": bare_grpc(root, size, repeats) for size in sizes if size <= 100}
+        repeats = 2 if args.quick else args.repeats
+        print(f"one-way throughput (loopback, gRPC + mutual TLS, 4 MiB chunks, median of {repeats}, MB = 2^20 B):")
+        bare = bare_grpc(root, sizes, repeats)
         tp = throughput(root, sizes, repeats)
         print("server memory while receiving:")
         rss = rss_while_receiving(root, 10 if args.quick else args.rss_mb, 10)

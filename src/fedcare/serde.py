@@ -17,19 +17,20 @@ from dataclasses import dataclass
 import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load as _st_load
-from safetensors.numpy import save as _st_save
 
 from fedcare.errors import SerdeError
 from fedcare.types import ModelState
 
 __all__ = [
     "ALLOWED_DTYPES",
+    "ST_DTYPE_CODES",
     "DEFAULT_MAX_BYTES",
     "ArraySpec",
     "StateSpec",
     "all_finite",
     "check_state",
     "decode_state",
+    "encode_parts",
     "encode_state",
     "spec_of",
 ]
@@ -143,15 +144,53 @@ def check_state(
                 _FINITE_FROZEN[id(arr)] = arr
 
 
-def encode_state(state: ModelState, *, metadata: Mapping[str, str] | None = None) -> bytes:
-    """Encode a model state as safetensors bytes, keeping the entry order."""
+#: numpy dtype name -> safetensors dtype code (the allowed dtypes only).
+ST_DTYPE_CODES = {
+    "float16": "F16",
+    "float32": "F32",
+    "float64": "F64",
+    "int8": "I8",
+    "int16": "I16",
+    "int32": "I32",
+    "int64": "I64",
+    "uint8": "U8",
+    "uint32": "U32",
+    "uint64": "U64",
+    "bool": "BOOL",
+}
+
+
+def encode_parts(state: ModelState, *, metadata: Mapping[str, str] | None = None) -> list[memoryview]:
+    """Encode ``state`` as safetensors, returned as parts: the header, then each array's bytes.
+
+    The array parts are views of the arrays' own memory (no copy when an array is already
+    C-contiguous little-endian), so a sender can stream or hash a model without first
+    building a second copy of it; ``b"".join(parts)`` is the safetensors file.
+    """
     meta = dict(metadata or {})
     meta[_ORDER_KEY] = json.dumps(list(state))
     scalars = [k for k, v in state.items() if v.ndim == 0]
     if scalars:
         meta[_SCALARS_KEY] = json.dumps(scalars)
-    arrays = {k: np.ascontiguousarray(v) for k, v in state.items()}
-    return bytes(_st_save(arrays, metadata=meta))
+    header: dict[str, object] = {"__metadata__": meta}
+    parts: list[memoryview] = []
+    offset = 0
+    for name, value in state.items():
+        code = ST_DTYPE_CODES.get(value.dtype.name)
+        if code is None:
+            raise SerdeError(f"entry {name!r} has dtype {value.dtype}, which cannot be encoded")
+        arr = np.ascontiguousarray(value, dtype=value.dtype.newbyteorder("<"))
+        header[name] = {"dtype": code, "shape": list(arr.shape), "data_offsets": [offset, offset + arr.nbytes]}
+        offset += arr.nbytes
+        parts.append(memoryview(arr.reshape(-1).view(np.uint8)))
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # safetensors pads the header to 8-byte alignment
+    return [memoryview(len(text).to_bytes(8, "little") + text), *parts]
+
+
+def encode_state(state: ModelState, *, metadata: Mapping[str, str] | None = None) -> bytes:
+    """Encode a model state as safetensors bytes, keeping the entry order."""
+    return b"".join(encode_parts(state, metadata=metadata))
 
 
 def read_metadata(data: bytes) -> dict[str, str]:

@@ -134,8 +134,9 @@ def test_site_not_allow_listed_is_refused_with_a_clear_message(deployment: Deplo
 @pytest.mark.parametrize(
     ("version", "accepted", "text"),
     [
-        ("1.1", True, ""),
-        ("1.0", True, ""),
+        ("1.2", True, ""),
+        ("1.1", True, ""),  # one minor version behind still takes part
+        ("1.0", False, "more than one minor version behind"),
         ("2.0", False, "incompatible"),
         ("0.9", False, "incompatible"),
         ("x", False, "malformed"),

@@ -43,11 +43,9 @@ def _valid_message(values: np.ndarray | None = None) -> Message:
 
 
 def _frames(message: Message, chunk_bytes: int = 64) -> list[pb.SiteFrame]:
-    enc = encode_message(message)
-    frames = [pb.SiteFrame(header=enc.header)]
-    frames += [pb.SiteFrame(chunk=c) for c in enc.chunks(chunk_bytes)]
-    frames.append(pb.SiteFrame(end=pb.MessageEnd(message_id=enc.header.message_id)))
-    return frames
+    """The frames a site sends for ``message``, parsed back by protobuf itself."""
+    out = encode_message(message).frames(pb.SiteFrame, chunk_bytes)
+    return [pb.SiteFrame.FromString(f) if isinstance(f, bytes) else f for f in out]
 
 
 def _feed(frames: list[pb.SiteFrame], max_bytes: int = 10_000) -> list[Message]:

@@ -12,7 +12,7 @@ from typing import Protocol
 
 from fedcare.types import Message, SiteId
 
-__all__ = ["Channel"]
+__all__ = ["Channel", "freeze"]
 
 
 class Channel(Protocol):
@@ -36,3 +36,15 @@ class Channel(Protocol):
     def close(self) -> None:
         """Release threads, sockets and workers."""
         ...
+
+
+def freeze(message: Message) -> None:
+    """Make the arrays of ``message`` read-only once sent.
+
+    Channels deliver (or stream) the sender's own arrays instead of copies, so a
+    sender changing them in place afterwards would change what sites receive; frozen,
+    such a write fails loudly instead.
+    """
+    for state in message.payload.arrays.values():
+        for arr in state.values():
+            arr.flags.writeable = False

@@ -13,8 +13,9 @@ When the server or the network goes away the agent reconnects with exponential
 backoff (with jitter); a refusal by the server (not allow-listed, incompatible
 protocol) or a study the site did not opt in to ends it with a clear error instead.
 
-Audit trail (site side): instruction received (kind, round, sizes, sha256),
-refused (reason), executed (duration), and what left the site (kind, sizes, sha256).
+Audit trail (site side): instruction received (kind, round, sizes, task hash),
+refused (reason), executed (duration), and what left the site (kind, sizes, BLAKE3
+digest of each record; the coordinator's "received" entry names the same digest).
 """
 
 from __future__ import annotations
@@ -32,16 +33,18 @@ import grpc
 from fedcare.errors import PolicyError, ProtocolError, TransportError
 from fedcare.runtime.policy import SitePolicy
 from fedcare.store.audit import AuditLog
+from fedcare.transport.frames import RawChunk, connect_stub, frame_kind
 from fedcare.transport.grpc_server import grpc_options
 from fedcare.transport.proto import fedcare_pb2 as pb
-from fedcare.transport.proto import fedcare_pb2_grpc as pb_grpc
 from fedcare.transport.tls import TlsFiles, client_credentials
 from fedcare.transport.version import PROTOCOL_VERSION
 from fedcare.transport.wire import (
     DEFAULT_CHUNK_BYTES,
     DEFAULT_MAX_MESSAGE_BYTES,
+    BufferPool,
     EncodedMessage,
     MessageAssembler,
+    audit_records,
     encode_message,
 )
 from fedcare.types import Message
@@ -160,6 +163,7 @@ class GrpcNodeAgent:
         self.stop_event = threading.Event()
         self.run_id: str | None = None
         self.joined = threading.Event()
+        self._pool = BufferPool()  # receive buffers kept across rounds and reconnections
 
     def _audit(self, event: str, **fields: object) -> None:
         if self.audit is not None:
@@ -230,17 +234,15 @@ class GrpcNodeAgent:
         """
         outq: _OutQueue = queue.SimpleQueue()
         self._send_chunk = self.chunk_bytes
+        self._last_reply: EncodedMessage | None = None  # a new stream has nothing in flight
 
-        def requests() -> Iterator[pb.SiteFrame]:
+        def requests() -> Iterator[pb.SiteFrame | bytes]:
             while True:
                 item = outq.get()
                 if item is None:
                     return
                 if isinstance(item, EncodedMessage):
-                    yield pb.SiteFrame(header=item.header)
-                    for chunk in item.chunks(self._send_chunk):
-                        yield pb.SiteFrame(chunk=chunk)
-                    yield pb.SiteFrame(end=pb.MessageEnd(message_id=item.header.message_id))
+                    yield from item.frames(pb.SiteFrame, self._send_chunk)
                 else:
                     yield item
 
@@ -251,7 +253,7 @@ class GrpcNodeAgent:
                     hello=pb.Hello(protocol_version=PROTOCOL_VERSION, software_version=_software(), site=self.site)
                 )
             )
-            call = pb_grpc.FederationStub(channel).Connect(requests())
+            call = connect_stub(channel)(requests())
             self._call = call
             try:
                 self._session(call, outq)
@@ -269,7 +271,7 @@ class GrpcNodeAgent:
             self.joined.clear()
             channel.close()
 
-    def _session(self, call: Iterator[pb.ServerFrame], outq: _OutQueue) -> None:
+    def _session(self, call: Iterator[RawChunk | pb.ServerFrame], outq: _OutQueue) -> None:
         timer = threading.Timer(self.connect_timeout_s, call.cancel)  # type: ignore[attr-defined]
         timer.daemon = True
         timer.start()
@@ -279,6 +281,8 @@ class GrpcNodeAgent:
             timer.cancel()
         if first is None:
             raise TransportError("the coordinator closed the stream before welcoming this site")
+        if isinstance(first, RawChunk):
+            raise TransportError("protocol error: the coordinator's first frame is not a welcome")
         if first.WhichOneof("frame") == "refusal":
             reason = first.refusal.reason[:500]
             self._audit("refused_by_server", reason=reason)
@@ -311,24 +315,25 @@ class GrpcNodeAgent:
         limit = min(self.max_message_bytes, welcome.max_message_bytes or self.max_message_bytes)
         # the server's gRPC message limit is its chunk size + 1 MiB: never send larger chunks
         self._send_chunk = min(self.chunk_bytes, welcome.chunk_bytes or self.chunk_bytes)
-        assembler = MessageAssembler(max_message_bytes=self.max_message_bytes, where="instruction")
+        assembler = MessageAssembler(max_message_bytes=self.max_message_bytes, where="instruction", pool=self._pool)
         skip = ""
         header: pb.MessageHeader | None = None
         for frame in call:
-            which = frame.WhichOneof("frame")
+            which = frame_kind(frame)
             try:
                 if which == "header":
-                    header = frame.header
+                    header = frame.header  # type: ignore[union-attr]
                     skip = ""
-                    assembler.start(frame.header)
+                    assembler.start(header)
                 elif which == "chunk":
-                    if not (skip and frame.chunk.message_id == skip):
-                        assembler.add(frame.chunk)
+                    chunk = frame if isinstance(frame, RawChunk) else frame.chunk
+                    if not (skip and chunk.message_id == skip):
+                        assembler.add(chunk)
                 elif which == "end":
                     if skip and frame.end.message_id == skip:
                         skip = ""
                         continue
-                    self._answer(assembler.finish(frame.end), welcome.run_id, outq, limit)
+                    self._answer(assembler.finish(frame.end), welcome.run_id, outq, limit)  # type: ignore[union-attr]
                 elif which != "ping":
                     raise ProtocolError(f"instruction stream: unexpected {which or 'empty'} frame")
             except ProtocolError as exc:
@@ -343,6 +348,12 @@ class GrpcNodeAgent:
     # -- one instruction -------------------------------------------------------------------
 
     def _answer(self, message: Message, run_id: str, outq: _OutQueue, limit: int) -> None:
+        # The previous reply streams from its arrays' memory: let it leave before the
+        # site runs anything that could change them (and the digest its audit logged).
+        previous = self._last_reply
+        while previous is not None and not previous.sent.wait(0.5):
+            if self.stop_event.is_set():
+                return
         sizes = {k: int(sum(a.nbytes for a in v.values())) for k, v in message.payload.arrays.items()}
         self._audit(
             "received",
@@ -372,7 +383,7 @@ class GrpcNodeAgent:
                 round_no=message.round_no,
                 duration_s=round(time.perf_counter() - started, 4),
             )
-        encoded = encode_message(reply, with_sha256=True)
+        encoded = encode_message(reply)
         if encoded.size_bytes > limit:
             reply = message.reply(error=f"reply of {encoded.size_bytes} bytes exceeds the limit of {limit}")
             encoded = encode_message(reply)
@@ -383,8 +394,9 @@ class GrpcNodeAgent:
             reply_to=reply.reply_to,
             error=reply.error is not None,
             metrics=sorted(reply.payload.metrics),
-            records=[{"name": r.name, "size": r.size_bytes, "sha256": r.sha256} for r in encoded.header.records],
+            records=audit_records(encoded.header),
         )
+        self._last_reply = encoded
         outq.put(encoded)  # expanded into chunks lazily by the request stream
 
     def _send_error(self, header: pb.MessageHeader, error: str, outq: _OutQueue) -> None:

@@ -35,15 +35,19 @@ import grpc
 
 from fedcare.errors import ConfigError, ProtocolError
 from fedcare.store.audit import AuditLog
+from fedcare.transport.base import freeze
+from fedcare.transport.frames import RawChunk, connect_handler, frame_kind
 from fedcare.transport.proto import fedcare_pb2 as pb
-from fedcare.transport.proto import fedcare_pb2_grpc as pb_grpc
 from fedcare.transport.tls import TlsFiles, server_credentials
 from fedcare.transport.version import PROTOCOL_VERSION, compatibility_problem
 from fedcare.transport.wire import (
     DEFAULT_CHUNK_BYTES,
     DEFAULT_MAX_MESSAGE_BYTES,
+    BufferPool,
     EncodedMessage,
     MessageAssembler,
+    Record,
+    audit_records,
     encode_message,
 )
 from fedcare.types import Message, MessageKind, RunId, SiteId
@@ -51,6 +55,9 @@ from fedcare.types import Message, MessageKind, RunId, SiteId
 __all__ = ["GrpcChannel", "StudyInfo", "grpc_options"]
 
 log = logging.getLogger(__name__)
+
+#: What the server's request stream yields: a fast-path chunk or any other site frame.
+SiteFrame = RawChunk | pb.SiteFrame
 
 _HANDSHAKE_TIMEOUT_S = 30.0
 
@@ -109,17 +116,6 @@ class _Session:
     alive: bool = True
 
 
-class _Servicer(pb_grpc.FederationServicer):
-    def __init__(self, channel: GrpcChannel) -> None:
-        self.channel = channel
-
-    def Connect(
-        self, request_iterator: Iterator[pb.SiteFrame], context: grpc.ServicerContext
-    ) -> Iterator[pb.ServerFrame]:  # noqa: N802
-        """One site's session (see the module docstring for the checks, in order)."""
-        return self.channel._serve(request_iterator, context)
-
-
 class GrpcChannel:
     """Serve sites over gRPC with mutual TLS and act as the Coordinator's Channel.
 
@@ -141,8 +137,6 @@ class GrpcChannel:
         Array-carrying replies held at once (see module docstring).
     audit : AuditLog or None (default: None)
         Where connections, instructions sent and replies received are logged.
-    with_sha256 : bool (default: True)
-        Hash outgoing records for the audit trail (once per broadcast).
     """
 
     def __init__(
@@ -156,7 +150,6 @@ class GrpcChannel:
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         max_inflight: int = 1,
         audit: AuditLog | None = None,
-        with_sha256: bool = True,
     ) -> None:
         if not allowed_sites:
             raise ConfigError("the server needs at least one allow-listed site")
@@ -169,19 +162,20 @@ class GrpcChannel:
         self.chunk_bytes = chunk_bytes
         self.max_message_bytes = max_message_bytes
         self.audit = audit
-        self.with_sha256 = with_sha256
         self._sessions: dict[SiteId, _Session] = {}
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._replies: queue.SimpleQueue[tuple[Message, bool]] = queue.SimpleQueue()
         self._inflight = threading.BoundedSemaphore(max_inflight)
+        # one reply being assembled per inflight token, plus the one the Coordinator folds
+        self._pool = BufferPool(max_inflight + 1)
         self._closed = threading.Event()
         self._server = grpc.server(
             ThreadPoolExecutor(max_workers=2 * len(self.allowed) + 4, thread_name_prefix="fedcare-grpc"),
             options=grpc_options(chunk_bytes),
             maximum_concurrent_rpcs=2 * len(self.allowed) + 4,
         )
-        pb_grpc.add_FederationServicer_to_server(_Servicer(self), self._server)
+        self._server.add_generic_rpc_handlers((connect_handler(self._serve),))
         self.port = self._server.add_secure_port(listen, server_credentials(tls))
         if self.port == 0:
             raise ConfigError(f"cannot listen on {listen}")
@@ -207,15 +201,20 @@ class GrpcChannel:
             return sorted(self._sessions)
 
     def send(self, messages: Sequence[Message]) -> None:
-        """Queue each instruction on its site's stream (a broadcast is encoded once)."""
-        cache: dict[int, tuple[bytes, str]] = {}
+        """Queue each instruction on its site's stream (a broadcast is encoded and hashed once).
+
+        The arrays are streamed from their own memory, so they are made read-only here,
+        as the in-process channel does: what the sites receive is what the audit logged.
+        """
+        cache: dict[int, Record] = {}
         for message in messages:
             with self._lock:
                 session = self._sessions.get(message.site)
             if session is None or not session.alive:
                 self._replies.put((message.reply(error=f"site {message.site} is not connected"), False))
                 continue
-            encoded = encode_message(message, cache=cache, with_sha256=self.with_sha256)
+            freeze(message)
+            encoded = encode_message(message, cache=cache)
             with self._lock:
                 session.pending[message.message_id] = _Pending(message.kind, message.run_id, message.round_no)
             self._audit(
@@ -224,7 +223,7 @@ class GrpcChannel:
                 kind=message.kind.value,
                 round_no=message.round_no,
                 message_id=message.message_id,
-                records=[{"name": r.name, "size": r.size_bytes, "sha256": r.sha256} for r in encoded.header.records],
+                records=audit_records(encoded.header),
             )
             session.outq.put(encoded)
 
@@ -265,7 +264,8 @@ class GrpcChannel:
         if self.audit is not None:
             self.audit.append(event, **fields)
 
-    def _serve(self, requests: Iterator[pb.SiteFrame], context: grpc.ServicerContext) -> Iterator[pb.ServerFrame]:
+    def _serve(self, requests: Iterator[SiteFrame], context: grpc.ServicerContext) -> Iterator[pb.ServerFrame | bytes]:
+        """One site's session (see the module docstring for the checks, in order)."""
         auth = context.auth_context()
         cns = auth.get("x509_common_name") or []
         cn = cns[0].decode(errors="replace") if cns else ""
@@ -325,10 +325,7 @@ class GrpcChannel:
                 if item is None:
                     break
                 if isinstance(item, EncodedMessage):
-                    yield pb.ServerFrame(header=item.header)
-                    for chunk in item.chunks(self.chunk_bytes):
-                        yield pb.ServerFrame(chunk=chunk)
-                    yield pb.ServerFrame(end=pb.MessageEnd(message_id=item.header.message_id))
+                    yield from item.frames(pb.ServerFrame, self.chunk_bytes)
                 else:
                     yield item
         finally:
@@ -370,14 +367,16 @@ class GrpcChannel:
             kind=p.kind, run_id=RunId(p.run_id), round_no=p.round_no, site=site, reply_to=reply_to, error=error
         )
 
-    def _read(self, session: _Session, requests: Iterator[pb.SiteFrame]) -> None:
-        assembler = MessageAssembler(max_message_bytes=self.max_message_bytes, where=f"reply from {session.site}")
+    def _read(self, session: _Session, requests: Iterator[SiteFrame]) -> None:
+        assembler = MessageAssembler(
+            max_message_bytes=self.max_message_bytes, where=f"reply from {session.site}", pool=self._pool
+        )
         skip = ""  # id of a rejected message whose remaining frames are dropped
         reply_to = ""  # what the message being assembled answers
         token = False
         try:
             for frame in requests:
-                which = frame.WhichOneof("frame")
+                which = frame_kind(frame)
                 try:
                     if which == "header":
                         reply_to = frame.header.reply_to
@@ -390,14 +389,16 @@ class GrpcChannel:
                         skip = ""
                         assembler.start(frame.header)
                     elif which == "chunk":
-                        if not (skip and frame.chunk.message_id == skip):
-                            assembler.add(frame.chunk)
+                        chunk = frame if isinstance(frame, RawChunk) else frame.chunk
+                        if not (skip and chunk.message_id == skip):
+                            assembler.add(chunk)
                     elif which == "end":
                         if skip and frame.end.message_id == skip:
                             skip = ""
                             continue
                         # no local name for the reply: this thread must not keep the last one alive
-                        self._deliver(session, assembler.finish(frame.end), token)
+                        header = assembler.header
+                        self._deliver(session, assembler.finish(frame.end), header, token)
                         token = False
                     elif which != "ping":
                         raise ProtocolError(f"reply from {session.site}: unexpected {which or 'empty'} frame")
@@ -427,7 +428,7 @@ class GrpcChannel:
                 return True
         return False
 
-    def _deliver(self, session: _Session, reply: Message, token: bool) -> None:
+    def _deliver(self, session: _Session, reply: Message, header: pb.MessageHeader, token: bool) -> None:
         with self._lock:
             sent = session.pending.pop(reply.reply_to or "", None)
         if sent is None or reply.site != session.site:
@@ -445,7 +446,7 @@ class GrpcChannel:
             round_no=reply.round_no,
             reply_to=reply.reply_to,
             error=reply.error,
-            sizes={k: int(sum(a.nbytes for a in v.values())) for k, v in reply.payload.arrays.items()},
+            records=audit_records(header),
         )
         self._replies.put((reply, token))
 
@@ -458,8 +459,9 @@ class GrpcChannel:
             self._replies.put((self._error_reply(session.site, reply_to, sent, f"malformed reply: {exc}"), False))
 
 
-def _next_frame(requests: Iterator[pb.SiteFrame]) -> pb.SiteFrame | None:
+def _next_frame(requests: Iterator[SiteFrame]) -> pb.SiteFrame | None:
     try:
-        return next(requests, None)
+        frame = next(requests, None)
     except grpc.RpcError:
         return None
+    return frame if isinstance(frame, pb.SiteFrame) else None  # a chunk is no handshake frame

@@ -22,18 +22,13 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
+from fedcare.transport.base import freeze
 from fedcare.types import Message, SiteId
 
 __all__ = ["InProcessChannel", "SiteHandler"]
 
 #: A site's entry point: one instruction in, one reply out.
 SiteHandler = Callable[[Message], Message]
-
-
-def _freeze(message: Message) -> None:
-    for state in message.payload.arrays.values():
-        for arr in state.values():
-            arr.flags.writeable = False
 
 
 class InProcessChannel:
@@ -80,7 +75,7 @@ class InProcessChannel:
             if message.site not in self._handlers:
                 self._replies.put(message.reply(error=f"unknown site {message.site!r}"))
                 continue
-            _freeze(message)
+            freeze(message)
             self._pool.submit(self._run, message)
 
     def _run(self, message: Message) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 __all__ = ["PROTOCOL_VERSION", "compatibility_problem", "parse_version"]
 
 #: Current protocol version, "MAJOR.MINOR". Minor versions only add optional fields.
-PROTOCOL_VERSION = "1.1"
+PROTOCOL_VERSION = "1.2"
 
 
 def parse_version(text: str) -> tuple[int, int] | None:

@@ -2,7 +2,10 @@
 
 A :class:`~fedcare.types.Message` travels as ``MessageHeader, Chunk*, MessageEnd``
 (see ``proto/fedcare.proto``). Array records are safetensors bytes (``fedcare.serde``)
-cut into chunks of ``chunk_bytes``. :class:`MessageAssembler` is the receiving side,
+cut into chunks of ``chunk_bytes``. The sending side never builds those bytes in one
+piece: :func:`encode_message` keeps each record as views of the arrays' memory plus its
+BLAKE3 digest, and :meth:`EncodedMessage.frames` copies each slice once, into its chunk
+frame. :class:`MessageAssembler` is the receiving side,
 shared by the server and the node: it checks every declared and received size against
 its limit, writes chunks straight into one preallocated buffer per record, and decodes
 each record into numpy views of that buffer (no second copy), validated with
@@ -13,25 +16,33 @@ that into an error reply, never a crash.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
+import sys
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
+import blake3
 import numpy as np
 
 from fedcare.errors import ProtocolError, SerdeError
-from fedcare.serde import ALLOWED_DTYPES, check_state, encode_state
+from fedcare.serde import ALLOWED_DTYPES, ST_DTYPE_CODES, check_state, encode_parts
+from fedcare.transport.frames import RawChunk, chunk_frame
 from fedcare.transport.proto import fedcare_pb2 as pb
 from fedcare.types import ConfigValue, Message, MessageKind, ModelState, Payload, RunId, SiteId
 
 __all__ = [
+    "BufferPool",
     "DEFAULT_CHUNK_BYTES",
     "DEFAULT_MAX_MESSAGE_BYTES",
     "EncodedMessage",
     "MessageAssembler",
+    "Record",
+    "audit_records",
     "decode_state_view",
+    "digest_of",
     "encode_message",
     "header_of",
 ]
@@ -41,44 +52,67 @@ DEFAULT_CHUNK_BYTES = 4 * 1024 * 1024
 #: Largest whole message (all records) accepted by default: 2 GiB.
 DEFAULT_MAX_MESSAGE_BYTES = 2 * 1024**3
 _MAX_RECORDS = 64
+Frame = TypeVar("Frame", pb.SiteFrame, pb.ServerFrame)
 _MAX_CONFIG_ENTRIES = 256
 _MAX_STRING = 4096
 _ORDER_KEY = "fedcare.order"
 _SCALARS_KEY = "fedcare.scalars"
-_ST_DTYPES = {
-    "F16": "float16",
-    "F32": "float32",
-    "F64": "float64",
-    "I8": "int8",
-    "I16": "int16",
-    "I32": "int32",
-    "I64": "int64",
-    "U8": "uint8",
-    "U32": "uint32",
-    "U64": "uint64",
-    "BOOL": "bool",
-}
+_ST_DTYPES = {code: name for name, code in ST_DTYPE_CODES.items()}
+
+
+@dataclass
+class Record:
+    """One array record ready to send: its safetensors parts, total size and digest."""
+
+    parts: list[memoryview]
+    size: int
+    digest: str
 
 
 @dataclass
 class EncodedMessage:
-    """A message ready to send: its header and the safetensors bytes of each record."""
+    """A message ready to send: its header and the safetensors parts of each record.
+
+    The parts view the arrays' own memory (see :func:`fedcare.serde.encode_parts`), so the
+    arrays must not change until :attr:`sent` is set.
+    """
 
     header: pb.MessageHeader
-    blobs: list[bytes] = field(default_factory=list)
+    records: list[Record] = field(default_factory=list)
+    sent: threading.Event = field(default_factory=threading.Event)
 
     @property
     def size_bytes(self) -> int:
         """Total bytes of the array records."""
-        return sum(len(b) for b in self.blobs)
+        return sum(r.size for r in self.records)
 
-    def chunks(self, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[pb.Chunk]:
-        """Yield the records' bytes as chunks of at most ``chunk_bytes``."""
+    def frames(self, frame_type: type[Frame], chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[bytes | Frame]:
+        """Yield the frames of this message for a stream of ``frame_type`` (SiteFrame or ServerFrame).
+
+        Header and end are frame objects; chunks come already serialised (``frames.py``),
+        each a single copy of its slice of the arrays. :attr:`sent` is set once the end
+        has been taken, i.e. when the stream has sent everything before it.
+        """
         mid = self.header.message_id
-        for index, blob in enumerate(self.blobs):
-            view = memoryview(blob)
-            for start in range(0, len(blob), chunk_bytes):
-                yield pb.Chunk(message_id=mid, record_index=index, data=view[start : start + chunk_bytes].tobytes())
+        mid_bytes = mid.encode()
+        chunk_field = frame_type.DESCRIPTOR.fields_by_name["chunk"].number
+        yield frame_type(header=self.header)
+        for index, record in enumerate(self.records):
+            pieces: list[memoryview] = []
+            room = chunk_bytes
+            for part in record.parts:
+                while len(part):
+                    take = part[:room]
+                    pieces.append(take)
+                    part = part[len(take) :]
+                    room -= len(take)
+                    if room == 0:
+                        yield chunk_frame(chunk_field, mid_bytes, index, pieces)
+                        pieces, room = [], chunk_bytes
+            if pieces:
+                yield chunk_frame(chunk_field, mid_bytes, index, pieces)
+        yield frame_type(end=pb.MessageEnd(message_id=mid))
+        self.sent.set()
 
 
 def _scalar(value: ConfigValue) -> pb.Scalar:
@@ -93,8 +127,8 @@ def _scalar(value: ConfigValue) -> pb.Scalar:
     raise ProtocolError(f"config value of type {type(value).__name__} cannot be sent")
 
 
-def header_of(message: Message, records: Mapping[str, tuple[bytes, str]]) -> pb.MessageHeader:
-    """Build the protobuf header of ``message``; ``records`` maps name -> (bytes, sha256 hex or "")."""
+def header_of(message: Message, records: Mapping[str, Record]) -> pb.MessageHeader:
+    """Build the protobuf header of ``message`` with one RecordHeader per encoded record."""
     header = pb.MessageHeader(
         message_id=message.message_id,
         kind=message.kind.value,
@@ -109,41 +143,50 @@ def header_of(message: Message, records: Mapping[str, tuple[bytes, str]]) -> pb.
         header.config[key].CopyFrom(_scalar(value))
     for key, metric in message.payload.metrics.items():
         header.metrics[key] = float(metric)
-    for name, (blob, digest) in records.items():
-        header.records.append(pb.RecordHeader(name=name, size_bytes=len(blob), sha256=digest))
+    for name, record in records.items():
+        header.records.append(pb.RecordHeader(name=name, size_bytes=record.size, blake3=record.digest))
     return header
 
 
-def encode_message(
-    message: Message,
-    *,
-    cache: dict[int, tuple[bytes, str]] | None = None,
-    with_sha256: bool = True,
-) -> EncodedMessage:
-    """Encode ``message`` (safetensors per record, optional sha256 per record).
+def audit_records(header: pb.MessageHeader) -> list[dict[str, object]]:
+    """What an audit entry says about a message's records: name, size, BLAKE3 digest (never data)."""
+    return [{"name": r.name[:100], "size": r.size_bytes, "blake3": r.blake3[:64]} for r in header.records]
+
+
+def digest_of(parts: list[memoryview]) -> str:
+    """Hex BLAKE3 digest of the concatenated parts (several GB/s; the audit trail's hash)."""
+    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+    for part in parts:
+        hasher.update(part)
+    return hasher.hexdigest()
+
+
+def encode_message(message: Message, *, cache: dict[int, Record] | None = None) -> EncodedMessage:
+    """Encode ``message``: safetensors parts and a BLAKE3 digest per record, no copy of the arrays.
 
     ``cache`` maps a record's identity to its encoding, so a model broadcast to N sites
     is encoded and hashed once.
     """
-    records: dict[str, tuple[bytes, str]] = {}
+    records: dict[str, Record] = {}
     for name, state in message.payload.arrays.items():
         key = id(state)
-        entry = cache.get(key) if cache is not None else None
-        if entry is None:
-            blob = encode_state(state)
-            entry = (blob, hashlib.sha256(blob).hexdigest() if with_sha256 else "")
+        record = cache.get(key) if cache is not None else None
+        if record is None:
+            parts = encode_parts(state)
+            record = Record(parts, sum(len(p) for p in parts), digest_of(parts))
             if cache is not None:
-                cache[key] = entry
-        records[name] = entry
-    return EncodedMessage(header=header_of(message, records), blobs=[b for b, _ in records.values()])
+                cache[key] = record
+        records[name] = record
+    return EncodedMessage(header=header_of(message, records), records=list(records.values()))
 
 
-def decode_state_view(buf: bytearray | bytes, *, where: str) -> ModelState:
+def decode_state_view(buf: np.ndarray | bytearray | bytes, *, where: str) -> ModelState:
     """Decode safetensors bytes into numpy arrays that VIEW ``buf`` (no copy), validated.
 
     Every offset, dtype and shape in the header is checked against the buffer before an
     array is made; the arrays then pass :func:`fedcare.serde.check_state`.
     """
+    buf = memoryview(buf).cast("B")
     n = len(buf)
     if n < 8:
         raise SerdeError(f"{where}: safetensors payload is truncated (shorter than its header)")
@@ -214,6 +257,46 @@ def _config_value(scalar: pb.Scalar, where: str) -> ConfigValue:
     return value
 
 
+class BufferPool:
+    """Receive buffers, reused once nothing views them any more.
+
+    A model arrives into one buffer per record and its arrays are views of that buffer.
+    A fresh 100 MB buffer costs tens of milliseconds of page faults before the first
+    byte lands, as much as the TLS link takes to carry it; a model of the same size next
+    round can reuse the buffer instead. A buffer is free when no array, memoryview or
+    slice refers to it any more (its reference count says so). At most ``max_buffers``
+    buffers of at least ``min_bytes`` are kept; smaller ones are not worth it.
+    """
+
+    def __init__(self, max_buffers: int = 2, *, min_bytes: int = 1 << 20) -> None:
+        self.max_buffers = max_buffers
+        self.min_bytes = min_bytes
+        self._buffers: list[np.ndarray] = []
+        self._lock = threading.Lock()
+
+    def take(self, size: int) -> np.ndarray:
+        """A uint8 array of ``size`` bytes (contents undefined)."""
+        if size < self.min_bytes:
+            return np.empty(size, dtype=np.uint8)
+        with self._lock:
+            free = [i for i in range(len(self._buffers)) if sys.getrefcount(self._buffers[i]) <= _POOL_ONLY_REFS]
+            for i in free:
+                if self._buffers[i].nbytes == size:
+                    return self._buffers[i][:]  # a view: the buffer counts as busy while it lives
+            if len(self._buffers) >= self.max_buffers and free:
+                del self._buffers[free[0]]  # forget a free buffer of another size
+            # numpy backs allocations of 4 MiB and more with transparent huge pages
+            new = np.empty(size, dtype=np.uint8)
+            if len(self._buffers) < self.max_buffers:
+                self._buffers.append(new)
+                return new[:]
+            return new
+
+
+#: References to a free pooled buffer seen by getrefcount: the pool's list and the call's argument.
+_POOL_ONLY_REFS = 2
+
+
 class MessageAssembler:
     """Rebuild one :class:`Message` at a time from incoming frames, validating as it goes.
 
@@ -224,13 +307,23 @@ class MessageAssembler:
         before any memory is reserved.
     where : str (default: "message")
         Names the peer in error messages (e.g. ``"reply from site-a"``).
+    pool : BufferPool or None (default: None)
+        Where record buffers come from (shared by a server's sessions); a private pool
+        of two buffers by default.
     """
 
-    def __init__(self, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, where: str = "message") -> None:
+    def __init__(
+        self,
+        *,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        where: str = "message",
+        pool: BufferPool | None = None,
+    ) -> None:
         self.max_message_bytes = max_message_bytes
         self.where = where
+        self.pool = pool or BufferPool()
         self._header: pb.MessageHeader | None = None
-        self._buffers: list[bytearray] = []
+        self._buffers: list[memoryview] = []
         self._filled: list[int] = []
         self._record = 0
 
@@ -238,6 +331,11 @@ class MessageAssembler:
     def busy(self) -> bool:
         """True between a header and its end frame."""
         return self._header is not None
+
+    @property
+    def header(self) -> pb.MessageHeader | None:
+        """Header of the message being assembled (None when idle)."""
+        return self._header
 
     @property
     def current_id(self) -> str:
@@ -271,11 +369,11 @@ class MessageAssembler:
         if len(set(names)) != len(names) or not all(names):
             raise ProtocolError(f"{where}: record names are empty or repeated")
         self._header = header
-        self._buffers = [bytearray(r.size_bytes) for r in header.records]
+        self._buffers = [memoryview(self.pool.take(r.size_bytes)) for r in header.records]
         self._filled = [0] * len(header.records)
         self._record = 0
 
-    def add(self, chunk: pb.Chunk) -> None:
+    def add(self, chunk: pb.Chunk | RawChunk) -> None:
         """Copy one chunk into its record's buffer (records in order, sizes checked)."""
         header = self._header
         if header is None:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%fedcare/transport/proto/fedcare.proto\x12\nfedcare.v1\"I\n\x05Hello\x12\x18\n\x10protocol_version\x18\x01 \x01(\t\x12\x18\n\x10software_version\x18\x02 \x01(\t\x12\x0c\n\x04site\x18\x03 \x01(\t\"\xb0\x01\n\x07Welcome\x12\x18\n\x10protocol_version\x18\x01 \x01(\t\x12\r\n\x05study\x18\x02 \x01(\t\x12\x0e\n\x06run_id\x18\x03 \x01(\t\x12\x0c\n\x04task\x18\x04 \x01(\t\x12\x11\n\ttask_hash\x18\x05 \x01(\t\x12\x19\n\x11max_message_bytes\x18\x06 \x01(\x03\x12\x13\n\x0b\x63hunk_bytes\x18\x07 \x01(\x03\x12\x1b\n\x13server_time_unix_ms\x18\x08 \x01(\x03\"\x19\n\x07Refusal\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\x15\n\x04Join\x12\r\n\x05study\x18\x01 \x01(\t\"k\n\x06Scalar\x12\x14\n\nbool_value\x18\x01 \x01(\x08H\x00\x12\x13\n\tint_value\x18\x02 \x01(\x12H\x00\x12\x15\n\x0b\x66loat_value\x18\x03 \x01(\x01H\x00\x12\x16\n\x0cstring_value\x18\x04 \x01(\tH\x00\x42\x07\n\x05value\"@\n\x0cRecordHeader\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\x12\x0e\n\x06sha256\x18\x03 \x01(\t\"\xa3\x03\n\rMessageHeader\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0e\n\x06run_id\x18\x03 \x01(\t\x12\x10\n\x08round_no\x18\x04 \x01(\x03\x12\x0c\n\x04site\x18\x05 \x01(\t\x12\x10\n\x08reply_to\x18\x06 \x01(\t\x12\x11\n\thas_error\x18\x07 \x01(\x08\x12\r\n\x05\x65rror\x18\x08 \x01(\t\x12\x35\n\x06\x63onfig\x18\t \x03(\x0b\x32%.fedcare.v1.MessageHeader.ConfigEntry\x12\x37\n\x07metrics\x18\n \x03(\x0b\x32&.fedcare.v1.MessageHeader.MetricsEntry\x12)\n\x07records\x18\x0b \x03(\x0b\x32\x18.fedcare.v1.RecordHeader\x1a\x41\n\x0b\x43onfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12!\n\x05value\x18\x02 \x01(\x0b\x32\x12.fedcare.v1.Scalar:\x02\x38\x01\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"?\n\x05\x43hunk\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x14\n\x0crecord_index\x18\x02 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\" \n\nMessageEnd\x12\x12\n\nmessage_id\x18\x01 \x01(\t\"\x17\n\x04Ping\x12\x0f\n\x07unix_ms\x18\x01 \x01(\x03\"\x9c\x02\n\tSiteFrame\x12\"\n\x05hello\x18\x01 \x01(\x0b\x32\x11.fedcare.v1.HelloH\x00\x12 \n\x04join\x18\x02 \x01(\x0b\x32\x10.fedcare.v1.JoinH\x00\x12&\n\x07refusal\x18\x03 \x01(\x0b\x32\x13.fedcare.v1.RefusalH\x00\x12+\n\x06header\x18\x04 \x01(\x0b\x32\x19.fedcare.v1.MessageHeaderH\x00\x12\"\n\x05\x63hunk\x18\x05 \x01(\x0b\x32\x11.fedcare.v1.ChunkH\x00\x12%\n\x03\x65nd\x18\x06 \x01(\x0b\x32\x16.fedcare.v1.MessageEndH\x00\x12 \n\x04ping\x18\x07 \x01(\x0b\x32\x10.fedcare.v1.PingH\x00\x42\x07\n\x05\x66rame\"\x80\x02\n\x0bServerFrame\x12&\n\x07welcome\x18\x01 \x01(\x0b\x32\x13.fedcare.v1.WelcomeH\x00\x12&\n\x07refusal\x18\x02 \x01(\x0b\x32\x13.fedcare.v1.RefusalH\x00\x12+\n\x06header\x18\x03 \x01(\x0b\x32\x19.fedcare.v1.MessageHeaderH\x00\x12\"\n\x05\x63hunk\x18\x04 \x01(\x0b\x32\x11.fedcare.v1.ChunkH\x00\x12%\n\x03\x65nd\x18\x05 \x01(\x0b\x32\x16.fedcare.v1.MessageEndH\x00\x12 \n\x04ping\x18\x06 \x01(\x0b\x32\x10.fedcare.v1.PingH\x00\x42\x07\n\x05\x66rame2K\n\nFederation\x12=\n\x07\x43onnect\x12\x15.fedcare.v1.SiteFrame\x1a\x17.fedcare.v1.ServerFrame(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%fedcare/transport/proto/fedcare.proto\x12\nfedcare.v1\"I\n\x05Hello\x12\x18\n\x10protocol_version\x18\x01 \x01(\t\x12\x18\n\x10software_version\x18\x02 \x01(\t\x12\x0c\n\x04site\x18\x03 \x01(\t\"\xb0\x01\n\x07Welcome\x12\x18\n\x10protocol_version\x18\x01 \x01(\t\x12\r\n\x05study\x18\x02 \x01(\t\x12\x0e\n\x06run_id\x18\x03 \x01(\t\x12\x0c\n\x04task\x18\x04 \x01(\t\x12\x11\n\ttask_hash\x18\x05 \x01(\t\x12\x19\n\x11max_message_bytes\x18\x06 \x01(\x03\x12\x13\n\x0b\x63hunk_bytes\x18\x07 \x01(\x03\x12\x1b\n\x13server_time_unix_ms\x18\x08 \x01(\x03\"\x19\n\x07Refusal\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\x15\n\x04Join\x12\r\n\x05study\x18\x01 \x01(\t\"k\n\x06Scalar\x12\x14\n\nbool_value\x18\x01 \x01(\x08H\x00\x12\x13\n\tint_value\x18\x02 \x01(\x12H\x00\x12\x15\n\x0b\x66loat_value\x18\x03 \x01(\x01H\x00\x12\x16\n\x0cstring_value\x18\x04 \x01(\tH\x00\x42\x07\n\x05value\"P\n\x0cRecordHeader\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\x0e\n\x06\x62lake3\x18\x04 \x01(\t\"\xa3\x03\n\rMessageHeader\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0e\n\x06run_id\x18\x03 \x01(\t\x12\x10\n\x08round_no\x18\x04 \x01(\x03\x12\x0c\n\x04site\x18\x05 \x01(\t\x12\x10\n\x08reply_to\x18\x06 \x01(\t\x12\x11\n\thas_error\x18\x07 \x01(\x08\x12\r\n\x05\x65rror\x18\x08 \x01(\t\x12\x35\n\x06\x63onfig\x18\t \x03(\x0b\x32%.fedcare.v1.MessageHeader.ConfigEntry\x12\x37\n\x07metrics\x18\n \x03(\x0b\x32&.fedcare.v1.MessageHeader.MetricsEntry\x12)\n\x07records\x18\x0b \x03(\x0b\x32\x18.fedcare.v1.RecordHeader\x1a\x41\n\x0b\x43onfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12!\n\x05value\x18\x02 \x01(\x0b\x32\x12.fedcare.v1.Scalar:\x02\x38\x01\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"?\n\x05\x43hunk\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x14\n\x0crecord_index\x18\x02 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\" \n\nMessageEnd\x12\x12\n\nmessage_id\x18\x01 \x01(\t\"\x17\n\x04Ping\x12\x0f\n\x07unix_ms\x18\x01 \x01(\x03\"\x9c\x02\n\tSiteFrame\x12\"\n\x05hello\x18\x01 \x01(\x0b\x32\x11.fedcare.v1.HelloH\x00\x12 \n\x04join\x18\x02 \x01(\x0b\x32\x10.fedcare.v1.JoinH\x00\x12&\n\x07refusal\x18\x03 \x01(\x0b\x32\x13.fedcare.v1.RefusalH\x00\x12+\n\x06header\x18\x04 \x01(\x0b\x32\x19.fedcare.v1.MessageHeaderH\x00\x12\"\n\x05\x63hunk\x18\x05 \x01(\x0b\x32\x11.fedcare.v1.ChunkH\x00\x12%\n\x03\x65nd\x18\x06 \x01(\x0b\x32\x16.fedcare.v1.MessageEndH\x00\x12 \n\x04ping\x18\x07 \x01(\x0b\x32\x10.fedcare.v1.PingH\x00\x42\x07\n\x05\x66rame\"\x80\x02\n\x0bServerFrame\x12&\n\x07welcome\x18\x01 \x01(\x0b\x32\x13.fedcare.v1.WelcomeH\x00\x12&\n\x07refusal\x18\x02 \x01(\x0b\x32\x13.fedcare.v1.RefusalH\x00\x12+\n\x06header\x18\x03 \x01(\x0b\x32\x19.fedcare.v1.MessageHeaderH\x00\x12\"\n\x05\x63hunk\x18\x04 \x01(\x0b\x32\x11.fedcare.v1.ChunkH\x00\x12%\n\x03\x65nd\x18\x05 \x01(\x0b\x32\x16.fedcare.v1.MessageEndH\x00\x12 \n\x04ping\x18\x06 \x01(\x0b\x32\x10.fedcare.v1.PingH\x00\x42\x07\n\x05\x66rame2K\n\nFederation\x12=\n\x07\x43onnect\x12\x15.fedcare.v1.SiteFrame\x1a\x17.fedcare.v1.ServerFrame(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -46,23 +46,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SCALAR']._serialized_start=357
   _globals['_SCALAR']._serialized_end=464
   _globals['_RECORDHEADER']._serialized_start=466
-  _globals['_RECORDHEADER']._serialized_end=530
-  _globals['_MESSAGEHEADER']._serialized_start=533
-  _globals['_MESSAGEHEADER']._serialized_end=952
-  _globals['_MESSAGEHEADER_CONFIGENTRY']._serialized_start=839
-  _globals['_MESSAGEHEADER_CONFIGENTRY']._serialized_end=904
-  _globals['_MESSAGEHEADER_METRICSENTRY']._serialized_start=906
-  _globals['_MESSAGEHEADER_METRICSENTRY']._serialized_end=952
-  _globals['_CHUNK']._serialized_start=954
-  _globals['_CHUNK']._serialized_end=1017
-  _globals['_MESSAGEEND']._serialized_start=1019
-  _globals['_MESSAGEEND']._serialized_end=1051
-  _globals['_PING']._serialized_start=1053
-  _globals['_PING']._serialized_end=1076
-  _globals['_SITEFRAME']._serialized_start=1079
-  _globals['_SITEFRAME']._serialized_end=1363
-  _globals['_SERVERFRAME']._serialized_start=1366
-  _globals['_SERVERFRAME']._serialized_end=1622
-  _globals['_FEDERATION']._serialized_start=1624
-  _globals['_FEDERATION']._serialized_end=1699
+  _globals['_RECORDHEADER']._serialized_end=546
+  _globals['_MESSAGEHEADER']._serialized_start=549
+  _globals['_MESSAGEHEADER']._serialized_end=968
+  _globals['_MESSAGEHEADER_CONFIGENTRY']._serialized_start=855
+  _globals['_MESSAGEHEADER_CONFIGENTRY']._serialized_end=920
+  _globals['_MESSAGEHEADER_METRICSENTRY']._serialized_start=922
+  _globals['_MESSAGEHEADER_METRICSENTRY']._serialized_end=968
+  _globals['_CHUNK']._serialized_start=970
+  _globals['_CHUNK']._serialized_end=1033
+  _globals['_MESSAGEEND']._serialized_start=1035
+  _globals['_MESSAGEEND']._serialized_end=1067
+  _globals['_PING']._serialized_start=1069
+  _globals['_PING']._serialized_end=1092
+  _globals['_SITEFRAME']._serialized_start=1095
+  _globals['_SITEFRAME']._serialized_end=1379
+  _globals['_SERVERFRAME']._serialized_start=1382
+  _globals['_SERVERFRAME']._serialized_end=1638
+  _globals['_FEDERATION']._serialized_start=1640
+  _globals['_FEDERATION']._serialized_end=1715
 # @@protoc_insertion_point(module_scope)

@@ -61,14 +61,16 @@ class Scalar(_message.Message):
     def __init__(self, bool_value: _Optional[bool] = ..., int_value: _Optional[int] = ..., float_value: _Optional[float] = ..., string_value: _Optional[str] = ...) -> None: ...
 
 class RecordHeader(_message.Message):
-    __slots__ = ("name", "size_bytes", "sha256")
+    __slots__ = ("name", "size_bytes", "sha256", "blake3")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
+    BLAKE3_FIELD_NUMBER: _ClassVar[int]
     name: str
     size_bytes: int
     sha256: str
-    def __init__(self, name: _Optional[str] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
+    blake3: str
+    def __init__(self, name: _Optional[str] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., blake3: _Optional[str] = ...) -> None: ...
 
 class MessageHeader(_message.Message):
     __slots__ = ("message_id", "kind", "run_id", "round_no", "site", "reply_to", "has_error", "error", "config", "metrics", "records")
