@@ -6,9 +6,10 @@
    Beside it, in the same run: bare grpcio streaming 4 MiB messages one way with the
    same TLS credentials (no protocol, no validation).
 2. Server memory while 10 sites (threads of one separate process) each upload a full
-   model of ``--rss-mb`` MB: peak RSS increase of the server process above its RSS
-   before the uploads, as a multiple of the model size; the server folds each reply
-   into a float32 running sum as it arrives (what a streaming strategy does).
+   model of ``--rss-mb`` MB, three rounds, folded into a float32 running sum as replies
+   arrive (what a streaming strategy does): peak RSS of a fresh server process above
+   its RSS once the sites joined, as a multiple of the model size. The accumulator
+   itself (1x) is included.
 3. Per-round overhead (BENCHMARKS.md workload 1): FedAvg over N = 10 shift sites,
    P = 1M float32, R = 10 rounds, no evaluation: seconds per round over gRPC (sites in
    one separate process) vs InProcessChannel; checks the closed form.
@@ -59,22 +60,27 @@ def tls(root: Path, name: str) -> TlsFiles:
 # -- the sites' process ---------------------------------------------------------------------------
 
 
+_REPLIES: dict[int, np.ndarray] = {}
+_REPLIES_LOCK = threading.Lock()
+
+
 def shift_reply(k: int):
     """Site k returns x + 1e-3 (k+1) with num_examples = k+1 (workload 1).
 
     With ``reply_floats`` in the config it instead uploads a model of that many floats,
-    whatever it received (built once per size, outside the timed exchanges).
+    whatever it received (one array per size shared by the process's sites, built before
+    the timed exchanges).
     """
-    replies: dict[int, np.ndarray] = {}
 
     def handle(message: Message) -> Message:
         w = message.payload.arrays["model"]["w"]
         size = message.payload.config.get("reply_floats")
         if isinstance(size, int):
-            if size not in replies:
-                replies.clear()
-                replies[size] = np.linspace(-1, 1, size, dtype=np.float32)
-            out = replies[size]
+            with _REPLIES_LOCK:
+                if size not in _REPLIES:
+                    _REPLIES.clear()
+                    _REPLIES[size] = np.linspace(-1, 1, size, dtype=np.float32)
+                out = _REPLIES[size]
         else:
             out = w + np.float32(1e-3 * (k + 1))
         return message.reply(Payload(arrays={"model": {"w": out}}, metrics={"num_examples": float(k + 1)}))
@@ -254,7 +260,15 @@ def bare_grpc(root: Path, sizes_mb: list[int], repeats: int) -> dict[str, dict[s
     return results
 
 
-def rss_while_receiving(root: Path, size_mb: int, n: int) -> dict[str, float]:
+def rss_while_receiving(root: Path, size_mb: int, n: int, rounds: int = 3) -> dict[str, float]:
+    """Server RSS while n sites each upload a model of size_mb, folded into a float32 sum.
+
+    Runs in a fresh server process (``--rss``) so earlier phases leave nothing behind.
+    ``base`` is the server's RSS once the sites have joined, before anything model-sized
+    exists; the peak is sampled every 5 ms over ``rounds`` rounds (the first also has
+    the sites build their replies). The increase counts everything the round needs:
+    the accumulator, receive buffers, gRPC's stream windows.
+    """
     ch = channel(root, n)
     proc = spawn_sites(ch.port, root, n)
     me = psutil.Process()
@@ -270,43 +284,53 @@ def rss_while_receiving(root: Path, size_mb: int, n: int) -> dict[str, float]:
     try:
         sites = ch.wait_for_sites(n, timeout_s=180)
         floats = size_mb * MB // 4
-        acc = np.zeros(floats, dtype=np.float32)
         # a tiny instruction; each site answers with a full-size model (the receive side alone)
         payload = Payload(arrays={"model": {"w": np.zeros(4, dtype=np.float32)}}, config={"reply_floats": floats})
-        base = me.memory_info().rss
-        ch.send([Message(MessageKind.FIT, RunId("bench-run"), 1, s, payload) for s in sites])
-        peak = base
+        base = peak = me.memory_info().rss
         threading.Thread(target=sample, daemon=True).start()
-        got = 0
-        t0 = time.perf_counter()
-        for reply in ch.receive(timeout_s=600):
-            acc += reply.payload.arrays["model"]["w"]
-            del reply
-            got += 1
-            if got == n:
-                break
-        elapsed = time.perf_counter() - t0
+        acc = np.zeros(floats, dtype=np.float32)
+        acc.fill(0.0)  # the aggregator's running sum, touched: it is part of the round
+        times = []
+        for round_no in range(1, rounds + 1):
+            t0 = time.perf_counter()
+            ch.send([Message(MessageKind.FIT, RunId("bench-run"), round_no, s, payload) for s in sites])
+            got = 0
+            for reply in ch.receive(timeout_s=600):
+                assert reply.error is None, reply.error
+                acc += reply.payload.arrays["model"]["w"]
+                del reply
+                got += 1
+                if got == n:
+                    break
+            times.append(time.perf_counter() - t0)
         stop.set()
         model = size_mb * MB
-        out = {
+        return {
             "model_MB": size_mb,
             "sites": n,
             "rss_before_MB": base / MB,
             "peak_rss_MB": peak / MB,
             "peak_increase_x_model": (peak - base) / model,
-            "peak_total_x_model": peak / model,
-            "receive_s": elapsed,
+            "receive_s_last_round": times[-1],
         }
-        print(
-            f"  receive {n} x {size_mb} MB: RSS {base / MB:.0f} MB before -> peak {peak / MB:.0f} MB "
-            f"(+{(peak - base) / model:.2f} x model; total {peak / model:.2f} x model) in {elapsed:.2f} s"
-        )
-        return out
     finally:
         stop.set()
         proc.stdin.close()  # type: ignore[union-attr]
         proc.wait(timeout=30)
         ch.close()
+
+
+def rss_in_fresh_process(root: Path, size_mb: int, n: int) -> dict[str, float]:
+    """Run :func:`rss_while_receiving` as its own server process and print its line."""
+    command = [sys.executable, __file__, "--rss-probe", str(size_mb), "--certs", str(root)]
+    out = subprocess.run(command, capture_output=True, text=True, check=True, timeout=900)
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    print(
+        f"  receive {n} x {size_mb} MB, folded into a float32 sum: server RSS {r['rss_before_MB']:.0f} MB after "
+        f"start-up -> peak {r['peak_rss_MB']:.0f} MB (+{r['peak_increase_x_model']:.2f} x model); "
+        f"last round {r['receive_s_last_round']:.2f} s"
+    )
+    return r
 
 
 class ShiftHandlers:
@@ -379,14 +403,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="10 and 100 MB only, 2 repeats, 10 MB RSS probe")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--rss-mb", type=int, default=100)
+    parser.add_argument("--rss-mb", default="100,1024", help="model sizes of the memory probe (comma-separated)")
     parser.add_argument("--sites", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--bare", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--rss-probe", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--address", help=argparse.SUPPRESS)
     parser.add_argument("--certs", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.sites:
         run_sites(args.address, Path(args.certs), args.sites)
+        return
+    if args.rss_probe:
+        print(json.dumps(rss_while_receiving(Path(args.certs), args.rss_probe, 10)))
         return
     if args.bare:
         bare_client(args.address, Path(args.certs), args.bare, args.repeats)
@@ -400,7 +428,8 @@ def main() -> None:
         bare = bare_grpc(root, sizes, repeats)
         tp = throughput(root, sizes, repeats)
         print("server memory while receiving:")
-        rss = rss_while_receiving(root, 10 if args.quick else args.rss_mb, 10)
+        rss_sizes = [10] if args.quick else [int(x) for x in args.rss_mb.split(",")]
+        rss = {f"{size}MB": rss_in_fresh_process(root, size, 10) for size in rss_sizes}
         print("per-round overhead (workload 1):")
         pr = per_round(root, 10, 1_000_000, 10)
     print(

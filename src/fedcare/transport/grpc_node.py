@@ -37,7 +37,7 @@ from fedcare.transport.frames import RawChunk, connect_stub, frame_kind
 from fedcare.transport.grpc_server import grpc_options
 from fedcare.transport.proto import fedcare_pb2 as pb
 from fedcare.transport.tls import TlsFiles, client_credentials
-from fedcare.transport.version import PROTOCOL_VERSION
+from fedcare.transport.version import PROTOCOL_VERSION, parse_version
 from fedcare.transport.wire import (
     DEFAULT_CHUNK_BYTES,
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -232,31 +232,18 @@ class GrpcNodeAgent:
         _Fatal
             A refusal that retrying cannot fix.
         """
-        outq: _OutQueue = queue.SimpleQueue()
-        self._send_chunk = self.chunk_bytes
-        self._last_reply: EncodedMessage | None = None  # a new stream has nothing in flight
-
-        def requests() -> Iterator[pb.SiteFrame | bytes]:
-            while True:
-                item = outq.get()
-                if item is None:
-                    return
-                if isinstance(item, EncodedMessage):
-                    yield from item.frames(pb.SiteFrame, self._send_chunk)
-                else:
-                    yield item
-
+        link = _Link(self.chunk_bytes)
         channel = self._channel()
         try:
-            outq.put(
+            link.outq.put(
                 pb.SiteFrame(
                     hello=pb.Hello(protocol_version=PROTOCOL_VERSION, software_version=_software(), site=self.site)
                 )
             )
-            call = connect_stub(channel)(requests())
+            call = connect_stub(channel)(self._requests(link))
             self._call = call
             try:
-                self._session(call, outq)
+                self._session(call, link)
             except grpc.RpcError as exc:
                 if exc.code() == grpc.StatusCode.CANCELLED and self.stop_event.is_set():
                     return
@@ -266,12 +253,36 @@ class GrpcNodeAgent:
                     raise _Fatal(message) from TransportError(message)
                 raise TransportError(message) from None
         finally:
-            outq.put(None)
+            link.close()
             self._call = None
             self.joined.clear()
             channel.close()
 
-    def _session(self, call: Iterator[RawChunk | pb.ServerFrame], outq: _OutQueue) -> None:
+    def _requests(self, link: _Link) -> Iterator[pb.SiteFrame | bytes]:
+        """The site's side of the stream: queued frames, and each reply's chunks after its go-ahead."""
+        while True:
+            item = link.outq.get()
+            if item is None:
+                return
+            if not isinstance(item, EncodedMessage):
+                yield item
+                continue
+            frames = item.frames(pb.SiteFrame, link.chunk_bytes)
+            mid = item.header.message_id
+            if link.credit and item.records:
+                link.expect(mid)
+                yield next(frames)  # the header; the chunks wait for the coordinator's Proceed
+                refusal = link.wait_proceed(mid)
+                if refusal is None:
+                    return  # the stream closed while waiting
+                if refusal:
+                    log.warning("site %s: the coordinator refused reply %s: %s", self.site, mid, refusal)
+                    self._audit("reply_refused", message_id=mid, reason=refusal[:500])
+                    item.sent.set()
+                    continue
+            yield from frames
+
+    def _session(self, call: Iterator[RawChunk | pb.ServerFrame], link: _Link) -> None:
         timer = threading.Timer(self.connect_timeout_s, call.cancel)  # type: ignore[attr-defined]
         timer.daemon = True
         timer.start()
@@ -294,11 +305,11 @@ class GrpcNodeAgent:
         refusal = SitePolicy(studies=self.studies).study_refusal(welcome.study)
         if refusal is not None:
             reason = refusal.removeprefix("refused: ")
-            outq.put(pb.SiteFrame(refusal=pb.Refusal(reason=reason)))
+            link.outq.put(pb.SiteFrame(refusal=pb.Refusal(reason=reason)))
             self._audit("declined_study", study=welcome.study, run_id=welcome.run_id, reason=reason)
             raise _Fatal(reason) from PolicyError(refusal)
         skew_s = time.time() - welcome.server_time_unix_ms / 1000.0
-        outq.put(pb.SiteFrame(join=pb.Join(study=welcome.study)))
+        link.outq.put(pb.SiteFrame(join=pb.Join(study=welcome.study)))
         self.run_id = welcome.run_id
         self._audit(
             "joined",
@@ -314,7 +325,31 @@ class GrpcNodeAgent:
         self.joined.set()
         limit = min(self.max_message_bytes, welcome.max_message_bytes or self.max_message_bytes)
         # the server's gRPC message limit is its chunk size + 1 MiB: never send larger chunks
-        self._send_chunk = min(self.chunk_bytes, welcome.chunk_bytes or self.chunk_bytes)
+        link.chunk_bytes = min(self.chunk_bytes, welcome.chunk_bytes or self.chunk_bytes)
+        link.credit = (parse_version(welcome.protocol_version) or (0, 0)) >= (1, 2)
+        # Instructions are answered on their own thread, so that this one keeps reading the
+        # stream (the coordinator's Proceed for a reply arrives while the next task may run).
+        work: queue.SimpleQueue[Message | None] = queue.SimpleQueue()
+        worker = threading.Thread(
+            target=self._work, args=(work, welcome.run_id, link, limit), daemon=True, name=f"fedcare-{self.site}"
+        )
+        worker.start()
+        link.on_close(lambda: work.put(None))
+        try:
+            self._read(call, link, work)
+        finally:
+            link.close()
+            # let the instruction at hand finish before a new session can start another
+            worker.join(None if not self.stop_event.is_set() else 5.0)
+        raise TransportError("the coordinator closed the stream")
+
+    def _read(
+        self,
+        call: Iterator[RawChunk | pb.ServerFrame],
+        link: _Link,
+        work: queue.SimpleQueue[Message | None],
+    ) -> None:
+        """Read frames until the stream ends: instructions to the worker, go-aheads to the sender."""
         assembler = MessageAssembler(max_message_bytes=self.max_message_bytes, where="instruction", pool=self._pool)
         skip = ""
         header: pb.MessageHeader | None = None
@@ -330,10 +365,12 @@ class GrpcNodeAgent:
                     if not (skip and chunk.message_id == skip):
                         assembler.add(chunk)
                 elif which == "end":
-                    if skip and frame.end.message_id == skip:
+                    if skip and frame.end.message_id == skip:  # type: ignore[union-attr]
                         skip = ""
                         continue
-                    self._answer(assembler.finish(frame.end), welcome.run_id, outq, limit)  # type: ignore[union-attr]
+                    work.put(assembler.finish(frame.end))  # type: ignore[union-attr]
+                elif which == "proceed":
+                    link.proceed(frame.proceed)  # type: ignore[union-attr]
                 elif which != "ping":
                     raise ProtocolError(f"instruction stream: unexpected {which or 'empty'} frame")
             except ProtocolError as exc:
@@ -342,17 +379,25 @@ class GrpcNodeAgent:
                 log.warning("site %s: malformed instruction: %s", self.site, exc)
                 self._audit("malformed", error=str(exc)[:500])
                 if header is not None:
-                    self._send_error(header, f"malformed instruction: {exc}", outq)
-        raise TransportError("the coordinator closed the stream")
+                    self._send_error(header, f"malformed instruction: {exc}", link.outq)
 
     # -- one instruction -------------------------------------------------------------------
 
-    def _answer(self, message: Message, run_id: str, outq: _OutQueue, limit: int) -> None:
+    def _work(self, work: queue.SimpleQueue[Message | None], run_id: str, link: _Link, limit: int) -> None:
+        """Answer instructions in arrival order until the session closes."""
+        while (message := work.get()) is not None:
+            try:
+                self._answer(message, run_id, link, limit)
+            except Exception:  # never let the worker die silently
+                log.exception("site %s: answering %s failed", self.site, message.kind.value)
+            del message  # hold nothing while waiting for the next instruction
+
+    def _answer(self, message: Message, run_id: str, link: _Link, limit: int) -> None:
         # The previous reply streams from its arrays' memory: let it leave before the
         # site runs anything that could change them (and the digest its audit logged).
-        previous = self._last_reply
+        previous = link.last_reply
         while previous is not None and not previous.sent.wait(0.5):
-            if self.stop_event.is_set():
+            if link.closed.is_set():
                 return
         sizes = {k: int(sum(a.nbytes for a in v.values())) for k, v in message.payload.arrays.items()}
         self._audit(
@@ -396,8 +441,8 @@ class GrpcNodeAgent:
             metrics=sorted(reply.payload.metrics),
             records=audit_records(encoded.header),
         )
-        self._last_reply = encoded
-        outq.put(encoded)  # expanded into chunks lazily by the request stream
+        link.last_reply = encoded
+        link.outq.put(encoded)  # expanded into chunks lazily by the request stream
 
     def _send_error(self, header: pb.MessageHeader, error: str, outq: _OutQueue) -> None:
         reply = pb.MessageHeader(
@@ -413,6 +458,54 @@ class GrpcNodeAgent:
         self._audit("sent", kind=reply.kind, round_no=reply.round_no, reply_to=reply.reply_to, error=True, records=[])
         outq.put(pb.SiteFrame(header=reply))
         outq.put(pb.SiteFrame(end=pb.MessageEnd(message_id=reply.message_id)))
+
+
+class _Link:
+    """One stream's state shared by its reader, its instruction worker and its sender."""
+
+    def __init__(self, chunk_bytes: int) -> None:
+        self.outq: _OutQueue = queue.SimpleQueue()
+        self.closed = threading.Event()
+        self.chunk_bytes = chunk_bytes
+        self.credit = False  # the coordinator speaks 1.2+: wait for its Proceed before chunks
+        self.last_reply: EncodedMessage | None = None
+        self._answers: dict[str, str | None] = {}  # awaited message id -> refusal ("" = go ahead)
+        self._cond = threading.Condition()
+        self._on_close: list[Callable[[], None]] = []
+
+    def expect(self, message_id: str) -> None:
+        """A header is about to be sent: its Proceed will be awaited."""
+        with self._cond:
+            self._answers[message_id] = None
+
+    def proceed(self, frame: pb.Proceed) -> None:
+        """The coordinator's go-ahead (or refusal) for a message this site is waiting to send."""
+        with self._cond:
+            if frame.message_id in self._answers:  # anything else answers nothing and is ignored
+                self._answers[frame.message_id] = frame.refusal or ""
+                self._cond.notify_all()
+
+    def wait_proceed(self, message_id: str) -> str | None:
+        """Wait for the answer to ``message_id``: "" to go ahead, a reason if refused, None if closed."""
+        with self._cond:
+            while self._answers.get(message_id) is None:
+                if self.closed.is_set():
+                    return None
+                self._cond.wait(0.5)
+            return self._answers.pop(message_id)
+
+    def on_close(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` when the stream closes."""
+        self._on_close.append(callback)
+
+    def close(self) -> None:
+        """End the stream: the sender stops, waiters return, callbacks run (once)."""
+        if self.closed.is_set():
+            return
+        self.closed.set()
+        self.outq.put(None)
+        for callback in self._on_close:
+            callback()
 
 
 def _software() -> str:

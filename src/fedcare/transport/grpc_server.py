@@ -17,8 +17,11 @@ Security and robustness, in the order a connection meets them:
 
 Memory: replies are assembled into one buffer each and decoded as views of it. At most
 ``max_inflight`` array-carrying replies exist at once (assembled and not yet consumed by
-the Coordinator); other sites' streams wait, held back by HTTP/2 flow control. With the
-default of 1 the server holds the global model, the fold, and one reply.
+the Coordinator). Other sites wait for their turn without sending: a site sends a
+reply's chunks only after the server's ``Proceed`` for its header (protocol 1.2; older
+sites are held back by HTTP/2 flow control instead, a few MiB each). With the default
+of 1 the server holds the global model, the fold, and one reply. A site that stops
+sending while it has the turn loses its connection after ``stall_timeout_s``.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from fedcare.transport.base import freeze
 from fedcare.transport.frames import RawChunk, connect_handler, frame_kind
 from fedcare.transport.proto import fedcare_pb2 as pb
 from fedcare.transport.tls import TlsFiles, server_credentials
-from fedcare.transport.version import PROTOCOL_VERSION, compatibility_problem
+from fedcare.transport.version import PROTOCOL_VERSION, compatibility_problem, parse_version
 from fedcare.transport.wire import (
     DEFAULT_CHUNK_BYTES,
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -83,8 +86,8 @@ def grpc_options(chunk_bytes: int) -> list[tuple[str, int]]:
         # "too_many_pings" GOAWAY (seen on a 1 GB transfer under load).
         ("grpc.http2.max_ping_strikes", 0),
         # Fixed HTTP/2 stream window of two chunks instead of BDP-probed windows, which grow
-        # until a stalled stream buffers a whole upload: with it, a site whose reply waits
-        # for its turn (max_inflight) holds at most ~2 chunks in the server's memory.
+        # until a stream buffers a whole upload: the memory a stream can hold stays fixed
+        # (sites of protocol 1.1, which do not wait for Proceed, hold at most this much).
         ("grpc.http2.bdp_probe", 0),
         ("grpc.http2.lookahead_bytes", 2 * chunk_bytes),
     ]
@@ -114,6 +117,8 @@ class _Session:
     outq: queue.SimpleQueue[EncodedMessage | pb.ServerFrame | None] = field(default_factory=queue.SimpleQueue)
     pending: dict[str, _Pending] = field(default_factory=dict)
     alive: bool = True
+    credit: bool = False  # the site waits for Proceed before sending chunks (protocol >= 1.2)
+    holding_since: float | None = None  # monotonic time of its last progress while it has the turn
 
 
 class GrpcChannel:
@@ -137,6 +142,9 @@ class GrpcChannel:
         Array-carrying replies held at once (see module docstring).
     audit : AuditLog or None (default: None)
         Where connections, instructions sent and replies received are logged.
+    stall_timeout_s : float (default: 120.0)
+        A site that has the turn to send a reply and sends nothing for this long is
+        disconnected, so it cannot hold up the other sites' replies.
     """
 
     def __init__(
@@ -150,6 +158,7 @@ class GrpcChannel:
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         max_inflight: int = 1,
         audit: AuditLog | None = None,
+        stall_timeout_s: float = 120.0,
     ) -> None:
         if not allowed_sites:
             raise ConfigError("the server needs at least one allow-listed site")
@@ -168,8 +177,10 @@ class GrpcChannel:
         self._replies: queue.SimpleQueue[tuple[Message, bool]] = queue.SimpleQueue()
         self._inflight = threading.BoundedSemaphore(max_inflight)
         # one reply being assembled per inflight token, plus the one the Coordinator folds
-        self._pool = BufferPool(max_inflight + 1)
+        self._pool = BufferPool(max_inflight)
         self._closed = threading.Event()
+        self.stall_timeout_s = stall_timeout_s
+        threading.Thread(target=self._watch_stalls, daemon=True, name="fedcare-stall-watch").start()
         self._server = grpc.server(
             ThreadPoolExecutor(max_workers=2 * len(self.allowed) + 4, thread_name_prefix="fedcare-grpc"),
             options=grpc_options(chunk_bytes),
@@ -316,6 +327,7 @@ class GrpcChannel:
             log.info("site %s declined study %s: %s", site, self.study.study, reason)
             return
         session = _Session(site=site, context=context)
+        session.credit = (parse_version(hello.protocol_version) or (0, 0)) >= (1, 2)
         self._register(session, hello.protocol_version)
         reader = threading.Thread(target=self._read, args=(session, requests), daemon=True, name=f"fedcare-rx-{site}")
         reader.start()
@@ -382,15 +394,18 @@ class GrpcChannel:
                         reply_to = frame.header.reply_to
                         if assembler.busy:
                             raise ProtocolError(f"reply from {session.site}: a header arrived mid-message")
+                        skip = ""
                         if frame.header.records:
                             token = self._acquire(session)
                             if not token:
                                 return
-                        skip = ""
-                        assembler.start(frame.header)
+                            self._start(session, assembler, frame.header)
+                        else:
+                            assembler.start(frame.header)
                     elif which == "chunk":
                         chunk = frame if isinstance(frame, RawChunk) else frame.chunk
                         if not (skip and chunk.message_id == skip):
+                            session.holding_since = time.monotonic()
                             assembler.add(chunk)
                     elif which == "end":
                         if skip and frame.end.message_id == skip:
@@ -398,6 +413,7 @@ class GrpcChannel:
                             continue
                         # no local name for the reply: this thread must not keep the last one alive
                         header = assembler.header
+                        session.holding_since = None
                         self._deliver(session, assembler.finish(frame.end), header, token)
                         token = False
                     elif which != "ping":
@@ -405,6 +421,7 @@ class GrpcChannel:
                 except ProtocolError as exc:
                     skip = assembler.current_id or (frame.header.message_id if which == "header" else "")
                     assembler.reset()
+                    session.holding_since = None
                     if token:
                         self._inflight.release()
                         token = False
@@ -421,6 +438,34 @@ class GrpcChannel:
                 session.context.cancel()
             except Exception:  # pragma: no cover - context already done
                 pass
+
+    def _start(self, session: _Session, assembler: MessageAssembler, header: pb.MessageHeader) -> None:
+        """Begin a reply with records (this session has the turn) and give the site its go-ahead."""
+        try:
+            assembler.start(header)
+        except ProtocolError as exc:
+            if session.credit:  # tell the site not to send the rest
+                refusal = pb.Proceed(message_id=header.message_id[:128], refusal=str(exc)[:500])
+                session.outq.put(pb.ServerFrame(proceed=refusal))
+            raise
+        session.holding_since = time.monotonic()
+        if session.credit:
+            session.outq.put(pb.ServerFrame(proceed=pb.Proceed(message_id=header.message_id)))
+
+    def _watch_stalls(self) -> None:
+        """Disconnect a site that has the turn to send and sends nothing (it would block the others)."""
+        while not self._closed.wait(min(1.0, self.stall_timeout_s / 4)):
+            with self._lock:
+                sessions = list(self._sessions.values())
+            now = time.monotonic()
+            for session in sessions:
+                since = session.holding_since
+                if since is not None and now - since > self.stall_timeout_s:
+                    session.holding_since = None
+                    why = f"sent nothing for {self.stall_timeout_s:g} s while it had the turn to send a reply"
+                    log.warning("disconnecting site %s: %s", session.site, why)
+                    self._audit("stalled", site=session.site, reason=why)
+                    session.context.cancel()
 
     def _acquire(self, session: _Session) -> bool:
         while session.alive and not self._closed.is_set():

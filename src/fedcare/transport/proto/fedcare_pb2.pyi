@@ -134,6 +134,14 @@ class Ping(_message.Message):
     unix_ms: int
     def __init__(self, unix_ms: _Optional[int] = ...) -> None: ...
 
+class Proceed(_message.Message):
+    __slots__ = ("message_id", "refusal")
+    MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    REFUSAL_FIELD_NUMBER: _ClassVar[int]
+    message_id: str
+    refusal: str
+    def __init__(self, message_id: _Optional[str] = ..., refusal: _Optional[str] = ...) -> None: ...
+
 class SiteFrame(_message.Message):
     __slots__ = ("hello", "join", "refusal", "header", "chunk", "end", "ping")
     HELLO_FIELD_NUMBER: _ClassVar[int]
@@ -153,17 +161,19 @@ class SiteFrame(_message.Message):
     def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., join: _Optional[_Union[Join, _Mapping]] = ..., refusal: _Optional[_Union[Refusal, _Mapping]] = ..., header: _Optional[_Union[MessageHeader, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ..., end: _Optional[_Union[MessageEnd, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ...) -> None: ...
 
 class ServerFrame(_message.Message):
-    __slots__ = ("welcome", "refusal", "header", "chunk", "end", "ping")
+    __slots__ = ("welcome", "refusal", "header", "chunk", "end", "ping", "proceed")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     REFUSAL_FIELD_NUMBER: _ClassVar[int]
     HEADER_FIELD_NUMBER: _ClassVar[int]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
     END_FIELD_NUMBER: _ClassVar[int]
     PING_FIELD_NUMBER: _ClassVar[int]
+    PROCEED_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     refusal: Refusal
     header: MessageHeader
     chunk: Chunk
     end: MessageEnd
     ping: Ping
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., refusal: _Optional[_Union[Refusal, _Mapping]] = ..., header: _Optional[_Union[MessageHeader, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ..., end: _Optional[_Union[MessageEnd, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ...) -> None: ...
+    proceed: Proceed
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., refusal: _Optional[_Union[Refusal, _Mapping]] = ..., header: _Optional[_Union[MessageHeader, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ..., end: _Optional[_Union[MessageEnd, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ..., proceed: _Optional[_Union[Proceed, _Mapping]] = ...) -> None: ...
