@@ -78,7 +78,8 @@ def shift_reply(k: int):
         if isinstance(size, int):
             with _REPLIES_LOCK:
                 if size not in _REPLIES:
-                    _REPLIES.clear()
+                    for big in [n for n in _REPLIES if n > 1024]:  # hold one large reply at most
+                        del _REPLIES[big]
                     _REPLIES[size] = np.linspace(-1, 1, size, dtype=np.float32)
                 out = _REPLIES[size]
         else:
@@ -260,7 +261,7 @@ def bare_grpc(root: Path, sizes_mb: list[int], repeats: int) -> dict[str, dict[s
     return results
 
 
-def rss_while_receiving(root: Path, size_mb: int, n: int, rounds: int = 3) -> dict[str, float]:
+def rss_while_receiving(root: Path, size_mb: int, n: int, rounds: int = 6) -> dict[str, float]:
     """Server RSS while n sites each upload a model of size_mb, folded into a float32 sum.
 
     Runs in a fresh server process (``--rss``) so earlier phases leave nothing behind.
@@ -290,7 +291,8 @@ def rss_while_receiving(root: Path, size_mb: int, n: int, rounds: int = 3) -> di
         threading.Thread(target=sample, daemon=True).start()
         acc = np.zeros(floats, dtype=np.float32)
         acc.fill(0.0)  # the aggregator's running sum, touched: it is part of the round
-        times = []
+        times: list[float] = []
+        peaks: list[float] = []  # peak so far, after each round
         for round_no in range(1, rounds + 1):
             t0 = time.perf_counter()
             ch.send([Message(MessageKind.FIT, RunId("bench-run"), round_no, s, payload) for s in sites])
@@ -303,6 +305,7 @@ def rss_while_receiving(root: Path, size_mb: int, n: int, rounds: int = 3) -> di
                 if got == n:
                     break
             times.append(time.perf_counter() - t0)
+            peaks.append((peak - base) / (size_mb * MB))
         stop.set()
         model = size_mb * MB
         return {
@@ -311,6 +314,7 @@ def rss_while_receiving(root: Path, size_mb: int, n: int, rounds: int = 3) -> di
             "rss_before_MB": base / MB,
             "peak_rss_MB": peak / MB,
             "peak_increase_x_model": (peak - base) / model,
+            "peak_increase_x_model_after_each_round": peaks,
             "receive_s_last_round": times[-1],
         }
     finally:

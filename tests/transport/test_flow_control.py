@@ -1,0 +1,149 @@
+"""Flow control between sites and the coordinator (protocol 1.2's Proceed) over real sockets.
+
+A hand-written site speaks the protocol frame by frame, so each test can check what the
+server sends and when: a 1.2 site gets a go-ahead before it sends a reply's chunks (or
+a refusal saying why), a 1.1 site that never waits still takes part, and a site that
+holds the turn and goes silent is disconnected without holding up the others.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Iterator
+
+import grpc
+import numpy as np
+import pytest
+from tests.conftest import shift_sites
+from tests.transport.grpc_helpers import Deployment, Pki, open_channel
+from tests.transport.test_grpc_channel import coordinate, wait_joined
+
+from fedcare.task import Task
+from fedcare.transport.frames import connect_stub
+from fedcare.transport.proto import fedcare_pb2 as pb
+from fedcare.transport.tls import client_credentials
+from fedcare.transport.wire import encode_message
+from fedcare.types import Message, MessageKind, Payload, RunId, SiteId
+
+
+class HandSite:
+    """A certified site that answers each instruction as told: "ok", "stall" or "oversized"."""
+
+    def __init__(self, d: Deployment, site: str, version: str, behaviours: list[str]) -> None:
+        self.site, self.version, self.behaviours = site, version, list(behaviours)
+        self.received: list[str] = []  # kinds of the frames the server sent, in order
+        self.proceeds: list[pb.Proceed] = []
+        self._go: queue.SimpleQueue[pb.Proceed] = queue.SimpleQueue()
+        self.out: queue.SimpleQueue[pb.SiteFrame | bytes | None] = queue.SimpleQueue()
+        self.channel = grpc.secure_channel(d.address, client_credentials(d.pki.files(site)))
+        self.out.put(pb.SiteFrame(hello=pb.Hello(protocol_version=version, site=site)))
+        self.out.put(pb.SiteFrame(join=pb.Join(study="study")))
+        self.call = connect_stub(self.channel)(iter(self.out.get, None))
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        try:
+            for frame in self.call:
+                kind = "chunk" if not isinstance(frame, pb.ServerFrame) else frame.WhichOneof("frame")
+                self.received.append(kind)
+                if kind == "proceed":
+                    self.proceeds.append(frame.proceed)
+                    self._go.put(frame.proceed)
+                elif kind == "header" and frame.header.records and self.behaviours:
+                    header = frame.header
+                    how = self.behaviours.pop(0)
+                    threading.Thread(target=self._reply, args=(header, how), daemon=True).start()
+        except grpc.RpcError:
+            pass
+
+    def _reply(self, instr: pb.MessageHeader, how: str) -> None:
+        reply = Message(
+            kind=MessageKind(instr.kind),
+            run_id=RunId(instr.run_id),
+            round_no=instr.round_no,
+            site=SiteId(self.site),
+            payload=Payload(arrays={"model": {"w": np.linspace(-1, 1, 8, dtype=np.float32)}}),
+            reply_to=instr.message_id,
+        )
+        reply.payload.metrics["num_examples"] = 1.0
+        frames: Iterator[pb.SiteFrame | bytes] = encode_message(reply).frames(pb.SiteFrame, 16)
+        header = next(frames)
+        if how == "oversized":
+            header.header.records[0].size_bytes = 1 << 40
+        self.out.put(header)
+        if self.version >= "1.2":
+            go = self._go.get(timeout=10)
+            assert go.message_id == reply.message_id
+            if go.refusal or how == "stall":
+                return  # refused: send nothing more; stalled: hold the turn and go silent
+        for frame in frames:
+            self.out.put(frame)
+
+    def close(self) -> None:
+        self.out.put(None)
+        self.channel.close()
+
+
+@pytest.fixture
+def impatient(pki: Pki, shift_task: Task) -> Iterator[Deployment]:
+    """A deployment whose server disconnects a silent turn-holder after 1 s."""
+    d = Deployment(pki=pki, channel=open_channel(pki, shift_task, stall_timeout_s=1.0), task=shift_task)
+    try:
+        yield d
+    finally:
+        d.stop()
+
+
+def test_a_site_sends_chunks_only_after_the_go_ahead(deployment: Deployment):
+    deployment.nodes(shift_sites(1))
+    site = HandSite(deployment, "site-02", "1.2", ["ok", "ok"])
+    try:
+        wait_joined(deployment, 2)
+        result = coordinate(deployment, rounds=2, min_sites=2)
+        assert all(sorted(r.site_fit) == ["site-00", "site-02"] for r in result.rounds)
+        assert len(site.proceeds) == 2 and not any(p.refusal for p in site.proceeds)
+    finally:
+        site.close()
+
+
+def test_a_refused_header_gets_the_reason_and_no_chunks_are_sent(deployment: Deployment):
+    deployment.nodes(shift_sites(1))
+    site = HandSite(deployment, "site-02", "1.2", ["oversized", "ok"])
+    try:
+        wait_joined(deployment, 2)
+        result = coordinate(deployment, rounds=2, min_sites=1)
+        assert "exceed the limit" in site.proceeds[0].refusal
+        assert "exceed the limit" in result.rounds[0].failures["site-02"]
+        # the refusal left the stream in order: the next round's reply goes through
+        assert sorted(result.rounds[1].site_fit) == ["site-00", "site-02"]
+    finally:
+        site.close()
+
+
+def test_a_site_one_minor_version_behind_takes_part_without_go_aheads(deployment: Deployment):
+    deployment.nodes(shift_sites(1))
+    site = HandSite(deployment, "site-02", "1.1", ["ok", "ok"])
+    try:
+        wait_joined(deployment, 2)
+        result = coordinate(deployment, rounds=2, min_sites=2)
+        assert all(sorted(r.site_fit) == ["site-00", "site-02"] for r in result.rounds)
+        assert "proceed" not in site.received  # a 1.1 site would not understand it
+    finally:
+        site.close()
+
+
+def test_a_site_that_stalls_with_the_turn_is_disconnected_and_the_round_goes_on(impatient: Deployment):
+    impatient.nodes(shift_sites(2))
+    site = HandSite(impatient, "site-02", "1.2", ["stall"])
+    try:
+        wait_joined(impatient, 3)
+        t0 = time.monotonic()
+        result = coordinate(impatient, rounds=2, min_sites=2, timeout_s=30)
+        # the stalled site lost its connection after ~1 s, long before the 30 s deadline
+        assert time.monotonic() - t0 < 20
+        assert "disconnected" in result.rounds[0].failures["site-02"]
+        assert all(sorted(r.site_fit) == ["site-00", "site-01"] for r in result.rounds)
+    finally:
+        site.close()
