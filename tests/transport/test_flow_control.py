@@ -147,3 +147,16 @@ def test_a_site_that_stalls_with_the_turn_is_disconnected_and_the_round_goes_on(
         assert all(sorted(r.site_fit) == ["site-00", "site-01"] for r in result.rounds)
     finally:
         site.close()
+
+
+def test_reply_budget_admits_one_reply_of_any_size_and_small_ones_together():
+    from fedcare.transport.grpc_server import _ReplyBudget
+
+    budget = _ReplyBudget(limit=10)
+    assert budget.acquire(100, timeout_s=0)  # alone: always admitted, whatever its size
+    assert not budget.acquire(1, timeout_s=0.05)  # nothing else while it is held
+    budget.release(100)
+    assert budget.acquire(4, timeout_s=0) and budget.acquire(6, timeout_s=0)  # small ones share
+    assert not budget.acquire(1, timeout_s=0.05)
+    threading.Timer(0.1, budget.release, args=(6,)).start()
+    assert budget.acquire(5, timeout_s=5)  # admitted once room is given back

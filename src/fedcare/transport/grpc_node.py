@@ -34,7 +34,7 @@ from fedcare.errors import PolicyError, ProtocolError, TransportError
 from fedcare.runtime.policy import SitePolicy
 from fedcare.store.audit import AuditLog
 from fedcare.transport.frames import RawChunk, connect_stub, frame_kind
-from fedcare.transport.grpc_server import grpc_options
+from fedcare.transport.grpc_server import grpc_options, share_malloc_arena
 from fedcare.transport.proto import fedcare_pb2 as pb
 from fedcare.transport.tls import TlsFiles, client_credentials
 from fedcare.transport.version import PROTOCOL_VERSION, parse_version
@@ -164,6 +164,7 @@ class GrpcNodeAgent:
         self.run_id: str | None = None
         self.joined = threading.Event()
         self._pool = BufferPool()  # receive buffers kept across rounds and reconnections
+        share_malloc_arena()  # before gRPC starts its threads (see the function)
 
     def _audit(self, event: str, **fields: object) -> None:
         if self.audit is not None:

@@ -15,12 +15,14 @@ Security and robustness, in the order a connection meets them:
    (sizes, order, dtypes, finite values). A malformed reply becomes an error reply for
    the instruction it answers: recorded as that site's failure, never a crash.
 
-Memory: replies are assembled into one buffer each and decoded as views of it. At most
-``max_inflight`` array-carrying replies exist at once (assembled and not yet consumed by
-the Coordinator). Other sites wait for their turn without sending: a site sends a
-reply's chunks only after the server's ``Proceed`` for its header (protocol 1.2; older
-sites are held back by HTTP/2 flow control instead, a few MiB each). With the default
-of 1 the server holds the global model, the fold, and one reply. A site that stops
+Memory: replies are assembled into one buffer each and decoded as views of it. Replies
+assembled and not yet consumed by the Coordinator may total ``max_inflight_bytes``
+(64 MiB by default), or be a single reply of any size: small models are received from
+many sites at once, a 100 MB model one site at a time. Other sites wait for their turn
+without sending: a site sends a reply's chunks only after the server's ``Proceed`` for
+its header (protocol 1.2; older sites are held back by HTTP/2 flow control instead, a
+few MiB each). For large models the server holds the global model, the fold, and one
+reply. A site that stops
 sending while it has the turn loses its connection after ``stall_timeout_s``.
 """
 
@@ -98,9 +100,11 @@ def share_malloc_arena() -> bool:
     """Make every thread of this process allocate from glibc's main heap (``M_ARENA_MAX = 1``).
 
     glibc gives threads that allocate their own heaps ("arenas") and each keeps the
-    4 MiB chunk buffers freed in it; with one reader thread per site that retained
-    ~0.7 x a 100 MB model at the server (measured by ``benchmarks/transport.py``), with no
-    throughput cost to removing it. Returns False where there is no glibc (nothing done).
+    4 MiB chunk buffers freed in it. With one reader thread per site that retained
+    ~0.5 x a 100 MB model at the server, and ten sites in one process spent ~100 ms of
+    system time per round faulting in fresh pages (``benchmarks/transport.py``); one
+    shared arena removed both at no cost in throughput. Returns False where there is no
+    glibc (nothing done).
     """
     try:
         libc = ctypes.CDLL(None)
@@ -111,6 +115,32 @@ def share_malloc_arena() -> bool:
 
 
 _M_ARENA_MAX = -8  # glibc malloc.h
+
+
+class _ReplyBudget:
+    """Bytes of replies assembled and not yet consumed; one reply always fits."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._used = 0
+        self._count = 0
+        self._cond = threading.Condition()
+
+    def acquire(self, size: int, *, timeout_s: float) -> bool:
+        """Reserve ``size`` bytes; False if they did not fit within ``timeout_s``."""
+        with self._cond:
+            fits = self._cond.wait_for(lambda: self._count == 0 or self._used + size <= self.limit, timeout_s)
+            if fits:
+                self._used += size
+                self._count += 1
+            return fits
+
+    def release(self, size: int) -> None:
+        """Give back a reservation."""
+        with self._cond:
+            self._used -= size
+            self._count -= 1
+            self._cond.notify_all()
 
 
 @dataclass(frozen=True)
@@ -158,8 +188,8 @@ class GrpcChannel:
         Chunk size of outgoing records.
     max_message_bytes : int (default: 2 GiB)
         Largest reply (all records) accepted.
-    max_inflight : int (default: 1)
-        Array-carrying replies held at once (see module docstring).
+    max_inflight_bytes : int (default: 64 MiB)
+        Bytes of replies held at once; one reply is always allowed (see module docstring).
     audit : AuditLog or None (default: None)
         Where connections, instructions sent and replies received are logged.
     stall_timeout_s : float (default: 120.0)
@@ -176,7 +206,7 @@ class GrpcChannel:
         study: StudyInfo,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-        max_inflight: int = 1,
+        max_inflight_bytes: int = 64 * 1024 * 1024,
         audit: AuditLog | None = None,
         stall_timeout_s: float = 120.0,
     ) -> None:
@@ -184,8 +214,8 @@ class GrpcChannel:
             raise ConfigError("the server needs at least one allow-listed site")
         if not 64 * 1024 <= chunk_bytes <= 64 * 1024 * 1024:
             raise ConfigError(f"chunk_bytes must be between 64 KiB and 64 MiB, got {chunk_bytes}")
-        if max_inflight < 1:
-            raise ConfigError(f"max_inflight must be at least 1, got {max_inflight}")
+        if max_inflight_bytes < 0:
+            raise ConfigError(f"max_inflight_bytes must not be negative, got {max_inflight_bytes}")
         share_malloc_arena()  # before gRPC starts its threads
         self.allowed = frozenset(allowed_sites)
         self.study = study
@@ -195,10 +225,9 @@ class GrpcChannel:
         self._sessions: dict[SiteId, _Session] = {}
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
-        self._replies: queue.SimpleQueue[tuple[Message, bool]] = queue.SimpleQueue()
-        self._inflight = threading.BoundedSemaphore(max_inflight)
-        # one reply being assembled per inflight token, plus the one the Coordinator folds
-        self._pool = BufferPool(max_inflight)
+        self._replies: queue.SimpleQueue[tuple[Message, int | None]] = queue.SimpleQueue()
+        self._inflight = _ReplyBudget(max_inflight_bytes)
+        self._pool = BufferPool(2)
         self._closed = threading.Event()
         self.stall_timeout_s = stall_timeout_s
         threading.Thread(target=self._watch_stalls, daemon=True, name="fedcare-stall-watch").start()
@@ -243,7 +272,7 @@ class GrpcChannel:
             with self._lock:
                 session = self._sessions.get(message.site)
             if session is None or not session.alive:
-                self._replies.put((message.reply(error=f"site {message.site} is not connected"), False))
+                self._replies.put((message.reply(error=f"site {message.site} is not connected"), None))
                 continue
             freeze(message)
             encoded = encode_message(message, cache=cache)
@@ -262,7 +291,7 @@ class GrpcChannel:
     def receive(self, *, timeout_s: float) -> Iterator[Message]:
         """Yield complete, validated replies in arrival order until the deadline."""
         deadline = time.monotonic() + timeout_s
-        token = False
+        token: int | None = None
         try:
             while True:
                 remaining = deadline - time.monotonic()
@@ -274,12 +303,12 @@ class GrpcChannel:
                     return
                 yield message
                 del message  # hold nothing once the consumer moves on (O(1) replies in memory)
-                if token:
-                    token = False
-                    self._inflight.release()
+                if token is not None:
+                    self._inflight.release(token)
+                    token = None
         finally:
-            if token:
-                self._inflight.release()
+            if token is not None:
+                self._inflight.release(token)
 
     def close(self) -> None:
         """End every session and stop the server (1 s grace)."""
@@ -390,7 +419,7 @@ class GrpcChannel:
             session.pending.clear()
         session.outq.put(None)
         for mid, p in pending.items():
-            self._replies.put((self._error_reply(session.site, mid, p, f"site disconnected ({why})"), False))
+            self._replies.put((self._error_reply(session.site, mid, p, f"site disconnected ({why})"), None))
         self._audit("left", site=session.site, reason=why, pending=len(pending))
         log.info("site %s left: %s", session.site, why)
 
@@ -406,7 +435,7 @@ class GrpcChannel:
         )
         skip = ""  # id of a rejected message whose remaining frames are dropped
         reply_to = ""  # what the message being assembled answers
-        token = False
+        token: int | None = None  # bytes of the reply being assembled, counted in the budget
         try:
             for frame in requests:
                 which = frame_kind(frame)
@@ -417,9 +446,10 @@ class GrpcChannel:
                             raise ProtocolError(f"reply from {session.site}: a header arrived mid-message")
                         skip = ""
                         if frame.header.records:
-                            token = self._acquire(session)
-                            if not token:
+                            size = max(0, sum(r.size_bytes for r in frame.header.records))
+                            if not self._acquire(session, size):
                                 return
+                            token = size
                             self._start(session, assembler, frame.header)
                         else:
                             assembler.start(frame.header)
@@ -436,24 +466,24 @@ class GrpcChannel:
                         header = assembler.header
                         session.holding_since = None
                         self._deliver(session, assembler.finish(frame.end), header, token)
-                        token = False
+                        token = None
                     elif which != "ping":
                         raise ProtocolError(f"reply from {session.site}: unexpected {which or 'empty'} frame")
                 except ProtocolError as exc:
                     skip = assembler.current_id or (frame.header.message_id if which == "header" else "")
                     assembler.reset()
                     session.holding_since = None
-                    if token:
-                        self._inflight.release()
-                        token = False
+                    if token is not None:
+                        self._inflight.release(token)
+                        token = None
                     self._reject(session, reply_to, exc)
         except grpc.RpcError:
             pass
         except Exception:  # never let a reader thread die silently
             log.exception("reader for %s failed", session.site)
         finally:
-            if token:
-                self._inflight.release()
+            if token is not None:
+                self._inflight.release(token)
             self._unregister(session, "stream closed")
             try:
                 session.context.cancel()
@@ -488,18 +518,18 @@ class GrpcChannel:
                     self._audit("stalled", site=session.site, reason=why)
                     session.context.cancel()
 
-    def _acquire(self, session: _Session) -> bool:
+    def _acquire(self, session: _Session, size: int) -> bool:
         while session.alive and not self._closed.is_set():
-            if self._inflight.acquire(timeout=0.5):
+            if self._inflight.acquire(size, timeout_s=0.5):
                 return True
         return False
 
-    def _deliver(self, session: _Session, reply: Message, header: pb.MessageHeader, token: bool) -> None:
+    def _deliver(self, session: _Session, reply: Message, header: pb.MessageHeader, token: int | None) -> None:
         with self._lock:
             sent = session.pending.pop(reply.reply_to or "", None)
         if sent is None or reply.site != session.site:
-            if token:
-                self._inflight.release()
+            if token is not None:
+                self._inflight.release(token)
             self._audit(
                 "ignored", site=session.site, message_id=reply.message_id[:64], reason="answers nothing pending"
             )
@@ -522,7 +552,7 @@ class GrpcChannel:
         with self._lock:
             sent = session.pending.pop(reply_to, None)
         if sent is not None:
-            self._replies.put((self._error_reply(session.site, reply_to, sent, f"malformed reply: {exc}"), False))
+            self._replies.put((self._error_reply(session.site, reply_to, sent, f"malformed reply: {exc}"), None))
 
 
 def _next_frame(requests: Iterator[SiteFrame]) -> pb.SiteFrame | None:
