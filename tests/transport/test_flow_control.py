@@ -27,6 +27,8 @@ from fedcare.transport.tls import client_credentials
 from fedcare.transport.wire import encode_message
 from fedcare.types import Message, MessageKind, Payload, RunId, SiteId
 
+pytestmark = pytest.mark.grpc
+
 
 class HandSite:
     """A certified site that answers each instruction as told: "ok", "stall" or "oversized"."""
