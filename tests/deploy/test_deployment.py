@@ -139,3 +139,7 @@ def test_server_sigkill_resumes_and_matches_simulation(study: Study, backend: st
     for path in [study.root / "server-audit.jsonl", *(study.root / f"audit-{s}.jsonl" for s in SITES)]:
         report = verify_audit_log(path)
         assert report.ok, (path, report.problem)
+    # and each site's log holds every head the coordinator recorded from its replies
+    for site in SITES:
+        report = verify_audit_log(study.root / f"audit-{site}.jsonl", anchors=study.root / "server-audit.jsonl")
+        assert report.ok and report.anchors >= rounds, (site, report)

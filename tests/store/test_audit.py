@@ -78,3 +78,46 @@ def test_cli_audit_verify(tmp_path):
     bad = runner.invoke(app, ["audit", "verify", str(path)])
     assert bad.exit_code == 1
     assert "FAILS verification" in bad.output and "line 2" in bad.output
+
+
+def _anchored_logs(tmp_path):
+    """A site log and the coordinator's log recording the site's head after each reply."""
+    site = AuditLog(tmp_path / "site" / "audit.jsonl", actor="site-a")
+    server = AuditLog(tmp_path / "server" / "audit.jsonl", actor="server")
+    for round_no in (1, 2, 3):
+        site.append("received", kind="fit", round_no=round_no)
+        site.append("sent", kind="fit", round_no=round_no, records=[{"name": "model", "size": 8}])
+        server.append("received", site="site-a", round_no=round_no, site_audit_head=site.head)
+    site.append("stop")
+    return site.path, server.path
+
+
+def test_anchors_catch_a_log_rewritten_into_a_new_consistent_chain(tmp_path):
+    site, server = _anchored_logs(tmp_path)
+    report = verify_audit_log(site, anchors=server)
+    assert report.ok and report.anchors == 3
+    # the site's operator drops round 2's entries and rebuilds every hash and the head
+    entries = [json.loads(line) for line in site.read_text().splitlines()]
+    kept = [e for e in entries if e.get("round_no") != 2]
+    site.unlink()
+    site.with_name("audit.jsonl.head").unlink()
+    forged = AuditLog(site, actor="site-a")
+    for e in kept:
+        forged.append(
+            e["event"], **{k: v for k, v in e.items() if k not in {"seq", "time", "actor", "event", "prev", "hash"}}
+        )
+    assert verify_audit_log(site).ok  # on its own, the forged chain is consistent
+    report = verify_audit_log(site, anchors=server)
+    assert not report.ok and "differs from what the coordinator recorded" in report.problem
+
+
+def test_anchors_catch_a_log_cut_short_and_re_chained(tmp_path):
+    site, server = _anchored_logs(tmp_path)
+    lines = site.read_text().splitlines()[:3]  # keep round 1 only
+    site.write_text("\n".join(lines) + "\n")
+    site.with_name("audit.jsonl.head").write_text(json.dumps({"seq": 3, "hash": json.loads(lines[-1])["hash"]}))
+    assert verify_audit_log(site).ok
+    report = verify_audit_log(site, anchors=server)
+    assert not report.ok and "removed" in report.problem
+    cli = CliRunner().invoke(app, ["audit", "verify", str(site), "--anchors", str(server)])
+    assert cli.exit_code == 1 and "removed" in cli.output

@@ -161,16 +161,25 @@ def certs_issue(
 
 
 @audit_app.command("verify")
-def audit_verify(path: Annotated[Path, typer.Argument(help="Audit log (JSON lines) to verify.")]) -> None:
+def audit_verify(
+    path: Annotated[Path, typer.Argument(help="Audit log (JSON lines) to verify.")],
+    anchors: Annotated[
+        Path | None,
+        typer.Option(help="The coordinator's audit log: also check every head of PATH it recorded."),
+    ] = None,
+) -> None:
     """Recompute the hash chain; exit 1 and name the first edited or deleted entry."""
     from fedcare.store.audit import verify_audit_log
 
-    report = verify_audit_log(path)
+    report = verify_audit_log(path, anchors=anchors)
     if not report.ok:
         err_console.print(
             f"[red]audit log {path} FAILS verification:[/] {report.problem}", highlight=False, soft_wrap=True
         )
         raise typer.Exit(code=1)
+    anchored = f"; {report.anchors} heads recorded by the coordinator match" if anchors is not None else ""
     console.print(
-        f"audit log {path}: {report.entries} entries, chain intact, head {report.head}", highlight=False, soft_wrap=True
+        f"audit log {path}: {report.entries} entries, chain intact, head {report.head}{anchored}",
+        highlight=False,
+        soft_wrap=True,
     )

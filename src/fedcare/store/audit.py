@@ -6,12 +6,14 @@ previous line's hash (64 zeros for the first). A sidecar ``<log>.head`` file hol
 last sequence number and hash, so deleting the final lines is detected too.
 :func:`verify_audit_log` recomputes the chain and names the first broken line.
 
-What is logged is metadata only: instruction kinds, rounds, sizes and sha256 digests of
+What is logged is metadata only: instruction kinds, rounds, sizes and BLAKE3 digests of
 what left or arrived, refusals and their reasons. Never data, never keys.
 
-Limits: someone who can rewrite the whole file AND its head can forge a consistent
-chain; copy the head hash somewhere else (the coordinator, a ticket, a printout) to
-anchor it. A crash between writing a line and its head leaves the head one entry
+Anchors: someone who can rewrite the whole file AND its head can forge a consistent
+chain. So each reply a site sends carries its log's head (``seq:hash`` just after the
+"sent" entry), and the coordinator records it in its own log; ``verify_audit_log(site
+log, anchors=coordinator log)`` then fails if any entry the coordinator saw was later
+rewritten or removed. A crash between writing a line and its head leaves the head one entry
 behind; that state verifies, and the next writer repairs the head.
 """
 
@@ -90,6 +92,12 @@ class AuditLog:
             self._write_head()
             return digest
 
+    @property
+    def head(self) -> str:
+        """``"seq:hash"`` of the last entry (what another party records as an anchor)."""
+        with self._lock:
+            return f"{self._seq}:{self._prev}"
+
     def _write_head(self) -> None:
         head = _head_path(self.path)
         tmp = head.with_name(head.name + ".tmp")
@@ -105,31 +113,91 @@ class AuditReport:
     entries: int
     head: str
     problem: str = ""
+    anchors: int = 0  # anchors from another party's log that were checked
 
 
-def verify_audit_log(path: str | Path) -> AuditReport:
-    """Recompute the chain of ``path``; report the first edited, deleted or reordered line."""
-    path = Path(path)
+def verify_audit_log(path: str | Path, *, anchors: str | Path | None = None) -> AuditReport:
+    """Recompute the chain of ``path``; report the first edited, deleted or reordered line.
+
+    With ``anchors`` (the coordinator's log), also check every head of this log that the
+    coordinator recorded (``site_audit_head`` of its "received" entries for this log's
+    actor): a log rewritten into a new, self-consistent chain fails here.
+    """
+    report, hashes, actor = _verify_chain(Path(path))
+    if not report.ok or anchors is None:
+        return report
+    other, _, _ = _verify_chain(Path(anchors))
+    if not other.ok:
+        return AuditReport(False, report.entries, report.head, f"anchor log {anchors}: {other.problem}")
+    checked = 0
+    for seq, digest in _anchors_for(Path(anchors), actor):
+        if seq >= len(hashes):
+            return AuditReport(
+                False,
+                report.entries,
+                report.head,
+                f"the coordinator recorded entry {seq} of this log, which ends at entry {report.entries} (removed)",
+            )
+        if hashes[seq] != digest:
+            return AuditReport(
+                False,
+                report.entries,
+                report.head,
+                f"entry {seq} differs from what the coordinator recorded (rewritten)",
+            )
+        checked += 1
+    return AuditReport(True, report.entries, report.head, anchors=checked)
+
+
+def _anchors_for(path: Path, actor: str) -> list[tuple[int, str]]:
+    out = []
+    for line in path.read_text(encoding="ascii").splitlines():
+        entry = json.loads(line)
+        anchor = entry.get("site_audit_head")
+        if entry.get("event") != "received" or entry.get("site") != actor or not isinstance(anchor, str):
+            continue
+        seq, _, digest = anchor.partition(":")
+        if seq.isdigit() and len(digest) == 64:
+            out.append((int(seq), digest))
+    return out
+
+
+def _verify_chain(path: Path) -> tuple[AuditReport, list[str], str]:
+    """The chain's report, every entry's hash (index = seq) and the log's actor."""
+    actor = ""
+    hashes = [_GENESIS]
     try:
         lines = path.read_text(encoding="ascii").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
-        return AuditReport(False, 0, _GENESIS, f"cannot read {path}: {exc}")
+        return AuditReport(False, 0, _GENESIS, f"cannot read {path}: {exc}"), hashes, actor
     prev, seq = _GENESIS, 0
-    hashes = [_GENESIS]
     for lineno, line in enumerate(lines, start=1):
         try:
             entry = json.loads(line)
         except ValueError:
-            return AuditReport(False, seq, prev, f"line {lineno} is not valid JSON (edited?)")
+            return AuditReport(False, seq, prev, f"line {lineno} is not valid JSON (edited?)"), hashes, actor
         if not isinstance(entry, dict) or "hash" not in entry:
-            return AuditReport(False, seq, prev, f"line {lineno} has no hash")
+            return AuditReport(False, seq, prev, f"line {lineno} has no hash"), hashes, actor
         claimed = entry.pop("hash")
+        actor = actor or str(entry.get("actor", ""))
         if entry.get("seq") != seq + 1:
-            return AuditReport(False, seq, prev, f"line {lineno}: sequence {entry.get('seq')} follows {seq} (deleted?)")
+            return (
+                AuditReport(False, seq, prev, f"line {lineno}: sequence {entry.get('seq')} follows {seq} (deleted?)"),
+                hashes,
+                actor,
+            )
         if entry.get("prev") != prev:
-            return AuditReport(False, seq, prev, f"line {lineno}: does not chain to the previous entry (deleted?)")
+            return (
+                AuditReport(False, seq, prev, f"line {lineno}: does not chain to the previous entry (deleted?)"),
+                hashes,
+                actor,
+            )
         if _digest(prev, entry) != claimed:
-            return AuditReport(False, seq, prev, f"line {lineno}: content does not match its hash (edited)")
+            return (
+                AuditReport(False, seq, prev, f"line {lineno}: content does not match its hash (edited)"),
+                hashes,
+                actor,
+            )
         prev, seq = claimed, seq + 1
         hashes.append(claimed)
     head_file = _head_path(path)
@@ -138,16 +206,23 @@ def verify_audit_log(path: str | Path) -> AuditReport:
             head = json.loads(head_file.read_text(encoding="ascii"))
             head_seq, head_hash = int(head["seq"]), str(head["hash"])
         except (ValueError, KeyError, TypeError):
-            return AuditReport(False, seq, prev, f"{head_file} is not a valid head record")
+            return AuditReport(False, seq, prev, f"{head_file} is not a valid head record"), hashes, actor
         if head_seq > seq:
-            return AuditReport(
-                False, seq, prev, f"the log ends at entry {seq} but its head records entry {head_seq} (truncated)"
-            )
+            problem = f"the log ends at entry {seq} but its head records entry {head_seq} (truncated)"
+            return AuditReport(False, seq, prev, problem), hashes, actor
         if head_seq < seq - 1:
-            return AuditReport(False, seq, prev, f"{seq - head_seq} entries follow the recorded head {head_seq}")
+            return (
+                AuditReport(False, seq, prev, f"{seq - head_seq} entries follow the recorded head {head_seq}"),
+                hashes,
+                actor,
+            )
         if hashes[head_seq] != head_hash:
-            return AuditReport(False, seq, prev, f"entry {head_seq} does not match the recorded head hash")
+            return (
+                AuditReport(False, seq, prev, f"entry {head_seq} does not match the recorded head hash"),
+                hashes,
+                actor,
+            )
         # head_seq == seq - 1: a crash between writing the last line and the head (the writer repairs it)
     elif seq:
-        return AuditReport(False, seq, prev, f"{head_file} is missing")
-    return AuditReport(True, seq, prev)
+        return AuditReport(False, seq, prev, f"{head_file} is missing"), hashes, actor
+    return AuditReport(True, seq, prev), hashes, actor

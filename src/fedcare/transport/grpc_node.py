@@ -442,6 +442,8 @@ class GrpcNodeAgent:
             metrics=sorted(reply.payload.metrics),
             records=audit_records(encoded.header),
         )
+        if self.audit is not None:  # the coordinator records where this log stood: an anchor
+            encoded.header.audit_head = self.audit.head
         link.last_reply = encoded
         link.outq.put(encoded)  # expanded into chunks lazily by the request stream
 
@@ -457,6 +459,8 @@ class GrpcNodeAgent:
             error=error[:2000],
         )
         self._audit("sent", kind=reply.kind, round_no=reply.round_no, reply_to=reply.reply_to, error=True, records=[])
+        if self.audit is not None:
+            reply.audit_head = self.audit.head
         outq.put(pb.SiteFrame(header=reply))
         outq.put(pb.SiteFrame(end=pb.MessageEnd(message_id=reply.message_id)))
 

@@ -543,6 +543,7 @@ class GrpcChannel:
             reply_to=reply.reply_to,
             error=reply.error,
             records=audit_records(header),
+            site_audit_head=header.audit_head[:80],
         )
         self._replies.put((reply, token))
 

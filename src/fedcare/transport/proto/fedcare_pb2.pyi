@@ -73,7 +73,7 @@ class RecordHeader(_message.Message):
     def __init__(self, name: _Optional[str] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., blake3: _Optional[str] = ...) -> None: ...
 
 class MessageHeader(_message.Message):
-    __slots__ = ("message_id", "kind", "run_id", "round_no", "site", "reply_to", "has_error", "error", "config", "metrics", "records")
+    __slots__ = ("message_id", "kind", "run_id", "round_no", "site", "reply_to", "has_error", "error", "config", "metrics", "records", "audit_head")
     class ConfigEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -99,6 +99,7 @@ class MessageHeader(_message.Message):
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
     RECORDS_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_HEAD_FIELD_NUMBER: _ClassVar[int]
     message_id: str
     kind: str
     run_id: str
@@ -110,7 +111,8 @@ class MessageHeader(_message.Message):
     config: _containers.MessageMap[str, Scalar]
     metrics: _containers.ScalarMap[str, float]
     records: _containers.RepeatedCompositeFieldContainer[RecordHeader]
-    def __init__(self, message_id: _Optional[str] = ..., kind: _Optional[str] = ..., run_id: _Optional[str] = ..., round_no: _Optional[int] = ..., site: _Optional[str] = ..., reply_to: _Optional[str] = ..., has_error: _Optional[bool] = ..., error: _Optional[str] = ..., config: _Optional[_Mapping[str, Scalar]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., records: _Optional[_Iterable[_Union[RecordHeader, _Mapping]]] = ...) -> None: ...
+    audit_head: str
+    def __init__(self, message_id: _Optional[str] = ..., kind: _Optional[str] = ..., run_id: _Optional[str] = ..., round_no: _Optional[int] = ..., site: _Optional[str] = ..., reply_to: _Optional[str] = ..., has_error: _Optional[bool] = ..., error: _Optional[str] = ..., config: _Optional[_Mapping[str, Scalar]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., records: _Optional[_Iterable[_Union[RecordHeader, _Mapping]]] = ..., audit_head: _Optional[str] = ...) -> None: ...
 
 class Chunk(_message.Message):
     __slots__ = ("message_id", "record_index", "data")
