@@ -20,8 +20,10 @@ from tests.conftest import shift_sites
 from tests.transport.grpc_helpers import Deployment, Pki, open_channel
 from tests.transport.test_grpc_channel import coordinate, wait_joined
 
+from fedcare.runtime.node import SiteNode
 from fedcare.task import Task
 from fedcare.transport.frames import connect_stub
+from fedcare.transport.grpc_node import Backoff, GrpcNodeAgent
 from fedcare.transport.proto import fedcare_pb2 as pb
 from fedcare.transport.tls import client_credentials
 from fedcare.transport.wire import encode_message
@@ -162,3 +164,44 @@ def test_reply_budget_admits_one_reply_of_any_size_and_small_ones_together():
     assert not budget.acquire(1, timeout_s=0.05)
     threading.Timer(0.1, budget.release, args=(6,)).start()
     assert budget.acquire(5, timeout_s=5)  # admitted once room is given back
+
+
+def test_sites_are_told_when_the_run_is_over(deployment: Deployment):
+    deployment.nodes(shift_sites(1))
+    wait_joined(deployment, 1)
+    site = HandSite(deployment, "site-02", "1.2", [])
+    old = HandSite(deployment, "site-03", "1.1", [])  # would not understand the frame
+    try:
+        wait_joined(deployment, 3)
+        coordinate(deployment, rounds=1, min_sites=1)
+        deployment.channel.finish("completed 1 rounds")
+        deadline = time.monotonic() + 10
+        while "finished" not in site.received and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "finished" in site.received and "finished" not in old.received
+    finally:
+        site.close()
+        old.close()
+
+
+def test_a_node_run_once_exits_when_the_run_is_over(pki: Pki, shift_task: Task):
+    d = Deployment(pki=pki, channel=open_channel(pki, shift_task), task=shift_task)
+    try:
+        site, data = next(iter(shift_sites(1).items()))
+        agent = GrpcNodeAgent(
+            site=site,
+            handler=SiteNode(site_id=site, task=shift_task, data=data).handle,
+            address=d.address,
+            tls=pki.files(site),
+            studies=["study"],
+            backoff=Backoff(initial_s=0.05, max_s=0.3),
+        )
+        done = threading.Event()
+        thread = threading.Thread(target=lambda: (agent.run_forever(exit_after_run=True), done.set()), daemon=True)
+        thread.start()
+        wait_joined(d, 1)
+        coordinate(d, rounds=1)
+        d.channel.finish("completed 1 rounds")
+        assert done.wait(10), "the node kept reconnecting after the run was over"
+    finally:
+        d.stop()

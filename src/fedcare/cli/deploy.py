@@ -66,6 +66,9 @@ def node(
     show_task_hash: Annotated[
         bool, typer.Option("--show-task-hash", help="Print the installed task's hash (to review and approve) and exit.")
     ] = False,
+    once: Annotated[
+        bool, typer.Option("--once", help="Exit once the coordinator says its run is over (default: wait for the next)")
+    ] = False,
 ) -> None:
     """Run a site: dial out to the coordinator and answer what this site's policy allows."""
     from fedcare.deploy.config import load_site_config
@@ -88,7 +91,7 @@ def node(
                 highlight=False,
             )
 
-        run_node(cfg, on_start=started)
+        run_node(cfg, on_start=started, once=once)
     except FedcareError as exc:
         raise fail(exc) from None
 

@@ -105,8 +105,8 @@ class NodeInfo:
     approved: bool
 
 
-def run_node(cfg: SiteConfig, *, on_start: Any = None) -> None:
-    """Serve the coordinator until SIGTERM/SIGINT; reconnect after failures."""
+def run_node(cfg: SiteConfig, *, on_start: Any = None, once: bool = False) -> None:
+    """Serve the coordinator until SIGTERM/SIGINT (or, with ``once``, until its run is over)."""
     node, task = build_site(cfg)
     digest = task_hash(task)
     audit = AuditLog(cfg.audit_log, actor=cfg.site)
@@ -122,6 +122,6 @@ def run_node(cfg: SiteConfig, *, on_start: Any = None) -> None:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     try:
-        agent.run_forever()
+        agent.run_forever(exit_after_run=once)
     finally:
         audit.append("stop")

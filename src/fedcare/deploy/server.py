@@ -152,6 +152,7 @@ def run_server(
             initial = task.init_model(np.random.default_rng(cfg.seed))
             result = coordinator.run(initial, spec=spec, state=state, start_round=start_round)
             audit.append("finished", run_id=cfg.run_id, rounds=cfg.rounds)
+            channel.finish(f"completed {cfg.rounds} rounds")  # sites stop reconnecting to this run
             return ServerOutcome(cfg.run_id, "completed", start_round, result)
         finally:
             channel.close()

@@ -96,6 +96,10 @@ def describe_rpc_error(exc: grpc.RpcError) -> str:
     return f"{code.name if code else 'error'}: {details}"
 
 
+class _RunOver(Exception):
+    """The coordinator said its run is over (a Finished frame)."""
+
+
 class _Fatal(Exception):
     """The server or the site's own policy ended the session for good."""
 
@@ -172,8 +176,12 @@ class GrpcNodeAgent:
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    def run_forever(self, *, max_attempts: int | None = None) -> None:
+    def run_forever(self, *, max_attempts: int | None = None, exit_after_run: bool = False) -> None:
         """Connect, serve, reconnect with backoff; return when stopped.
+
+        When the coordinator says its run is over (protocol 1.2), the agent returns if
+        ``exit_after_run``, else it waits for the next run, reconnecting at the backoff's
+        pace without counting failures.
 
         Raises
         ------
@@ -188,6 +196,12 @@ class GrpcNodeAgent:
             try:
                 self.serve_once()
                 failures = 0
+            except _RunOver as exc:
+                failures = 0
+                if exit_after_run:
+                    log.info("site %s: %s; exiting", self.site, exc)
+                    return
+                log.info("site %s: %s; waiting for the next run", self.site, exc)
             except _Fatal as exc:
                 raise exc.__cause__ or TransportError(str(exc)) from None
             except TransportError as exc:
@@ -232,6 +246,8 @@ class GrpcNodeAgent:
             The connection failed or broke (the caller retries).
         _Fatal
             A refusal that retrying cannot fix.
+        _RunOver
+            The coordinator said its run is over.
         """
         link = _Link(self.chunk_bytes)
         channel = self._channel()
@@ -342,6 +358,8 @@ class GrpcNodeAgent:
             link.close()
             # let the instruction at hand finish before a new session can start another
             worker.join(None if not self.stop_event.is_set() else 5.0)
+        if link.finished:
+            raise _RunOver(link.finished)
         raise TransportError("the coordinator closed the stream")
 
     def _read(
@@ -372,6 +390,10 @@ class GrpcNodeAgent:
                     work.put(assembler.finish(frame.end))  # type: ignore[union-attr]
                 elif which == "proceed":
                     link.proceed(frame.proceed)  # type: ignore[union-attr]
+                elif which == "finished":
+                    finished = frame.finished  # type: ignore[union-attr]
+                    link.finished = f"run {finished.run_id[:200]!r} finished: {finished.reason[:500]}"
+                    self._audit("run_finished", run_id=finished.run_id[:200], reason=finished.reason[:500])
                 elif which != "ping":
                     raise ProtocolError(f"instruction stream: unexpected {which or 'empty'} frame")
             except ProtocolError as exc:
@@ -474,6 +496,7 @@ class _Link:
         self.chunk_bytes = chunk_bytes
         self.credit = False  # the coordinator speaks 1.2+: wait for its Proceed before chunks
         self.last_reply: EncodedMessage | None = None
+        self.finished = ""  # the coordinator's Finished, as one line
         self._answers: dict[str, str | None] = {}  # awaited message id -> refusal ("" = go ahead)
         self._cond = threading.Condition()
         self._on_close: list[Callable[[], None]] = []

@@ -310,6 +310,23 @@ class GrpcChannel:
             if token is not None:
                 self._inflight.release(token)
 
+    def finish(self, reason: str) -> None:
+        """Tell every site the run is over (protocol 1.2+), then :meth:`close`.
+
+        Waits up to 5 s for the frame to be sent; sites then stop reconnecting to this run.
+        """
+        with self._lock:
+            sessions = [s for s in self._sessions.values() if s.alive and s.credit]
+        frame = pb.ServerFrame(finished=pb.Finished(run_id=self.study.run_id, reason=reason[:500]))
+        for session in sessions:
+            session.outq.put(frame)
+            session.outq.put(None)  # the stream ends right after it
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline and any(s.alive for s in sessions):
+            time.sleep(0.05)
+        self._audit("finished_sent", run_id=self.study.run_id, reason=reason[:500], sites=len(sessions))
+        self.close()
+
     def close(self) -> None:
         """End every session and stop the server (1 s grace)."""
         self._closed.set()

@@ -136,6 +136,14 @@ class Ping(_message.Message):
     unix_ms: int
     def __init__(self, unix_ms: _Optional[int] = ...) -> None: ...
 
+class Finished(_message.Message):
+    __slots__ = ("run_id", "reason")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    reason: str
+    def __init__(self, run_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
 class Proceed(_message.Message):
     __slots__ = ("message_id", "refusal")
     MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -163,7 +171,7 @@ class SiteFrame(_message.Message):
     def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., join: _Optional[_Union[Join, _Mapping]] = ..., refusal: _Optional[_Union[Refusal, _Mapping]] = ..., header: _Optional[_Union[MessageHeader, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ..., end: _Optional[_Union[MessageEnd, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ...) -> None: ...
 
 class ServerFrame(_message.Message):
-    __slots__ = ("welcome", "refusal", "header", "chunk", "end", "ping", "proceed")
+    __slots__ = ("welcome", "refusal", "header", "chunk", "end", "ping", "proceed", "finished")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     REFUSAL_FIELD_NUMBER: _ClassVar[int]
     HEADER_FIELD_NUMBER: _ClassVar[int]
@@ -171,6 +179,7 @@ class ServerFrame(_message.Message):
     END_FIELD_NUMBER: _ClassVar[int]
     PING_FIELD_NUMBER: _ClassVar[int]
     PROCEED_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     refusal: Refusal
     header: MessageHeader
@@ -178,4 +187,5 @@ class ServerFrame(_message.Message):
     end: MessageEnd
     ping: Ping
     proceed: Proceed
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., refusal: _Optional[_Union[Refusal, _Mapping]] = ..., header: _Optional[_Union[MessageHeader, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ..., end: _Optional[_Union[MessageEnd, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ..., proceed: _Optional[_Union[Proceed, _Mapping]] = ...) -> None: ...
+    finished: Finished
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., refusal: _Optional[_Union[Refusal, _Mapping]] = ..., header: _Optional[_Union[MessageHeader, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ..., end: _Optional[_Union[MessageEnd, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ..., proceed: _Optional[_Union[Proceed, _Mapping]] = ..., finished: _Optional[_Union[Finished, _Mapping]] = ...) -> None: ...
