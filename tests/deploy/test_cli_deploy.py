@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import stat
 
+import numpy as np
 import pytest
 from cryptography import x509
 from tests.deploy.deploy_helpers import free_port, write_toml
@@ -14,11 +15,13 @@ import fedcare.cli.deploy  # noqa: F401  (registers the commands)
 from fedcare.cli.app import app
 from fedcare.deploy.config import load_server_config, load_site_config
 from fedcare.deploy.doctor import run_doctor
+from fedcare.deploy.node import build_site
 from fedcare.errors import ConfigError
 from fedcare.task import task_hash
 from fedcare.tasks import make_task
 from fedcare.transport.grpc_server import GrpcChannel, StudyInfo
 from fedcare.transport.tls import TlsFiles
+from fedcare.types import Message, MessageKind, Payload, RunId, SiteId
 
 runner = CliRunner()
 
@@ -129,3 +132,34 @@ def test_doctor_cli_exit_code(tmp_path, certs, server):
     assert "all checks passed" in ok.output
     bad = runner.invoke(app, ["doctor", "--config", str(_site_toml(tmp_path, certs, free_port()))])
     assert bad.exit_code == 8 and "failed at step: tcp" in bad.output
+
+
+def test_site_toml_carries_the_privacy_and_secure_aggregation_rules(tmp_path, certs):
+    path = _site_toml(tmp_path, certs, 1)
+    text = path.read_text().replace(
+        "[policy]\n", "[policy]\nmax_epsilon = 3.0\ndelta = 1e-6\nrequire_secure_aggregation = true\nmin_peers = 3\n"
+    )
+    path.write_text(text)
+    cfg = load_site_config(path)
+    node, task = build_site(cfg)
+    policy = node.policy
+    assert (policy.max_epsilon, policy.delta, policy.require_secure_aggregation, policy.min_peers) == (
+        3.0,
+        1e-6,
+        True,
+        3,
+    )
+    assert policy.studies == frozenset({"heart"}) and task_hash(task) in policy.approved_task_hashes
+    # a plain (not securely aggregated) fit is refused by the deployed node itself
+    message = Message(
+        MessageKind.FIT,
+        RunId("run-1"),
+        1,
+        SiteId("cleveland"),
+        Payload(arrays={"model": task.init_model(np.random.default_rng(0))}, config={"task_hash": task_hash(task)}),
+    )
+    reply = node.handle(message)
+    assert reply.error is not None and "only under secure aggregation" in reply.error
+    path.write_text(text.replace("min_peers = 3", "min_peers = 0"))
+    with pytest.raises(ConfigError, match=r"\[policy\]: 'min_peers' must be at least 1"):
+        load_site_config(path)

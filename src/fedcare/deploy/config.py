@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from fedcare.errors import ConfigError
+from fedcare.runtime.policy import SitePolicy
 from fedcare.transport.tls import TlsFiles
 from fedcare.types import ConfigValue
 
@@ -221,6 +222,13 @@ class SiteConfig:
     backoff_max_s: float = 30.0
     connect_timeout_s: float = 10.0
     extra: Mapping[str, Any] = field(default_factory=dict)
+    policy: SitePolicy = field(default_factory=SitePolicy)
+
+    def site_policy(self) -> SitePolicy:
+        """The whole policy the node enforces: ``[policy]`` with the studies and approved hashes."""
+        return replace(
+            self.policy, approved_task_hashes=frozenset(self.approved_task_hashes), studies=frozenset(self.studies)
+        )
 
 
 def load_site_config(path: str | Path) -> SiteConfig:
@@ -245,6 +253,17 @@ def load_site_config(path: str | Path) -> SiteConfig:
     if test_fraction >= 1:
         raise ConfigError(f"{data.where}: 'test_fraction' must be below 1, got {test_fraction}")
     proxy = conn.str("proxy")
+    delta = policy.float("delta", 1e-5, positive=True)
+    if delta >= 1:
+        raise ConfigError(f"{policy.where}: 'delta' must be below 1, got {delta}")
+    rules = SitePolicy(
+        max_epsilon=policy.float("max_epsilon", None, positive=True),
+        delta=delta,
+        trust_central_noise=policy.bool("trust_central_noise", False),
+        allow_seeded_noise=policy.bool("allow_seeded_noise", False),
+        require_secure_aggregation=policy.bool("require_secure_aggregation", False),
+        min_peers=policy.int("min_peers", 1, minimum=1),
+    )
     return SiteConfig(
         site=name,
         address=srv.str("address", _REQUIRED),
@@ -267,4 +286,5 @@ def load_site_config(path: str | Path) -> SiteConfig:
         backoff_initial_s=conn.float("backoff_initial_s", 0.5, positive=True),
         backoff_max_s=conn.float("backoff_max_s", 30.0, positive=True),
         connect_timeout_s=conn.float("connect_timeout_s", 10.0, positive=True),
+        policy=rules,
     )

@@ -20,7 +20,6 @@ from fedcare.data.tabular import Standardizer, split_indices
 from fedcare.deploy.config import SiteConfig
 from fedcare.errors import ConfigError, DataError
 from fedcare.runtime.node import SiteNode
-from fedcare.runtime.policy import SitePolicy
 from fedcare.store.audit import AuditLog
 from fedcare.task import ArrayDataset, SiteData, Task, task_hash
 from fedcare.tasks import make_task
@@ -75,8 +74,7 @@ def build_site(cfg: SiteConfig) -> tuple[SiteNode, Task]:
     if cfg.task == "logreg":
         params.setdefault("n_features", int(data.train.x.shape[1]))
     task = make_task(cfg.task, **params)
-    policy = SitePolicy(approved_task_hashes=frozenset(cfg.approved_task_hashes), studies=frozenset(cfg.studies))
-    return SiteNode(site_id=SiteId(cfg.site), task=task, data=data, policy=policy), task
+    return SiteNode(site_id=SiteId(cfg.site), task=task, data=data, policy=cfg.site_policy()), task
 
 
 def make_agent(cfg: SiteConfig, node: SiteNode, audit: AuditLog | None) -> GrpcNodeAgent:
