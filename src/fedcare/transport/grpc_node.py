@@ -167,6 +167,7 @@ class GrpcNodeAgent:
         self.stop_event = threading.Event()
         self.run_id: str | None = None
         self.joined = threading.Event()
+        self._joins = 0  # sessions joined so far
         self._pool = BufferPool()  # receive buffers kept across rounds and reconnections
         share_malloc_arena()  # before gRPC starts its threads (see the function)
 
@@ -192,12 +193,14 @@ class GrpcNodeAgent:
             The coordinator runs a study this site's config does not opt in to.
         """
         failures = 0
+        between_runs = False  # the last run finished: a coordinator that is not up is expected
         while not self.stop_event.is_set():
+            joins = self._joins
             try:
                 self.serve_once()
                 failures = 0
             except _RunOver as exc:
-                failures = 0
+                failures, between_runs = 0, True
                 if exit_after_run:
                     log.info("site %s: %s; exiting", self.site, exc)
                     return
@@ -206,7 +209,8 @@ class GrpcNodeAgent:
                 raise exc.__cause__ or TransportError(str(exc)) from None
             except TransportError as exc:
                 failures += 1
-                log.warning("site %s: %s", self.site, exc)
+                between_runs = between_runs and self._joins == joins  # still no new run joined
+                (log.info if between_runs else log.warning)("site %s: %s", self.site, exc)
                 if max_attempts is not None and failures >= max_attempts:
                     raise
             if self.stop_event.is_set():
@@ -339,6 +343,7 @@ class GrpcNodeAgent:
         )
         log.info("site %s joined study %s (run %s)", self.site, welcome.study, welcome.run_id)
         self.backoff.reset()
+        self._joins += 1
         self.joined.set()
         limit = min(self.max_message_bytes, welcome.max_message_bytes or self.max_message_bytes)
         # the server's gRPC message limit is its chunk size + 1 MiB: never send larger chunks
