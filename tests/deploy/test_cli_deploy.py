@@ -16,7 +16,8 @@ from fedcare.cli.app import app
 from fedcare.deploy.config import load_server_config, load_site_config
 from fedcare.deploy.doctor import run_doctor
 from fedcare.deploy.node import build_site
-from fedcare.errors import ConfigError
+from fedcare.errors import ConfigError, PolicyError
+from fedcare.privacy.accounting import Mechanism, PrivacyCost
 from fedcare.task import task_hash
 from fedcare.tasks import make_task
 from fedcare.transport.grpc_server import GrpcChannel, StudyInfo
@@ -163,3 +164,19 @@ def test_site_toml_carries_the_privacy_and_secure_aggregation_rules(tmp_path, ce
     path.write_text(text.replace("min_peers = 3", "min_peers = 0"))
     with pytest.raises(ConfigError, match=r"\[policy\]: 'min_peers' must be at least 1"):
         load_site_config(path)
+
+
+def test_a_deployed_sites_privacy_budget_survives_a_restart(tmp_path, certs):
+    path = _site_toml(tmp_path, certs, 1)
+    path.write_text(path.read_text().replace("[policy]\n", "[policy]\nmax_epsilon = 2.0\n"))
+    cost = PrivacyCost(mechanism=Mechanism.DPSGD, noise_multiplier=2.0, sample_rate=0.1, steps=10)
+    node, _ = build_site(load_site_config(path))
+    node.privacy.ledger.charge(run_id="run-1", round_no=1, costs=[cost], max_epsilon=2.0)
+    spent = node.privacy.ledger.spent()
+    assert 0 < spent < 2.0
+    restarted, _ = build_site(load_site_config(path))  # a new process reads the same ledger
+    assert restarted.privacy.ledger.spent() == pytest.approx(spent)
+    with pytest.raises(PolicyError, match="budget"):
+        for round_no in range(2, 50):
+            restarted.privacy.ledger.charge(run_id="run-2", round_no=round_no, costs=[cost], max_epsilon=2.0)
+    assert (tmp_path / "fedcare-site" / "privacy.db").exists()

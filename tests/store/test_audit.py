@@ -121,3 +121,16 @@ def test_anchors_catch_a_log_cut_short_and_re_chained(tmp_path):
     assert not report.ok and "removed" in report.problem
     cli = CliRunner().invoke(app, ["audit", "verify", str(site), "--anchors", str(server)])
     assert cli.exit_code == 1 and "removed" in cli.output
+
+
+def test_a_log_read_mid_append_is_read_again_not_failed(tmp_path):
+    """A verifier that reads the lines, then the head of a log whose writer appended in between."""
+    import threading
+
+    path = _log(tmp_path, n=4)
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:-1]))  # the head already names entry 4, its line is not there yet
+    threading.Timer(0.06, lambda: path.write_text("".join(lines))).start()  # ... and then it is
+    assert verify_audit_log(path).ok
+    path.write_text("".join(lines[:-1]))  # cut short for good: still detected
+    assert "truncated" in verify_audit_log(path).problem

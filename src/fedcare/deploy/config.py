@@ -223,6 +223,7 @@ class SiteConfig:
     connect_timeout_s: float = 10.0
     extra: Mapping[str, Any] = field(default_factory=dict)
     policy: SitePolicy = field(default_factory=SitePolicy)
+    ledger_url: str = "sqlite:///fedcare-site/privacy.db"
 
     def site_policy(self) -> SitePolicy:
         """The whole policy the node enforces: ``[policy]`` with the studies and approved hashes."""
@@ -287,4 +288,5 @@ def load_site_config(path: str | Path) -> SiteConfig:
         backoff_max_s=conn.float("backoff_max_s", 30.0, positive=True),
         connect_timeout_s=conn.float("connect_timeout_s", 10.0, positive=True),
         policy=rules,
+        ledger_url=policy.str("ledger", None) or f"sqlite:///{(root.root / 'fedcare-site' / 'privacy.db').resolve()}",
     )

@@ -21,6 +21,8 @@ from fedcare.deploy.config import SiteConfig
 from fedcare.errors import ConfigError, DataError
 from fedcare.runtime.node import SiteNode
 from fedcare.store.audit import AuditLog
+from fedcare.store.ledger import sql_ledger
+from fedcare.store.sql import SqlStore
 from fedcare.task import ArrayDataset, SiteData, Task, task_hash
 from fedcare.tasks import make_task
 from fedcare.transport.grpc_node import Backoff, GrpcNodeAgent
@@ -67,6 +69,10 @@ def load_site_data(cfg: SiteConfig) -> SiteData:
     return SiteData(train=ArrayDataset(xs[train], y[train]), test=ArrayDataset(xs[test], y[test]))
 
 
+#: Ledger scope of a deployed node: one budget for everything it takes part in.
+SITE_BUDGET = "all-studies"
+
+
 def build_site(cfg: SiteConfig) -> tuple[SiteNode, Task]:
     """Data, installed task and policy -> the SiteNode that answers instructions."""
     data = load_site_data(cfg)
@@ -74,7 +80,10 @@ def build_site(cfg: SiteConfig) -> tuple[SiteNode, Task]:
     if cfg.task == "logreg":
         params.setdefault("n_features", int(data.train.x.shape[1]))
     task = make_task(cfg.task, **params)
-    return SiteNode(site_id=SiteId(cfg.site), task=task, data=data, policy=cfg.site_policy()), task
+    policy = cfg.site_policy()
+    # ε spent must survive restarts, or restarting the node would reset its budget
+    ledger = sql_ledger(SqlStore(cfg.ledger_url), site=cfg.site, study=SITE_BUDGET, delta=policy.delta)
+    return SiteNode(site_id=SiteId(cfg.site), task=task, data=data, policy=policy, ledger=ledger), task
 
 
 def make_agent(cfg: SiteConfig, node: SiteNode, audit: AuditLog | None) -> GrpcNodeAgent:

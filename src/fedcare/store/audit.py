@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import threading
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -123,10 +124,10 @@ def verify_audit_log(path: str | Path, *, anchors: str | Path | None = None) -> 
     coordinator recorded (``site_audit_head`` of its "received" entries for this log's
     actor): a log rewritten into a new, self-consistent chain fails here.
     """
-    report, hashes, actor = _verify_chain(Path(path))
+    report, hashes, actor = _settled_chain(Path(path))
     if not report.ok or anchors is None:
         return report
-    other, _, _ = _verify_chain(Path(anchors))
+    other, _, _ = _settled_chain(Path(anchors))
     if not other.ok:
         return AuditReport(False, report.entries, report.head, f"anchor log {anchors}: {other.problem}")
     checked = 0
@@ -160,6 +161,23 @@ def _anchors_for(path: Path, actor: str) -> list[tuple[int, str]]:
         if seq.isdigit() and len(digest) == 64:
             out.append((int(seq), digest))
     return out
+
+
+def _settled_chain(path: Path, attempts: int = 5) -> tuple[AuditReport, list[str], str]:
+    """:func:`_verify_chain`, read again if a live writer appended between reading lines and head.
+
+    The writer appends a line, then moves the head: a head ahead of the lines just read is
+    what a concurrent append looks like. A log that was really cut short stays short.
+    """
+    for attempt in range(attempts):
+        result = _verify_chain(path)
+        if not result[0].problem.startswith(_HEAD_AHEAD) or attempt == attempts - 1:
+            return result
+        time.sleep(0.05)
+    raise AssertionError("unreachable")
+
+
+_HEAD_AHEAD = "the log ends at entry"
 
 
 def _verify_chain(path: Path) -> tuple[AuditReport, list[str], str]:
@@ -208,7 +226,7 @@ def _verify_chain(path: Path) -> tuple[AuditReport, list[str], str]:
         except (ValueError, KeyError, TypeError):
             return AuditReport(False, seq, prev, f"{head_file} is not a valid head record"), hashes, actor
         if head_seq > seq:
-            problem = f"the log ends at entry {seq} but its head records entry {head_seq} (truncated)"
+            problem = f"{_HEAD_AHEAD} {seq} but its head records entry {head_seq} (truncated)"
             return AuditReport(False, seq, prev, problem), hashes, actor
         if head_seq < seq - 1:
             return (
