@@ -22,8 +22,8 @@ many sites at once, a 100 MB model one site at a time. Other sites wait for thei
 without sending: a site sends a reply's chunks only after the server's ``Proceed`` for
 its header (protocol 1.2; older sites are held back by HTTP/2 flow control instead, a
 few MiB each). For large models the server holds the global model, the fold, and one
-reply. A site that stops
-sending while it has the turn loses its connection after ``stall_timeout_s``.
+reply. A site that stops sending while it has the turn loses its connection after
+``stall_timeout_s``.
 """
 
 from __future__ import annotations
