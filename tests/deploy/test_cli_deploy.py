@@ -179,4 +179,4 @@ def test_a_deployed_sites_privacy_budget_survives_a_restart(tmp_path, certs):
     with pytest.raises(PolicyError, match="budget"):
         for round_no in range(2, 50):
             restarted.privacy.ledger.charge(run_id="run-2", round_no=round_no, costs=[cost], max_epsilon=2.0)
-    assert (tmp_path / "fedcare-site" / "privacy.db").exists()
+    assert (tmp_path / "fedcare-site" / "privacy-cleveland.db").exists()

@@ -223,7 +223,7 @@ class SiteConfig:
     connect_timeout_s: float = 10.0
     extra: Mapping[str, Any] = field(default_factory=dict)
     policy: SitePolicy = field(default_factory=SitePolicy)
-    ledger_url: str = "sqlite:///fedcare-site/privacy.db"
+    ledger_url: str = "sqlite:///fedcare-site/privacy-site.db"
 
     def site_policy(self) -> SitePolicy:
         """The whole policy the node enforces: ``[policy]`` with the studies and approved hashes."""
@@ -254,6 +254,7 @@ def load_site_config(path: str | Path) -> SiteConfig:
     if test_fraction >= 1:
         raise ConfigError(f"{data.where}: 'test_fraction' must be below 1, got {test_fraction}")
     proxy = conn.str("proxy")
+    ledger_file = f"privacy-{name}.db"  # one file per site: nodes started together never share a new one
     delta = policy.float("delta", 1e-5, positive=True)
     if delta >= 1:
         raise ConfigError(f"{policy.where}: 'delta' must be below 1, got {delta}")
@@ -288,5 +289,5 @@ def load_site_config(path: str | Path) -> SiteConfig:
         backoff_max_s=conn.float("backoff_max_s", 30.0, positive=True),
         connect_timeout_s=conn.float("connect_timeout_s", 10.0, positive=True),
         policy=rules,
-        ledger_url=policy.str("ledger", None) or f"sqlite:///{(root.root / 'fedcare-site' / 'privacy.db').resolve()}",
+        ledger_url=policy.str("ledger", None) or f"sqlite:///{(root.root / 'fedcare-site' / ledger_file).resolve()}",
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any
 
 from sqlalchemy import create_engine, event, select
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from fedcare.errors import StoreError
@@ -71,6 +72,23 @@ def _sqlite_path(url: str) -> Path | None:
     return None
 
 
+def _create_tables(engine: Engine, attempts: int = 20) -> None:
+    """Create missing tables; tolerate another process creating them at the same moment.
+
+    ``create_all`` checks, then creates: two processes opening a new database together
+    (nodes started side by side sharing a ledger file) can both see a table missing and
+    one then fails with "already exists". Checking again settles it.
+    """
+    for attempt in range(attempts):
+        try:
+            Base.metadata.create_all(engine)
+            return
+        except OperationalError as exc:
+            if "already exists" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.01 * (1 + attempt % 5))  # let the other process finish its tables
+
+
 class SqlStore:
     """Runs, rounds, metrics, site events and checkpoints in a SQL database.
 
@@ -96,7 +114,7 @@ class SqlStore:
             self.engine: Engine = create_engine(url, future=True)
             if url.startswith("sqlite"):
                 event.listen(self.engine, "connect", _sqlite_pragmas)
-            Base.metadata.create_all(self.engine)
+            _create_tables(self.engine)
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot open store {_redact(url)}: {exc.__class__.__name__}: {exc}") from None
         except Exception as exc:  # driver import errors, bad URLs
