@@ -4,7 +4,8 @@
    process: download = server encodes, hashes (BLAKE3, audit trail) and streams the model,
    the site assembles and validates it; upload = the same from the site to the server.
    Beside it, in the same run: bare grpcio streaming 4 MiB messages one way with the
-   same TLS credentials (no protocol, no validation).
+   same TLS credentials (no protocol, no validation), and the same without TLS, which
+   shows the ceiling TLS itself sets on this machine.
 2. Server memory while 10 sites (threads of one separate process) each upload a full
    model of ``--rss-mb`` MB, three rounds, folded into a float32 running sum as replies
    arrive (what a streaming strategy does): peak RSS of a fresh server process above
@@ -190,13 +191,20 @@ def throughput(root: Path, sizes_mb: list[int], repeats: int) -> dict[str, dict[
     return results
 
 
-def bare_client(address: str, root: Path, size_mb: int, repeats: int) -> None:
-    """Child process: upload size_mb in 4 MiB messages to a bare service, then download as much."""
-    creds = grpc.ssl_channel_credentials(
-        (root / "ca.pem").read_bytes(), (root / "site-00.key").read_bytes(), (root / "site-00.pem").read_bytes()
-    )
+def bare_client(address: str, root: Path | None, size_mb: int, repeats: int) -> None:
+    """Child process: upload size_mb in 4 MiB messages to a bare service, then download as much.
+
+    With ``root`` the channel uses the study's TLS certificates; without, plaintext.
+    """
     opts = [("grpc.max_send_message_length", 5 * MB), ("grpc.max_receive_message_length", 5 * MB)]
-    with grpc.secure_channel(address, creds, options=opts) as ch:
+    if root is None:
+        channel_cm = grpc.insecure_channel(address, options=opts)
+    else:
+        creds = grpc.ssl_channel_credentials(
+            (root / "ca.pem").read_bytes(), (root / "site-00.key").read_bytes(), (root / "site-00.pem").read_bytes()
+        )
+        channel_cm = grpc.secure_channel(address, creds, options=opts)
+    with channel_cm as ch:
         upload = ch.stream_unary("/bench.Bare/Up", request_serializer=None, response_deserializer=None)
         download = ch.unary_stream("/bench.Bare/Down", request_serializer=None, response_deserializer=None)
         chunk = os.urandom(4 * MB)
@@ -214,8 +222,12 @@ def bare_client(address: str, root: Path, size_mb: int, repeats: int) -> None:
     print(json.dumps({"upload": up, "download": down}), flush=True)
 
 
-def bare_grpc(root: Path, sizes_mb: list[int], repeats: int) -> dict[str, dict[str, float]]:
-    """Baseline: bare grpcio one-way streams of 4 MiB messages, same TLS: no protocol, no validation."""
+def bare_grpc(root: Path, sizes_mb: list[int], repeats: int, *, secure: bool = True) -> dict[str, dict[str, float]]:
+    """Baseline: bare grpcio one-way streams of 4 MiB messages: no protocol, no validation.
+
+    ``secure``: the same mutual TLS as fedcare; without, plaintext, which shows what TLS
+    itself costs on this machine.
+    """
     chunk = os.urandom(4 * MB)
 
     def up(requests, context):
@@ -234,13 +246,17 @@ def bare_grpc(root: Path, sizes_mb: list[int], repeats: int) -> dict[str, dict[s
         options=[("grpc.max_send_message_length", 5 * MB), ("grpc.max_receive_message_length", 5 * MB)],
     )
     server.add_generic_rpc_handlers((handler,))
-    port = server.add_secure_port("127.0.0.1:0", server_credentials(tls(root, "hub")))
+    if secure:
+        port = server.add_secure_port("127.0.0.1:0", server_credentials(tls(root, "hub")))
+    else:
+        port = server.add_insecure_port("127.0.0.1:0")
     server.start()
+    label = "bare gRPC" if secure else "plaintext"
     results = {}
     try:
         for size in sizes_mb:
             command = [sys.executable, __file__, "--bare", str(size), "--address", f"127.0.0.1:{port}"]
-            command += ["--certs", str(root), "--repeats", str(repeats)]
+            command += ["--certs", str(root) if secure else "", "--repeats", str(repeats)]
             out = subprocess.run(
                 command,
                 capture_output=True,
@@ -253,7 +269,7 @@ def bare_grpc(root: Path, sizes_mb: list[int], repeats: int) -> dict[str, dict[s
             r = {f"{k}_MB_per_s": size / float(np.median(v)) for k, v in times.items()}
             results[f"{size}MB"] = r
             print(
-                f"  {size:5d} MB  bare gRPC download {r['download_MB_per_s']:6.0f} MB/s   "
+                f"  {size:5d} MB  {label:9s} download {r['download_MB_per_s']:6.0f} MB/s   "
                 f"upload {r['upload_MB_per_s']:6.0f} MB/s"
             )
     finally:
@@ -421,7 +437,7 @@ def main() -> None:
         print(json.dumps(rss_while_receiving(Path(args.certs), args.rss_probe, 10)))
         return
     if args.bare:
-        bare_client(args.address, Path(args.certs), args.bare, args.repeats)
+        bare_client(args.address, Path(args.certs) if args.certs else None, args.bare, args.repeats)
         return
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -429,6 +445,7 @@ def main() -> None:
         sizes = [10, 100] if args.quick else [10, 100, 1024]
         repeats = 2 if args.quick else args.repeats
         print(f"one-way throughput (loopback, gRPC + mutual TLS, 4 MiB chunks, median of {repeats}, MB = 2^20 B):")
+        plaintext = bare_grpc(root, sizes, repeats, secure=False)
         bare = bare_grpc(root, sizes, repeats)
         tp = throughput(root, sizes, repeats)
         print("server memory while receiving:")
@@ -438,7 +455,14 @@ def main() -> None:
         pr = per_round(root, 10, 1_000_000, 10)
     print(
         json.dumps(
-            {"benchmark": "transport", "bare_grpc_MB_per_s": bare, "throughput": tp, "server_rss": rss, "per_round": pr}
+            {
+                "benchmark": "transport",
+                "bare_grpc_plaintext_MB_per_s": plaintext,
+                "bare_grpc_MB_per_s": bare,
+                "throughput": tp,
+                "server_rss": rss,
+                "per_round": pr,
+            }
         )
     )
 
