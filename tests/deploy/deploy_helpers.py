@@ -70,6 +70,7 @@ class Study:
     root: Path
     port: int
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    servers: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     @property
     def certs(self) -> Path:
@@ -139,7 +140,18 @@ class Study:
         return proc
 
     def server(self, config: Path, tag: str) -> subprocess.Popen[bytes]:
-        return self.spawn(["server", "--config", str(config)], f"server-{tag}.log")
+        """Start a server; one a failed earlier test left running is killed first.
+
+        Every server of the study listens on the same port and appends to the same audit
+        log, so a leftover one would make the next test fail for a reason not its own.
+        """
+        for proc in self.servers:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        proc = self.spawn(["server", "--config", str(config)], f"server-{tag}.log")
+        self.servers.append(proc)
+        return proc
 
     def node(self, site: str, csv: Path | None = None) -> subprocess.Popen[bytes]:
         return self.spawn(["node", "--config", str(self.site_config(site, csv=csv))], f"node-{site}.log")
