@@ -238,7 +238,10 @@ def decode_state(
     """
     if len(data) > max_bytes:
         raise SerdeError(f"{where}: payload of {len(data)} bytes exceeds the limit of {max_bytes}")
-    meta = read_metadata(data)
+    try:
+        meta = read_metadata(data)
+    except SerdeError as exc:
+        raise SerdeError(f"{where}: {exc}") from None
     try:
         raw = _st_load(bytes(data))
     except (SafetensorError, ValueError, TypeError) as exc:

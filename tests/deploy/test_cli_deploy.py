@@ -180,3 +180,12 @@ def test_a_deployed_sites_privacy_budget_survives_a_restart(tmp_path, certs):
         for round_no in range(2, 50):
             restarted.privacy.ledger.charge(run_id="run-2", round_no=round_no, costs=[cost], max_epsilon=2.0)
     assert (tmp_path / "fedcare-site" / "privacy-cleveland.db").exists()
+
+
+def test_a_deployed_sites_memory_folder_is_its_own_and_configurable(tmp_path, certs):
+    path = _site_toml(tmp_path, certs, 1)
+    node, _ = build_site(load_site_config(path))
+    assert node.memory_files is not None and node.memory_files.folder == tmp_path / "fedcare-site" / "memory-cleveland"
+    path.write_text(path.read_text().replace("[site]\n", '[site]\nmemory_dir = "kept"\n'))
+    node, _ = build_site(load_site_config(path))
+    assert node.memory_files is not None and node.memory_files.folder == tmp_path / "kept"

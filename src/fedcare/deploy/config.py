@@ -224,6 +224,7 @@ class SiteConfig:
     extra: Mapping[str, Any] = field(default_factory=dict)
     policy: SitePolicy = field(default_factory=SitePolicy)
     ledger_url: str = "sqlite:///fedcare-site/privacy-site.db"
+    memory_dir: Path = Path("fedcare-site/memory-site")
 
     def site_policy(self) -> SitePolicy:
         """The whole policy the node enforces: ``[policy]`` with the studies and approved hashes."""
@@ -290,4 +291,5 @@ def load_site_config(path: str | Path) -> SiteConfig:
         connect_timeout_s=conn.float("connect_timeout_s", 10.0, positive=True),
         policy=rules,
         ledger_url=policy.str("ledger", None) or f"sqlite:///{(root.root / 'fedcare-site' / ledger_file).resolve()}",
+        memory_dir=site.path("memory_dir") or root.root / "fedcare-site" / f"memory-{name}",
     )

@@ -22,6 +22,7 @@ from fedcare.errors import ConfigError, DataError
 from fedcare.runtime.node import SiteNode
 from fedcare.store.audit import AuditLog
 from fedcare.store.ledger import sql_ledger
+from fedcare.store.site_memory import SiteMemoryFiles
 from fedcare.store.sql import SqlStore
 from fedcare.task import ArrayDataset, SiteData, Task, task_hash
 from fedcare.tasks import make_task
@@ -83,7 +84,10 @@ def build_site(cfg: SiteConfig) -> tuple[SiteNode, Task]:
     policy = cfg.site_policy()
     # ε spent must survive restarts, or restarting the node would reset its budget
     ledger = sql_ledger(SqlStore(cfg.ledger_url), site=cfg.site, study=SITE_BUDGET, delta=policy.delta)
-    return SiteNode(site_id=SiteId(cfg.site), task=task, data=data, policy=policy, ledger=ledger), task
+    # SCAFFOLD's c_i and Ditto's personal model must survive restarts too, and stay at the site
+    memory = SiteMemoryFiles(cfg.memory_dir)
+    node = SiteNode(site_id=SiteId(cfg.site), task=task, data=data, policy=policy, ledger=ledger, memory_files=memory)
+    return node, task
 
 
 def make_agent(cfg: SiteConfig, node: SiteNode, audit: AuditLog | None) -> GrpcNodeAgent:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -23,6 +24,9 @@ from fedcare.secure.handler import SecAggSiteHandler
 from fedcare.serde import check_state, spec_of
 from fedcare.task import FitContext, SiteData, Task, task_hash
 from fedcare.types import Message, MessageKind, ModelState, Payload, RunId, SiteId
+
+if TYPE_CHECKING:  # a deployed node's files; simulation never imports the store
+    from fedcare.store.site_memory import SiteMemoryFiles
 
 __all__ = ["SiteNode"]
 
@@ -50,6 +54,9 @@ class SiteNode:
         which applies the site's own release rules); ``None`` refuses them.
     ledger : PrivacyLedger or None (default: None)
         The site's privacy ledger, charged before any private update leaves.
+    memory_files : SiteMemoryFiles or None (default: None)
+        Where the per-run site memory is kept on disk (a deployed node), so a restart
+        keeps SCAFFOLD's ``c_i`` and Ditto's personal model; ``None`` keeps it in memory.
     """
 
     def __init__(
@@ -61,6 +68,7 @@ class SiteNode:
         policy: SitePolicy | None = None,
         query_handler: Callable[[Message], Message] | None = None,
         ledger: PrivacyLedger | None = None,
+        memory_files: SiteMemoryFiles | None = None,
     ) -> None:
         self.site_id = site_id
         self.task = task
@@ -72,6 +80,7 @@ class SiteNode:
         #: Per-run site memory (SCAFFOLD's c_i, FedBN/FedPer local entries, Ditto's personal
         #: model); handed to tasks that accept a FitContext and never leaves the site.
         self.site_state: dict[RunId, dict[str, ModelState]] = {}
+        self.memory_files = memory_files
         self.privacy = SitePrivacyGuard(
             site=site_id,
             max_epsilon=self.policy.max_epsilon,
@@ -99,9 +108,9 @@ class SiteNode:
                     exposure = "refused: the DP plan counts on secure aggregation but this is a plain fit"
                 if exposure is not None:
                     return message.reply(error=exposure)
-                return self._fit(message)
+                return self._kept(self._fit(message))
             if message.kind is MessageKind.SECAGG:
-                return self._secagg_handler().handle(message)
+                return self._kept(self._secagg_handler().handle(message))
             if message.kind is MessageKind.EVALUATE:
                 return self._evaluate(message)
             if message.kind is MessageKind.QUERY:
@@ -158,14 +167,22 @@ class SiteNode:
         return message.reply(Payload(arrays=arrays, metrics=metrics))
 
     def _run_state(self, run_id: RunId) -> dict[str, ModelState]:
+        """The site memory of ``run_id``: in memory, else from disk (a restarted node), else new."""
         if run_id not in self.site_state:
             while len(self.site_state) >= MAX_RUNS_WITH_STATE:
                 del self.site_state[next(iter(self.site_state))]
-            self.site_state[run_id] = {}
+            self.site_state[run_id] = self.memory_files.load(run_id) if self.memory_files else {}
         return self.site_state[run_id]
 
+    def _kept(self, reply: Message) -> Message:
+        """Write the run's memory to disk before the reply that depends on it leaves."""
+        memory = self.site_state.get(reply.run_id)
+        if self.memory_files is not None and memory and not reply.has_error:
+            self.memory_files.save(reply.run_id, memory)
+        return reply
+
     def _evaluate(self, message: Message) -> Message:
-        model = model_for(self.task, self._model(message), self.site_state.get(message.run_id, {}))
+        model = model_for(self.task, self._model(message), self._run_state(message.run_id))
         result = self.task.evaluate(model, self.data.test)
         metrics = {"loss": result.loss, "num_examples": float(result.num_examples), **result.metrics}
         return message.reply(Payload(metrics=metrics))
