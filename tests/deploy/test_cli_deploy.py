@@ -182,8 +182,9 @@ def test_a_deployed_sites_privacy_budget_survives_a_restart(tmp_path, certs):
     assert (tmp_path / "fedcare-site" / "privacy-cleveland.db").exists()
 
 
-def test_a_deployed_sites_memory_folder_is_its_own_and_configurable(tmp_path, certs):
+def test_a_deployed_sites_memory_and_audit_log_are_its_own_and_configurable(tmp_path, certs):
     path = _site_toml(tmp_path, certs, 1)
+    assert load_site_config(path).audit_log == tmp_path / "fedcare-site" / "audit-cleveland.jsonl"  # one per site
     node, _ = build_site(load_site_config(path))
     assert node.memory_files is not None and node.memory_files.folder == tmp_path / "fedcare-site" / "memory-cleveland"
     path.write_text(path.read_text().replace("[site]\n", '[site]\nmemory_dir = "kept"\n'))

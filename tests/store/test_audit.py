@@ -134,3 +134,15 @@ def test_a_log_read_mid_append_is_read_again_not_failed(tmp_path):
     assert verify_audit_log(path).ok
     path.write_text("".join(lines[:-1]))  # cut short for good: still detected
     assert "truncated" in verify_audit_log(path).problem
+
+
+def test_one_writer_per_log(tmp_path):
+    # two nodes started with the same (default) log path would interleave entries into a broken chain
+    first = AuditLog(tmp_path / "audit.jsonl", actor="site-a")
+    first.append("start")
+    with pytest.raises(StoreError, match=r"audit\.jsonl is already open for writing elsewhere"):
+        AuditLog(tmp_path / "audit.jsonl", actor="site-b")
+    first.append("stop")
+    first.close()
+    AuditLog(tmp_path / "audit.jsonl", actor="site-a").append("start")  # released: the next process continues it
+    assert verify_audit_log(tmp_path / "audit.jsonl").entries == 3

@@ -24,7 +24,7 @@ from fedcare.task import task_hash
 from fedcare.transport.proto import fedcare_pb2 as pb
 from fedcare.transport.proto import fedcare_pb2_grpc as pb_grpc
 from fedcare.transport.tls import client_credentials
-from fedcare.types import RunId
+from fedcare.types import Payload, RunId
 
 pytestmark = pytest.mark.grpc
 
@@ -200,6 +200,30 @@ def test_hung_site_is_dropped_after_the_deadline(deployment: Deployment):
     assert time.monotonic() - started < 5
     assert result.rounds[0].failures == {"site-01": "no fit reply within 1 s"}
     assert sorted(result.rounds[0].site_fit) == ["site-00", "site-02"]
+
+
+def test_a_reply_the_node_cannot_send_becomes_an_error_reply_not_a_wait(deployment: Deployment):
+    # Prepare: one site answers with an array no safetensors dtype can carry (a task bug)
+    sites = shift_sites(2)
+    for site, data in sites.items():
+        node = SiteNode(site_id=site, task=deployment.task, data=data)
+        if site == "site-01":
+
+            def broken(message):
+                return message.reply(Payload(arrays={"model": {"w": np.zeros(2, np.complex64)}}))
+
+            deployment.agent(site, broken)
+        else:
+            deployment.agent(site, node.handle)
+    wait_joined(deployment, 2)
+    # Execute
+    started = time.monotonic()
+    result = coordinate(deployment, rounds=1, timeout_s=30.0)
+    # Assert: the round did not wait for its 30 s deadline; the coordinator heard why
+    assert time.monotonic() - started < 10
+    (why,) = result.rounds[0].failures.values()
+    assert why.startswith("site error: SerdeError") and "complex64" in why, why
+    assert sorted(result.rounds[0].site_fit) == ["site-00"]
 
 
 class ConnectProxy:

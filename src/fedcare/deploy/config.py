@@ -283,7 +283,7 @@ def load_site_config(path: str | Path) -> SiteConfig:
         ),
         task=task.str("name", "logreg"),
         task_params=dict(task._get("params", (dict,), {}, "a table")),
-        audit_log=audit.path("path") or root.root / "fedcare-site" / "audit.jsonl",
+        audit_log=audit.path("path") or root.root / "fedcare-site" / f"audit-{name}.jsonl",
         proxy=proxy or None,
         server_name=srv.str("server_name") or None,
         backoff_initial_s=conn.float("backoff_initial_s", 0.5, positive=True),

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -55,6 +56,10 @@ class AuditLog:
         chain is verified (a broken log is refused rather than extended).
     actor : str
         Who writes (``"server"`` or the site's name).
+
+    One writer per log: the file is locked (``flock``) while this object lives, so a
+    second process pointed at the same log (two nodes on one machine sharing a default
+    path) is refused at start instead of interleaving entries into a broken chain.
     """
 
     def __init__(self, path: str | Path, *, actor: str) -> None:
@@ -62,7 +67,8 @@ class AuditLog:
         self.actor = actor
         self._lock = threading.Lock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.exists() and self.path.stat().st_size > 0:
+        self._writer = _exclusive(self.path)
+        if self.path.stat().st_size > 0:
             report = verify_audit_log(self.path)
             if not report.ok:
                 raise StoreError(f"audit log {self.path} fails verification: {report.problem}")
@@ -93,6 +99,10 @@ class AuditLog:
             self._write_head()
             return digest
 
+    def close(self) -> None:
+        """Release the log for another writer (also done when the object is collected)."""
+        self._writer.close()
+
     @property
     def head(self) -> str:
         """``"seq:hash"`` of the last entry (what another party records as an anchor)."""
@@ -104,6 +114,21 @@ class AuditLog:
         tmp = head.with_name(head.name + ".tmp")
         tmp.write_text(json.dumps({"seq": self._seq, "hash": self._prev}), encoding="ascii")
         os.replace(tmp, head)
+
+
+def _exclusive(path: Path) -> Any:
+    """Open ``path`` for appending and hold an exclusive lock on it (POSIX; a no-op elsewhere)."""
+    fh = open(path, "a", encoding="ascii")  # noqa: SIM115 - held for the log's lifetime
+    if sys.platform != "win32":
+        import fcntl
+
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.close()
+            why = "the server and each site need a log of their own"
+            raise StoreError(f"audit log {path} is already open for writing elsewhere: {why}") from None
+    return fh
 
 
 @dataclass(frozen=True)

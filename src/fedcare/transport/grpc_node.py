@@ -416,9 +416,23 @@ class GrpcNodeAgent:
         while (message := work.get()) is not None:
             try:
                 self._answer(message, run_id, link, limit)
-            except Exception:  # never let the worker die silently
+            except Exception as exc:  # never let the worker die silently, nor the coordinator wait
                 log.exception("site %s: answering %s failed", self.site, message.kind.value)
+                self._answer_failed(message, exc, link)
             del message  # hold nothing while waiting for the next instruction
+
+    def _answer_failed(self, message: Message, exc: Exception, link: _Link) -> None:
+        """Send an (audited) error reply, so the coordinator need not wait for its deadline."""
+        instruction = pb.MessageHeader(
+            message_id=message.message_id,
+            kind=message.kind.value,
+            run_id=message.run_id,
+            round_no=message.round_no,
+        )
+        try:
+            self._send_error(instruction, f"site error: {type(exc).__name__}: {exc}", link.outq)
+        except Exception:  # the audit log itself fails: nothing leaves unlogged
+            log.exception("site %s: could not log an error reply either; nothing sent", self.site)
 
     def _answer(self, message: Message, run_id: str, link: _Link, limit: int) -> None:
         # The previous reply streams from its arrays' memory: let it leave before the
