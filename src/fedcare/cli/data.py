@@ -6,7 +6,7 @@ import json
 import logging
 import uuid
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import numpy as np
 import typer
@@ -14,14 +14,12 @@ from rich.markup import escape
 from rich.table import Table
 
 from fedcare.cli.app import app, console, err_console, fail
-from fedcare.data.cohort import StatsResponder, collect_cohort_stats
-from fedcare.data.config import load_site_config
-from fedcare.data.connect import LoadedSite, check_site, load_site
-from fedcare.data.partition import natural_partition
-from fedcare.data.stats import CohortStats
 from fedcare.errors import ConfigError, DataError, FedcareError
-from fedcare.transport.inprocess import InProcessChannel
 from fedcare.types import RunId, SiteId
+
+if TYPE_CHECKING:  # the data stack is imported by the commands that use it, not by --help
+    from fedcare.data.connect import LoadedSite
+    from fedcare.data.stats import CohortStats
 
 __all__ = ["check", "data_app", "stats"]
 
@@ -36,6 +34,9 @@ ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="The site's s
 @data_app.command("check")
 def check(config: ConfigOption) -> None:
     """Read the site's files with its connector and report every problem at once (files are only read)."""
+    from fedcare.data.config import load_site_config
+    from fedcare.data.connect import check_site
+
     try:
         cfg = load_site_config(config)
         loaded = check_site(cfg)
@@ -62,6 +63,10 @@ def check(config: ConfigOption) -> None:
 
 
 def _sites(configs: list[Path], by: str | None) -> dict[SiteId, LoadedSite]:
+    from fedcare.data.config import load_site_config
+    from fedcare.data.connect import LoadedSite, load_site
+    from fedcare.data.partition import natural_partition
+
     loaded = [load_site(load_site_config(p)) for p in configs]
     if by is None:
         sites = {s.config.site_id: s for s in loaded}
@@ -135,6 +140,9 @@ def stats(
     ``[stats] min_count`` (default 5) are suppressed at the site, optional DP noise is added
     there, and the coordinator adds up what was released.
     """
+    from fedcare.data.cohort import StatsResponder, collect_cohort_stats
+    from fedcare.transport.inprocess import InProcessChannel
+
     try:
         sites = _sites(config, by)
         first = next(iter(sites.values())).config

@@ -9,20 +9,19 @@ from typing import Annotated
 import typer
 
 from fedcare.cli.app import DbOption, OutOption, app, console, default_db_url, fail
-from fedcare.cli.console import ExperimentProgress, results_table
 from fedcare.cli.privacy import demo_privacy_settings, privacy_table
-from fedcare.demos import DEMOS, get_demo
 from fedcare.errors import FedcareError
-from fedcare.experiment import new_run_id, run_experiment
-from fedcare.report import write_outputs
-from fedcare.store import SqlStore
 
-__all__ = ["demo"]
+__all__ = ["DEMO_NAMES", "demo"]
+
+#: The built-in demos (``fedcare.demos.DEMOS``), named here so that ``--help`` does not
+#: import the training stack.
+DEMO_NAMES = ("heart-disease", "pneumonia", "tcga-brca")
 
 
 @app.command()
 def demo(
-    dataset: Annotated[str, typer.Option(help=f"Built-in data set: {', '.join(sorted(DEMOS))}.")] = "heart-disease",
+    dataset: Annotated[str, typer.Option(help=f"Built-in data set: {', '.join(DEMO_NAMES)}.")] = "heart-disease",
     rounds: Annotated[int | None, typer.Option(help="Federated rounds (default: the demo's recipe).", min=1)] = None,
     seed: Annotated[int, typer.Option(help="Seed for initialisation, batching and sampling.")] = 0,
     out: OutOption = None,
@@ -46,6 +45,12 @@ def demo(
     accountant: Annotated[str, typer.Option(help="Privacy accountant: rdp or prv.")] = "rdp",
 ) -> None:
     """Train on a built-in data set as Local, Pooled and FedAvg; write report.html and summary.json."""
+    from fedcare.cli.console import ExperimentProgress, results_table
+    from fedcare.demos import get_demo
+    from fedcare.experiment import new_run_id, run_experiment
+    from fedcare.report import write_outputs
+    from fedcare.store import SqlStore
+
     run_id = new_run_id()
     out_dir = out or Path("fedcare-out") / run_id
     created = None if out_dir.exists() else out_dir

@@ -8,14 +8,7 @@ from typing import Annotated
 import typer
 
 from fedcare.cli.app import DbOption, OutOption, app, console, default_db_url, fail
-from fedcare.cli.console import ExperimentProgress, results_table
-from fedcare.data.byo import load_table
 from fedcare.errors import FedcareError
-from fedcare.experiment import new_run_id, run_experiment
-from fedcare.report import write_outputs
-from fedcare.runconfig import check_training, load_simulate_config
-from fedcare.store import SqlStore
-from fedcare.tasks import make_task
 
 __all__ = ["simulate"]
 
@@ -32,6 +25,14 @@ def simulate(
     written: a problem is one line naming the file, line, column or site, and the exit
     code says its kind (2 config, 3 data).
     """
+    from fedcare.cli.console import ExperimentProgress, results_table
+    from fedcare.data.byo import load_table
+    from fedcare.experiment import new_run_id, run_experiment
+    from fedcare.report import write_outputs
+    from fedcare.runconfig import check_training, load_simulate_config
+    from fedcare.store import SqlStore
+    from fedcare.tasks import make_task
+
     run_id = new_run_id()
     out_dir = out or Path("fedcare-out") / run_id
     created = None if out_dir.exists() else out_dir

@@ -11,13 +11,8 @@ import typer
 from rich.table import Table
 
 from fedcare.cli.app import DbOption, OutOption, app, console, default_db_url, fail
-from fedcare.cli.console import ExperimentProgress, results_table
-from fedcare.demos import DEMOS, get_demo
+from fedcare.cli.demo import DEMO_NAMES
 from fedcare.errors import ConfigError, FedcareError
-from fedcare.experiment import new_run_id, run_experiment
-from fedcare.report import write_outputs
-from fedcare.store import SqlStore
-from fedcare.strategies.registry import _REGISTRY, available_strategies
 
 __all__ = ["parse_assignments", "strategies_app"]
 
@@ -51,6 +46,9 @@ def parse_assignments(items: list[str] | None, what: str) -> dict[str, Any]:
 @strategies_app.command("list")
 def list_strategies() -> None:
     """Show every registered strategy with its parameters."""
+    import fedcare.strategies  # noqa: F401  (registers the built-in strategies)
+    from fedcare.strategies.registry import _REGISTRY, available_strategies
+
     table = Table(title="server strategies")
     table.add_column("name", style="bold")
     table.add_column("what")
@@ -70,7 +68,7 @@ def list_strategies() -> None:
 @strategies_app.command("run")
 def run_strategy(
     strategy: Annotated[str, typer.Argument(help="Registered strategy name (see `fedcare strategies list`).")],
-    dataset: Annotated[str, typer.Option(help=f"Built-in data set: {', '.join(sorted(DEMOS))}.")] = "heart-disease",
+    dataset: Annotated[str, typer.Option(help=f"Built-in data set: {', '.join(DEMO_NAMES)}.")] = "heart-disease",
     param: Annotated[
         list[str] | None, typer.Option("--param", "-p", help="Strategy parameter key=value (repeatable).")
     ] = None,
@@ -84,6 +82,12 @@ def run_strategy(
     db: DbOption = None,
 ) -> None:
     """Train one strategy on a built-in data set; write report.html and summary.json."""
+    from fedcare.cli.console import ExperimentProgress, results_table
+    from fedcare.demos import get_demo
+    from fedcare.experiment import new_run_id, run_experiment
+    from fedcare.report import write_outputs
+    from fedcare.store import SqlStore
+
     run_id = new_run_id()
     out_dir = out or Path("fedcare-out") / run_id
     created = None if out_dir.exists() else out_dir
