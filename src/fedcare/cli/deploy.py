@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from fedcare.cli.app import app, console, err_console, fail
 from fedcare.errors import FedcareError
+
+if TYPE_CHECKING:
+    from fedcare.runtime.recorder import RoundReport
 
 __all__ = ["audit_app", "certs_app"]
 
@@ -44,13 +47,13 @@ def server(config: ConfigArg) -> None:
             highlight=False,
         )
 
-        def on_round(report: object) -> None:
-            r = report  # RoundReport
-            auc = r.eval_metrics.get("auc")  # type: ignore[attr-defined]
+        def on_round(r: RoundReport) -> None:
+            auc = r.eval_metrics.get("auc")
+            failed = ", ".join(f"{site} ({why[:100]})" for site, why in sorted(r.failures.items()))
             console.print(
-                f"round {r.round_no}: {len(r.site_fit)}/{len(r.sampled)} sites"  # type: ignore[attr-defined]
+                f"round {r.round_no}: {len(r.site_fit)}/{len(r.sampled)} sites"
                 + (f", eval auc {auc:.3f}" if auc is not None else "")
-                + (f", failed: {', '.join(sorted(r.failures))}" if r.failures else ""),  # type: ignore[attr-defined]
+                + (f", failed: {failed}" if failed else ""),
                 highlight=False,
             )
 
