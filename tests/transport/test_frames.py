@@ -9,6 +9,7 @@ from google.protobuf.message import DecodeError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fedcare.errors import ProtocolError
 from fedcare.serde import decode_state, encode_state
 from fedcare.transport.frames import (
     SERVER_CHUNK_FIELD,
@@ -19,7 +20,7 @@ from fedcare.transport.frames import (
     parse_site_frame,
 )
 from fedcare.transport.proto import fedcare_pb2 as pb
-from fedcare.transport.wire import encode_message
+from fedcare.transport.wire import MessageAssembler, encode_message
 from fedcare.types import Message, MessageKind, Payload, RunId, SiteId
 
 _ids = st.one_of(st.just(""), st.text(max_size=40))
@@ -107,3 +108,40 @@ def test_message_frames_cut_records_at_chunk_size_and_carry_the_digest(chunk_byt
     assert blob == encode_state({"w": w})
     np.testing.assert_array_equal(decode_state(blob)["w"], w)
     assert frames[0].header.records[0].blake3 == blake3.blake3(blob).hexdigest()
+
+
+def _received(frames, *, tamper=None):
+    """Feed a message's frames to an assembler (optionally changing one chunk); return it and its header."""
+    assembler = MessageAssembler(where="reply from s")
+    header = frames[0].header
+    assembler.start(header)
+    for i, frame in enumerate(frames[1:-1]):
+        chunk = parse_server_frame(frame)
+        if tamper is not None and i == tamper:
+            chunk = RawChunk(chunk.message_id, chunk.record_index, bytes(len(chunk.data)))
+        assembler.add(chunk)
+    return assembler.finish(frames[-1].end), header
+
+
+def test_the_receiver_checks_each_record_against_its_declared_digest():
+    w = np.linspace(-1, 1, 250, dtype=np.float32)
+    message = Message(MessageKind.FIT, RunId("r"), 1, SiteId("s"), Payload(arrays={"model": {"w": w}}))
+    frames = list(encode_message(message).frames(pb.ServerFrame, 256))
+    declared = frames[0].header.records[0].blake3
+    got, header = _received(frames)
+    np.testing.assert_array_equal(got.payload.arrays["model"]["w"], w)
+    assert header.records[0].blake3 == declared
+    # the bytes of one chunk differ from what the sender hashed (and logged): refused, naming the record
+    with pytest.raises(ProtocolError, match=r"reply from s: record 'model' does not match its declared BLAKE3"):
+        _received(list(encode_message(message).frames(pb.ServerFrame, 256)), tamper=2)
+
+
+def test_a_peer_that_declares_no_digest_gets_the_receivers_own_in_the_audit():
+    # protocol 1.1 sites send no digest: the coordinator logs the one it computed itself
+    w = np.arange(100, dtype=np.float32)
+    message = Message(MessageKind.FIT, RunId("r"), 1, SiteId("s"), Payload(arrays={"model": {"w": w}}))
+    frames = list(encode_message(message).frames(pb.ServerFrame, 128))
+    declared = frames[0].header.records[0].blake3
+    frames[0].header.records[0].blake3 = ""
+    _, header = _received(frames)
+    assert header.records[0].blake3 == declared == blake3.blake3(encode_state({"w": w})).hexdigest()

@@ -22,7 +22,7 @@ import sys
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import blake3
 import numpy as np
@@ -325,6 +325,7 @@ class MessageAssembler:
         self._header: pb.MessageHeader | None = None
         self._buffers: list[memoryview] = []
         self._filled: list[int] = []
+        self._hashers: list[Any] = []
         self._record = 0
 
     @property
@@ -345,7 +346,7 @@ class MessageAssembler:
     def reset(self) -> None:
         """Drop a partial message (after an error)."""
         self._header = None
-        self._buffers, self._filled, self._record = [], [], 0
+        self._buffers, self._filled, self._hashers, self._record = [], [], [], 0
 
     def start(self, header: pb.MessageHeader) -> None:
         """Begin a message: check its header, reserve one buffer per record."""
@@ -371,6 +372,7 @@ class MessageAssembler:
         self._header = header
         self._buffers = [memoryview(self.pool.take(r.size_bytes)) for r in header.records]
         self._filled = [0] * len(header.records)
+        self._hashers = [blake3.blake3() for _ in header.records]
         self._record = 0
 
     def add(self, chunk: pb.Chunk | RawChunk) -> None:
@@ -392,6 +394,7 @@ class MessageAssembler:
                 f"{header.records[index].size_bytes} bytes"
             )
         self._buffers[index][filled:end] = chunk.data
+        self._hashers[index].update(self._buffers[index][filled:end])
         self._filled[index] = end
 
     def finish(self, end: pb.MessageEnd) -> Message:
@@ -406,6 +409,14 @@ class MessageAssembler:
                     raise ProtocolError(
                         f"{self.where}: record {rec.name!r} is truncated ({filled} of {rec.size_bytes} bytes)"
                     )
+            for rec, hasher in zip(header.records, self._hashers, strict=True):
+                digest = hasher.hexdigest()
+                if rec.blake3 and rec.blake3 != digest:
+                    raise ProtocolError(
+                        f"{self.where}: record {rec.name!r} does not match its declared BLAKE3 digest "
+                        f"(declared {rec.blake3[:16]}…, received {digest[:16]}…)"
+                    )
+                rec.blake3 = digest  # what the receiver's audit logs is what it received (1.1 peers send none)
             return self._message(header)
         finally:
             self.reset()
