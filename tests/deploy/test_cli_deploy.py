@@ -56,6 +56,17 @@ def test_config_errors_name_file_and_key(tmp_path):
     with pytest.raises(ConfigError, match=r"site.toml \[policy\]: missing key 'studies'"):
         load_site_config(path)
     path = write_toml(
+        tmp_path / "site.toml",
+        {
+            "site": {"name": "a"},
+            "server": {"address": "x:1", "ca": "a", "cert": "b", "key": "c"},
+            "policy": {"studies": ["s"], "approved_task_hashes": ["<64 hex digits>"]},
+            "data": {"dataset": "heart-disease"},
+        },
+    )
+    with pytest.raises(ConfigError, match=r"'<64 hex digits>' is not a 64-digit hex sha256 .*--show-task-hash"):
+        load_site_config(path)
+    path = write_toml(
         tmp_path / "server.toml",
         {"server": {"ca": "a", "cert": "b", "key": "c", "allowed_sites": []}, "study": {"name": "s"}},
     )

@@ -246,7 +246,10 @@ def load_site_config(path: str | Path) -> SiteConfig:
     hashes = tuple(policy.strings("approved_task_hashes", _REQUIRED))
     for h in hashes:
         if len(h) != 64 or any(c not in "0123456789abcdef" for c in h):
-            raise ConfigError(f"{policy.where}: approved task hash {h[:70]!r} is not a 64-digit hex sha256")
+            raise ConfigError(
+                f"{policy.where}: approved task hash {h[:70]!r} is not a 64-digit hex sha256 "
+                "(with an empty list, 'fedcare node --show-task-hash' prints the installed task's)"
+            )
     csv = data.path("csv")
     dataset = data.str("dataset")
     if (csv is None) == (dataset is None):
