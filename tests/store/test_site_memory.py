@@ -138,3 +138,13 @@ def test_a_restarted_node_continues_from_its_memory(tmp_path, persist, task_name
         assert not all(np.array_equal(on_disk[k], kept[k]) for k in kept)
     else:
         assert restored == {}
+
+
+def test_a_second_damaged_copy_does_not_replace_the_first(tmp_path):
+    files = SiteMemoryFiles(tmp_path)
+    for damage in (b"first", b"second"):
+        files.save(RUN, memory())
+        files.path(RUN).write_bytes(damage)
+        assert files.load(RUN) == {}
+    kept = sorted(p.read_bytes() for p in tmp_path.iterdir())
+    assert kept == [b"first", b"second"]

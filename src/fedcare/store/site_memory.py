@@ -88,6 +88,10 @@ class SiteMemoryFiles:
             memory = self._decode(blob, run_id, where=f"site memory {path}")
         except SerdeError as exc:
             aside = path.with_suffix(".corrupt")
+            n = 1
+            while aside.exists():  # an earlier damaged copy stays too
+                n += 1
+                aside = path.with_suffix(f".corrupt-{n}")
             try:
                 os.replace(path, aside)
             except OSError as err:
