@@ -33,6 +33,10 @@ def _store_url(backend: str, study: Study, request: pytest.FixtureRequest) -> st
     return f"sqlite:///{study.root / 'server.db'}"
 
 
+def _entries(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
 def _audit_has(path: Path, **match: object) -> bool:
     if not path.exists():
         return False
@@ -143,3 +147,14 @@ def test_server_sigkill_resumes_and_matches_simulation(study: Study, backend: st
     for site in SITES:
         report = verify_audit_log(study.root / f"audit-{site}.jsonl", anchors=study.root / "server-audit.jsonl")
         assert report.ok and report.anchors >= rounds, (site, report)
+    # and they agree record for record (name, size, BLAKE3 of the bytes) on every model that crossed
+    server = _entries(study.root / "server-audit.jsonl")
+    for site in SITES:
+        log = _entries(study.root / f"audit-{site}.jsonl")
+        sent_here = {e["message_id"]: e["records"] for e in server if e["event"] == "sent" and e.get("site") == site}
+        got_there = {e["message_id"]: e["records"] for e in log if e["event"] == "received" and e.get("records")}
+        assert got_there and all(sent_here[m] == r for m, r in got_there.items()), site
+        sent_there = {e["reply_to"]: e["records"] for e in log if e["event"] == "sent" and e["records"]}
+        got_here = {e["reply_to"]: e["records"] for e in server if e["event"] == "received" and e.get("site") == site}
+        matched = [m for m in sent_there if m in got_here]  # a reply to a SIGKILLed server was never received
+        assert len(matched) >= rounds and all(got_here[m] == sent_there[m] for m in matched), site

@@ -53,6 +53,9 @@ __all__ = ["Backoff", "GrpcNodeAgent", "describe_rpc_error"]
 
 log = logging.getLogger(__name__)
 
+#: An assembled instruction and what its audit entry says of its records (name, size, BLAKE3).
+_Instruction = tuple[Message, list[dict[str, object]]]
+
 #: Handler of one instruction (usually ``SiteNode.handle``).
 Handler = Callable[[Message], Message]
 _OutQueue = queue.SimpleQueue[pb.SiteFrame | EncodedMessage | None]
@@ -351,7 +354,7 @@ class GrpcNodeAgent:
         link.credit = (parse_version(welcome.protocol_version) or (0, 0)) >= (1, 2)
         # Instructions are answered on their own thread, so that this one keeps reading the
         # stream (the coordinator's Proceed for a reply arrives while the next task may run).
-        work: queue.SimpleQueue[Message | None] = queue.SimpleQueue()
+        work: queue.SimpleQueue[_Instruction | None] = queue.SimpleQueue()
         worker = threading.Thread(
             target=self._work, args=(work, welcome.run_id, link, limit), daemon=True, name=f"fedcare-{self.site}"
         )
@@ -371,7 +374,7 @@ class GrpcNodeAgent:
         self,
         call: Iterator[RawChunk | pb.ServerFrame],
         link: _Link,
-        work: queue.SimpleQueue[Message | None],
+        work: queue.SimpleQueue[_Instruction | None],
     ) -> None:
         """Read frames until the stream ends: instructions to the worker, go-aheads to the sender."""
         assembler = MessageAssembler(max_message_bytes=self.max_message_bytes, where="instruction", pool=self._pool)
@@ -392,7 +395,10 @@ class GrpcNodeAgent:
                     if skip and frame.end.message_id == skip:  # type: ignore[union-attr]
                         skip = ""
                         continue
-                    work.put(assembler.finish(frame.end))  # type: ignore[union-attr]
+                    message = assembler.finish(frame.end)  # type: ignore[union-attr]
+                    assert header is not None  # finish() succeeded: a header started this message
+                    work.put((message, audit_records(header)))  # digests as received, checked
+                    del message
                 elif which == "proceed":
                     link.proceed(frame.proceed)  # type: ignore[union-attr]
                 elif which == "finished":
@@ -411,11 +417,13 @@ class GrpcNodeAgent:
 
     # -- one instruction -------------------------------------------------------------------
 
-    def _work(self, work: queue.SimpleQueue[Message | None], run_id: str, link: _Link, limit: int) -> None:
+    def _work(self, work: queue.SimpleQueue[_Instruction | None], run_id: str, link: _Link, limit: int) -> None:
         """Answer instructions in arrival order until the session closes."""
-        while (message := work.get()) is not None:
+        while (item := work.get()) is not None:
+            message, records = item
+            del item
             try:
-                self._answer(message, run_id, link, limit)
+                self._answer(message, records, run_id, link, limit)
             except Exception as exc:  # never let the worker die silently, nor the coordinator wait
                 log.exception("site %s: answering %s failed", self.site, message.kind.value)
                 self._answer_failed(message, exc, link)
@@ -434,14 +442,13 @@ class GrpcNodeAgent:
         except Exception:  # the audit log itself fails: nothing leaves unlogged
             log.exception("site %s: could not log an error reply either; nothing sent", self.site)
 
-    def _answer(self, message: Message, run_id: str, link: _Link, limit: int) -> None:
+    def _answer(self, message: Message, records: list[dict[str, object]], run_id: str, link: _Link, limit: int) -> None:
         # The previous reply streams from its arrays' memory: let it leave before the
         # site runs anything that could change them (and the digest its audit logged).
         previous = link.last_reply
         while previous is not None and not previous.sent.wait(0.5):
             if link.closed.is_set():
                 return
-        sizes = {k: int(sum(a.nbytes for a in v.values())) for k, v in message.payload.arrays.items()}
         self._audit(
             "received",
             kind=message.kind.value,
@@ -449,7 +456,7 @@ class GrpcNodeAgent:
             round_no=message.round_no,
             message_id=message.message_id,
             task_hash=str(message.payload.config.get("task_hash", "")),
-            sizes=sizes,
+            records=records,
         )
         started = time.perf_counter()
         if message.run_id != run_id:
