@@ -106,10 +106,11 @@ def doctor(config: ConfigArg, timeout: Annotated[float, typer.Option(help="Secon
     from fedcare.deploy.doctor import Check, run_doctor
 
     def show(check: Check) -> None:
-        mark = "[green]ok[/]" if check.ok and not check.warning else ("[yellow]warn[/]" if check.ok else "[red]FAIL[/]")
-        console.print(f"{mark:>16} {check.step:16s} {check.detail}", highlight=False, soft_wrap=True)
+        word, colour = ("FAIL", "red") if not check.ok else (("warn", "yellow") if check.warning else ("ok", "green"))
+        # pad the word, not the markup around it, so the columns line up whatever the outcome
+        console.print(f"  [{colour}]{word:>4}[/] {check.step:16s} {check.detail}", highlight=False, soft_wrap=True)
         if check.advice:
-            console.print(f"{'':>5}{'':16s} → {check.advice}", highlight=False, soft_wrap=True)
+            console.print(f"{'':24}→ {check.advice}", highlight=False, soft_wrap=True)
 
     try:
         checks = run_doctor(load_site_config(config), timeout_s=timeout, report=show)
