@@ -23,6 +23,7 @@ import numpy as np
 
 from fedcare.errors import SerdeError, StoreError
 from fedcare.serde import decode_state, encode_state, read_metadata
+from fedcare.store.durable import write_durably
 from fedcare.types import ModelState, RunId
 
 __all__ = ["SiteMemoryFiles"]
@@ -64,14 +65,9 @@ class SiteMemoryFiles:
             return
         blob = encode_state(flat, metadata={_RUN_KEY: run_id, _SHA_KEY: _arrays_sha256(flat)})
         path = self.path(run_id)
-        tmp = path.with_suffix(".tmp")
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "wb") as fh:
-                fh.write(blob)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
+            write_durably(path, blob)
         except OSError as exc:
             raise StoreError(f"site memory of run {run_id!r}: cannot write {path} ({exc.strerror or exc})") from None
 

@@ -9,7 +9,6 @@ on load, so a corrupted or swapped file is detected before it is used.
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -24,6 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from fedcare.errors import StoreError
 from fedcare.runtime.recorder import RoundReport, RunSpec
 from fedcare.serde import decode_state, encode_state
+from fedcare.store.durable import write_durably
 from fedcare.store.models import (
     Base,
     CheckpointRow,
@@ -207,12 +207,7 @@ class SqlStore:
         folder = self.checkpoint_dir / run_id
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"round-{round_no:05d}.safetensors"
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "wb") as fh:
-            fh.write(blob)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        write_durably(path, blob)
         return CheckpointRow(
             run_id=run_id,
             round_no=round_no,
