@@ -77,14 +77,17 @@ def _create_tables(engine: Engine, attempts: int = 20) -> None:
 
     ``create_all`` checks, then creates: two processes opening a new database together
     (nodes started side by side sharing a ledger file) can both see a table missing and
-    one then fails with "already exists". Checking again settles it.
+    one then fails with "already exists"; and SQLite's switch of a new file to WAL can
+    answer "database is locked" at once, without waiting, while another process holds
+    it. Trying again settles both.
     """
     for attempt in range(attempts):
         try:
             Base.metadata.create_all(engine)
             return
         except OperationalError as exc:
-            if "already exists" not in str(exc) or attempt == attempts - 1:
+            racing = "already exists" in str(exc) or "database is locked" in str(exc)
+            if not racing or attempt == attempts - 1:
                 raise
             time.sleep(0.01 * (1 + attempt % 5))  # let the other process finish its tables
 
