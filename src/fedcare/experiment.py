@@ -33,10 +33,19 @@ from fedcare.data.federated import FederatedDataset, concat
 from fedcare.errors import ConfigError
 from fedcare.evaluation import calibration_report, subgroup_metrics
 from fedcare.personal.site import local_keys, model_for
+from fedcare.build.federated import run_federated
+from fedcare.build.prep import SiteGate
+from fedcare.build.run import build_run, run_spec
+from fedcare.privacy.ledger import MemoryLedgerBackend
+from fedcare.privacy.setup import ledger_summary
 from fedcare.runtime.recorder import NullRecorder, Recorder, RoundReport, RunSpec
-from fedcare.runtime.simulation import build_nodes, run_simulation
-from fedcare.strategies.registry import make_strategy
+from fedcare.runtime.simulation import build_nodes
+from fedcare.store.ledger import SqlLedgerBackend
+from fedcare.store.sql import SqlStore
+from fedcare.study.spec import StudySpec, study_from_experiment
+from fedcare.study.spec import setting_name as plan_setting_name
 from fedcare.task import SiteData, Task, task_hash
+from fedcare.transport.inprocess import InProcessChannel
 from fedcare.types import ConfigValue, Metrics, ModelState, RunId, SiteId
 
 __all__ = ["ExperimentConfig", "new_run_id", "run_experiment", "evaluate_setting"]
@@ -194,8 +203,15 @@ def run_experiment(
     experiment_id: str | None = None,
     progress: Progress | None = None,
     settings: tuple[str, ...] = ("local", "pooled", "federated"),
+    study: StudySpec | None = None,
+    gates: Mapping[SiteId, SiteGate] | None = None,
 ) -> dict[str, Any]:
-    """Run the requested settings and return the summary (see README's output contract)."""
+    """Run the requested settings and return the summary (see README's output contract).
+
+    The federated setting is built by the run builder (:func:`fedcare.build.run.build_run`)
+    from ``study`` (by default the study ``cfg`` describes) and runs over ``gates``, the
+    sites' front doors (by default in-process sites holding ``dataset.sites``).
+    """
     recorder = recorder or NullRecorder()
     exp = experiment_id or new_run_id()
     digest = task_hash(task)
@@ -236,52 +252,40 @@ def run_experiment(
         model = _train_alone(task, pooled_data, cfg, len(sites))
         baseline("pooled", dict.fromkeys(sites, model), view, False)
     if "federated" in settings:
-        strategy = make_strategy(cfg.strategy, fit_config=_fit_config(task, cfg), **dict(cfg.strategy_params))
-        name = cfg.setting_name()
+        study = study or study_from_experiment(cfg, dataset.name)
+        name = cfg.label or plan_setting_name(study)
         if name in ("local", "pooled"):
             raise ConfigError(f"strategy name {name!r} clashes with a baseline setting")
         run_id = RunId(f"{exp}-{name}")
-        private = _private_run(cfg, recorder, sites, study=exp)
-        if private is not None:
-            strategy = private.strategy
-        nodes = build_nodes(
-            dataset.sites, task, private.policies if private else None, private.ledgers if private else None
-        )
-        result = run_simulation(
-            sites=dataset.sites,
-            task=task,
-            strategy=strategy,
-            rounds=cfg.rounds,
-            seed=cfg.seed,
+        backend = SqlLedgerBackend(recorder) if isinstance(recorder, SqlStore) else MemoryLedgerBackend()
+        plan = build_run(study, task, sites=sites, ledger_backend=backend, experiment=exp)
+        if gates is None:
+            nodes = build_nodes(dataset.sites, task, plan.policies or None, plan.ledgers or None)
+            gates = {s: SiteGate(node, study) for s, node in nodes.items()}
+        else:
+            for s, gate in gates.items():  # site files bring their own policy; the run's store keeps the ledgers
+                if s in plan.ledgers and gate.node.privacy.ledger is None:
+                    gate.node.privacy.ledger = plan.ledgers[s]
+        channel = InProcessChannel({s: g.handle for s, g in gates.items()})
+        result = run_federated(
+            plan,
+            channel,
             run_id=run_id,
-            name=name,
-            dataset=dataset.name,
             recorder=recorder,
+            spec=run_spec(plan, run_id, dataset=dataset.name, experiment=exp, name=name),
             on_round=(lambda r: progress(name, r)) if progress else None,
-            fraction_fit=cfg.fraction_fit,
-            min_sites=cfg.min_sites,
-            config={
-                "fit_config": dict(private.fit_config if private else _fit_config(task, cfg)),
-                "personalization": cfg.personalization,
-                "personal_config": dict(cfg.personal_config),
-            },
-            experiment=exp,
-            policies=private.policies if private else None,
-            ledgers=private.ledgers if private else None,
-            nodes=nodes,
         )
-        personal = cfg.personalization != "none" or bool(local_keys(task))
+        views = {s: gates[s].node.data for s in sites}
+        personal = study.personalization.method != "none" or bool(local_keys(task))
         if personal:
-            models = _personal_models(task, nodes, run_id, result.state.model, cfg)
+            models = _personal_models(task, {s: gates[s].node for s in sites}, run_id, result.state.model, cfg)
         else:
             models = dict.fromkeys(sites, result.state.model)
         results[name] = evaluate_setting(
-            task, models, dataset.sites, local=False, personal=personal, kind=dataset.kind, groups=dataset.groups
+            task, models, views, local=False, personal=personal, kind=dataset.kind, groups=dataset.groups
         )
-        if private is not None:
-            from fedcare.privacy.setup import ledger_summary
-
-            privacy_summary = ledger_summary(private.ledgers, run_id, private.settings)
+        if plan.privacy is not None:
+            privacy_summary = ledger_summary(plan.ledgers, run_id, plan.privacy)
         results[name]["history"] = [
             {
                 "round": r.round_no,
@@ -307,50 +311,6 @@ def run_experiment(
     }
     if privacy_summary is not None:
         out["privacy"] = privacy_summary
-    return out
-
-
-def _private_run(cfg: ExperimentConfig, recorder: Recorder, sites: Any, *, study: str) -> Any:
-    """Wire ``cfg.privacy`` into the federated setting (None when non-private)."""
-    if not cfg.privacy:
-        return None
-    from fedcare.privacy.ledger import MemoryLedgerBackend
-    from fedcare.privacy.setup import PrivacySettings, prepare_private_run
-    from fedcare.store.ledger import SqlLedgerBackend
-    from fedcare.store.sql import SqlStore
-
-    settings = PrivacySettings.from_mapping(cfg.privacy)
-    if not settings.is_private and settings.site_max_epsilon is None:
-        return None
-    backend = SqlLedgerBackend(recorder) if isinstance(recorder, SqlStore) else MemoryLedgerBackend()
-    return prepare_private_run(
-        settings,
-        make_strategy=lambda fc: make_strategy(cfg.strategy, fit_config=fc, **dict(cfg.strategy_params)),
-        fit_config=cfg.fit_config,
-        rounds=cfg.rounds,
-        seed=cfg.seed,
-        sites=sites,
-        backend=backend,
-        study=study,
-    )
-
-
-def _fit_config(task: Task, cfg: ExperimentConfig) -> dict[str, ConfigValue]:
-    """The fit config sent each round, checked against the personalisation asked for."""
-    if cfg.personalization not in PERSONALIZATIONS:
-        raise ConfigError(f"personalization must be one of {', '.join(PERSONALIZATIONS)}, got {cfg.personalization!r}")
-    keys = local_keys(task)
-    if cfg.personalization in ("fedbn", "fedper") and not keys:
-        raise ConfigError(
-            f"personalization {cfg.personalization!r} needs a task that keeps entries local "
-            f"(e.g. mlp with local='norm' or 'head'); task {task.name!r} shares everything"
-        )
-    out = dict(cfg.fit_config)
-    if cfg.personalization == "ditto":
-        lam = cfg.personal_config.get("ditto_lambda")
-        if isinstance(lam, bool) or not isinstance(lam, int | float) or lam <= 0:
-            raise ConfigError(f"personalization 'ditto' needs personal_config['ditto_lambda'] > 0, got {lam!r}")
-        out.update(cfg.personal_config)
     return out
 
 

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from fedcare.cli.demo import DEMO_NAMES
-from fedcare.demos import DEMOS
+from fedcare.study.builtin import BUILTIN_STUDIES
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 HEAVY = ("torch", "opacus", "sklearn", "matplotlib", "pandas", "grpc")
@@ -22,7 +22,7 @@ def test_registering_all_commands_imports_no_heavy_library():
     code = (
         "import json, sys\n"
         "import fedcare.cli.data, fedcare.cli.deploy, fedcare.cli.privacy, fedcare.cli.strategies\n"
-        "from fedcare.cli import demo, simulate\n"
+        "from fedcare.cli import demo, study\n"
         "from fedcare.cli.app import app\n"
         "import typer.main\n"
         "names = [c.name for c in typer.main.get_command(app).commands.values()]\n"
@@ -32,9 +32,9 @@ def test_registering_all_commands_imports_no_heavy_library():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, env={"PYTHONPATH": str(SRC)}
     )
     names, heavy = json.loads(out.stdout.strip().splitlines()[-1])
-    assert {"demo", "simulate", "server", "node", "doctor", "certs", "audit", "data", "stats"} <= set(names)
+    assert {"demo", "simulate", "study", "server", "node", "doctor", "certs", "audit", "data", "stats"} <= set(names)
     assert heavy == []
 
 
 def test_the_help_names_every_demo():
-    assert tuple(sorted(DEMOS)) == DEMO_NAMES
+    assert tuple(sorted(BUILTIN_STUDIES)) == DEMO_NAMES

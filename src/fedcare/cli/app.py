@@ -55,7 +55,7 @@ def main() -> None:
     import fedcare.cli.deploy  # noqa: F401  (server, node, doctor, certs, audit)
     import fedcare.cli.privacy  # noqa: F401  (fedcare privacy ledger/calibrate)
     import fedcare.cli.strategies  # noqa: F401  (fedcare strategies list/run)
-    from fedcare.cli import demo, simulate  # noqa: F401  (register commands)
+    from fedcare.cli import demo, study  # noqa: F401  (register commands: demo, simulate, study)
 
     try:
         app()

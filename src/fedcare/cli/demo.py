@@ -1,21 +1,20 @@
-"""``fedcare demo``: Local vs Pooled vs FedAvg on a built-in real data set."""
+"""``fedcare demo``: Local vs Pooled vs FedAvg on a built-in real data set (a shipped study)."""
 
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from fedcare.cli.app import DbOption, OutOption, app, console, default_db_url, fail
-from fedcare.cli.privacy import demo_privacy_settings, privacy_table
-from fedcare.errors import FedcareError
+from fedcare.cli.app import DbOption, OutOption, app
+from fedcare.cli.privacy import demo_privacy_settings
+from fedcare.errors import ConfigError
 
 __all__ = ["DEMO_NAMES", "demo"]
 
-#: The built-in demos (``fedcare.demos.DEMOS``), named here so that ``--help`` does not
-#: import the training stack.
+#: The built-in demos (``fedcare.study.builtin.BUILTIN_STUDIES``), named here so that
+#: ``--help`` does not import the training stack.
 DEMO_NAMES = ("heart-disease", "pneumonia", "tcga-brca")
 
 
@@ -44,19 +43,21 @@ def demo(
     ] = False,
     accountant: Annotated[str, typer.Option(help="Privacy accountant: rdp or prv.")] = "rdp",
 ) -> None:
-    """Train on a built-in data set as Local, Pooled and FedAvg; write report.html and summary.json."""
-    from fedcare.cli.console import ExperimentProgress, results_table
-    from fedcare.demos import get_demo
-    from fedcare.experiment import new_run_id, run_experiment
-    from fedcare.report import write_outputs
-    from fedcare.store import SqlStore
+    """Train on a built-in data set as Local, Pooled and FedAvg; write report.html and summary.json.
 
-    run_id = new_run_id()
-    out_dir = out or Path("fedcare-out") / run_id
-    created = None if out_dir.exists() else out_dir
-    try:
-        recipe = get_demo(dataset)
-        cfg = replace(recipe.config, seed=seed, rounds=rounds or recipe.config.rounds)
+    The demo is a shipped study file (``fedcare simulate --study heart-disease`` runs the
+    same); the options here override its seed, rounds and privacy.
+    """
+    from fedcare.cli.study import run_simulation_command
+    from fedcare.study.builtin import resolve_study
+    from fedcare.study.spec import FederationSpec
+
+    def prepare() -> object:
+        if dataset not in DEMO_NAMES:
+            raise ConfigError(f"unknown demo dataset {dataset!r}; available: {', '.join(DEMO_NAMES)}")
+        study = resolve_study(dataset)
+        fed: FederationSpec = replace(study.federation, rounds=rounds or study.rounds)
+        study = replace(study, seed=seed, federation=fed)
         privacy = demo_privacy_settings(
             dp=dp,
             epsilon=epsilon,
@@ -68,25 +69,6 @@ def demo(
             trust_central_noise=trust_central_noise,
             accountant=accountant,
         )
-        if privacy:
-            cfg = replace(cfg, privacy=privacy)
-        console.print(f"[bold]fedcare demo[/] · {recipe.description}")
-        data = recipe.load()
-        for site in data.site_ids():
-            d = data.sites[site]
-            console.print(f"  {data.display_names.get(site, site):32s} train {len(d.train):5d}  test {len(d.test):5d}")
-        task = recipe.make_task(data)
-        store = SqlStore(db or default_db_url(out_dir))
-        with ExperimentProgress(console, cfg.rounds) as progress:
-            summary = run_experiment(data, task, cfg, recorder=store, experiment_id=run_id, progress=progress)
-        store.close()
-        summary["store"] = store.url.split("@")[-1]
-        metrics = [m for m in ("accuracy", "auc", "c_index") if m in summary["settings"]["pooled"]["pooled_test"]]
-        for metric in metrics:
-            console.print(results_table(summary, metric))
-        if "privacy" in summary:
-            console.print(privacy_table(summary["privacy"]))
-        summary_path, report_path = write_outputs(summary, out_dir)
-    except FedcareError as exc:
-        raise fail(exc, created) from None
-    console.print(f"report:  {report_path}\nsummary: {summary_path}\nstore:   {summary['store']} (experiment {run_id})")
+        return replace(study, privacy=privacy) if privacy else study
+
+    run_simulation_command("demo", prepare, sites=(), out=out, db=db)

@@ -159,6 +159,13 @@ class Moments:
         return Standardizer(mean=mean, std=std)
 
 
+def impute_and_standardize(
+    xtr: np.ndarray, xte: np.ndarray, stats: Standardizer, standardize: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """Impute missing values with the training mean, then standardise (train and test rows)."""
+    return _finish(xtr, xte, stats, standardize)
+
+
 def _finish(xtr: np.ndarray, xte: np.ndarray, stats: Standardizer, standardize: bool) -> tuple[np.ndarray, np.ndarray]:
     """Impute missing values with the training mean, then standardise."""
     xtr, xte = _impute(xtr, stats.mean), _impute(xte, stats.mean)

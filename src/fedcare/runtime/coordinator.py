@@ -352,7 +352,11 @@ class Coordinator:
 
 
 def _weighted_mean(site_metrics: Mapping[SiteId, Metrics]) -> Metrics:
-    """Example-weighted mean of each metric over sites (``num_examples`` summed)."""
+    """Example-weighted mean of each metric over sites (``num_examples`` summed).
+
+    Summed in site order, not arrival order, so the same run gives the same digits.
+    """
+    site_metrics = {s: site_metrics[s] for s in sorted(site_metrics)}
     total = sum(m.get("num_examples", 0.0) for m in site_metrics.values())
     if total <= 0:
         return {}

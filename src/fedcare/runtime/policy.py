@@ -42,6 +42,9 @@ class SitePolicy:
     min_peers : int (default: 1)
         The fewest sites (this one included) the site's update may be summed with.
         Above 1 the update must also be masked: a plain update is seen alone.
+    approved_study_hashes : frozenset[str] or None (default: None)
+        Content hashes of the study files the site reviewed (``study.toml``); ``None``
+        accepts any version of an opted-in study.
     """
 
     approved_task_hashes: frozenset[str] | None = field(default=None)
@@ -52,6 +55,7 @@ class SitePolicy:
     allow_seeded_noise: bool = False
     require_secure_aggregation: bool = False
     min_peers: int = 1
+    approved_study_hashes: frozenset[str] | None = field(default=None)
 
     def __post_init__(self) -> None:
         """Validate the privacy budget (a bad cap must fail loudly, not open the door)."""
@@ -86,4 +90,15 @@ class SitePolicy:
             return f"refused: task hash {seen} is not approved by this site"
         if seen != installed_hash:
             return f"refused: task hash {seen} is approved but not the task installed here ({installed_hash})"
+        return self.study_hash_refusal(config)
+
+    def study_hash_refusal(self, config: Mapping[str, ConfigValue]) -> str | None:
+        """Return why the study named by an instruction (``study_hash``) is refused, or ``None``."""
+        if self.approved_study_hashes is None:
+            return None
+        seen = config.get("study_hash")
+        if not isinstance(seen, str) or not seen:
+            return "refused: the instruction names no study hash and this site pins the studies it accepts"
+        if seen not in self.approved_study_hashes:
+            return f"refused: study hash {seen} is not approved by this site"
         return None

@@ -1,0 +1,222 @@
+"""Preparing a site's data at the site, from the study's schema and statistics the sites combine.
+
+In simulation and in deployment alike, the coordinator first asks every site for the
+:class:`~fedcare.data.tabular.Moments` (counts, sums, sums of squares) of its encoded
+training rows, adds them up, and then stamps the combined mean and standard deviation
+on every instruction it sends (:class:`StudyChannel`, record ``prep``). Each site's
+:class:`SiteGate` prepares its own rows with them (impute with the mean, standardise),
+so nothing but counts and sums ever leaves a site, a restarted node needs no memory to
+rejoin, and the prepared arrays equal the pooled-statistics preparation to rounding.
+
+:class:`StudyChannel` also stamps the study's name and content hash on every
+instruction; the gate refuses a study hash its site file does not accept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from fedcare.data.connect import LoadedSite
+from fedcare.data.moments_query import MOMENTS_QUERY
+from fedcare.data.schema import ColumnType
+from fedcare.data.tabular import Moments, Standardizer, TabularRecipe, impute_and_standardize, split_indices
+from fedcare.errors import DataError
+from fedcare.runtime.node import SiteNode
+from fedcare.study.spec import StudySpec
+from fedcare.task import ArrayDataset, SiteData
+from fedcare.transport.base import Channel
+from fedcare.types import Message, MessageKind, Payload, SiteId
+
+__all__ = ["PREP_RECORD", "SiteGate", "StudyChannel", "TabularSource", "labels_of"]
+
+#: Instruction record carrying the combined preprocessing statistics (``mean``, ``std``).
+PREP_RECORD = "prep"
+
+
+def labels_of(loaded: LoadedSite, positive: Sequence[object] | None) -> np.ndarray:
+    """The target as float64: 1.0 where it is one of ``positive``, else the connector's coding."""
+    if positive is None:
+        return loaded.target
+    spec = loaded.config.schema.column(loaded.config.schema.target)
+    values = loaded.frame[spec.name]
+    if spec.type is ColumnType.BOOLEAN:
+        wanted = {bool(p) for p in positive}
+        return values.map(lambda v: float(bool(v) in wanted)).to_numpy(dtype=np.float64)
+    return values.isin(list(positive)).to_numpy(dtype=np.float64)
+
+
+@dataclass
+class TabularSource:
+    """One site's checked table, split and encoded, not yet imputed or standardised."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+    @classmethod
+    def from_loaded(cls, loaded: LoadedSite, recipe: TabularRecipe, positive: Sequence[object] | None) -> TabularSource:
+        """Split (stratified, seeded by the study) and one-hot encode a site's table."""
+        loaded.report.raise_if_problems(f"site {loaded.config.site_id}")
+        if loaded.images is not None:
+            raise DataError(f"site {loaded.config.site_id} holds images, not a table")
+        y = labels_of(loaded, positive)
+        if len(y) == 0:
+            raise DataError(f"site {loaded.config.site_id!r} has no rows")
+        train, test = split_indices(y, test_fraction=recipe.test_fraction, seed=recipe.seed)
+        x = recipe.encode(loaded.frame)
+        return cls(x[train], y[train], x[test], y[test])
+
+    def moments(self) -> Moments:
+        """Counts, sums and sums of squares of the training rows (missing values left out)."""
+        return Moments.of(self.x_train)
+
+    def prepared(self, stats: Standardizer, *, standardize: bool = True) -> SiteData:
+        """Impute with ``stats.mean`` and standardise (the same arithmetic as ``prepare_sites``)."""
+        a, b = impute_and_standardize(self.x_train, self.x_test, stats, standardize)
+        return SiteData(ArrayDataset(a, self.y_train), ArrayDataset(b, self.y_test))
+
+    def local(self, *, standardize: bool = True) -> SiteData:
+        """Prepared with this site's own training statistics (``normalization = "site"``)."""
+        return self.prepared(Moments.of(self.x_train).standardizer(), standardize=standardize)
+
+
+def _digest(arrays: Mapping[str, np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name], dtype=np.float64)
+        h.update(name.encode() + str(a.shape).encode() + a.tobytes())
+    return h.hexdigest()
+
+
+class StudyChannel:
+    """A Channel that stamps the study (name, hash) and the combined statistics on every instruction."""
+
+    def __init__(self, inner: Channel, study: StudySpec, prep: Standardizer | None = None) -> None:
+        self.inner, self.study = inner, study
+        self.prep: dict[str, np.ndarray] | None = None
+        if prep is not None:
+            self.set_prep(prep)
+
+    def set_prep(self, stats: Standardizer) -> None:
+        """Send ``stats`` (combined mean and std) with every later instruction."""
+        mean = np.asarray(stats.mean, dtype=np.float64)
+        std = np.asarray(stats.std, dtype=np.float64)
+        mean.flags.writeable = False
+        std.flags.writeable = False
+        self.prep = {"mean": mean, "std": std}
+
+    def sites(self) -> Sequence[SiteId]:
+        """The inner channel's sites."""
+        return self.inner.sites()
+
+    def send(self, messages: Sequence[Message]) -> None:
+        """Stamp and forward."""
+        out = []
+        for m in messages:
+            config = {**m.payload.config, "study": self.study.name, "study_hash": self.study.hash}
+            arrays = dict(m.payload.arrays)
+            if self.prep is not None and m.kind is not MessageKind.QUERY:
+                arrays[PREP_RECORD] = self.prep
+            out.append(replace(m, payload=replace(m.payload, config=config, arrays=arrays)))
+        self.inner.send(out)
+
+    def receive(self, *, timeout_s: float) -> Iterator[Message]:
+        """The inner channel's replies."""
+        return self.inner.receive(timeout_s=timeout_s)
+
+    def close(self) -> None:
+        """Close the inner channel."""
+        self.inner.close()
+
+    def __getattr__(self, name: str) -> object:
+        # transport extras (wait_for_sites, finish, port...) pass through
+        return getattr(self.inner, name)
+
+
+class SiteGate:
+    """A site's front door: checks the study, answers the moments query, prepares the data.
+
+    Parameters
+    ----------
+    node : SiteNode
+        The site; its ``data`` is replaced by the prepared data when statistics arrive.
+    study : StudySpec
+        The study this site reviewed; an instruction naming another hash is refused.
+    source : TabularSource or None
+        Raw encoded rows for ``normalization = "federated"`` (None: the node's data is final).
+    on_study : callable or None
+        Called once per (run, study hash) seen, e.g. to write it to the site's audit log.
+    """
+
+    def __init__(
+        self,
+        node: SiteNode,
+        study: StudySpec,
+        source: TabularSource | None = None,
+        *,
+        on_study: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self.node, self.study, self.source, self.on_study = node, study, source, on_study
+        self._prepared: str | None = None
+        self._seen: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
+
+    def handle(self, message: Message) -> Message:
+        """Check, prepare, then hand the instruction to the node."""
+        config = message.payload.config
+        seen = config.get("study_hash")
+        if seen is not None and seen != self.study.hash:
+            return message.reply(
+                error=f"refused: the coordinator runs study {config.get('study')!r} with hash {seen}; "
+                f"this site reviewed {self.study.name!r} with hash {self.study.hash}"
+            )
+        refusal = self.node.policy.study_hash_refusal(config) or self.node.policy.study_refusal(
+            str(config.get("study", self.study.name))
+        )
+        if refusal is not None:
+            return message.reply(error=refusal)
+        if isinstance(seen, str) and self.on_study is not None and (message.run_id, seen) not in self._seen:
+            self._seen.add((message.run_id, seen))
+            self.on_study(message.run_id, seen)
+        if message.kind is MessageKind.QUERY and config.get("query") == MOMENTS_QUERY and self.source is not None:
+            policy = self.node.policy.refusal(config, installed_hash=self.node.task_hash)
+            if policy is not None:
+                return message.reply(error=policy)
+            m = self.source.moments()
+            return message.reply(Payload(arrays={"moments": {"count": m.count, "sum": m.total, "sum_sq": m.total_sq}}))
+        prep = message.payload.arrays.get(PREP_RECORD)
+        if prep is not None:
+            error = self._prepare(prep)
+            if error is not None:
+                return message.reply(error=error)
+            arrays = {k: v for k, v in message.payload.arrays.items() if k != PREP_RECORD}
+            message = replace(message, payload=replace(message.payload, arrays=arrays))
+        elif self.source is not None and message.kind is not MessageKind.QUERY:
+            return message.reply(error="refused: this study standardises with combined statistics, none were sent")
+        return self.node.handle(message)
+
+    def _prepare(self, prep: Mapping[str, np.ndarray]) -> str | None:
+        if self.source is None:
+            return None  # the node's data is already final (built-in data set or site normalisation)
+        n = self.source.x_train.shape[1]
+        mean, std = prep.get("mean"), prep.get("std")
+        if set(prep) != {"mean", "std"} or mean is None or std is None:
+            return "malformed 'prep' record: expected exactly 'mean' and 'std'"
+        if mean.shape != (n,) or std.shape != (n,):
+            return f"malformed 'prep' record: expected {n} columns, got mean {mean.shape} and std {std.shape}"
+        if not (np.isfinite(mean).all() and np.isfinite(std).all()) or (std < 0).any():
+            return "malformed 'prep' record: statistics must be finite and std non-negative"
+        digest = _digest(prep)
+        with self._lock:
+            if digest != self._prepared:
+                self.node.data = self.source.prepared(Standardizer(mean=np.array(mean), std=np.array(std)))
+                if hasattr(self.node, "_secagg"):
+                    self.node._secagg = None  # built around the previous data
+                self._prepared = digest
+        return None

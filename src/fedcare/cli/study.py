@@ -1,0 +1,192 @@
+"""Study commands: ``fedcare simulate`` (a study in one process) and ``fedcare study hash|check``.
+
+``demo``, ``simulate`` and ``strategies run`` share :func:`run_simulation_command`: the
+study and every site file are checked completely before anything is recorded or
+written; a problem is one line naming the file, and the exit code says its kind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from fedcare.cli.app import DbOption, OutOption, app, console, default_db_url, fail
+from fedcare.errors import ConfigError, FedcareError
+
+if TYPE_CHECKING:
+    from fedcare.study.spec import StudySpec
+
+__all__ = ["run_simulation_command", "simulate", "study_app"]
+
+study_app = typer.Typer(help="Check a study file and print its content hash (what sites pin).", no_args_is_help=True)
+app.add_typer(study_app, name="study")
+
+StudyOption = Annotated[
+    str | None, typer.Option("--study", "-s", help="The study file (study.toml), or a built-in study's name.")
+]
+SiteOption = Annotated[
+    list[Path] | None, typer.Option("--site", help="A site file (site.toml); repeat once per site.")
+]
+
+
+def run_simulation_command(
+    command: str,
+    prepare: Callable[[], Any],
+    *,
+    sites: Sequence[Path],
+    out: Path | None,
+    db: str | None,
+    settings: tuple[str, ...] = ("local", "pooled", "federated"),
+) -> None:
+    """Check, run and report a study in one process (demo, simulate, strategies run)."""
+    from fedcare.build.simulate import simulate_study
+    from fedcare.cli.console import ExperimentProgress, results_table
+    from fedcare.cli.privacy import privacy_table
+    from fedcare.experiment import new_run_id
+    from fedcare.report import write_outputs
+    from fedcare.store import SqlStore
+    from fedcare.study.site import load_site
+
+    run_id = new_run_id()
+    out_dir = out or Path("fedcare-out") / run_id
+    created = None if out_dir.exists() else out_dir
+    try:
+        study: StudySpec = prepare()
+        specs = [load_site(p) for p in sites]
+        console.print(
+            f"[bold]fedcare {command}[/] · {study.description or study.name} · study hash {study.hash[:12]}…",
+            highlight=False,
+        )
+        store = SqlStore(db or default_db_url(out_dir))
+        try:
+            with ExperimentProgress(console, study.rounds) as progress:
+                summary = simulate_study(
+                    study, specs, recorder=store, experiment_id=run_id, progress=progress, settings=settings
+                )
+        finally:
+            store.close()
+        summary["store"] = store.url.split("@")[-1]
+        first = next(iter(summary["settings"].values()))
+        for metric in [m for m in ("accuracy", "auc", "c_index") if m in first["site_mean"]]:
+            console.print(results_table(summary, metric))
+        if "privacy" in summary:
+            console.print(privacy_table(summary["privacy"]))
+        summary_path, report_path = write_outputs(summary, out_dir)
+    except FedcareError as exc:
+        raise fail(exc, created) from None
+    console.print(f"report:  {report_path}\nsummary: {summary_path}\nstore:   {summary['store']} (experiment {run_id})")
+
+
+@app.command()
+def simulate(
+    study: StudyOption = None,
+    site: SiteOption = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="A legacy run file (one CSV per site); see docs/simulate.md.")
+    ] = None,
+    out: OutOption = None,
+    db: DbOption = None,
+) -> None:
+    """Rehearse a study in one process: Local, Pooled and the federated setting; write report.html and summary.json.
+
+    The sites are the site files given with --site (each checked against the study's
+    schema), or every site of a built-in data set. The same files run across real
+    processes with `fedcare up` and across hospitals with `fedcare server` / `fedcare node`.
+    """
+    if config is not None:
+        if study is not None or site:
+            raise fail(ConfigError("give --study (with --site files) or a legacy --config run file, not both"))
+        _legacy_simulate(config, out, db)
+        return
+    if study is None:
+        raise fail(ConfigError("give --study STUDY (a study.toml or a built-in study's name) and its --site files"))
+
+    def prepare() -> Any:
+        from fedcare.study.builtin import resolve_study
+
+        return resolve_study(study)
+
+    run_simulation_command("simulate", prepare, sites=site or [], out=out, db=db)
+
+
+def _legacy_simulate(config: Path, out: Path | None, db: str | None) -> None:
+    """The run file of earlier versions: its CSVs become sites of an equivalent study."""
+    from fedcare.cli.console import ExperimentProgress, results_table
+    from fedcare.data.byo import load_table
+    from fedcare.experiment import new_run_id, run_experiment
+    from fedcare.report import write_outputs
+    from fedcare.runconfig import check_training, load_simulate_config
+    from fedcare.store import SqlStore
+    from fedcare.tasks import make_task
+
+    run_id = new_run_id()
+    out_dir = out or Path("fedcare-out") / run_id
+    created = None if out_dir.exists() else out_dir
+    try:
+        cfg = load_simulate_config(config)
+        data, recipe = load_table(cfg.table)
+        task = make_task(cfg.task, n_features=data.n_features)
+        check_training(cfg, task, data)
+        exp = cfg.experiment
+        console.print(
+            f"[bold]fedcare simulate[/] · {data.name}: {len(data.sites)} sites, {data.n_features} features, "
+            f"{exp.strategy}, {exp.rounds} rounds"
+        )
+        for s in data.site_ids():
+            d = data.sites[s]
+            console.print(f"  {s:32s} train {len(d.train):5d}  test {len(d.test):5d}")
+        store = SqlStore(db or default_db_url(out_dir))
+        try:
+            with ExperimentProgress(console, exp.rounds) as progress:
+                summary = run_experiment(data, task, exp, recorder=store, experiment_id=run_id, progress=progress)
+        finally:
+            store.close()
+        summary["config"].update(cfg.describe())
+        summary["config"]["data"]["resolved"] = {
+            "features": list(recipe.features),
+            "categories": {c: list(v) for c, v in recipe.categorical.items()},
+            "encoded_features": list(data.feature_names),
+        }
+        summary["store"] = store.url.split("@")[-1]
+        for metric in ("accuracy", "auc"):
+            console.print(results_table(summary, metric))
+        summary_path, report_path = write_outputs(summary, out_dir)
+    except FedcareError as exc:
+        raise fail(exc, created) from None
+    console.print(f"report:  {report_path}\nsummary: {summary_path}\nstore:   {summary['store']} (experiment {run_id})")
+
+
+@study_app.command("hash")
+def study_hash(study: Annotated[str, typer.Argument(help="A study file, or a built-in study's name.")]) -> None:
+    """Print the study's content hash (a site pins it in policy.approved_study_hashes)."""
+    from fedcare.study.builtin import resolve_study
+
+    try:
+        spec = resolve_study(study)
+    except FedcareError as exc:
+        raise fail(exc) from None
+    console.print(f"{spec.name} {spec.hash}", highlight=False, soft_wrap=True)
+
+
+@study_app.command("check")
+def study_check(
+    study: Annotated[str, typer.Argument(help="A study file, or a built-in study's name.")],
+    site: SiteOption = None,
+) -> None:
+    """Check the study file, and each site file's data against its schema, without training."""
+    from fedcare.build.simulate import load_study_sites
+    from fedcare.study.builtin import resolve_study
+    from fedcare.study.site import load_site
+
+    try:
+        spec = resolve_study(study)
+        specs = [load_site(p) for p in site or []]
+        _, inputs = load_study_sites(spec, specs)
+    except FedcareError as exc:
+        raise fail(exc) from None
+    console.print(f"study {spec.name}: ok (hash {spec.hash})", highlight=False, soft_wrap=True)
+    for s, i in inputs.items():
+        console.print(f"  {s:24s} train {len(i.data.train):6d}  test {len(i.data.test):6d}", highlight=False)
