@@ -29,13 +29,13 @@ from typing import Any
 
 import numpy as np
 
+from fedcare.build.federated import run_federated
+from fedcare.build.prep import SiteGate
+from fedcare.build.run import build_run, run_spec
 from fedcare.data.federated import FederatedDataset, concat
 from fedcare.errors import ConfigError
 from fedcare.evaluation import calibration_report, subgroup_metrics
 from fedcare.personal.site import local_keys, model_for
-from fedcare.build.federated import run_federated
-from fedcare.build.prep import SiteGate
-from fedcare.build.run import build_run, run_spec
 from fedcare.privacy.ledger import MemoryLedgerBackend
 from fedcare.privacy.setup import ledger_summary
 from fedcare.runtime.recorder import NullRecorder, Recorder, RoundReport, RunSpec

@@ -1,6 +1,5 @@
 import hashlib
 import json
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -10,7 +9,6 @@ import fedcare.datasets.pneumonia as pneumonia
 from fedcare.cli.app import app
 from fedcare.datasets import BUILTIN_DATASETS, load_builtin
 from fedcare.datasets.pneumonia import SITE_FRACTIONS, load_arrays, load_pneumonia, load_validation, site_assignment
-from fedcare.demos import DEMOS
 from fedcare.errors import ConfigError, DataError
 
 
@@ -105,16 +103,23 @@ def test_registered_as_builtin():
 
 def test_demo_recipe_runs_end_to_end_on_a_small_subset(monkeypatch, tmp_path):
     """The real `fedcare demo --dataset pneumonia` path, on 48 images per site and 1 epoch."""
-    from fedcare.cli import demo  # noqa: F401
+    from fedcare.cli import study  # noqa: F401
+    from fedcare.study.builtin import builtin_study_path
 
-    recipe = DEMOS["pneumonia"]
-    quick = replace(recipe.config, baseline_config={**recipe.config.baseline_config, "local_epochs": 1})
-    monkeypatch.setitem(DEMOS, "pneumonia", replace(recipe, config=quick))
+    # the shipped demo study, with one baseline epoch instead of eight
+    text = (
+        builtin_study_path("pneumonia")
+        .read_text()
+        .replace("local_epochs = 8", "local_epochs = 1")
+        .replace("rounds = 15", "rounds = 1")
+    )
+    quick = tmp_path / "pneumonia.toml"
+    quick.write_text(text)
     monkeypatch.setitem(BUILTIN_DATASETS, "pneumonia", lambda: load_pneumonia(max_train_per_site=48))
     out = tmp_path / "run"
     result = CliRunner().invoke(
         app,
-        ["demo", "--dataset", "pneumonia", "--rounds", "1", "--out", str(out), "--db", f"sqlite:///{tmp_path}/s.db"],
+        ["simulate", "--study", str(quick), "--out", str(out), "--db", f"sqlite:///{tmp_path}/s.db"],
     )
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "summary.json").read_text())

@@ -107,14 +107,18 @@ def test_central_client_dp_wrapper_noises_the_mean_with_z_c_over_n():
 def test_demo_cli_records_privacy_per_site_and_fails_in_one_line_when_sites_refuse(tmp_path, monkeypatch):
     from dataclasses import replace
 
-    from fedcare import demos
     from fedcare.cli import demo  # noqa: F401
     from fedcare.cli.app import app
+    from fedcare.study import builtin
 
     # keep the non-private baselines cheap: this test is about the federated setting's privacy
-    recipe = demos.DEMOS["heart-disease"]
-    fast = replace(recipe.config, baseline_config={**recipe.config.baseline_config, "local_epochs": 1})
-    monkeypatch.setitem(demos.DEMOS, "heart-disease", replace(recipe, config=fast))
+    shipped = builtin.resolve_study
+
+    def fast(name):
+        study = shipped(name)
+        return replace(study, baseline={**study.baseline, "local_epochs": 1})
+
+    monkeypatch.setattr(builtin, "resolve_study", fast)
     runner = CliRunner()
     out = tmp_path / "dp"
     db = f"sqlite:///{tmp_path / 'store.db'}"

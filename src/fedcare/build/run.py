@@ -71,7 +71,9 @@ def fit_config_for(study: StudySpec, task: Task) -> dict[str, ConfigValue]:
     if known is not None:
         unknown = sorted(set(study.fit) - set(known) - {"ditto_lambda", "ditto_epochs"})
         if unknown:
-            raise ConfigError(f"{study.where}: unknown key(s) {unknown} in [fit]; task {task.name!r} takes {sorted(known)}")
+            raise ConfigError(
+                f"{study.where}: unknown key(s) {unknown} in [fit]; task {task.name!r} takes {sorted(known)}"
+            )
     out = dict(study.fit)
     if method == "ditto":
         out.update(study.personalization.config)

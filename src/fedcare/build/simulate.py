@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from fedcare.build.prep import labels_of
 from fedcare.build.run import build_task
 from fedcare.build.site import SiteInputs, load_site_data, simulated_sites
 from fedcare.data.connect import federated_images
@@ -19,7 +20,6 @@ from fedcare.data.tabular import prepare_sites
 from fedcare.datasets import load_builtin
 from fedcare.errors import ConfigError
 from fedcare.experiment import ExperimentConfig, Progress, run_experiment
-from fedcare.build.prep import labels_of
 from fedcare.runtime.recorder import Recorder
 from fedcare.study.prep_stats import recipe_of
 from fedcare.study.site import SiteSpec
@@ -80,7 +80,9 @@ def study_dataset(
     if any(v is None for v in loaded.values()):
         raise ConfigError("internal: connector sites without loaded data")
     if any(v.images is not None for v in loaded.values() if v is not None):
-        return federated_images(loaded, test_fraction=study.data.test_fraction, seed=study.data.split_seed, name=study.name)  # type: ignore[arg-type]
+        return federated_images(
+            loaded, test_fraction=study.data.test_fraction, seed=study.data.split_seed, name=study.name
+        )  # type: ignore[arg-type]
     recipe = recipe_of(study)
     frames = {s: v.frame for s, v in loaded.items() if v is not None}
     labels = {s: labels_of(v, study.data.positive) for s, v in loaded.items() if v is not None}

@@ -72,7 +72,9 @@ def load_site_data(spec: SiteSpec, study: StudySpec) -> SiteInputs:
         data = load_builtin(dataset)
         site = str(spec.options.get("site", spec.site_id))
         if site not in data.sites:
-            raise ConfigError(f"{spec.where}: data set {dataset!r} has no site {site!r}; sites: {', '.join(data.sites)}")
+            raise ConfigError(
+                f"{spec.where}: data set {dataset!r} has no site {site!r}; sites: {', '.join(data.sites)}"
+            )
         return SiteInputs(data=data.sites[site])  # type: ignore[index]
     if study.data.schema is None:
         raise ConfigError(
@@ -143,9 +145,7 @@ def build_site(
     return BuiltSite(spec=spec, inputs=inputs, node=node, gate=SiteGate(node, study, inputs.source, on_study=on_study))
 
 
-def deployed_site(
-    spec: SiteSpec, study: StudySpec, *, on_study: Callable[[str, str], None] | None = None
-) -> BuiltSite:
+def deployed_site(spec: SiteSpec, study: StudySpec, *, on_study: Callable[[str, str], None] | None = None) -> BuiltSite:
     """A node's site: its persistent privacy ledger and per-run memory on disk (they survive restarts)."""
     ledger = sql_ledger(SqlStore(spec.ledger_url), site=spec.site_id, study=SITE_BUDGET, delta=spec.policy.delta)
     return build_site(spec, study, ledger=ledger, memory_files=SiteMemoryFiles(spec.memory_dir), on_study=on_study)

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import replace
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
-from fedcare.cli.app import DbOption, OutOption, app, console, default_db_url, fail
+from fedcare.cli.app import DbOption, OutOption, app, console
 from fedcare.cli.demo import DEMO_NAMES
-from fedcare.errors import ConfigError, FedcareError
+from fedcare.errors import ConfigError
 
 __all__ = ["parse_assignments", "strategies_app"]
 
@@ -81,41 +80,29 @@ def run_strategy(
     out: OutOption = None,
     db: DbOption = None,
 ) -> None:
-    """Train one strategy on a built-in data set; write report.html and summary.json."""
-    from fedcare.cli.console import ExperimentProgress, results_table
-    from fedcare.demos import get_demo
-    from fedcare.experiment import new_run_id, run_experiment
-    from fedcare.report import write_outputs
-    from fedcare.store import SqlStore
+    """Train one strategy on a built-in data set; write report.html and summary.json.
 
-    run_id = new_run_id()
-    out_dir = out or Path("fedcare-out") / run_id
-    created = None if out_dir.exists() else out_dir
-    try:
-        recipe = get_demo(dataset)
-        fit_config = {**recipe.config.fit_config, **parse_assignments(fit, "--fit")}
-        cfg = replace(
-            recipe.config,
-            seed=seed,
-            rounds=rounds or recipe.config.rounds,
-            strategy=strategy,
-            strategy_params=parse_assignments(param, "--param"),
-            fit_config=fit_config,
-        )
-        data = recipe.load()
-        task = recipe.make_task(data)
-        settings = ("local", "pooled", "federated") if baselines else ("federated",)
-        store = SqlStore(db or default_db_url(out_dir))
-        with ExperimentProgress(console, cfg.rounds) as progress:
-            summary = run_experiment(
-                data, task, cfg, recorder=store, experiment_id=run_id, progress=progress, settings=settings
-            )
-        store.close()
-        summary["store"] = store.url.split("@")[-1]
-        metrics = summary["settings"][strategy]["site_mean"]
-        for metric in [m for m in ("accuracy", "auc", "c_index") if m in metrics]:
-            console.print(results_table(summary, metric))
-        summary_path, report_path = write_outputs(summary, out_dir)
-    except FedcareError as exc:
-        raise fail(exc, created) from None
-    console.print(f"report:  {report_path}\nsummary: {summary_path}\nstore:   {summary['store']} (experiment {run_id})")
+    The data set's shipped study with its strategy, parameters and fit config replaced
+    (`fedcare simulate --study FILE` runs the same from a study file).
+    """
+    from fedcare.cli.study import run_simulation_command
+
+    def prepare() -> Any:
+        from fedcare.study.builtin import resolve_study
+        from fedcare.study.spec import parse_study
+
+        base = resolve_study(dataset)
+        described = base.describe()
+        raw = {
+            "study": {"name": base.name, "description": base.description, "seed": seed},
+            "task": described["task"],
+            "data": {"dataset": base.data.dataset},
+            "strategy": {"name": strategy, "params": parse_assignments(param, "--param")},
+            "federation": {"rounds": rounds or base.rounds},
+            "fit": {**base.fit, **parse_assignments(fit, "--fit")},
+            "baseline": dict(base.baseline),
+        }
+        return replace(parse_study(raw, where=f"strategies run {strategy}"), path=None)
+
+    settings = ("local", "pooled", "federated") if baselines else ("federated",)
+    run_simulation_command(f"strategies run {strategy}", prepare, sites=(), out=out, db=db, settings=settings)

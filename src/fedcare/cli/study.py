@@ -27,9 +27,7 @@ app.add_typer(study_app, name="study")
 StudyOption = Annotated[
     str | None, typer.Option("--study", "-s", help="The study file (study.toml), or a built-in study's name.")
 ]
-SiteOption = Annotated[
-    list[Path] | None, typer.Option("--site", help="A site file (site.toml); repeat once per site.")
-]
+SiteOption = Annotated[list[Path] | None, typer.Option("--site", help="A site file (site.toml); repeat once per site.")]
 
 
 def run_simulation_command(

@@ -325,7 +325,9 @@ def parse_site(raw: Mapping[str, Any], *, origin: Path | None = None) -> SiteSpe
         options=options,
         policy=rules,
         raw={k: raw[k] for k in ("schema", "fhir", "stats") if k in raw},
-        audit_log=resolve_path(base, audit_path) if isinstance(audit_path, str) else fedcare_dir / f"audit-{site_id}.jsonl",
+        audit_log=resolve_path(base, audit_path)
+        if isinstance(audit_path, str)
+        else fedcare_dir / f"audit-{site_id}.jsonl",
         ledger_url=ledger
         if isinstance(ledger, str) and ledger
         else f"sqlite:///{(fedcare_dir / f'privacy-{site_id}.db').resolve()}",
@@ -349,7 +351,8 @@ def _coordinator(c: Checker, coord: Mapping[str, Any], conn: Mapping[str, Any], 
         tls=TlsFiles(**{k: resolve_path(base, str(v)) for k, v in files.items()}),
         server_name=c.string(coord, "server_name", "coordinator.server_name"),
         proxy=c.string(conn, "proxy", "connection.proxy"),
-        backoff_initial_s=c.number(conn, "backoff_initial_s", "connection.backoff_initial_s", 0.5, positive=True) or 0.5,
+        backoff_initial_s=c.number(conn, "backoff_initial_s", "connection.backoff_initial_s", 0.5, positive=True)
+        or 0.5,
         backoff_max_s=c.number(conn, "backoff_max_s", "connection.backoff_max_s", 30.0, positive=True) or 30.0,
         connect_timeout_s=c.number(conn, "connect_timeout_s", "connection.connect_timeout_s", 10.0, positive=True)
         or 10.0,

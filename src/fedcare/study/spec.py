@@ -459,7 +459,9 @@ def _secagg(c: Checker, s: Mapping[str, Any]) -> SecureAggregationSpec:
         return SecureAggregationSpec()
     threshold = s.get("threshold", 0.5)
     if isinstance(threshold, bool) or not isinstance(threshold, int | float) or threshold <= 0:
-        c.bad.append(f"secure_aggregation.threshold must be a fraction in (0, 1] or a share count >= 2, got {threshold!r}")
+        c.bad.append(
+            f"secure_aggregation.threshold must be a fraction in (0, 1] or a share count >= 2, got {threshold!r}"
+        )
         threshold = 0.5
     return SecureAggregationSpec(
         enabled=c.boolean(s, "enabled", "secure_aggregation.enabled", True),
@@ -485,9 +487,8 @@ def _check_names(spec: StudySpec) -> None:
     """The strategy exists and accepts its parameters (the task is checked when it is built)."""
     where = spec.where
     if spec.strategy not in available_strategies():
-        raise ConfigError(
-            f"{where}: unknown strategy {spec.strategy!r} in strategy.name; available: {', '.join(available_strategies())}"
-        )
+        known = ", ".join(available_strategies())
+        raise ConfigError(f"{where}: unknown strategy {spec.strategy!r} in strategy.name; available: {known}")
     if spec.strategy in ("local", "pooled"):
         raise ConfigError(f"{where}: strategy name {spec.strategy!r} clashes with a baseline setting")
     try:
