@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 
 from fedcare.build.federated import run_federated
-from fedcare.build.prep import SiteGate
 from fedcare.build.run import build_run, run_spec
+from fedcare.build.site import SiteInputs, builtin_site_spec, site_gate
 from fedcare.data.federated import FederatedDataset, concat
 from fedcare.errors import ConfigError
 from fedcare.evaluation import calibration_report, subgroup_metrics
@@ -39,9 +39,9 @@ from fedcare.personal.site import local_keys, model_for
 from fedcare.privacy.ledger import MemoryLedgerBackend
 from fedcare.privacy.setup import ledger_summary
 from fedcare.runtime.recorder import NullRecorder, Recorder, RoundReport, RunSpec
-from fedcare.runtime.simulation import build_nodes
 from fedcare.store.ledger import SqlLedgerBackend
 from fedcare.store.sql import SqlStore
+from fedcare.study.site import SiteSpec
 from fedcare.study.spec import StudySpec, study_from_experiment
 from fedcare.study.spec import setting_name as plan_setting_name
 from fedcare.task import SiteData, Task, task_hash
@@ -204,13 +204,14 @@ def run_experiment(
     progress: Progress | None = None,
     settings: tuple[str, ...] = ("local", "pooled", "federated"),
     study: StudySpec | None = None,
-    gates: Mapping[SiteId, SiteGate] | None = None,
+    site_files: Mapping[SiteId, tuple[SiteSpec, SiteInputs]] | None = None,
 ) -> dict[str, Any]:
     """Run the requested settings and return the summary (see README's output contract).
 
     The federated setting is built by the run builder (:func:`fedcare.build.run.build_run`)
-    from ``study`` (by default the study ``cfg`` describes) and runs over ``gates``, the
-    sites' front doors (by default in-process sites holding ``dataset.sites``).
+    from ``study`` (by default the study ``cfg`` describes) and runs over each site's gate
+    (:func:`fedcare.build.site.site_gate`): built from its site file and data when
+    ``site_files`` gives them, else an in-process site holding ``dataset.sites``.
     """
     recorder = recorder or NullRecorder()
     exp = experiment_id or new_run_id()
@@ -259,13 +260,17 @@ def run_experiment(
         run_id = RunId(f"{exp}-{name}")
         backend = SqlLedgerBackend(recorder) if isinstance(recorder, SqlStore) else MemoryLedgerBackend()
         plan = build_run(study, task, sites=sites, ledger_backend=backend, experiment=exp)
-        if gates is None:
-            nodes = build_nodes(dataset.sites, task, plan.policies or None, plan.ledgers or None)
-            gates = {s: SiteGate(node, study) for s, node in nodes.items()}
-        else:
-            for s, gate in gates.items():  # site files bring their own policy; the run's store keeps the ledgers
-                if s in plan.ledgers and gate.node.privacy.ledger is None:
-                    gate.node.privacy.ledger = plan.ledgers[s]
+        gates = {}
+        for s in sites:
+            spec, inputs = site_files[s] if site_files else (None, SiteInputs(dataset.sites[s]))
+            gates[s] = site_gate(
+                spec or builtin_site_spec(dataset.name, s, dataset.display_names.get(s, s)),
+                study,
+                inputs=inputs,
+                task=task,
+                ledger=plan.ledgers.get(s),
+                policy=None if spec is not None else plan.policies.get(s),
+            )
         channel = InProcessChannel({s: g.handle for s, g in gates.items()})
         result = run_federated(
             plan,

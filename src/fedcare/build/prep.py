@@ -4,19 +4,20 @@ In simulation and in deployment alike, the coordinator first asks every site for
 :class:`~fedcare.data.tabular.Moments` (counts, sums, sums of squares) of its encoded
 training rows, adds them up, and then stamps the combined mean and standard deviation
 on every instruction it sends (:class:`StudyChannel`, record ``prep``). Each site's
-:class:`SiteGate` prepares its own rows with them (impute with the mean, standardise),
+:class:`StudySite` prepares its own rows with them (impute with the mean, standardise),
 so nothing but counts and sums ever leaves a site, a restarted node needs no memory to
 rejoin, and the prepared arrays equal the pooled-statistics preparation to rounding.
 
-:class:`StudyChannel` also stamps the study's name and content hash on every
-instruction; the gate refuses a study hash its site file does not accept.
+:class:`StudyChannel` also stamps the study itself (its canonical JSON), its name and
+its content hash on every instruction: sites build their part of the study from it
+(:class:`fedcare.build.site.SiteGate`) and refuse what their site file does not accept.
 """
 
 from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -32,7 +33,7 @@ from fedcare.task import ArrayDataset, SiteData
 from fedcare.transport.base import Channel
 from fedcare.types import Message, MessageKind, Payload, SiteId
 
-__all__ = ["PREP_RECORD", "SiteGate", "StudyChannel", "TabularSource", "labels_of"]
+__all__ = ["PREP_RECORD", "StudyChannel", "StudySite", "TabularSource", "labels_of"]
 
 #: Instruction record carrying the combined preprocessing statistics (``mean``, ``std``).
 PREP_RECORD = "prep"
@@ -99,6 +100,7 @@ class StudyChannel:
 
     def __init__(self, inner: Channel, study: StudySpec, prep: Standardizer | None = None) -> None:
         self.inner, self.study = inner, study
+        self._json = study.to_json()
         self.prep: dict[str, np.ndarray] | None = None
         if prep is not None:
             self.set_prep(prep)
@@ -119,7 +121,12 @@ class StudyChannel:
         """Stamp and forward."""
         out = []
         for m in messages:
-            config = {**m.payload.config, "study": self.study.name, "study_hash": self.study.hash}
+            config = {
+                **m.payload.config,
+                "study": self.study.name,
+                "study_hash": self.study.hash,
+                "study_spec": self._json,
+            }
             arrays = dict(m.payload.arrays)
             if self.prep is not None and m.kind is not MessageKind.QUERY:
                 arrays[PREP_RECORD] = self.prep
@@ -139,51 +146,28 @@ class StudyChannel:
         return getattr(self.inner, name)
 
 
-class SiteGate:
-    """A site's front door: checks the study, answers the moments query, prepares the data.
+class StudySite:
+    """One study at one site: answers the moments query and prepares the data, then hands over to the node.
 
     Parameters
     ----------
     node : SiteNode
-        The site; its ``data`` is replaced by the prepared data when statistics arrive.
+        The site's node for this study; its ``data`` is replaced by the prepared data
+        when the combined statistics arrive.
     study : StudySpec
-        The study this site reviewed; an instruction naming another hash is refused.
+        The study.
     source : TabularSource or None
         Raw encoded rows for ``normalization = "federated"`` (None: the node's data is final).
-    on_study : callable or None
-        Called once per (run, study hash) seen, e.g. to write it to the site's audit log.
     """
 
-    def __init__(
-        self,
-        node: SiteNode,
-        study: StudySpec,
-        source: TabularSource | None = None,
-        *,
-        on_study: Callable[[str, str], None] | None = None,
-    ) -> None:
-        self.node, self.study, self.source, self.on_study = node, study, source, on_study
+    def __init__(self, node: SiteNode, study: StudySpec, source: TabularSource | None = None) -> None:
+        self.node, self.study, self.source = node, study, source
         self._prepared: str | None = None
-        self._seen: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
 
     def handle(self, message: Message) -> Message:
-        """Check, prepare, then hand the instruction to the node."""
+        """Answer the moments query, prepare with the instruction's statistics, then run it."""
         config = message.payload.config
-        seen = config.get("study_hash")
-        if seen is not None and seen != self.study.hash:
-            return message.reply(
-                error=f"refused: the coordinator runs study {config.get('study')!r} with hash {seen}; "
-                f"this site reviewed {self.study.name!r} with hash {self.study.hash}"
-            )
-        refusal = self.node.policy.study_hash_refusal(config) or self.node.policy.study_refusal(
-            str(config.get("study", self.study.name))
-        )
-        if refusal is not None:
-            return message.reply(error=refusal)
-        if isinstance(seen, str) and self.on_study is not None and (message.run_id, seen) not in self._seen:
-            self._seen.add((message.run_id, seen))
-            self.on_study(message.run_id, seen)
         if message.kind is MessageKind.QUERY and config.get("query") == MOMENTS_QUERY and self.source is not None:
             policy = self.node.policy.refusal(config, installed_hash=self.node.task_hash)
             if policy is not None:

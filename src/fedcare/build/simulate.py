@@ -13,7 +13,7 @@ from typing import Any
 
 from fedcare.build.prep import labels_of
 from fedcare.build.run import build_task
-from fedcare.build.site import SiteInputs, load_site_data, simulated_sites
+from fedcare.build.site import SiteInputs, load_site_data
 from fedcare.data.connect import federated_images
 from fedcare.data.federated import FederatedDataset
 from fedcare.data.tabular import prepare_sites
@@ -126,12 +126,8 @@ def simulate_study(
     by_id, inputs = load_study_sites(study, specs)
     dataset = study_dataset(study, by_id, inputs)
     first = next(iter(inputs.values()), None)
-    task = task or build_task(study, n_features=first.n_features if first else dataset.n_features or None)
-    gates = None
-    if by_id:
-        built = simulated_sites(by_id, study, inputs)
-        gates = {SiteId(s): b.gate for s, b in built.items()}
-        task = next(iter(built.values())).task
+    task = task or build_task(study, n_features=first.n_features if first else None)
+    files = {SiteId(s): (spec, inputs[s]) for s, spec in by_id.items()} if by_id else None
     summary = run_experiment(
         dataset,
         task,
@@ -141,7 +137,7 @@ def simulate_study(
         progress=progress,
         settings=settings,
         study=study,
-        gates=gates,
+        site_files=files,
     )
     summary["study"] = {"name": study.name, "hash": study.hash, "file": str(study.path) if study.path else None}
     return summary

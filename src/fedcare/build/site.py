@@ -7,15 +7,17 @@ deployed node trains on is prepared by the same code as in simulation.
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from fedcare.build.prep import SiteGate, TabularSource
+from fedcare.build.prep import StudySite, TabularSource
 from fedcare.build.run import build_task
 from fedcare.data.connect import LoadedSite, load_site
 from fedcare.data.tabular import split_indices
 from fedcare.datasets import load_builtin
-from fedcare.errors import ConfigError, DataError
+from fedcare.errors import ConfigError, DataError, FedcareError, PolicyError
 from fedcare.privacy.ledger import PrivacyLedger
 from fedcare.runtime.node import SiteNode
 from fedcare.runtime.policy import SitePolicy
@@ -23,11 +25,24 @@ from fedcare.store.ledger import sql_ledger
 from fedcare.store.site_memory import SiteMemoryFiles
 from fedcare.store.sql import SqlStore
 from fedcare.study.prep_stats import recipe_of
-from fedcare.study.site import SiteSpec
-from fedcare.study.spec import StudySpec
+from fedcare.study.site import SiteSpec, parse_site
+from fedcare.study.spec import StudySpec, study_from_json
 from fedcare.task import ArrayDataset, SiteData, Task
+from fedcare.types import Message, SiteId
 
-__all__ = ["SITE_BUDGET", "BuiltSite", "SiteInputs", "build_site", "deployed_site", "load_site_data"]
+__all__ = [
+    "SITE_BUDGET",
+    "BuiltSite",
+    "SiteGate",
+    "SiteInputs",
+    "build_site",
+    "builtin_site_spec",
+    "deployed_site",
+    "load_site_data",
+    "site_gate",
+]
+
+log = logging.getLogger(__name__)
 
 #: Ledger scope of a deployed node: one budget for everything it takes part in.
 SITE_BUDGET = "all-studies"
@@ -104,12 +119,12 @@ def _images(loaded: LoadedSite, study: StudySpec) -> SiteData:
 
 @dataclass
 class BuiltSite:
-    """A site ready to answer: its inputs, its node and the gate in front of it."""
+    """One study at one site, ready to answer: its inputs, its node and its front door."""
 
     spec: SiteSpec
     inputs: SiteInputs
     node: SiteNode
-    gate: SiteGate
+    study_site: StudySite
 
     @property
     def task(self) -> Task:
@@ -126,12 +141,11 @@ def build_site(
     ledger: PrivacyLedger | None = None,
     memory_files: SiteMemoryFiles | None = None,
     policy: SitePolicy | None = None,
-    on_study: Callable[[str, str], None] | None = None,
 ) -> BuiltSite:
     """The SiteNode for ``spec`` in ``study``, refused up front if the site does not opt in."""
     refusal = spec.policy_for(study)
     if refusal is not None:
-        raise ConfigError(f"{spec.where}: {refusal}")
+        raise PolicyError(f"{spec.where}: {refusal}")
     inputs = inputs or load_site_data(spec, study)
     task = task or build_task(study, n_features=inputs.n_features)
     node = SiteNode(
@@ -142,23 +156,148 @@ def build_site(
         ledger=ledger,
         memory_files=memory_files,
     )
-    return BuiltSite(spec=spec, inputs=inputs, node=node, gate=SiteGate(node, study, inputs.source, on_study=on_study))
+    return BuiltSite(spec=spec, inputs=inputs, node=node, study_site=StudySite(node, study, inputs.source))
 
 
-def deployed_site(spec: SiteSpec, study: StudySpec, *, on_study: Callable[[str, str], None] | None = None) -> BuiltSite:
-    """A node's site: its persistent privacy ledger and per-run memory on disk (they survive restarts)."""
+#: Studies a site keeps built at once (their data, task and node); older ones are rebuilt on demand.
+MAX_STUDIES = 4
+
+
+class SiteGate:
+    """A site's front door: admits the study an instruction names, builds its part, hands it over.
+
+    Every instruction carries the study (its canonical JSON and content hash). The gate
+    recomputes the hash, checks the site's opt-in and pinned study hashes, and builds —
+    once per study — the site's data (its connector, checked against the study's schema),
+    task and node with the site builder, so a node needs no copy of the study and a
+    refusal names the study and hash it saw.
+
+    Parameters
+    ----------
+    spec : SiteSpec
+        The site file.
+    pinned : StudySpec or None
+        A study the operator reviewed (``fedcare node --study``): only its hash is accepted.
+    built : Mapping[str, BuiltSite] or None
+        Sites already built, by study hash (a simulation that has loaded the data).
+    ledger, memory_files
+        The site's privacy ledger and per-run memory, shared by its studies.
+    policy : SitePolicy or None
+        Overrides the site file's policy (simulated sites without a file).
+    on_study : callable or None
+        Called with (run id, study hash) the first time a run names a study (the audit log).
+    """
+
+    def __init__(
+        self,
+        spec: SiteSpec,
+        *,
+        pinned: StudySpec | None = None,
+        built: Mapping[str, BuiltSite] | None = None,
+        ledger: PrivacyLedger | None = None,
+        memory_files: SiteMemoryFiles | None = None,
+        policy: SitePolicy | None = None,
+        on_study: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self.spec, self.pinned = spec, pinned
+        self.ledger, self.memory_files, self.policy, self.on_study = ledger, memory_files, policy, on_study
+        self.built: dict[str, BuiltSite] = dict(built or {})
+        self._seen: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
+
+    @property
+    def site_id(self) -> SiteId:
+        """The site's id."""
+        return self.spec.site_id
+
+    def site_for(self, study: StudySpec) -> BuiltSite:
+        """The site's part of ``study`` (built on first use)."""
+        with self._lock:
+            site = self.built.get(study.hash)
+            if site is None:
+                site = build_site(
+                    self.spec,
+                    study,
+                    ledger=self.ledger,
+                    memory_files=self.memory_files,
+                    policy=self.policy,
+                )
+                while len(self.built) >= MAX_STUDIES:
+                    del self.built[next(iter(self.built))]
+                self.built[study.hash] = site
+            return site
+
+    @property
+    def node(self) -> SiteNode:
+        """The node of the most recently built study (simulations read its state)."""
+        return next(reversed(self.built.values())).node
+
+    def handle(self, message: Message) -> Message:
+        """Admit the instruction's study, then let that study's site answer it."""
+        config = message.payload.config
+        seen, text = config.get("study_hash"), config.get("study_spec")
+        if not isinstance(seen, str) or not isinstance(text, str):
+            return message.reply(error="refused: the instruction names no study (study_hash and study_spec)")
+        try:
+            site = self.built.get(seen)
+            if site is None:
+                study = study_from_json(text, where=f"study {config.get('study')!r} announced by the coordinator")
+                if study.hash != seen:
+                    return message.reply(error=f"refused: the announced study does not match its hash {seen}")
+                if self.pinned is not None and self.pinned.hash != seen:
+                    return message.reply(
+                        error=f"refused: the coordinator runs study {study.name!r} with hash {seen}; this node was "
+                        f"started for {self.pinned.name!r} with hash {self.pinned.hash}"
+                    )
+                refusal = self.spec.policy_for(study)
+                if refusal is not None:
+                    return message.reply(error=refusal)
+                site = self.site_for(study)
+        except FedcareError as exc:
+            log.warning("site %s cannot take part in study %s: %s", self.site_id, config.get("study"), exc)
+            return message.reply(error=f"{type(exc).__name__}: {exc}")
+        if self.on_study is not None and (message.run_id, seen) not in self._seen:
+            self._seen.add((message.run_id, seen))
+            self.on_study(message.run_id, seen)
+        return site.study_site.handle(message)
+
+
+def site_gate(
+    spec: SiteSpec,
+    study: StudySpec | None = None,
+    *,
+    ledger: PrivacyLedger | None = None,
+    memory_files: SiteMemoryFiles | None = None,
+    policy: SitePolicy | None = None,
+    inputs: SiteInputs | None = None,
+    task: Task | None = None,
+    on_study: Callable[[str, str], None] | None = None,
+) -> SiteGate:
+    """A gate for ``spec``; with ``study``, that study is built now (its data checked before any message)."""
+    gate = SiteGate(spec, pinned=None, ledger=ledger, memory_files=memory_files, policy=policy, on_study=on_study)
+    if study is not None:
+        site = build_site(
+            spec, study, inputs=inputs, task=task, ledger=ledger, memory_files=memory_files, policy=policy
+        )
+        gate.built[study.hash] = site
+    return gate
+
+
+def deployed_site(
+    spec: SiteSpec, study: StudySpec | None = None, *, on_study: Callable[[str, str], None] | None = None
+) -> SiteGate:
+    """A node's gate: its persistent privacy ledger and per-run memory on disk (they survive restarts).
+
+    With ``study`` (``fedcare node --study``) the node checks its data now and accepts only that study.
+    """
     ledger = sql_ledger(SqlStore(spec.ledger_url), site=spec.site_id, study=SITE_BUDGET, delta=spec.policy.delta)
-    return build_site(spec, study, ledger=ledger, memory_files=SiteMemoryFiles(spec.memory_dir), on_study=on_study)
+    gate = site_gate(spec, study, ledger=ledger, memory_files=SiteMemoryFiles(spec.memory_dir), on_study=on_study)
+    gate.pinned = study
+    return gate
 
 
-def simulated_sites(
-    specs: Mapping[str, SiteSpec], study: StudySpec, inputs: Mapping[str, SiteInputs]
-) -> dict[str, BuiltSite]:
-    """Every site of a simulation, each built from its own file (one task shared: same hash)."""
-    built: dict[str, BuiltSite] = {}
-    task: Task | None = None
-    for site, spec in specs.items():
-        b = build_site(spec, study, inputs=inputs[site], task=task)
-        task = b.task
-        built[site] = b
-    return built
+def builtin_site_spec(dataset: str, site: SiteId, display_name: str = "") -> SiteSpec:
+    """A simulated site of a built-in data set that brings no site file (default policy)."""
+    return parse_site(
+        {"site": {"id": site, "name": display_name or site}, "data": {"kind": "builtin", "dataset": dataset}}
+    )

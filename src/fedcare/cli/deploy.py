@@ -9,10 +9,11 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from fedcare.cli.app import app, console, err_console, fail
-from fedcare.errors import FedcareError
+from fedcare.errors import ConfigError, FedcareError
 
 if TYPE_CHECKING:
     from fedcare.runtime.recorder import RoundReport
+    from fedcare.study.spec import StudySpec
 
 __all__ = ["audit_app", "certs_app"]
 
@@ -32,18 +33,39 @@ def _info_logging() -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+StudyArg = Annotated[
+    str | None,
+    typer.Option("--study", "-s", help="The study file (study.toml) or a built-in study's name."),
+]
+
+
+def _study(study: str | None, fallback: Path | None, where: Path) -> StudySpec:
+    from fedcare.study.builtin import resolve_study
+
+    if study is not None:
+        return resolve_study(study)
+    if fallback is not None:
+        return resolve_study(fallback)
+    raise ConfigError(f"{where}: no study: pass --study STUDY (or set study = 'study.toml' in the server config)")
+
+
 @app.command()
-def server(config: ConfigArg) -> None:
-    """Coordinate a study: serve sites over gRPC + mutual TLS, run (or resume) its rounds."""
+def server(config: ConfigArg, study: StudyArg = None) -> None:
+    """Coordinate a study: serve sites over gRPC + mutual TLS, run (or resume) its rounds.
+
+    The study file is the same one `fedcare simulate` and `fedcare up` run; the server
+    config says where (listen address, certificates, allowed sites, store).
+    """
     from fedcare.deploy.config import load_server_config
     from fedcare.deploy.server import run_server
 
     _info_logging()
     try:
         cfg = load_server_config(config)
+        spec = _study(study, cfg.study_path, config)
         console.print(
-            f"[bold]fedcare server[/] · study {cfg.study} · run {cfg.run_id} · {cfg.listen} · "
-            f"sites {', '.join(cfg.allowed_sites)} · store {cfg.store_url.split('@')[-1]}",
+            f"[bold]fedcare server[/] · study {spec.name} ({spec.hash[:12]}…) · run {cfg.run_id or spec.name} · "
+            f"{cfg.listen} · sites {', '.join(cfg.allowed_sites)} · store {cfg.store_url.split('@')[-1]}",
             highlight=False,
         )
 
@@ -57,7 +79,9 @@ def server(config: ConfigArg) -> None:
                 highlight=False,
             )
 
-        outcome = run_server(cfg, on_round=on_round, on_listening=lambda p: console.print(f"listening on port {p}"))
+        outcome = run_server(
+            cfg, spec, on_round=on_round, on_listening=lambda p: console.print(f"listening on port {p}")
+        )
     except FedcareError as exc:
         raise fail(exc) from None
     console.print(f"run {outcome.run_id}: {outcome.status}")
@@ -66,6 +90,7 @@ def server(config: ConfigArg) -> None:
 @app.command()
 def node(
     config: ConfigArg,
+    study: StudyArg = None,
     show_task_hash: Annotated[
         bool, typer.Option("--show-task-hash", help="Print the installed task's hash (to review and approve) and exit.")
     ] = False,
@@ -73,18 +98,29 @@ def node(
         bool, typer.Option("--once", help="Exit once the coordinator says its run is over (default: wait for the next)")
     ] = False,
 ) -> None:
-    """Run a site: dial out to the coordinator and answer what this site's policy allows."""
+    """Run a site: dial out to the coordinator and answer what this site's policy allows.
+
+    The site reads its data through its site file's connector, checked against the
+    study's schema, before it connects.
+    """
     from fedcare.deploy.config import load_site_config
-    from fedcare.deploy.node import build_site, run_node
-    from fedcare.task import task_hash
+    from fedcare.deploy.node import run_node
 
     _info_logging()
     try:
-        cfg = load_site_config(config)
+        spec = _study(study, None, config)
         if show_task_hash:
-            _, task = build_site(cfg)
+            from fedcare.build.run import build_task
+            from fedcare.build.site import load_site_data
+            from fedcare.study.site import load_site
+            from fedcare.task import task_hash
+
+            inputs = load_site_data(load_site(config), spec)
+            task = build_task(spec, n_features=inputs.n_features)
             console.print(f"{task.name} {task_hash(task)}", highlight=False, soft_wrap=True)
+            console.print(f"study {spec.name} {spec.hash}", highlight=False, soft_wrap=True)
             return
+        cfg = load_site_config(config)
 
         def started(info: object) -> None:
             approved = "approved" if info.approved else "[red]NOT approved by [policy][/]"  # type: ignore[attr-defined]
@@ -94,7 +130,7 @@ def node(
                 highlight=False,
             )
 
-        run_node(cfg, on_start=started, once=once)
+        run_node(cfg, spec, on_start=started, once=once)
     except FedcareError as exc:
         raise fail(exc) from None
 

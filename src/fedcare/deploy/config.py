@@ -1,4 +1,4 @@
-"""``server.toml`` and ``site.toml``: the coordinator's study and each site's policy.
+"""``server.toml`` and the deployment view of ``site.toml``.
 
 Relative paths in a config file are resolved against the file's folder. Every problem
 is reported as a :class:`~fedcare.errors.ConfigError` naming the file and the key.
@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fedcare.errors import ConfigError
 from fedcare.runtime.policy import SitePolicy
+from fedcare.study.site import SiteSpec, load_site
 from fedcare.transport.tls import TlsFiles
 from fedcare.types import ConfigValue
 
-__all__ = ["DataConfig", "ServerConfig", "SiteConfig", "load_server_config", "load_site_config"]
+__all__ = ["ServerConfig", "SiteConfig", "load_server_config", "load_site_config", "site_config"]
 
 _MB = 1024 * 1024
 
@@ -115,24 +116,17 @@ def _tls(t: _Table) -> TlsFiles:
 
 @dataclass(frozen=True)
 class ServerConfig:
-    """Everything ``fedcare server`` needs (see docs/deployment.md for each key)."""
+    """Everything ``fedcare server`` needs besides the study (see docs/deployment.md for each key).
+
+    The study itself (task, strategy, rounds, privacy, secure aggregation...) is the study
+    file, ``study = "study.toml"`` here or ``--study`` on the command line.
+    """
 
     listen: str
     tls: TlsFiles
     allowed_sites: tuple[str, ...]
-    study: str
-    run_id: str
-    task: str
-    task_params: Mapping[str, Any]
-    strategy: str
-    strategy_params: Mapping[str, Any]
-    fit_config: Mapping[str, ConfigValue]
-    rounds: int
-    seed: int
-    min_sites: int
-    fraction_fit: float
-    round_timeout_s: float
-    evaluate: bool
+    run_id: str | None
+    study_path: Path | None
     wait_for_sites: int
     wait_timeout_s: float
     store_url: str
@@ -140,17 +134,27 @@ class ServerConfig:
     audit_log: Path
     chunk_bytes: int
     max_message_bytes: int
-    dataset: str = ""
+    out_dir: Path | None = None
+
+
+_SERVER_TOP = {"study", "server", "store", "run"}
 
 
 def load_server_config(path: str | Path) -> ServerConfig:
     """Parse and check ``server.toml``."""
     root = _read(Path(path))
-    srv, study, store = root.sub("server"), root.sub("study"), root.sub("store", required=False)
+    unknown = sorted(set(root.data) - _SERVER_TOP)
+    if unknown:
+        raise ConfigError(f"{root.where}: unknown table(s) or key(s) {unknown}; allowed: {sorted(_SERVER_TOP)}")
+    if isinstance(root.data.get("study"), dict):
+        raise ConfigError(
+            f"{root.where}: the [study] table moved to its own study file (docs/study.md): "
+            "write it as study.toml and set study = 'study.toml' here, or pass --study"
+        )
+    srv, store, run = root.sub("server"), root.sub("store", required=False), root.sub("run", required=False)
     allowed = tuple(srv.strings("allowed_sites", _REQUIRED))
     if not allowed:
         raise ConfigError(f"{srv.where}: 'allowed_sites' must name at least one site")
-    min_sites = study.int("min_sites", 1, minimum=1)
     wait_for = srv.int("wait_for_sites", len(allowed), minimum=1)
     if wait_for > len(allowed):
         raise ConfigError(f"{srv.where}: wait_for_sites={wait_for} exceeds the {len(allowed)} allow-listed sites")
@@ -159,27 +163,12 @@ def load_server_config(path: str | Path) -> ServerConfig:
     if url.startswith("sqlite:///") and not url.startswith("sqlite:////") and url != "sqlite:///:memory:":
         rel = Path(url.removeprefix("sqlite:///"))
         url = f"sqlite:///{rel if rel.is_absolute() else root.root / rel}"
-    name = study.str("name", _REQUIRED)
-    fraction = study.float("fraction_fit", 1.0)
-    if not 0 < fraction <= 1:
-        raise ConfigError(f"{study.where}: 'fraction_fit' must be in (0, 1], got {fraction}")
     return ServerConfig(
         listen=srv.str("listen", "127.0.0.1:50051"),
         tls=_tls(srv),
         allowed_sites=allowed,
-        study=name,
-        run_id=study.str("run_id", name),
-        task=study.str("task", _REQUIRED),
-        task_params=dict(study._get("task_params", (dict,), {}, "a table")),
-        strategy=study.str("strategy", "fedavg"),
-        strategy_params=dict(study._get("strategy_params", (dict,), {}, "a table")),
-        fit_config=study.scalars("fit_config"),
-        rounds=study.int("rounds", _REQUIRED, minimum=1),
-        seed=study.int("seed", 0),
-        min_sites=min_sites,
-        fraction_fit=fraction,
-        round_timeout_s=study.float("round_timeout_s", 300.0, positive=True),
-        evaluate=study.bool("evaluate", True),
+        run_id=run.str("id", None),
+        study_path=root.path("study"),
         wait_for_sites=wait_for,
         wait_timeout_s=srv.float("wait_timeout_s", 600.0, positive=True),
         store_url=url,
@@ -187,35 +176,24 @@ def load_server_config(path: str | Path) -> ServerConfig:
         audit_log=srv.path("audit_log") or root.root / "fedcare-server" / "audit.jsonl",
         chunk_bytes=int(srv.float("chunk_mb", 4.0, positive=True) * _MB),
         max_message_bytes=int(srv.float("max_message_mb", 2048.0, positive=True) * _MB),
-        dataset=study.str("dataset", ""),
+        out_dir=run.path("out"),
     )
 
 
 @dataclass(frozen=True)
-class DataConfig:
-    """Where a site's data is: a built-in data set and site, or a CSV file."""
-
-    dataset: str | None = None
-    site: str | None = None
-    csv: Path | None = None
-    label: str = "label"
-    test_fraction: float = 0.34
-    split_seed: int = 43
-
-
-@dataclass(frozen=True)
 class SiteConfig:
-    """Everything ``fedcare node`` needs: connection, policy, data, audit."""
+    """What ``fedcare node`` and ``fedcare doctor`` need to reach the coordinator, from a site file.
+
+    A view of :class:`fedcare.study.site.SiteSpec` (``spec``) for the transport.
+    """
 
     site: str
     address: str
     tls: TlsFiles
     studies: tuple[str, ...]
     approved_task_hashes: tuple[str, ...]
-    data: DataConfig
-    task: str
-    task_params: Mapping[str, Any]
     audit_log: Path
+    spec: SiteSpec
     proxy: str | None = None
     server_name: str | None = None
     backoff_initial_s: float = 0.5
@@ -227,72 +205,42 @@ class SiteConfig:
     memory_dir: Path = Path("fedcare-site/memory-site")
 
     def site_policy(self) -> SitePolicy:
-        """The whole policy the node enforces: ``[policy]`` with the studies and approved hashes."""
-        return replace(
-            self.policy, approved_task_hashes=frozenset(self.approved_task_hashes), studies=frozenset(self.studies)
-        )
+        """The whole policy the node enforces."""
+        return self.policy
+
+
+def site_config(spec: SiteSpec) -> SiteConfig:
+    """The deployment view of a site file (it must have a [coordinator] table)."""
+    c = spec.coordinator
+    if c is None:
+        raise ConfigError(f"{spec.where}: missing table [coordinator] (address, ca, cert, key) for a deployed node")
+    if not spec.studies:
+        raise ConfigError(f"{spec.where}: policy.studies must name at least one study this site opts in to")
+    return SiteConfig(
+        site=spec.site_id,
+        address=c.address,
+        tls=c.tls,
+        studies=spec.studies,
+        approved_task_hashes=tuple(sorted(spec.policy.approved_task_hashes or ())),
+        audit_log=spec.audit_log,
+        spec=spec,
+        proxy=c.proxy,
+        server_name=c.server_name,
+        backoff_initial_s=c.backoff_initial_s,
+        backoff_max_s=c.backoff_max_s,
+        connect_timeout_s=c.connect_timeout_s,
+        policy=spec.policy,
+        ledger_url=spec.ledger_url,
+        memory_dir=spec.memory_dir,
+    )
 
 
 def load_site_config(path: str | Path) -> SiteConfig:
-    """Parse and check ``site.toml``."""
-    root = _read(Path(path))
-    site, srv, policy = root.sub("site"), root.sub("server"), root.sub("policy")
-    data, task = root.sub("data"), root.sub("task", required=False)
-    conn, audit = root.sub("connection", required=False), root.sub("audit", required=False)
-    name = site.str("name", _REQUIRED)
-    studies = tuple(policy.strings("studies", _REQUIRED))
-    if not studies:
-        raise ConfigError(f"{policy.where}: 'studies' must name at least one study this site opts in to")
-    hashes = tuple(policy.strings("approved_task_hashes", _REQUIRED))
-    for h in hashes:
-        if len(h) != 64 or any(c not in "0123456789abcdef" for c in h):
-            raise ConfigError(
-                f"{policy.where}: approved task hash {h[:70]!r} is not a 64-digit hex sha256 "
-                "(with an empty list, 'fedcare node --show-task-hash' prints the installed task's)"
-            )
-    csv = data.path("csv")
-    dataset = data.str("dataset")
-    if (csv is None) == (dataset is None):
-        raise ConfigError(f"{data.where}: give exactly one of 'dataset' (built-in) or 'csv' (a file)")
-    test_fraction = data.float("test_fraction", 0.34, positive=True)
-    if test_fraction >= 1:
-        raise ConfigError(f"{data.where}: 'test_fraction' must be below 1, got {test_fraction}")
-    proxy = conn.str("proxy")
-    ledger_file = f"privacy-{name}.db"  # one file per site: nodes started together never share a new one
-    delta = policy.float("delta", 1e-5, positive=True)
-    if delta >= 1:
-        raise ConfigError(f"{policy.where}: 'delta' must be below 1, got {delta}")
-    rules = SitePolicy(
-        max_epsilon=policy.float("max_epsilon", None, positive=True),
-        delta=delta,
-        trust_central_noise=policy.bool("trust_central_noise", False),
-        allow_seeded_noise=policy.bool("allow_seeded_noise", False),
-        require_secure_aggregation=policy.bool("require_secure_aggregation", False),
-        min_peers=policy.int("min_peers", 1, minimum=1),
-    )
-    return SiteConfig(
-        site=name,
-        address=srv.str("address", _REQUIRED),
-        tls=_tls(srv),
-        studies=studies,
-        approved_task_hashes=hashes,
-        data=DataConfig(
-            dataset=dataset,
-            site=data.str("site", name),
-            csv=csv,
-            label=data.str("label", "label"),
-            test_fraction=test_fraction,
-            split_seed=data.int("split_seed", 43),
-        ),
-        task=task.str("name", "logreg"),
-        task_params=dict(task._get("params", (dict,), {}, "a table")),
-        audit_log=audit.path("path") or root.root / "fedcare-site" / f"audit-{name}.jsonl",
-        proxy=proxy or None,
-        server_name=srv.str("server_name") or None,
-        backoff_initial_s=conn.float("backoff_initial_s", 0.5, positive=True),
-        backoff_max_s=conn.float("backoff_max_s", 30.0, positive=True),
-        connect_timeout_s=conn.float("connect_timeout_s", 10.0, positive=True),
-        policy=rules,
-        ledger_url=policy.str("ledger", None) or f"sqlite:///{(root.root / 'fedcare-site' / ledger_file).resolve()}",
-        memory_dir=site.path("memory_dir") or root.root / "fedcare-site" / f"memory-{name}",
-    )
+    """Parse and check ``site.toml`` for a deployed node (see :mod:`fedcare.study.site`)."""
+    spec = load_site(path)
+    if spec.policy.approved_task_hashes is None:
+        raise ConfigError(
+            f"{spec.where}: policy.approved_task_hashes is required for a deployed node "
+            "(an empty list refuses everything; `fedcare node --show-task-hash` prints the task's)"
+        )
+    return site_config(spec)

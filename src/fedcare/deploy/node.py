@@ -1,100 +1,52 @@
 """``fedcare node``: one site's process. Its config is its policy.
 
-The node loads its own data (a built-in data set's site, or a CSV file), builds the
-installed task, wraps :class:`~fedcare.runtime.node.SiteNode` (which refuses any task
-hash the site did not approve and says which hash it saw) and keeps a dial-out
-connection to the coordinator with :class:`~fedcare.transport.grpc_node.GrpcNodeAgent`.
+The node reads its data through the site builder (the connector its site file names,
+checked against the study's schema), builds the installed task, puts its
+:class:`~fedcare.runtime.node.SiteNode` (which refuses any task hash the site did not
+approve and says which hash it saw) behind its gate (study hash, combined statistics)
+and keeps a dial-out connection to the coordinator with
+:class:`~fedcare.transport.grpc_node.GrpcNodeAgent`.
 """
 
 from __future__ import annotations
 
 import logging
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-import pandas as pd
-
-from fedcare.data.tabular import Standardizer, split_indices
+from fedcare.build.site import SiteGate, deployed_site
 from fedcare.deploy.config import SiteConfig
-from fedcare.errors import ConfigError, DataError
-from fedcare.runtime.node import SiteNode
 from fedcare.store.audit import AuditLog
-from fedcare.store.ledger import sql_ledger
-from fedcare.store.site_memory import SiteMemoryFiles
-from fedcare.store.sql import SqlStore
-from fedcare.task import ArrayDataset, SiteData, Task, task_hash
-from fedcare.tasks import make_task
+from fedcare.study.spec import StudySpec
 from fedcare.transport.grpc_node import Backoff, GrpcNodeAgent
-from fedcare.types import SiteId
+from fedcare.types import Message
 
-__all__ = ["build_site", "load_site_data", "make_agent", "run_node"]
+__all__ = ["build_gate", "make_agent", "run_node"]
 
 log = logging.getLogger(__name__)
 
 
-def load_site_data(cfg: SiteConfig) -> SiteData:
-    """The site's train/test split: a built-in data set's site, or a CSV file.
+def build_gate(cfg: SiteConfig, study: StudySpec | None, audit: AuditLog | None = None) -> SiteGate:
+    """Site file (+ the study the operator reviewed, if any) -> the site's gate, ledger and memory on disk.
 
-    A CSV has one row per example, numeric feature columns and a 0/1 label column
-    (``data.label``); rows are split with ``test_fraction``/``split_seed`` (stratified)
-    and standardised with this site's training statistics.
+    The same site builder as a simulated site; ``audit`` records each study hash the
+    coordinator names, once per run.
     """
-    d = cfg.data
-    if d.dataset is not None:
-        from fedcare.datasets import load_builtin
 
-        data = load_builtin(d.dataset)
-        site = SiteId(d.site or cfg.site)
-        if site not in data.sites:
-            raise ConfigError(f"data set {d.dataset!r} has no site {site!r}; sites: {', '.join(data.sites)}")
-        return data.sites[site]
-    assert d.csv is not None
-    try:
-        frame = pd.read_csv(d.csv)
-    except (OSError, ValueError) as exc:
-        raise DataError(f"cannot read {d.csv}: {exc}") from None
-    if d.label not in frame.columns:
-        raise DataError(f"{d.csv}: no label column {d.label!r} (columns: {', '.join(map(str, frame.columns))})")
-    y = frame.pop(d.label).to_numpy(dtype=np.float32)
-    bad = [str(c) for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c])]
-    if bad:
-        raise DataError(f"{d.csv}: non-numeric feature column(s) {', '.join(bad)}")
-    x = frame.to_numpy(dtype=np.float64)
-    if len(x) < 4 or np.isnan(x).any() or np.isnan(y).any():
-        raise DataError(f"{d.csv}: needs at least 4 rows and no missing values")
-    train, test = split_indices(y, test_fraction=d.test_fraction, seed=d.split_seed)
-    stats = Standardizer.fit(x[train])
-    xs = stats.transform(x).astype(np.float32)
-    return SiteData(train=ArrayDataset(xs[train], y[train]), test=ArrayDataset(xs[test], y[test]))
+    def seen(run_id: str, study_hash: str) -> None:
+        if audit is not None:
+            audit.append("study", run_id=run_id, study_hash=study_hash)
+
+    return deployed_site(cfg.spec, study, on_study=seen)
 
 
-#: Ledger scope of a deployed node: one budget for everything it takes part in.
-SITE_BUDGET = "all-studies"
-
-
-def build_site(cfg: SiteConfig) -> tuple[SiteNode, Task]:
-    """Data, installed task and policy -> the SiteNode that answers instructions."""
-    data = load_site_data(cfg)
-    params: dict[str, Any] = dict(cfg.task_params)
-    if cfg.task == "logreg":
-        params.setdefault("n_features", int(data.train.x.shape[1]))
-    task = make_task(cfg.task, **params)
-    policy = cfg.site_policy()
-    # ε spent must survive restarts, or restarting the node would reset its budget
-    ledger = sql_ledger(SqlStore(cfg.ledger_url), site=cfg.site, study=SITE_BUDGET, delta=policy.delta)
-    # SCAFFOLD's c_i and Ditto's personal model must survive restarts too, and stay at the site
-    memory = SiteMemoryFiles(cfg.memory_dir)
-    node = SiteNode(site_id=SiteId(cfg.site), task=task, data=data, policy=policy, ledger=ledger, memory_files=memory)
-    return node, task
-
-
-def make_agent(cfg: SiteConfig, node: SiteNode, audit: AuditLog | None) -> GrpcNodeAgent:
-    """The dial-out connection for ``node`` as ``cfg`` describes it."""
+def make_agent(cfg: SiteConfig, handler: Callable[[Message], Message], audit: AuditLog | None) -> GrpcNodeAgent:
+    """The dial-out connection for a site's ``handler`` as ``cfg`` describes it."""
     return GrpcNodeAgent(
         site=cfg.site,
-        handler=node.handle,
+        handler=handler,
         address=cfg.address,
         tls=cfg.tls,
         studies=cfg.studies,
@@ -116,15 +68,25 @@ class NodeInfo:
     approved: bool
 
 
-def run_node(cfg: SiteConfig, *, on_start: Any = None, once: bool = False) -> None:
-    """Serve the coordinator until SIGTERM/SIGINT (or, with ``once``, until its run is over)."""
-    node, task = build_site(cfg)
-    digest = task_hash(task)
+def run_node(cfg: SiteConfig, study: StudySpec | None = None, *, on_start: Any = None, once: bool = False) -> None:
+    """Serve the coordinator until SIGTERM/SIGINT (or, with ``once``, until its run is over).
+
+    With ``study`` the node checks its data against it before connecting and accepts
+    only that study; without, it builds its part of each study the coordinator announces
+    (opted in by name in ``policy.studies``, optionally pinned by hash).
+    """
     audit = AuditLog(cfg.audit_log, actor=cfg.site)
-    audit.append("start", task=task.name, task_hash=digest, studies=list(cfg.studies), server=cfg.address)
-    agent = make_agent(cfg, node, audit)
+    gate = build_gate(cfg, study, audit)
+    extra: dict[str, Any] = {}
+    info = NodeInfo(cfg.site, "", "", False)
+    if study is not None:
+        task = gate.site_for(study).task
+        info = NodeInfo(cfg.site, task.name, gate.node.task_hash, gate.node.task_hash in cfg.approved_task_hashes)
+        extra = {"task": task.name, "task_hash": info.task_hash, "study": study.name, "study_hash": study.hash}
+    audit.append("start", studies=list(cfg.studies), server=cfg.address, **extra)
+    agent = make_agent(cfg, gate.handle, audit)
     if on_start is not None:
-        on_start(NodeInfo(cfg.site, task.name, digest, digest in cfg.approved_task_hashes))
+        on_start(info)
 
     def _stop(signum: int, _frame: object) -> None:
         log.info("site %s: signal %d, stopping", cfg.site, signum)

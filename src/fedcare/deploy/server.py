@@ -16,20 +16,18 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
+from fedcare.build.federated import run_federated
+from fedcare.build.run import build_run, build_task, run_spec
 from fedcare.deploy.config import ServerConfig
 from fedcare.errors import NotEnoughSitesError, StoreError
-from fedcare.runtime.coordinator import Coordinator, RunResult
+from fedcare.runtime.coordinator import RunResult
 from fedcare.runtime.recorder import Recorder, RoundReport, RunSpec
 from fedcare.store.audit import AuditLog
 from fedcare.store.sql import SqlStore
 from fedcare.strategies.base import ServerState
-from fedcare.strategies.registry import make_strategy
-from fedcare.task import task_hash
-from fedcare.tasks import make_task
+from fedcare.study.spec import StudySpec
 from fedcare.transport.grpc_server import GrpcChannel, StudyInfo
-from fedcare.types import RunId
+from fedcare.types import RunId, SiteId
 
 __all__ = ["ServerOutcome", "run_server"]
 
@@ -65,11 +63,16 @@ class ServerOutcome:
 
 def run_server(
     cfg: ServerConfig,
+    study: StudySpec,
     *,
     on_round: Any = None,
     on_listening: Any = None,
 ) -> ServerOutcome:
-    """Run (or resume) the configured study to the end; return how it ended.
+    """Run (or resume) ``study`` to the end as ``cfg`` deploys it; return how it ended.
+
+    The run is built by the same run builder as a simulation (strategy, DP wrappers,
+    secure aggregation, personalisation), and sites prepare their data from statistics
+    they combine through the same exchange.
 
     Raises
     ------
@@ -77,38 +80,45 @@ def run_server(
         Fewer than ``min_sites`` sites joined within ``wait_timeout_s``, or a round
         ended with fewer valid updates than the minimum (recorded as failed).
     """
-    task = make_task(cfg.task, **dict(cfg.task_params))
-    digest = task_hash(task)
-    strategy = make_strategy(cfg.strategy, fit_config=dict(cfg.fit_config), **dict(cfg.strategy_params))
+    run_id = cfg.run_id or study.name
+    task = build_task(study)
+    plan = build_run(study, task, sites=[SiteId(s) for s in cfg.allowed_sites], experiment=run_id)
+    digest = plan.task_hash
     store = SqlStore(cfg.store_url, checkpoint_dir=cfg.checkpoint_dir)
     audit = AuditLog(cfg.audit_log, actor="server")
     try:
         exists, state, start_round = False, None, 1
         try:
-            row = store.get_run(cfg.run_id)
+            row = store.get_run(run_id)
             exists = True
         except StoreError:
             row = None
         if row is not None:
             if row.task_hash != digest:
                 raise StoreError(
-                    f"run {cfg.run_id} was started with task hash {row.task_hash}, the config now gives {digest}"
+                    f"run {run_id} was started with task hash {row.task_hash}, the study now gives {digest}"
+                )
+            started_with = (row.config or {}).get("study_hash")
+            if started_with is not None and started_with != study.hash:
+                raise StoreError(
+                    f"run {run_id} was started with study hash {started_with}, {study.where} now has {study.hash}"
                 )
             if row.status == "completed":
-                log.warning("run %s is already completed; nothing to do", cfg.run_id)
-                return ServerOutcome(cfg.run_id, "completed", row.rounds + 1, None)
-            latest = store.latest_checkpoint(RunId(cfg.run_id))
+                log.warning("run %s is already completed; nothing to do", run_id)
+                return ServerOutcome(run_id, "completed", row.rounds + 1, None)
+            latest = store.latest_checkpoint(RunId(run_id))
             if latest is not None:
                 done, state = latest
                 start_round = done + 1
-            audit.append("resume", run_id=cfg.run_id, start_round=start_round)
-            log.warning("resuming run %s at round %d", cfg.run_id, start_round)
-        study = StudyInfo(study=cfg.study, run_id=cfg.run_id, task=task.name, task_hash=digest)
+            audit.append("resume", run_id=run_id, start_round=start_round)
+            log.warning("resuming run %s at round %d", run_id, start_round)
+        audit.append("study", run_id=run_id, study=study.name, study_hash=study.hash, task=task.name, task_hash=digest)
+        info = StudyInfo(study=study.name, run_id=run_id, task=task.name, task_hash=digest)
         channel = GrpcChannel(
             listen=cfg.listen,
             tls=cfg.tls,
             allowed_sites=cfg.allowed_sites,
-            study=study,
+            study=info,
             chunk_bytes=cfg.chunk_bytes,
             max_message_bytes=cfg.max_message_bytes,
             audit=audit,
@@ -116,44 +126,30 @@ def run_server(
         try:
             if on_listening is not None:
                 on_listening(channel.port)
-            joined = channel.wait_for_sites(cfg.wait_for_sites, timeout_s=cfg.wait_timeout_s)
-            if len(joined) < cfg.min_sites:
+            fed = study.federation
+            wait_for = min(fed.wait_for_sites or cfg.wait_for_sites, len(cfg.allowed_sites))
+            joined = channel.wait_for_sites(wait_for, timeout_s=cfg.wait_timeout_s)
+            if len(joined) < fed.min_sites:
                 raise NotEnoughSitesError(
-                    f"{len(joined)} site(s) joined within {cfg.wait_timeout_s:g} s, at least {cfg.min_sites} required"
+                    f"{len(joined)} site(s) joined within {cfg.wait_timeout_s:g} s, at least {fed.min_sites} required"
                 )
             log.info("sites joined: %s", ", ".join(joined))
             recorder: Recorder = _ResumingRecorder(store, exists=exists)
-            coordinator = Coordinator(
-                channel=channel,
-                strategy=strategy,
-                task_name=task.name,
-                task_hash=digest,
-                rounds=cfg.rounds,
-                seed=cfg.seed,
-                fraction_fit=cfg.fraction_fit,
-                min_sites=cfg.min_sites,
-                round_timeout_s=cfg.round_timeout_s,
-                evaluate=cfg.evaluate,
+            spec = run_spec(plan, RunId(run_id), experiment=run_id, name=study.name)
+            result = run_federated(
+                plan,
+                channel,
+                run_id=RunId(run_id),
+                spec=spec,
                 recorder=recorder,
                 on_round=on_round,
+                state=state,
+                start_round=start_round,
+                close=False,
             )
-            spec = RunSpec(
-                run_id=RunId(cfg.run_id),
-                name=cfg.study,
-                dataset=cfg.dataset,
-                strategy=strategy.name,
-                task=task.name,
-                task_hash=digest,
-                seed=cfg.seed,
-                rounds=cfg.rounds,
-                config={"fit_config": dict(cfg.fit_config), "study": cfg.study, "sites": list(cfg.allowed_sites)},
-                experiment=cfg.study,
-            )
-            initial = task.init_model(np.random.default_rng(cfg.seed))
-            result = coordinator.run(initial, spec=spec, state=state, start_round=start_round)
-            audit.append("finished", run_id=cfg.run_id, rounds=cfg.rounds)
-            channel.finish(f"completed {cfg.rounds} rounds")  # sites stop reconnecting to this run
-            return ServerOutcome(cfg.run_id, "completed", start_round, result)
+            audit.append("finished", run_id=run_id, rounds=study.rounds)
+            channel.finish(f"completed {study.rounds} rounds")  # sites stop reconnecting to this run
+            return ServerOutcome(run_id, "completed", start_round, result)
         finally:
             channel.close()
     finally:

@@ -61,6 +61,7 @@ __all__ = [
     "StudySpec",
     "load_study",
     "parse_study",
+    "study_from_json",
 ]
 
 PERSONALIZATIONS = ("none", "fedbn", "fedper", "ditto", "finetune")
@@ -153,33 +154,40 @@ class DataSpec:
     fhir: FhirMapping | None = None
 
     def describe(self) -> dict[str, Any]:
-        """JSON-able form (for the content hash and summary.json)."""
+        """The ``[data]`` table, TOML-shaped (read back by :func:`parse_study`)."""
+        if self.dataset is not None:
+            return {"dataset": self.dataset}
         out: dict[str, Any] = {
-            "dataset": self.dataset,
             "normalization": self.normalization,
             "test_fraction": self.test_fraction,
             "split_seed": self.split_seed,
             "missing": list(self.missing),
-            "positive": list(self.positive) if self.positive is not None else None,
         }
+        if self.positive is not None:
+            out["positive"] = list(self.positive)
         if self.schema is not None:
             out["target"] = self.schema.target
-            out["columns"] = {
-                c.name: {
-                    "type": c.type.value,
-                    "min": c.min,
-                    "max": c.max,
-                    "codes": list(c.codes) if c.codes is not None else None,
-                    "allow_missing": c.allow_missing,
-                }
-                for c in self.schema.columns
-            }
+            out["columns"] = {}
+            for c in self.schema.columns:
+                col: dict[str, Any] = {"type": c.type.value, "allow_missing": c.allow_missing}
+                if c.min is not None:
+                    col["min"] = c.min
+                if c.max is not None:
+                    col["max"] = c.max
+                if c.codes is not None:
+                    col["codes"] = list(c.codes)
+                out["columns"][c.name] = col
         if self.fhir is not None:
-            out["fhir"] = {
+            fhir: dict[str, Any] = {
                 "conditions": {k: list(v) for k, v in self.fhir.conditions.items()},
-                "observations": {k: str(v) for k, v in self.fhir.observations.items()},
-                "reference_date": str(self.fhir.reference_date) if self.fhir.reference_date else None,
+                "observations": {
+                    k: {key: val for key, val in asdict(v).items() if val is not None}
+                    for k, v in self.fhir.observations.items()
+                },
             }
+            if self.fhir.reference_date is not None:
+                fhir["reference_date"] = self.fhir.reference_date.isoformat()
+            out["fhir"] = fhir
         return out
 
 
@@ -272,37 +280,56 @@ class StudySpec:
         return self.federation.rounds
 
     def describe(self) -> dict[str, Any]:
-        """The whole study as plain JSON (what the hash covers; written to summary.json)."""
+        """The whole study as plain, TOML-shaped data: :func:`parse_study` reads it back to an equal study.
+
+        This is what the content hash covers and what travels to sites with every instruction.
+        """
+        fed = {k: v for k, v in asdict(self.federation).items() if v is not None}
+        secagg = {k: v for k, v in asdict(self.secure_aggregation).items() if v is not None}
+        evaluation: dict[str, Any] = {
+            "subgroups": list(self.evaluation.subgroups),
+            "calibration": self.evaluation.calibration,
+        }
+        if self.evaluation.metrics is not None:
+            evaluation["metrics"] = list(self.evaluation.metrics)
         return {
-            "name": self.name,
-            "description": self.description,
-            "seed": self.seed,
+            "study": {"name": self.name, "description": self.description, "seed": self.seed},
             "task": {"name": self.task, "params": dict(self.task_params)},
             "data": self.data.describe(),
             "strategy": {"name": self.strategy, "params": dict(self.strategy_params)},
-            "federation": asdict(self.federation),
+            "federation": fed,
             "fit": dict(self.fit),
             "baseline": dict(self.baseline),
             "privacy": dict(self.privacy),
-            "secure_aggregation": asdict(self.secure_aggregation),
+            "secure_aggregation": secagg,
             "personalization": {"method": self.personalization.method, **dict(self.personalization.config)},
-            "evaluation": {
-                "metrics": list(self.evaluation.metrics) if self.evaluation.metrics is not None else None,
-                "subgroups": list(self.evaluation.subgroups),
-                "calibration": self.evaluation.calibration,
-            },
+            "evaluation": evaluation,
         }
+
+    def to_json(self) -> str:
+        """Canonical JSON of :meth:`describe` (sorted keys, no spaces): what the hash covers."""
+        return json.dumps(self.describe(), sort_keys=True, separators=(",", ":"), default=str)
 
     @property
     def hash(self) -> str:
         """sha256 of the canonical JSON of :meth:`describe` (layout and comments do not count)."""
-        text = json.dumps(self.describe(), sort_keys=True, separators=(",", ":"), default=str)
-        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+        return hashlib.sha256(self.to_json().encode("utf-8")).hexdigest()
 
     @property
     def where(self) -> str:
         """How messages name this study's file."""
         return str(self.path) if self.path is not None else f"study {self.name!r}"
+
+
+def study_from_json(text: str, *, where: str = "announced study") -> StudySpec:
+    """A study as it travels with instructions (JSON of :meth:`StudySpec.describe`)."""
+    try:
+        raw = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise ConfigError(f"{where}: not valid JSON ({exc})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a JSON object")
+    return parse_study(raw, where=where)
 
 
 def load_study(path: str | Path) -> StudySpec:
