@@ -43,9 +43,14 @@ def demo(
         bool, typer.Option(help="Sites with a budget accept server-added noise (--dp client).")
     ] = False,
     accountant: Annotated[str, typer.Option(help="Privacy accountant: rdp or prv.")] = "rdp",
+    compression: Annotated[
+        str, typer.Option(help="Compress the sites' updates: none, q8, q4 (stochastic quantisation), topk.")
+    ] = "none",
+    topk_fraction: Annotated[float, typer.Option(help="Share of entries --compression topk keeps.")] = 0.01,
 ) -> None:
     """Train on a built-in data set as Local, Pooled and FedAvg; write report.html and summary.json."""
     from fedcare.cli.console import ExperimentProgress, results_table
+    from fedcare.compression import Compression
     from fedcare.demos import get_demo
     from fedcare.experiment import new_run_id, run_experiment
     from fedcare.report import write_outputs
@@ -70,6 +75,9 @@ def demo(
         )
         if privacy:
             cfg = replace(cfg, privacy=privacy)
+        codec = Compression(codec=compression, fraction=topk_fraction)  # type: ignore[arg-type]
+        if codec.enabled:
+            cfg = replace(cfg, fit_config={**cfg.fit_config, **codec.fit_config()})
         console.print(f"[bold]fedcare demo[/] · {recipe.description}")
         data = recipe.load()
         for site in data.site_ids():

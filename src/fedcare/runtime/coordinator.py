@@ -17,6 +17,7 @@ from typing import Protocol
 
 import numpy as np
 
+from fedcare.compression import COMPRESSED_RECORD, decompress_update, payload_bytes
 from fedcare.errors import ConfigError, NotEnoughSitesError, SerdeError
 from fedcare.runtime.recorder import NullRecorder, Recorder, RoundReport, RunSpec
 from fedcare.serde import StateSpec, check_state, spec_of
@@ -62,9 +63,14 @@ def _finite_metrics(metrics: Mapping[str, float], where: str) -> Metrics:
     return out
 
 
-def _fit_result(reply: Message, spec: StateSpec) -> FitResult:
+def _fit_result(reply: Message, spec: StateSpec, reference: ModelState | None = None) -> FitResult:
+    """Validate a fit reply; a ``"compressed"`` record is decoded against ``reference``."""
     where = f"fit reply from {reply.site}"
     model = reply.payload.arrays.get("model")
+    packed = reply.payload.arrays.get(COMPRESSED_RECORD)
+    if model is None and packed is not None and reference is not None:
+        check_state(packed, where=f"{where}, record {COMPRESSED_RECORD!r}")
+        model = decompress_update(packed, reference, where=where)
     if model is None:
         raise SerdeError(f"{where}: no 'model' record")
     check_state(model, spec, where=where)
@@ -72,7 +78,7 @@ def _fit_result(reply: Message, spec: StateSpec) -> FitResult:
     num_examples = metrics.pop("num_examples", 0.0)
     if num_examples < 1 or num_examples != int(num_examples):
         raise SerdeError(f"{where}: num_examples must be a positive integer, got {num_examples}")
-    extras = {k: v for k, v in reply.payload.arrays.items() if k != "model"}
+    extras = {k: v for k, v in reply.payload.arrays.items() if k not in ("model", COMPRESSED_RECORD)}
     for name, arrays in extras.items():
         check_state(arrays, where=f"{where}, record {name!r}")
     return FitResult(state=model, num_examples=int(num_examples), metrics=metrics, extras=extras)
@@ -100,22 +106,29 @@ class FitWorkflow(Protocol):
 
 
 class PlainFit:
-    """The default fit phase: one FIT exchange, each valid reply folded as it arrives."""
+    """The default fit phase: one FIT exchange, each valid reply folded as it arrives.
+
+    Records ``bytes_down`` / ``bytes_up`` in the round's fit metrics: the array bytes of
+    the instructions sent and of the replies received (compressed updates count as sent).
+    """
 
     def run_fit(self, coordinator: Coordinator, ctx: FitPhase) -> Metrics:
         """Send ``ctx.payloads`` as FIT instructions and fold the validated replies."""
         spec = spec_of(ctx.state.model)
         fold, failures = ctx.fold, ctx.failures
+        bytes_down = float(sum(payload_bytes(p.arrays) for p in ctx.payloads.values()))
+        bytes_up = 0.0
         for reply in coordinator.exchange(MessageKind.FIT, ctx.run_id, ctx.round_no, ctx.payloads, failures):
+            bytes_up += payload_bytes(reply.payload.arrays)
             try:
-                fit = _fit_result(reply, spec)
+                fit = _fit_result(reply, spec, ctx.payloads[reply.site].arrays.get("model"))
                 fold.add(reply.site, fit)
             except (SerdeError, ValueError) as exc:
                 failures[reply.site] = str(exc)
                 log.warning("round %d: rejected update from %s: %s", ctx.round_no, reply.site, exc)
                 continue
             ctx.site_fit[reply.site] = {"num_examples": float(fit.num_examples), **fit.metrics}
-        return {}
+        return {"bytes_down": bytes_down, "bytes_up": bytes_up}
 
 
 class Coordinator:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from fedcare.compression import COMPRESSED_RECORD, Compression, compress_update, strip_config
 from fedcare.data.moments_query import answer_query
 from fedcare.errors import FedcareError, PolicyError
 from fedcare.personal.site import model_for, personal_fit, shared_part
@@ -150,8 +151,9 @@ class SiteNode:
         inputs = {k: dict(v) for k, v in message.payload.arrays.items() if k != "model"}
         for name, arrays in inputs.items():
             check_state(arrays, where=f"fit instruction record {name!r} at {self.site_id}")
+        compression = Compression.from_config(config)  # a bad value raises ConfigError
         admission = self.privacy.admit(config, n_train=len(self.data.train))  # refusals raise PolicyError
-        task_config = admission.task_config
+        task_config = strip_config(admission.task_config)
         memory = self._run_state(message.run_id)
         kwargs = {}
         if getattr(self.task, "accepts_context", False):
@@ -163,6 +165,10 @@ class SiteNode:
             admission, reference=model, result=result, run_id=message.run_id, round_no=message.round_no, seed=seed
         )
         arrays = {"model": result.state, **result.extras}
+        if compression.enabled:  # after DP: compression is post-processing of what may leave
+            codec_rng = np.random.default_rng([int(seed) if isinstance(seed, int) else rng.integers(2**63), 0xC0DEC])
+            packed = compress_update(model, result.state, compression, rng=codec_rng, memory=memory)
+            arrays = {COMPRESSED_RECORD: packed, **result.extras}
         metrics = {"num_examples": float(result.num_examples), **result.metrics}
         return message.reply(Payload(arrays=arrays, metrics=metrics))
 

@@ -95,6 +95,13 @@ class SecAggPlusWorkflow:
 
     def run_fit(self, coordinator: Coordinator, ctx: FitPhase) -> Metrics:
         """Run the four stages for ``ctx``'s sampled sites and fold the unmasked sum."""
+        compressed = sorted({str(p.config.get("compression")) for p in ctx.payloads.values()} - {"none", "None"})
+        if compressed:
+            raise ConfigError(
+                f"compression {', '.join(compressed)} cannot run under SecAgg+: masked values are uniformly random "
+                "field elements that do not compress, and SecAgg+ already sends fixed-point integers of its own bit "
+                "width (its FixedPointCodec); use compression without secure aggregation, or secure aggregation alone"
+            )
         add_sum = getattr(ctx.fold, "add_sum", None)
         if add_sum is None:
             raise ConfigError(
