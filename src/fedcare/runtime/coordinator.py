@@ -54,6 +54,11 @@ class RunResult:
     rounds: list[RoundReport] = field(default_factory=list)
 
 
+def _array_bytes(payload: Payload) -> int:
+    """Bytes of a payload's arrays (what the safetensors records carry)."""
+    return sum(int(a.nbytes) for state in payload.arrays.values() for a in state.values())
+
+
 def _finite_metrics(metrics: Mapping[str, float], where: str) -> Metrics:
     out: Metrics = {}
     for key, value in metrics.items():
@@ -201,6 +206,9 @@ class Coordinator:
         self.recorder: Recorder = recorder or NullRecorder()
         self.on_round = on_round
         self.fit_workflow: FitWorkflow = fit_workflow or PlainFit()
+        # array bytes to / from each site in the current round (every exchange counts)
+        self._bytes_to: dict[SiteId, int] = {}
+        self._bytes_from: dict[SiteId, int] = {}
 
     # -- public ---------------------------------------------------------------------
 
@@ -258,6 +266,7 @@ class Coordinator:
 
     def _round(self, run_id: RunId, round_no: int, state: ServerState) -> tuple[ServerState, RoundReport]:
         started = time.perf_counter()
+        self._bytes_to, self._bytes_from = {}, {}
         info = RoundInfo(run_id=run_id, round_no=round_no, total_rounds=self.rounds)
         sampled = self.sample_sites(round_no, self.channel.sites())  # type: ignore[attr-defined]
         rng = np.random.default_rng([self.seed, round_no, 1])
@@ -291,6 +300,8 @@ class Coordinator:
             eval_metrics=_weighted_mean(site_eval),
             failures=failures,
             duration_s=time.perf_counter() - started,
+            bytes_to_site=dict(self._bytes_to),
+            bytes_from_site=dict(self._bytes_from),
         )
         return new_state, report
 
@@ -341,6 +352,7 @@ class Coordinator:
                 payload=Payload(arrays=payload.arrays, config=config, metrics=payload.metrics),
             )
             pending[message.message_id] = message
+            self._bytes_to[site] = self._bytes_to.get(site, 0) + _array_bytes(payload)
         if not pending:
             return
         self.channel.send(list(pending.values()))  # type: ignore[attr-defined]
@@ -352,6 +364,7 @@ class Coordinator:
                 )
                 continue
             del pending[sent.message_id]
+            self._bytes_from[reply.site] = self._bytes_from.get(reply.site, 0) + _array_bytes(reply.payload)
             if reply.has_error:
                 failures[reply.site] = reply.error or "error"
             else:

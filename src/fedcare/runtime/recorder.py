@@ -54,6 +54,10 @@ class RoundReport:
         Sites that refused, failed, sent invalid data or missed the deadline.
     duration_s : float
         Wall time of the round.
+    bytes_to_site, bytes_from_site : Mapping[SiteId, int]
+        Array bytes the coordinator sent to / received from each site in the round,
+        all exchanges together (fit, evaluate, secure-aggregation stages); the
+        safetensors data on the wire, without headers and framing.
     """
 
     round_no: int
@@ -64,6 +68,8 @@ class RoundReport:
     eval_metrics: Metrics
     failures: Mapping[SiteId, str]
     duration_s: float
+    bytes_to_site: Mapping[SiteId, int] = field(default_factory=dict)
+    bytes_from_site: Mapping[SiteId, int] = field(default_factory=dict)
 
 
 class Recorder(Protocol):

@@ -168,6 +168,12 @@ class SqlStore:
             )
             self._add_metrics(s, run_id, report.round_no, "fit", report.site_fit)
             self._add_metrics(s, run_id, report.round_no, "eval", report.site_eval)
+            sent, received = report.bytes_to_site, report.bytes_from_site
+            traffic = {
+                site: {"bytes_to_site": float(sent.get(site, 0)), "bytes_from_site": float(received.get(site, 0))}
+                for site in sorted(set(sent) | set(received))
+            }
+            self._add_metrics(s, run_id, report.round_no, "traffic", traffic)
             for site, error in report.failures.items():
                 kind = "refusal" if error.startswith("refused") else "failure"
                 s.add(
