@@ -51,6 +51,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # Each module registers its commands; they import their heavy libraries (torch, opacus,
     # scikit-learn) inside the commands, so --help and the deployment commands start fast.
+    import fedcare.cli.dashboard  # noqa: F401  (fedcare dashboard, console, export)
     import fedcare.cli.data  # noqa: F401  (fedcare data check, fedcare stats)
     import fedcare.cli.deploy  # noqa: F401  (server, node, doctor, certs, audit)
     import fedcare.cli.privacy  # noqa: F401  (fedcare privacy ledger/calibrate)

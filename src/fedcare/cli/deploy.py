@@ -33,14 +33,35 @@ def _info_logging() -> None:
 
 
 @app.command()
-def server(config: ConfigArg) -> None:
+def server(
+    config: ConfigArg,
+    dashboard: Annotated[
+        bool, typer.Option("--dashboard", help="Also serve the live dashboard while the study runs.")
+    ] = False,
+    dashboard_port: Annotated[int, typer.Option(help="Dashboard port.", min=0, max=65535)] = 8050,
+    dashboard_host: Annotated[str, typer.Option(help="Dashboard address (not loopback: needs a token).")] = "127.0.0.1",
+    dashboard_token: Annotated[
+        str | None, typer.Option(envvar="FEDCARE_DASHBOARD_TOKEN", help="Dashboard token.")
+    ] = None,
+) -> None:
     """Coordinate a study: serve sites over gRPC + mutual TLS, run (or resume) its rounds."""
     from fedcare.deploy.config import load_server_config
     from fedcare.deploy.server import run_server
 
     _info_logging()
+    web = None
     try:
         cfg = load_server_config(config)
+        if dashboard:
+            from fedcare.cli.dashboard import require_extra
+
+            require_extra("dashboard")
+            from fedcare.dashboard.app import start_beside
+
+            web = start_beside(
+                cfg.store_url, audit_log=cfg.audit_log, host=dashboard_host, port=dashboard_port, token=dashboard_token
+            )
+            console.print(f"dashboard: {web.url}/ (read-only; stops with the study)", highlight=False)
         console.print(
             f"[bold]fedcare server[/] · study {cfg.study} · run {cfg.run_id} · {cfg.listen} · "
             f"sites {', '.join(cfg.allowed_sites)} · store {cfg.store_url.split('@')[-1]}",
@@ -60,6 +81,9 @@ def server(config: ConfigArg) -> None:
         outcome = run_server(cfg, on_round=on_round, on_listening=lambda p: console.print(f"listening on port {p}"))
     except FedcareError as exc:
         raise fail(exc) from None
+    finally:
+        if web is not None:
+            web.stop()
     console.print(f"run {outcome.run_id}: {outcome.status}")
 
 
