@@ -54,11 +54,6 @@ class RunResult:
     rounds: list[RoundReport] = field(default_factory=list)
 
 
-def _array_bytes(payload: Payload) -> int:
-    """Bytes of a payload's arrays (what the safetensors records carry)."""
-    return sum(int(a.nbytes) for state in payload.arrays.values() for a in state.values())
-
-
 def _finite_metrics(metrics: Mapping[str, float], where: str) -> Metrics:
     out: Metrics = {}
     for key, value in metrics.items():
@@ -352,7 +347,7 @@ class Coordinator:
                 payload=Payload(arrays=payload.arrays, config=config, metrics=payload.metrics),
             )
             pending[message.message_id] = message
-            self._bytes_to[site] = self._bytes_to.get(site, 0) + _array_bytes(payload)
+            self._bytes_to[site] = self._bytes_to.get(site, 0) + payload_bytes(payload.arrays)
         if not pending:
             return
         self.channel.send(list(pending.values()))  # type: ignore[attr-defined]
@@ -364,7 +359,7 @@ class Coordinator:
                 )
                 continue
             del pending[sent.message_id]
-            self._bytes_from[reply.site] = self._bytes_from.get(reply.site, 0) + _array_bytes(reply.payload)
+            self._bytes_from[reply.site] = self._bytes_from.get(reply.site, 0) + payload_bytes(reply.payload.arrays)
             if reply.has_error:
                 failures[reply.site] = reply.error or "error"
             else:
