@@ -56,6 +56,7 @@ def main() -> None:
     import fedcare.cli.deploy  # noqa: F401  (server, node, doctor, certs, audit)
     import fedcare.cli.privacy  # noqa: F401  (fedcare privacy ledger/calibrate)
     import fedcare.cli.strategies  # noqa: F401  (fedcare strategies list/run)
+    import fedcare.cli.tasks  # noqa: F401  (fedcare tasks list/show/keygen/sign/new)
     from fedcare.cli import demo, simulate  # noqa: F401  (register commands)
 
     try:

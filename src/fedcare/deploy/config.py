@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fedcare.errors import ConfigError
+from fedcare.runtime.approval import load_task_approvals
 from fedcare.runtime.policy import SitePolicy
 from fedcare.transport.tls import TlsFiles
 from fedcare.types import ConfigValue
@@ -233,6 +234,24 @@ class SiteConfig:
         )
 
 
+def _task_approvals(policy: _Table, hashes: tuple[str, ...]) -> Any:
+    """Signed approvals: trusted reviewer keys, signature files, revoked keys, approved manifests (docs/tasks.md)."""
+
+    def paths(key: str) -> list[Path]:
+        return [p if p.is_absolute() else policy.root / p for p in map(Path, policy.strings(key, []))]
+
+    try:
+        return load_task_approvals(
+            hashes=hashes,
+            trusted_keys=paths("trusted_reviewer_keys"),
+            signatures=paths("task_signatures"),
+            revoked_keys=policy.strings("revoked_reviewer_keys", []),
+            manifests=paths("approved_task_manifests"),
+        )
+    except ConfigError as exc:
+        raise ConfigError(f"{policy.where}: {exc}") from None
+
+
 def load_site_config(path: str | Path) -> SiteConfig:
     """Parse and check ``site.toml``."""
     root = _read(Path(path))
@@ -269,6 +288,7 @@ def load_site_config(path: str | Path) -> SiteConfig:
         allow_seeded_noise=policy.bool("allow_seeded_noise", False),
         require_secure_aggregation=policy.bool("require_secure_aggregation", False),
         min_peers=policy.int("min_peers", 1, minimum=1),
+        task_approvals=_task_approvals(policy, hashes),
     )
     return SiteConfig(
         site=name,

@@ -24,7 +24,7 @@ from fedcare.store.audit import AuditLog
 from fedcare.store.ledger import sql_ledger
 from fedcare.store.site_memory import SiteMemoryFiles
 from fedcare.store.sql import SqlStore
-from fedcare.task import ArrayDataset, SiteData, Task, task_hash
+from fedcare.task import ArrayDataset, SiteData, Task
 from fedcare.tasks import make_task
 from fedcare.transport.grpc_node import Backoff, GrpcNodeAgent
 from fedcare.types import SiteId
@@ -119,12 +119,23 @@ class NodeInfo:
 def run_node(cfg: SiteConfig, *, on_start: Any = None, once: bool = False) -> None:
     """Serve the coordinator until SIGTERM/SIGINT (or, with ``once``, until its run is over)."""
     node, task = build_site(cfg)
-    digest = task_hash(task)
+    digest = node.task_hash
     audit = AuditLog(cfg.audit_log, actor=cfg.site)
-    audit.append("start", task=task.name, task_hash=digest, studies=list(cfg.studies), server=cfg.address)
+    approved_by = node.policy.approval_rule(digest, installed_hash=digest)
+    for problem in node.policy.task_approvals.problems if node.policy.task_approvals else ():
+        log.warning("site %s: %s", cfg.site, problem)
+    audit.append(
+        "start",
+        task=task.name,
+        task_hash=digest,
+        task_version=node.task_manifest.version,
+        approved_by=approved_by,
+        studies=list(cfg.studies),
+        server=cfg.address,
+    )
     agent = make_agent(cfg, node, audit)
     if on_start is not None:
-        on_start(NodeInfo(cfg.site, task.name, digest, digest in cfg.approved_task_hashes))
+        on_start(NodeInfo(cfg.site, task.name, digest, approved_by is not None))
 
     def _stop(signum: int, _frame: object) -> None:
         log.info("site %s: signal %d, stopping", cfg.site, signum)

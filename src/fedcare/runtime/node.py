@@ -23,7 +23,8 @@ from fedcare.privacy.ledger import PrivacyLedger
 from fedcare.runtime.policy import SitePolicy
 from fedcare.secure.handler import SecAggSiteHandler
 from fedcare.serde import check_state, spec_of
-from fedcare.task import FitContext, SiteData, Task, task_hash
+from fedcare.task import FitContext, SiteData, Task
+from fedcare.task_manifest import task_manifest
 from fedcare.types import Message, MessageKind, ModelState, Payload, RunId, SiteId
 
 if TYPE_CHECKING:  # a deployed node's files; simulation never imports the store
@@ -76,7 +77,8 @@ class SiteNode:
         self.data = data
         self.policy = policy or SitePolicy()
         self.query_handler = query_handler
-        self.task_hash = task_hash(task)
+        self.task_manifest = task_manifest(task)
+        self.task_hash = self.task_manifest.digest
         self._spec = spec_of(shared_part(task, task.init_model(np.random.default_rng(0))))
         #: Per-run site memory (SCAFFOLD's c_i, FedBN/FedPer local entries, Ditto's personal
         #: model); handed to tasks that accept a FitContext and never leaves the site.
@@ -98,7 +100,9 @@ class SiteNode:
             return message.reply(error=f"message addressed to {message.site}, this is {self.site_id}")
         if message.kind is MessageKind.QUERY and self.query_handler is not None:
             return self.query_handler(message)  # the handler enforces the site's query rules
-        refusal = self.policy.refusal(message.payload.config, installed_hash=self.task_hash)
+        refusal = self.policy.refusal(
+            message.payload.config, installed_hash=self.task_hash, installed_manifest=self.task_manifest
+        )
         if refusal is not None:
             log.info("site %s refused %s round %d: %s", self.site_id, message.kind.value, message.round_no, refusal)
             return message.reply(error=refusal)
