@@ -68,3 +68,22 @@ def dashboard(
         highlight=False,
     )
     serve(web, host=host, port=port)
+
+
+@app.command("console")
+def site_console(
+    config: Annotated[Path, typer.Option("--config", "-c", help="This site's site.toml.")],
+    port: PortOpt = 8051,
+) -> None:
+    """Serve this site's own view on 127.0.0.1: instructions, refusals, what left, ε against the budget, audit."""
+    try:
+        require_extra("dashboard")
+        from fedcare.dashboard.site_console import create_console_app
+        from fedcare.dashboard.web import serve
+
+        web = create_console_app(config)
+    except FedcareError as exc:
+        raise fail(exc) from None
+    site = web.state.view.cfg.site
+    console.print(f"[bold]fedcare console[/] · site {site} · http://127.0.0.1:{port}/ · local only · Ctrl-C stops")
+    serve(web, host="127.0.0.1", port=port)

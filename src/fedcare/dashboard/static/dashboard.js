@@ -171,7 +171,7 @@
 
     const ev = $("#events tbody");
     ev.textContent = "";
-    for (const e of run.events) ev.appendChild(el("tr", { "data-kind": e.kind }, el("td", { class: "num", text: String(e.round_no) }), el("td", { text: e.site }), el("td", {}, badge(e.kind)), el("td", { text: e.message })));
+    for (const e of run.events) ev.appendChild(el("tr", { "data-kind": e.kind }, el("td", { class: "num", text: String(e.round_no) }), el("td", { text: e.site }), el("td", {}, badge(e.kind)), el("td", { class: "reason", text: e.message })));
     if (!run.events.length) ev.appendChild(el("tr", {}, el("td", { colspan: "4", class: "muted", text: "none: every sampled site answered every round" })));
 
     const rt = $("#rounds tbody");
