@@ -87,3 +87,48 @@ def site_console(
     site = web.state.view.cfg.site
     console.print(f"[bold]fedcare console[/] · site {site} · http://127.0.0.1:{port}/ · local only · Ctrl-C stops")
     serve(web, host="127.0.0.1", port=port)
+
+
+@app.command("export")
+def export(
+    run: Annotated[str, typer.Argument(help="Run id (see fedcare dashboard, or the store).")],
+    to: Annotated[str, typer.Option("--to", help="mlflow or tensorboard.")],
+    db: DbOpt = None,
+    tracking_uri: Annotated[
+        str | None, typer.Option(help="MLflow tracking URI (http://..., or file:PATH for a file store).")
+    ] = None,
+    logdir: Annotated[Path | None, typer.Option(help="TensorBoard log folder (the run goes in a subfolder).")] = None,
+    experiment: Annotated[str | None, typer.Option(help="MLflow experiment (default: fedcare/<study>).")] = None,
+    artifact: Annotated[
+        list[Path] | None, typer.Option(help="Extra file to attach, e.g. a model card (repeatable).")
+    ] = None,
+) -> None:
+    """Export a run's metrics per round and per site, parameters and report to MLflow or TensorBoard."""
+    try:
+        if to == "mlflow":
+            if tracking_uri is None:
+                raise ConfigError("--to mlflow needs --tracking-uri (http://host:5000, or file:PATH)")
+            require_extra("mlflow")
+            from fedcare.dashboard.export import to_mlflow
+
+            result = to_mlflow(
+                db or _default_db(), run, tracking_uri=tracking_uri, experiment=experiment, artifacts=artifact or ()
+            )
+        elif to == "tensorboard":
+            if logdir is None:
+                raise ConfigError("--to tensorboard needs --logdir DIR")
+            require_extra("tensorboard")
+            from fedcare.dashboard.export import to_tensorboard
+
+            result = to_tensorboard(db or _default_db(), run, logdir=logdir, artifacts=artifact or ())
+        else:
+            raise ConfigError(f"--to must be mlflow or tensorboard, got {to!r}")
+    except FedcareError as exc:
+        raise fail(exc) from None
+    attached = f"; artefacts: {', '.join(result.artifacts)}" if result.artifacts else ""
+    console.print(
+        f"exported run {run} to {result.target}: {result.metrics} metrics ({result.points} points), "
+        f"{result.params} parameters{attached}\n→ {result.location}",
+        highlight=False,
+        soft_wrap=True,
+    )
