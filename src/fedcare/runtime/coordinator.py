@@ -10,21 +10,23 @@ from __future__ import annotations
 import logging
 import math
 import time
-import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 
-from fedcare.compression import COMPRESSED_RECORD, decompress_update, payload_bytes
+from fedcare.compression import payload_bytes
 from fedcare.errors import ConfigError, NotEnoughSitesError, SerdeError
+from fedcare.runtime.asynchronous import BufferedAsyncFit
 from fedcare.runtime.recorder import NullRecorder, Recorder, RoundReport, RunSpec
-from fedcare.serde import StateSpec, check_state, spec_of
+from fedcare.runtime.replies import finite_metrics as _finite_metrics
+from fedcare.runtime.replies import fit_result as _fit_result
+from fedcare.runtime.replies import site_seed
+from fedcare.serde import spec_of
 from fedcare.strategies.base import Fold, ServerState, Strategy
 from fedcare.types import (
     ConfigValue,
-    FitResult,
     Message,
     MessageKind,
     Metrics,
@@ -40,48 +42,12 @@ __all__ = ["Coordinator", "FitPhase", "FitWorkflow", "PlainFit", "RunResult", "s
 log = logging.getLogger(__name__)
 
 
-def site_seed(seed: int, round_no: int, site: SiteId) -> int:
-    """Derive the seed a site uses in a round: stable across processes and orders."""
-    entropy = [seed, round_no, zlib.crc32(site.encode())]
-    return int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint32)[0])
-
-
 @dataclass
 class RunResult:
     """The outcome of :meth:`Coordinator.run`."""
 
     state: ServerState
     rounds: list[RoundReport] = field(default_factory=list)
-
-
-def _finite_metrics(metrics: Mapping[str, float], where: str) -> Metrics:
-    out: Metrics = {}
-    for key, value in metrics.items():
-        if not isinstance(value, int | float) or not math.isfinite(value):
-            raise SerdeError(f"{where}: metric {key!r} is not a finite number")
-        out[key] = float(value)
-    return out
-
-
-def _fit_result(reply: Message, spec: StateSpec, reference: ModelState | None = None) -> FitResult:
-    """Validate a fit reply; a ``"compressed"`` record is decoded against ``reference``."""
-    where = f"fit reply from {reply.site}"
-    model = reply.payload.arrays.get("model")
-    packed = reply.payload.arrays.get(COMPRESSED_RECORD)
-    if model is None and packed is not None and reference is not None:
-        check_state(packed, where=f"{where}, record {COMPRESSED_RECORD!r}")
-        model = decompress_update(packed, reference, where=where)
-    if model is None:
-        raise SerdeError(f"{where}: no 'model' record")
-    check_state(model, spec, where=where)
-    metrics = _finite_metrics(reply.payload.metrics, where)
-    num_examples = metrics.pop("num_examples", 0.0)
-    if num_examples < 1 or num_examples != int(num_examples):
-        raise SerdeError(f"{where}: num_examples must be a positive integer, got {num_examples}")
-    extras = {k: v for k, v in reply.payload.arrays.items() if k not in ("model", COMPRESSED_RECORD)}
-    for name, arrays in extras.items():
-        check_state(arrays, where=f"{where}, record {name!r}")
-    return FitResult(state=model, num_examples=int(num_examples), metrics=metrics, extras=extras)
 
 
 @dataclass
@@ -200,10 +166,15 @@ class Coordinator:
         self.evaluate = evaluate
         self.recorder: Recorder = recorder or NullRecorder()
         self.on_round = on_round
+        if fit_workflow is None and getattr(strategy, "asynchronous", False):
+            fit_workflow = BufferedAsyncFit.for_strategy(strategy)
         self.fit_workflow: FitWorkflow = fit_workflow or PlainFit()
         # array bytes to / from each site in the current round (every exchange counts)
         self._bytes_to: dict[SiteId, int] = {}
         self._bytes_from: dict[SiteId, int] = {}
+        #: Called with replies that answer no instruction of the current exchange (work a
+        #: buffered asynchronous workflow still has in flight); True means it took them.
+        self.stray_reply: Callable[[Message], bool] | None = None
 
     # -- public ---------------------------------------------------------------------
 
@@ -333,33 +304,23 @@ class Coordinator:
         """
         pending: dict[str, Message] = {}
         for site, payload in payloads.items():
-            config: dict[str, ConfigValue] = {
-                **payload.config,
-                "task": self.task_name,
-                "task_hash": self.task_hash,
-                "seed": site_seed(self.seed, round_no, site),
-            }
-            message = Message(
-                kind=kind,
-                run_id=run_id,
-                round_no=round_no,
-                site=site,
-                payload=Payload(arrays=payload.arrays, config=config, metrics=payload.metrics),
-            )
+            message = self.instruction(kind, run_id, round_no, site, payload)
             pending[message.message_id] = message
-            self._bytes_to[site] = self._bytes_to.get(site, 0) + payload_bytes(payload.arrays)
+            self.count_traffic(site, sent=payload_bytes(payload.arrays))
         if not pending:
             return
         self.channel.send(list(pending.values()))  # type: ignore[attr-defined]
         for reply in self.channel.receive(timeout_s=self.round_timeout_s):  # type: ignore[attr-defined]
             sent = pending.get(reply.reply_to or "")
             if sent is None or reply.site != sent.site or reply.kind is not sent.kind:
+                if sent is None and self.stray_reply is not None and self.stray_reply(reply):
+                    continue
                 log.warning(
                     "ignored reply %s from %s: answers no outstanding instruction", reply.message_id, reply.site
                 )
                 continue
             del pending[sent.message_id]
-            self._bytes_from[reply.site] = self._bytes_from.get(reply.site, 0) + payload_bytes(reply.payload.arrays)
+            self.count_traffic(reply.site, received=payload_bytes(reply.payload.arrays))
             if reply.has_error:
                 failures[reply.site] = reply.error or "error"
             else:
@@ -368,6 +329,38 @@ class Coordinator:
                 return
         for sent in pending.values():
             failures[sent.site] = f"no {kind.value} reply within {self.round_timeout_s:g} s"
+
+    def count_traffic(self, site: SiteId, *, sent: int = 0, received: int = 0) -> None:
+        """Add array bytes sent to / received from ``site`` to this round's per-site traffic."""
+        if sent:
+            self._bytes_to[site] = self._bytes_to.get(site, 0) + sent
+        if received:
+            self._bytes_from[site] = self._bytes_from.get(site, 0) + received
+
+    def instruction(
+        self,
+        kind: MessageKind,
+        run_id: RunId,
+        round_no: int,
+        site: SiteId,
+        payload: Payload,
+        *,
+        seed: int | None = None,
+    ) -> Message:
+        """Build one instruction: ``payload`` plus the task, its hash and the site's seed."""
+        config: dict[str, ConfigValue] = {
+            **payload.config,
+            "task": self.task_name,
+            "task_hash": self.task_hash,
+            "seed": site_seed(self.seed, round_no, site) if seed is None else seed,
+        }
+        return Message(
+            kind=kind,
+            run_id=run_id,
+            round_no=round_no,
+            site=site,
+            payload=Payload(arrays=payload.arrays, config=config, metrics=payload.metrics),
+        )
 
     _exchange = exchange  # the name used before the fit phase became a workflow
 
