@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -170,7 +170,9 @@ def _quantise(x: npt.NDArray[np.float32], bits: int, rng: np.random.Generator) -
 
 
 def _dequantise(record: ModelState, bits: int, n: int, where: str) -> npt.NDArray[np.float32]:
-    codes, lo, step = record[f"q{bits}"], record["lo"], record["step"]
+    codes: npt.NDArray[Any] = record[f"q{bits}"]
+    lo: npt.NDArray[Any] = record["lo"]
+    step: npt.NDArray[Any] = record["step"]
     chunks = max(1, math.ceil(n / CHUNK))
     want = n if bits == 8 else (n + 1) // 2
     if codes.dtype != np.uint8 or codes.shape != (want,):
@@ -190,7 +192,7 @@ def _dequantise(record: ModelState, bits: int, n: int, where: str) -> npt.NDArra
         if np.any(codes > 15):
             raise SerdeError(f"{where}: 4-bit code out of range")
     chunk_of = np.arange(n) // CHUNK
-    out = lo[chunk_of] + codes.astype(np.float32) * step[chunk_of]
+    out: npt.NDArray[np.float32] = lo[chunk_of] + codes.astype(np.float32) * step[chunk_of]
     if not np.all(np.isfinite(out)):
         raise SerdeError(f"{where}: decoded update holds non-finite values")
     return out
@@ -253,7 +255,7 @@ def compress_update(
     delta = _flat_delta(reference, state, names)
     feedback = compression.feedback and memory is not None
     if feedback:
-        held = memory.get(RESIDUAL_RECORD, {}).get("flat") if memory is not None else None
+        held: npt.NDArray[Any] | None = memory.get(RESIDUAL_RECORD, {}).get("flat") if memory is not None else None
         if held is not None and held.shape == delta.shape:
             delta = delta + held
     if compression.codec == "topk":

@@ -33,7 +33,7 @@ from fedcare.data.federated import FederatedDataset, concat
 from fedcare.errors import ConfigError
 from fedcare.evaluation import calibration_report, subgroup_metrics
 from fedcare.personal.site import local_keys, model_for
-from fedcare.runtime.recorder import NullRecorder, Recorder, RoundReport, RunSpec
+from fedcare.protocols import NullRecorder, Recorder, RoundReport, RunSpec
 from fedcare.runtime.simulation import build_nodes, run_simulation
 from fedcare.strategies.registry import make_strategy
 from fedcare.task import SiteData, Task, task_hash

@@ -12,7 +12,7 @@ from fedcare.cli.app import app, console, err_console, fail
 from fedcare.errors import FedcareError
 
 if TYPE_CHECKING:
-    from fedcare.runtime.recorder import RoundReport
+    from fedcare.protocols import RoundReport
 
 __all__ = ["audit_app", "certs_app"]
 

@@ -20,8 +20,8 @@ import numpy as np
 
 from fedcare.deploy.config import ServerConfig
 from fedcare.errors import NotEnoughSitesError, StoreError
+from fedcare.protocols import Recorder, RoundReport, RunSpec
 from fedcare.runtime.coordinator import Coordinator, RunResult
-from fedcare.runtime.recorder import Recorder, RoundReport, RunSpec
 from fedcare.store.audit import AuditLog
 from fedcare.store.sql import SqlStore
 from fedcare.strategies.base import ServerState

@@ -31,12 +31,13 @@ from typing import TYPE_CHECKING, Any
 
 from fedcare.compression import payload_bytes
 from fedcare.errors import ConfigError, SerdeError
+from fedcare.protocols import FitPhase
 from fedcare.runtime.replies import fit_result, site_seed
 from fedcare.serde import spec_of
 from fedcare.types import Message, MessageKind, Metrics, ModelState, RunId, SiteId
 
 if TYPE_CHECKING:  # the Coordinator calls this workflow; only its type is needed here
-    from fedcare.runtime.coordinator import Coordinator, FitPhase
+    from fedcare.runtime.coordinator import Coordinator
 
 __all__ = ["BufferedAsyncFit"]
 
@@ -161,7 +162,7 @@ class BufferedAsyncFit:
                 coordinator.count_traffic(site, sent=size)
                 messages.append(message)
             if messages:
-                coordinator.channel.send(messages)  # type: ignore[attr-defined]
+                coordinator.channel.send(messages)
 
         dispatch()
         while ctx.fold.count < want:
@@ -226,7 +227,7 @@ class BufferedAsyncFit:
                     reply_to=key,
                     error=f"no fit reply within {timeout:g} s",
                 )
-            for reply in coordinator.channel.receive(timeout_s=remaining):  # type: ignore[attr-defined]
+            for reply in coordinator.channel.receive(timeout_s=remaining):
                 if not self.take(reply):
                     log.warning("ignored reply %s from %s: answers no work in flight", reply.message_id, reply.site)
                     continue

@@ -12,19 +12,18 @@ import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import numpy as np
 
 from fedcare.compression import payload_bytes
 from fedcare.errors import ConfigError, NotEnoughSitesError, SerdeError
+from fedcare.protocols import Channel, FitPhase, FitWorkflow, NullRecorder, Recorder, RoundDriver, RoundReport, RunSpec
 from fedcare.runtime.asynchronous import BufferedAsyncFit
-from fedcare.runtime.recorder import NullRecorder, Recorder, RoundReport, RunSpec
 from fedcare.runtime.replies import finite_metrics as _finite_metrics
 from fedcare.runtime.replies import fit_result as _fit_result
 from fedcare.runtime.replies import site_seed
 from fedcare.serde import spec_of
-from fedcare.strategies.base import Fold, ServerState, Strategy
+from fedcare.strategies.base import ServerState, Strategy
 from fedcare.types import (
     ConfigValue,
     Message,
@@ -50,27 +49,6 @@ class RunResult:
     rounds: list[RoundReport] = field(default_factory=list)
 
 
-@dataclass
-class FitPhase:
-    """One round's fit phase: what a :class:`FitWorkflow` reads and fills in."""
-
-    run_id: RunId
-    round_no: int
-    state: ServerState
-    payloads: Mapping[SiteId, Payload]
-    fold: Fold
-    failures: dict[SiteId, str]
-    site_fit: dict[SiteId, Metrics]
-
-
-class FitWorkflow(Protocol):
-    """How the fit phase of a round runs (plain exchange, or SecAgg+'s four stages)."""
-
-    def run_fit(self, coordinator: Coordinator, ctx: FitPhase) -> Metrics:
-        """Exchange with the sites, fold into ``ctx.fold``; return extra round metrics."""
-        ...
-
-
 class PlainFit:
     """The default fit phase: one FIT exchange, each valid reply folded as it arrives.
 
@@ -78,7 +56,7 @@ class PlainFit:
     the instructions sent and of the replies received (compressed updates count as sent).
     """
 
-    def run_fit(self, coordinator: Coordinator, ctx: FitPhase) -> Metrics:
+    def run_fit(self, coordinator: RoundDriver, ctx: FitPhase) -> Metrics:
         """Send ``ctx.payloads`` as FIT instructions and fold the validated replies."""
         spec = spec_of(ctx.state.model)
         fold, failures = ctx.fold, ctx.failures
@@ -132,7 +110,7 @@ class Coordinator:
     def __init__(
         self,
         *,
-        channel: object,
+        channel: Channel,
         strategy: Strategy,
         task_name: str,
         task_hash: str,
@@ -234,7 +212,7 @@ class Coordinator:
         started = time.perf_counter()
         self._bytes_to, self._bytes_from = {}, {}
         info = RoundInfo(run_id=run_id, round_no=round_no, total_rounds=self.rounds)
-        sampled = self.sample_sites(round_no, self.channel.sites())  # type: ignore[attr-defined]
+        sampled = self.sample_sites(round_no, self.channel.sites())
         rng = np.random.default_rng([self.seed, round_no, 1])
         payloads = self.strategy.configure_fit(state, info, sampled, rng)
         stray = sorted(set(payloads) - set(sampled))
@@ -274,7 +252,7 @@ class Coordinator:
     def _evaluate(
         self, run_id: RunId, round_no: int, state: ServerState, failures: dict[SiteId, str]
     ) -> dict[SiteId, Metrics]:
-        sites = sorted(self.channel.sites())  # type: ignore[attr-defined]
+        sites = sorted(self.channel.sites())
         payload = Payload(arrays={"model": state.model})
         out: dict[SiteId, Metrics] = {}
         eval_failures: dict[SiteId, str] = {}
@@ -309,8 +287,8 @@ class Coordinator:
             self.count_traffic(site, sent=payload_bytes(payload.arrays))
         if not pending:
             return
-        self.channel.send(list(pending.values()))  # type: ignore[attr-defined]
-        for reply in self.channel.receive(timeout_s=self.round_timeout_s):  # type: ignore[attr-defined]
+        self.channel.send(list(pending.values()))
+        for reply in self.channel.receive(timeout_s=self.round_timeout_s):
             sent = pending.get(reply.reply_to or "")
             if sent is None or reply.site != sent.site or reply.kind is not sent.kind:
                 if sent is None and self.stray_reply is not None and self.stray_reply(reply):

@@ -10,25 +10,22 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fedcare.compression import COMPRESSED_RECORD, Compression, compress_update, strip_config
-from fedcare.data.moments_query import answer_query
 from fedcare.errors import FedcareError, PolicyError
 from fedcare.personal.site import model_for, personal_fit, shared_part
 from fedcare.privacy.guard import SitePrivacyGuard
 from fedcare.privacy.ledger import PrivacyLedger
+from fedcare.protocols import SiteMemory
 from fedcare.runtime.policy import SitePolicy
+from fedcare.runtime.queries import answer_query
 from fedcare.secure.handler import SecAggSiteHandler
 from fedcare.serde import check_state, spec_of
 from fedcare.task import FitContext, SiteData, Task
 from fedcare.task_manifest import task_manifest
 from fedcare.types import Message, MessageKind, ModelState, Payload, RunId, SiteId
-
-if TYPE_CHECKING:  # a deployed node's files; simulation never imports the store
-    from fedcare.store.site_memory import SiteMemoryFiles
 
 __all__ = ["SiteNode"]
 
@@ -56,7 +53,7 @@ class SiteNode:
         which applies the site's own release rules); ``None`` refuses them.
     ledger : PrivacyLedger or None (default: None)
         The site's privacy ledger, charged before any private update leaves.
-    memory_files : SiteMemoryFiles or None (default: None)
+    memory_files : SiteMemory or None (default: None)
         Where the per-run site memory is kept on disk (a deployed node), so a restart
         keeps SCAFFOLD's ``c_i`` and Ditto's personal model; ``None`` keeps it in memory.
     """
@@ -70,7 +67,7 @@ class SiteNode:
         policy: SitePolicy | None = None,
         query_handler: Callable[[Message], Message] | None = None,
         ledger: PrivacyLedger | None = None,
-        memory_files: SiteMemoryFiles | None = None,
+        memory_files: SiteMemory | None = None,
     ) -> None:
         self.site_id = site_id
         self.task = task

@@ -15,20 +15,18 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from fedcare.errors import ConfigError, NotEnoughSitesError, SerdeError
+from fedcare.protocols import FitPhase, RoundDriver
 from fedcare.secure.dp import DistributedDp, DistributedDpLedger
 from fedcare.secure.encoding import FixedPointCodec
 from fedcare.secure.errors import SecAggAbort, SecAggError
 from fedcare.secure.server import SecAggServer
 from fedcare.secure.stages import MaskedInputIns, MaskedInputRes, Stage, parse_reply
 from fedcare.types import MessageKind, Metrics, ModelState, SiteId
-
-if TYPE_CHECKING:
-    from fedcare.runtime.coordinator import Coordinator, FitPhase
 
 __all__ = ["SecAggPlusWorkflow"]
 
@@ -93,7 +91,7 @@ class SecAggPlusWorkflow:
 
     # -- the seam the Coordinator calls -----------------------------------------------------
 
-    def run_fit(self, coordinator: Coordinator, ctx: FitPhase) -> Metrics:
+    def run_fit(self, coordinator: RoundDriver, ctx: FitPhase) -> Metrics:
         """Run the four stages for ``ctx``'s sampled sites and fold the unmasked sum."""
         compressed = sorted({str(p.config.get("compression")) for p in ctx.payloads.values()} - {"none", "None"})
         if compressed:

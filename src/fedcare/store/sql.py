@@ -1,6 +1,6 @@
 """SqlStore: the run store on SQLAlchemy (SQLite file by default, PostgreSQL by URL).
 
-It implements the runtime's :class:`~fedcare.runtime.recorder.Recorder` (the one write
+It implements the runtime's :class:`~fedcare.protocols.Recorder` (the one write
 path) plus read queries for reports. Checkpoints are safetensors files written
 atomically (temp file + rename) whose sha256 is recorded in the database and checked
 on load, so a corrupted or swapped file is detected before it is used.
@@ -21,7 +21,7 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from fedcare.errors import StoreError
-from fedcare.runtime.recorder import RoundReport, RunSpec
+from fedcare.protocols import RoundReport, RunSpec
 from fedcare.serde import decode_state, encode_state
 from fedcare.store.durable import write_durably
 from fedcare.store.models import (

@@ -79,7 +79,7 @@ class StalenessFold:
             raise ValueError(f"site {site}: staleness must be non-negative, got {staleness}")
         scale = n * self.weight(staleness)
         for name, acc in self._acc.items():
-            acc += scale * (result.state[name].astype(np.float64) - reference[name])
+            acc += scale * np.subtract(result.state[name].astype(np.float64), reference[name])
         for key, value in result.metrics.items():
             self._metric_sums[key] = self._metric_sums.get(key, 0.0) + n * value
         self._total += n
@@ -181,13 +181,14 @@ class FedBuff:
     def finish_round(
         self,
         state: ServerState,
-        fold: StalenessFold,  # type: ignore[override]
+        fold: StalenessFold,
     ) -> tuple[ServerState, Metrics]:
         """Step the global model by ``server_lr`` times the buffered update."""
         step = fold.step()
         model: ModelState = {}
         for name, ref in state.model.items():
-            model[name] = (ref.astype(np.float64) + self.server_lr * step[name]).astype(ref.dtype, copy=False)
+            moved = ref.astype(np.float64) + np.multiply(self.server_lr, step[name])
+            model[name] = moved.astype(ref.dtype, copy=False)
         metrics = fold.metrics()
         metrics["num_examples"] = fold.total_weight
         return ServerState(model=model, extras=state.extras), metrics
