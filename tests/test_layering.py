@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from fedcare._layers import LAYER_NAMES, import_edges, layer_of, package_cycles, report, violations
+from fedcare._layers import LAYER_NAMES, LAYERS, import_edges, layer_of, package_cycles, report, violations
 
 SRC = Path(__file__).resolve().parent.parent / "src"
 
@@ -85,3 +85,20 @@ def test_the_coordinator_types_its_channel_as_the_core_protocol():
 
     hints = inspect.get_annotations(Coordinator.__init__, eval_str=True)
     assert hints["channel"] is Channel
+
+
+def test_mypy_checks_exactly_the_core_layer():
+    import tomllib
+
+    config = tomllib.loads((SRC.parent / "pyproject.toml").read_text(encoding="utf-8"))
+    checked = set(config["tool"]["mypy"]["files"])
+    core = dict(LAYERS)["core"]
+    expected = set()
+    for entry in core:
+        rel = Path("src", *entry.split("."))
+        for candidate in (rel.with_suffix(".py"), rel):
+            if (SRC.parent / candidate).exists():
+                expected.add(candidate.as_posix())
+    assert checked == expected, (
+        "keep [tool.mypy] files in pyproject.toml in step with the core in src/fedcare/_layers.py"
+    )
