@@ -248,7 +248,11 @@ def _packages_distributions(path: tuple[str, ...]) -> Mapping[str, list[str]]:
 
 
 def _distribution_of(top: str) -> tuple[str, str]:
-    for dist in _packages_distributions(tuple(sys.path)).get(top, []):
+    found = _packages_distributions(tuple(sys.path)).get(top)
+    if found is None:  # perhaps installed since the cache was filled: look again once
+        _packages_distributions.cache_clear()
+        found = _packages_distributions(tuple(sys.path)).get(top, [])
+    for dist in found:
         try:
             return dist, metadata.version(dist)
         except metadata.PackageNotFoundError:  # pragma: no cover - stale metadata
@@ -279,39 +283,52 @@ def _python_sources(files: Mapping[str, Path], top: str) -> list[tuple[str, Path
     return out
 
 
-def task_manifest(task: Any) -> TaskManifest:
-    """Collect the manifest of ``task``: package files, fedcare code it uses, extra files, params."""
-    module_name = type(task).__module__
+def _module_files(module_name: str) -> tuple[dict[str, Path], str, str]:
+    """Files covering ``module_name`` (with the fedcare code they import), its distribution and version."""
     module = sys.modules.get(module_name)
     module_file = getattr(module, "__file__", None)
     top = module_name.split(".")[0]
     files: dict[str, Path] = {}
+    if module_file is None:  # pragma: no cover - a class defined in an interactive session
+        return files, "", ""
+    path = Path(module_file)
     if top == "fedcare":
+        files.update(fedcare_closure([(module_name, path, path.name == "__init__.py")]))
+        files["fedcare/" + path.resolve().relative_to(_fedcare_root()).as_posix()] = path
         distribution, version = _distribution_of("fedcare")
-        distribution = distribution or "fedcare"
-        if module_file is not None:
-            path = Path(module_file)
-            files.update(fedcare_closure([(module_name, path, path.name == "__init__.py")]))
-            files["fedcare/" + path.resolve().relative_to(_fedcare_root()).as_posix()] = path
-    elif module_file is not None and _distribution_of(top)[0]:
-        distribution, version = _distribution_of(top)
-        top_module = sys.modules.get(top)
-        top_file = getattr(top_module, "__file__", None) or module_file
+        return files, distribution or "fedcare", version
+    distribution, version = _distribution_of(top)
+    if distribution:  # an installed package: its whole module tree (sources, weights, data files)
+        top_file = getattr(sys.modules.get(top), "__file__", None) or module_file
         top_path = Path(top_file)
-        if top_path.name == "__init__.py":
-            own = _tree(top_path.parent, top)
-        else:
-            own = {top_path.name: top_path}
+        own = _tree(top_path.parent, top) if top_path.name == "__init__.py" else {top_path.name: top_path}
         files.update(fedcare_closure(_python_sources(own, top)))
-        files.update(own)
-    elif module_file is not None:  # a module outside any distribution (a script, a test): that file
-        distribution, version = "", ""
-        path = Path(module_file)
+    else:  # a module outside any distribution (a script, a test): that file
         own = {path.name: path}
         files.update(fedcare_closure([(module_name, path, path.name == "__init__.py")]))
-        files.update(own)
-    else:  # pragma: no cover - a class defined in an interactive session
-        distribution, version = "", ""
+    files.update(own)
+    return files, distribution, version
+
+
+def task_manifest(task: Any) -> TaskManifest:
+    """Collect the manifest of ``task``: package files, fedcare code it uses, extra files, params.
+
+    The modules covered are the task class's and those the task names through an
+    optional ``source_modules()`` method (an adapter such as
+    :class:`~fedcare.tasks.torch_adapter.TorchTask` names the modules its user code came
+    from). The distribution reported is the first one outside fedcare, if any.
+    """
+    modules = [type(task).__module__]
+    named = getattr(task, "source_modules", None)
+    if callable(named):
+        modules += [m for m in named() if m not in modules]
+    files: dict[str, Path] = {}
+    distribution = version = ""
+    for module_name in modules:
+        found, dist, ver = _module_files(module_name)
+        files.update(found)
+        if dist and (not distribution or (distribution == "fedcare" and dist != "fedcare")):
+            distribution, version = dist, ver
     extra = getattr(task, "hashed_files", None)
     if callable(extra):
         for label, path in dict(extra()).items():

@@ -90,3 +90,33 @@ def demo_dist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeD
 def reload_demo() -> Callable[[], None]:
     """Forget the imported ``demo_task`` so the next ``make_task`` imports the files as they are now."""
     return _forget_demo_modules
+
+
+def install_package(root: Path, *, dist: str, module: str, source: str, entry: str) -> Path:
+    """Install ``module`` (one package, ``__init__.py`` = ``source``) as ``dist`` with one task entry point."""
+    pkg = root / module
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text(textwrap.dedent(source))
+    info = root / f"{dist.replace('-', '_')}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
+    (info / "top_level.txt").write_text(f"{module}\n")
+    (info / "entry_points.txt").write_text(f"[fedcare.tasks]\n{entry}\n")
+    return pkg
+
+
+@pytest.fixture
+def installer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Path]]:
+    """Install small task packages into a folder on sys.path; forgotten again after the test."""
+    root = tmp_path / "pkgs"
+    root.mkdir()
+    monkeypatch.syspath_prepend(str(root))
+    names: list[str] = []
+
+    def install(**kw: str) -> Path:
+        names.append(kw["module"])
+        return install_package(root, **kw)
+
+    yield install
+    for name in [m for m in sys.modules if m.split(".")[0] in names]:
+        del sys.modules[name]
