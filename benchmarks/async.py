@@ -114,7 +114,8 @@ def main() -> None:
         staleness_exponent=args.staleness_exponent,
     )
     t_sync, t_buff = time_to(sync, target), time_to(buff, target)
-    print(f"target: FedAvg's accuracy after {args.rounds} rounds = {target:.4f} (slow site {args.slow_site}, x{args.slowdown:g})")
+    slow = f"slow site {args.slow_site}, x{args.slowdown:g}"
+    print(f"target: FedAvg's accuracy after {args.rounds} rounds = {target:.4f} ({slow})")
     print(f"FedAvg  reaches it at {t_sync:.1f} {clock} ({len(sync)} rounds)")
     if t_buff is None:
         print(f"FedBuff never reaches it in {len(buff)} steps (best {max(a for _, a in buff):.4f})")
