@@ -91,7 +91,7 @@ def test_mypy_checks_exactly_the_core_layer():
     import tomllib
 
     config = tomllib.loads((SRC.parent / "pyproject.toml").read_text(encoding="utf-8"))
-    checked = set(config["tool"]["mypy"]["files"])
+    checked = set(config["tool"]["mypy"]["files"]) - {"tests/typing"}  # adapters vs the core's protocols
     core = dict(LAYERS)["core"]
     expected = set()
     for entry in core:
