@@ -68,6 +68,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "fedcare.demos",
             "fedcare.runconfig",
             "fedcare.deploy",
+            "fedcare.testing",  # check_task: runs a task author's task through real simulations
             # Wires the in-process transport to the runtime; its callers move to the run
             # builder (fedcare.build).
             "fedcare.runtime.simulation",
