@@ -1,8 +1,8 @@
 """List fedcare's import-layer violations and import cycles between packages.
 
 Usage: ``python scripts/import_graph.py [--quiet]``. Prints every import that points against
-the layers declared in ``src/fedcare/_layers.py``, every cycle between packages and every
-module no layer places; exits 1 if there is any, 0 otherwise.
+the layers declared in ``src/fedcare/_layers.py``, every cycle between packages, every
+module no layer places and every I/O library the core imports; exits 1 if there is any.
 """
 
 from __future__ import annotations

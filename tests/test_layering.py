@@ -57,6 +57,7 @@ def test_checker_finds_upward_edges_cycles_and_undeclared_modules(tmp_path):
             "transport/__init__.py": "",
             "transport/grpc_node.py": "import fedcare.runtime.node\n",
             "newthing.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from fedcare.types import f\n",
+            "serde.py": "def g():\n    import grpc\n",
         },
     )
     edges = import_edges(src)
@@ -75,6 +76,7 @@ def test_checker_finds_upward_edges_cycles_and_undeclared_modules(tmp_path):
     assert any(p.startswith("undeclared module fedcare.newthing: add it") and "_layers.py" in p for p in problems)
     assert sum(p.startswith("layer violation") for p in problems) == 2
     assert sum(p.startswith("import cycle between fedcare.runtime <-> fedcare.transport") for p in problems) == 1
+    assert "core module fedcare.serde imports grpc at line 2: I/O belongs to the adapters" in problems
 
 
 def test_the_coordinator_types_its_channel_as_the_core_protocol():

@@ -91,6 +91,13 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
 
 LAYER_NAMES: tuple[str, ...] = tuple(name for name, _ in LAYERS)
 
+#: Libraries that open sockets, databases or web servers: the core never imports them
+#: (that is what the adapters are for).
+IO_LIBRARIES: frozenset[str] = frozenset(
+    {"grpc", "sqlalchemy", "psycopg", "sqlite3", "socket", "ssl", "http", "urllib", "httpx", "requests"}
+    | {"fastapi", "uvicorn", "starlette", "ray", "mlflow", "tensorboard"}
+)
+
 
 @dataclass(frozen=True)
 class Edge:
@@ -280,6 +287,20 @@ def cycle_edges(edges: Iterable[Edge], group: Iterable[str]) -> list[Edge]:
     ]
 
 
+def core_io_imports(src: Path) -> list[tuple[str, str, int]]:
+    """Return (module, library, line) for every import of an I/O library in the core layer."""
+    out = []
+    for module, path in module_names(src).items():
+        if layer_of(module) != "core":
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        for name, line in _imported(tree, module, path.name == "__init__.py"):
+            top = name.split(".")[0]
+            if top in IO_LIBRARIES:
+                out.append((module, top, line))
+    return sorted(set(out))
+
+
 def report(src: Path) -> tuple[list[str], list[str]]:
     """Return (problems, summary lines) for the package under ``src``.
 
@@ -295,6 +316,8 @@ def report(src: Path) -> tuple[list[str], list[str]]:
             f"layer violation: {edge.source} ({layer_of(edge.source)}) imports {edge.target} "
             f"({layer_of(edge.target)}) at line {edge.line}"
         )
+    for module, library, line in core_io_imports(src):
+        problems.append(f"core module {module} imports {library} at line {line}: I/O belongs to the adapters")
     for group in package_cycles(edges):
         joins = ", ".join(f"{e.source} -> {e.target}:{e.line}" for e in cycle_edges(edges, group))
         problems.append(f"import cycle between {' <-> '.join(group)}: {joins}")
