@@ -54,3 +54,29 @@ def build_store(root: Path) -> tuple[str, Path]:
     log.append("finished", run_id=RUN, rounds=ROUNDS)
     log.close()
     return url, audit_path
+
+
+def add_heart_demo_run(url: str, rounds: int = 5) -> str:
+    """The heart-disease demo's FedAvg setting (real data, logreg, the demo's fit config) into ``url``."""
+    from fedcare.demos import DEMOS
+    from fedcare.strategies.registry import make_strategy
+
+    recipe = DEMOS["heart-disease"]
+    data = recipe.load()
+    store = SqlStore(url)
+    run_id = "heart-demo-fedavg"
+    run_simulation(
+        sites=data.sites,
+        task=recipe.make_task(data),
+        strategy=make_strategy("fedavg", fit_config=dict(recipe.config.fit_config)),
+        rounds=rounds,
+        seed=0,
+        run_id=RunId(run_id),
+        name="fedavg",
+        dataset="heart-disease",
+        recorder=store,
+        experiment="heart-demo",
+        config={"fit_config": dict(recipe.config.fit_config)},
+    )
+    store.close()
+    return run_id

@@ -109,7 +109,7 @@
     if (!sites.length || !run.rounds_done) { box.appendChild(el("p", { class: "muted", text: "no rounds yet" })); return; }
     const cell = Math.max(3, Math.min(16, Math.floor(900 / n))), label = 150;
     const NS = "http://www.w3.org/2000/svg";
-    const W = label + n * cell + 4, H = sites.length * (cell + 3) + 20;
+    const W = label + Math.max(n * cell + 4, 140), H = sites.length * (cell + 3) + 20;
     const root = document.createElementNS(NS, "svg");
     root.setAttribute("width", W); root.setAttribute("height", H); root.setAttribute("class", "participation");
     sites.forEach((site, i) => {
