@@ -38,7 +38,7 @@ from fedcare.evaluation import calibration_report, subgroup_metrics
 from fedcare.personal.site import local_keys, model_for
 from fedcare.privacy.ledger import MemoryLedgerBackend
 from fedcare.privacy.setup import ledger_summary
-from fedcare.runtime.recorder import NullRecorder, Recorder, RoundReport, RunSpec
+from fedcare.protocols import NullRecorder, Recorder, RoundReport, RunSpec
 from fedcare.store.ledger import SqlLedgerBackend
 from fedcare.store.sql import SqlStore
 from fedcare.study.site import SiteSpec

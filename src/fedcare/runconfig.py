@@ -33,6 +33,8 @@ folder of the config file. The keys are documented in ``docs/simulate.md``::
     fit = { optimizer = "sgd", lr = 0.05, batch_size = 4, local_epochs = 1 }
     # params = { ... }           # extra keyword arguments of the strategy
 
+    compression = "none"         # or "q8", "q4", "topk", or { codec = "topk", fraction = 0.01 }
+
     [baseline]                   # Local and Pooled training
     optimizer = "adam"
     lr = 0.001
@@ -52,6 +54,7 @@ from typing import Any, Literal, cast
 import numpy as np
 
 import fedcare.strategies  # noqa: F401  (registers the built-in strategies)
+from fedcare.compression import Compression
 from fedcare.data.byo import CsvSource, TableSpec
 from fedcare.data.federated import FederatedDataset
 from fedcare.errors import ConfigError
@@ -84,7 +87,7 @@ _DATA = {
     "delimiter",
 }
 _TASK = {"name"}
-_FEDERATED = {"strategy", "fraction_fit", "min_sites", "fit", "params"}
+_FEDERATED = {"strategy", "fraction_fit", "min_sites", "fit", "params", "compression"}
 _PLACES = {"": _TOP - {"sites", "data", "task", "federated", "baseline"}, "data.": _DATA, "federated.": _FEDERATED}
 
 
@@ -220,6 +223,21 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: invalid TOML: {' '.join(str(exc).split())}") from None
 
 
+def _compression(c: _Checker, value: Any) -> dict[str, ConfigValue]:
+    """The fit-config keys of ``[federated] compression`` (a codec name or a table)."""
+    table = {"codec": value} if isinstance(value, str) else value
+    if not isinstance(table, Mapping) or not set(table) <= {"codec", "fraction", "error_feedback"}:
+        c.bad.append(
+            f"federated.compression must be a codec name or a table of codec, fraction, error_feedback, got {value!r}"
+        )
+        return {}
+    try:
+        return Compression(**table).fit_config()
+    except ConfigError as exc:
+        c.bad.append(f"federated.compression: {exc}")
+        return {}
+
+
 def load_simulate_config(path: Path) -> SimulateConfig:
     """Parse and validate a ``fedcare simulate`` config file.
 
@@ -294,6 +312,7 @@ def load_simulate_config(path: Path) -> SimulateConfig:
     fraction_fit = c.fraction(fed, "fraction_fit", "federated.fraction_fit", 1.0, closed=True)
     min_sites = c.integer(fed, "min_sites", "federated.min_sites", 1, minimum=1)
     fit = {**DEFAULT_FIT, **c.config(fit_t, "federated.fit")}
+    fit.update(_compression(c, fed.get("compression", "none")))
     baseline = {**DEFAULT_BASELINE, **c.config(baseline_t, "baseline")}
     params = dict(params_t)
     c.raise_bad()

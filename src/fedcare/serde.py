@@ -182,7 +182,7 @@ def encode_parts(state: ModelState, *, metadata: Mapping[str, str] | None = None
         arr = np.ascontiguousarray(value, dtype=value.dtype.newbyteorder("<"))
         header[name] = {"dtype": code, "shape": list(arr.shape), "data_offsets": [offset, offset + arr.nbytes]}
         offset += arr.nbytes
-        parts.append(memoryview(arr.reshape(-1).view(np.uint8)))
+        parts.append(arr.reshape(-1).view(np.uint8).data)
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)  # safetensors pads the header to 8-byte alignment
     return [memoryview(len(text).to_bytes(8, "little") + text), *parts]

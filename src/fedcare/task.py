@@ -2,16 +2,13 @@
 
 A task is code a site already has (built in, or a package it installed and reviewed).
 The coordinator names a task and its content hash; a site runs it only when that hash
-is on its approved list. The hash covers the source of the task's module and its
-hyperparameters, so any change to the code or the training recipe changes it.
+is on its approved list. The hash covers every file that decides what runs on the data
+(the task package's files, the fedcare training code it imports, shipped weights) and its
+parameters (:mod:`fedcare.task_manifest`), so any change to them changes it.
 """
 
 from __future__ import annotations
 
-import hashlib
-import inspect
-import json
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -19,6 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
+from fedcare.task_manifest import task_manifest
 from fedcare.types import ConfigValue, EvalResult, FitResult, ModelState
 
 __all__ = ["ArrayDataset", "FitContext", "SiteData", "Task", "task_hash"]
@@ -114,21 +112,14 @@ class Task(Protocol):
 
 
 def task_hash(task: Task) -> str:
-    """Return the content hash a site approves: sha256 of module source + params.
+    """Return the content hash a site approves: sha256 of the task's manifest.
+
+    The manifest (:func:`fedcare.task_manifest.task_manifest`) lists the digests of the
+    task package's files, of the fedcare modules it imports and of any extra files it
+    names (weights), with the task's parameters.
 
     >>> from fedcare.tasks.logreg import LogisticRegressionTask
     >>> len(task_hash(LogisticRegressionTask(n_features=13)))
     64
     """
-    module = sys.modules[type(task).__module__]
-    try:
-        source = inspect.getsource(module)
-    except (OSError, TypeError):  # pragma: no cover - frozen or interactive code
-        source = type(task).__qualname__
-    h = hashlib.sha256()
-    h.update(task.name.encode())
-    h.update(b"\0")
-    h.update(source.encode())
-    h.update(b"\0")
-    h.update(json.dumps(dict(task.params()), sort_keys=True).encode())
-    return h.hexdigest()
+    return task_manifest(task).digest

@@ -10,8 +10,8 @@ from collections.abc import Callable
 
 from fedcare.build.prep import StudyChannel
 from fedcare.build.run import RunPlan, combine_statistics, make_coordinator
+from fedcare.protocols import Recorder, RoundReport, RunSpec
 from fedcare.runtime.coordinator import RunResult
-from fedcare.runtime.recorder import Recorder, RoundReport, RunSpec
 from fedcare.strategies.base import ServerState
 from fedcare.transport.base import Channel
 from fedcare.types import RunId

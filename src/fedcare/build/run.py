@@ -21,9 +21,9 @@ from fedcare.errors import ConfigError
 from fedcare.personal.site import local_keys, shared_part
 from fedcare.privacy.ledger import LedgerBackend, MemoryLedgerBackend, PrivacyLedger
 from fedcare.privacy.setup import PrivacySettings, PrivateRun, prepare_private_run
+from fedcare.protocols import Recorder, RoundReport, RunSpec
 from fedcare.runtime.coordinator import Coordinator, FitWorkflow
 from fedcare.runtime.policy import SitePolicy
-from fedcare.runtime.recorder import Recorder, RoundReport, RunSpec
 from fedcare.secure.encoding import FixedPointCodec
 from fedcare.secure.workflow import SecAggPlusWorkflow
 from fedcare.strategies.base import Strategy

@@ -20,7 +20,7 @@ from fedcare.data.tabular import prepare_sites
 from fedcare.datasets import load_builtin
 from fedcare.errors import ConfigError
 from fedcare.experiment import ExperimentConfig, Progress, run_experiment
-from fedcare.runtime.recorder import Recorder
+from fedcare.protocols import Recorder
 from fedcare.study.prep_stats import recipe_of
 from fedcare.study.site import SiteSpec
 from fedcare.study.spec import StudySpec

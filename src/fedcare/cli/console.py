@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from fedcare.runtime.recorder import RoundReport
+from fedcare.protocols import RoundReport
 
 __all__ = ["ExperimentProgress", "results_table"]
 

@@ -42,13 +42,18 @@ def demo(
         bool, typer.Option(help="Sites with a budget accept server-added noise (--dp client).")
     ] = False,
     accountant: Annotated[str, typer.Option(help="Privacy accountant: rdp or prv.")] = "rdp",
+    compression: Annotated[
+        str, typer.Option(help="Compress the sites' updates: none, q8, q4 (stochastic quantisation), topk.")
+    ] = "none",
+    topk_fraction: Annotated[float, typer.Option(help="Share of entries --compression topk keeps.")] = 0.01,
 ) -> None:
     """Train on a built-in data set as Local, Pooled and FedAvg; write report.html and summary.json.
 
     The demo is a shipped study file (``fedcare simulate --study heart-disease`` runs the
-    same); the options here override its seed, rounds and privacy.
+    same); the options here override its seed, rounds, privacy and compression.
     """
     from fedcare.cli.study import run_simulation_command
+    from fedcare.compression import Compression
     from fedcare.study.builtin import resolve_study
     from fedcare.study.spec import FederationSpec
 
@@ -69,6 +74,11 @@ def demo(
             trust_central_noise=trust_central_noise,
             accountant=accountant,
         )
-        return replace(study, privacy=privacy) if privacy else study
+        if privacy:
+            study = replace(study, privacy=privacy)
+        codec = Compression(codec=compression, fraction=topk_fraction)  # type: ignore[arg-type]
+        if codec.enabled:
+            study = replace(study, fit={**study.fit, **codec.fit_config()})
+        return study
 
     run_simulation_command("demo", prepare, sites=(), out=out, db=db)

@@ -12,7 +12,7 @@ from fedcare.cli.app import app, console, err_console, fail
 from fedcare.errors import ConfigError, FedcareError
 
 if TYPE_CHECKING:
-    from fedcare.runtime.recorder import RoundReport
+    from fedcare.protocols import RoundReport
     from fedcare.study.spec import StudySpec
 
 __all__ = ["audit_app", "certs_app"]
@@ -50,7 +50,18 @@ def _study(study: str | None, fallback: Path | None, where: Path) -> StudySpec:
 
 
 @app.command()
-def server(config: ConfigArg, study: StudyArg = None) -> None:
+def server(
+    config: ConfigArg,
+    study: StudyArg = None,
+    dashboard: Annotated[
+        bool, typer.Option("--dashboard", help="Also serve the live dashboard while the study runs.")
+    ] = False,
+    dashboard_port: Annotated[int, typer.Option(help="Dashboard port.", min=0, max=65535)] = 8050,
+    dashboard_host: Annotated[str, typer.Option(help="Dashboard address (not loopback: needs a token).")] = "127.0.0.1",
+    dashboard_token: Annotated[
+        str | None, typer.Option(envvar="FEDCARE_DASHBOARD_TOKEN", help="Dashboard token.")
+    ] = None,
+) -> None:
     """Coordinate a study: serve sites over gRPC + mutual TLS, run (or resume) its rounds.
 
     The study file is the same one `fedcare simulate` and `fedcare up` run; the server
@@ -60,9 +71,20 @@ def server(config: ConfigArg, study: StudyArg = None) -> None:
     from fedcare.deploy.server import run_server
 
     _info_logging()
+    web = None
     try:
         cfg = load_server_config(config)
         spec = _study(study, cfg.study_path, config)
+        if dashboard:
+            from fedcare.cli.dashboard import require_extra
+
+            require_extra("dashboard")
+            from fedcare.dashboard.app import start_beside
+
+            web = start_beside(
+                cfg.store_url, audit_log=cfg.audit_log, host=dashboard_host, port=dashboard_port, token=dashboard_token
+            )
+            console.print(f"dashboard: {web.url}/ (read-only; stops with the study)", highlight=False)
         console.print(
             f"[bold]fedcare server[/] · study {spec.name} ({spec.hash[:12]}…) · run {cfg.run_id or spec.name} · "
             f"{cfg.listen} · sites {', '.join(cfg.allowed_sites)} · store {cfg.store_url.split('@')[-1]}",
@@ -84,6 +106,9 @@ def server(config: ConfigArg, study: StudyArg = None) -> None:
         )
     except FedcareError as exc:
         raise fail(exc) from None
+    finally:
+        if web is not None:
+            web.stop()
     console.print(f"run {outcome.run_id}: {outcome.status}")
 
 

@@ -21,7 +21,7 @@ import pandas as pd
 from fedcare.data.schema import StudySchema
 from fedcare.data.stats import CohortStats, SiteAggregates, StatsSpec, combine, site_aggregates
 from fedcare.errors import FedcareError, NotEnoughSitesError
-from fedcare.transport.base import Channel
+from fedcare.protocols import Channel
 from fedcare.types import Message, MessageKind, Payload, RunId, SiteId
 
 __all__ = ["STATS_QUERY", "CohortResult", "StatsResponder", "collect_cohort_stats"]

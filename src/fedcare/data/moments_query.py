@@ -11,54 +11,26 @@ sites' moments equals the moments of the pooled training rows, so the result is 
 pooled statistics without pooling (tested against the direct computation, which is
 what ``prepare_sites`` uses for the ``federated`` view).
 
-Sites' policies apply as for training: the query names the approved task hash.
-Further queries (e.g. cohort statistics) register a handler with
-:func:`register_query` under their own ``query`` name.
+Sites' policies apply as for training: the query names the approved task hash. The
+site side (:func:`answer_query`, the registry and the built-in moments answer) is the
+runtime's, :mod:`fedcare.runtime.queries`, re-exported here; further queries (e.g.
+cohort statistics) register a handler with :func:`register_query` under their own
+``query`` name.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from fedcare.data.tabular import Moments
 from fedcare.errors import NotEnoughSitesError, SerdeError
-from fedcare.task import SiteData
+from fedcare.protocols import Channel
+from fedcare.runtime.queries import MOMENTS_QUERY, QUERY_HANDLERS, answer_query, register_query
 from fedcare.types import Message, MessageKind, Payload, RunId, SiteId
 
 __all__ = ["MOMENTS_QUERY", "QUERY_HANDLERS", "answer_query", "query_moments", "register_query"]
-
-#: The ``query`` config value of a Moments query.
-MOMENTS_QUERY = "moments"
-#: Site-side handler: (the site's data, the instruction) -> reply payload.
-QueryHandler = Callable[[SiteData, Message], Payload]
-#: query name -> site-side handler.
-QUERY_HANDLERS: dict[str, QueryHandler] = {}
-
-
-def register_query(name: str, handler: QueryHandler) -> None:
-    """Register the site-side handler of the query called ``name`` (duplicates are an error)."""
-    if name in QUERY_HANDLERS and QUERY_HANDLERS[name] is not handler:
-        raise ValueError(f"a query named {name!r} is already registered")
-    QUERY_HANDLERS[name] = handler
-
-
-def answer_query(data: SiteData, message: Message) -> Message:
-    """Answer a QUERY instruction at a site by its ``query`` config key (error reply if unknown)."""
-    name = message.payload.config.get("query")
-    handler = QUERY_HANDLERS.get(name) if isinstance(name, str) else None
-    if handler is None:
-        return message.reply(error=f"unknown query {name!r}; this site answers: {', '.join(sorted(QUERY_HANDLERS))}")
-    return message.reply(handler(data, message))
-
-
-def _moments_answer(data: SiteData, message: Message) -> Payload:
-    m = Moments.of(np.asarray(data.train.x, dtype=np.float64))
-    return Payload(arrays={"moments": {"count": m.count, "sum": m.total, "sum_sq": m.total_sq}})
-
-
-register_query(MOMENTS_QUERY, _moments_answer)
 
 
 def _moments_of(reply: Message, n_columns: int | None) -> Moments:
@@ -77,7 +49,7 @@ def _moments_of(reply: Message, n_columns: int | None) -> Moments:
 
 
 def query_moments(
-    channel: object,
+    channel: Channel,
     *,
     run_id: RunId,
     task_name: str,
@@ -99,17 +71,17 @@ def query_moments(
     NotEnoughSitesError
         Fewer than ``min_sites`` valid answers.
     """
-    targets = list(sites if sites is not None else channel.sites())  # type: ignore[attr-defined]
+    targets = list(sites if sites is not None else channel.sites())
     config: Mapping[str, str] = {"query": MOMENTS_QUERY, "task": task_name, "task_hash": task_hash}
     pending = {}
     for site in targets:
         message = Message(kind=MessageKind.QUERY, run_id=run_id, round_no=0, site=site, payload=Payload(config=config))
         pending[message.message_id] = message
-    channel.send(list(pending.values()))  # type: ignore[attr-defined]
+    channel.send(list(pending.values()))
     per_site: dict[SiteId, Moments] = {}
     failures: dict[SiteId, str] = {}
     n_columns: int | None = None
-    for reply in channel.receive(timeout_s=timeout_s):  # type: ignore[attr-defined]
+    for reply in channel.receive(timeout_s=timeout_s):
         sent = pending.pop(reply.reply_to or "", None)
         if sent is None or sent.site != reply.site:
             continue

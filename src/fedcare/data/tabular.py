@@ -20,6 +20,7 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from fedcare.errors import DataError
+from fedcare.runtime.queries import column_moments
 from fedcare.task import ArrayDataset, SiteData
 from fedcare.types import SiteId
 
@@ -142,9 +143,7 @@ class Moments:
     @classmethod
     def of(cls, x: np.ndarray) -> Moments:
         """Moments of one site's training rows."""
-        present = ~np.isnan(x)
-        filled = np.where(present, x, 0.0)
-        return cls(present.sum(axis=0).astype(np.float64), filled.sum(axis=0), (filled**2).sum(axis=0))
+        return cls(*column_moments(x))
 
     def __add__(self, other: Moments) -> Moments:
         """Combine two sites' moments."""

@@ -285,13 +285,17 @@ def run_doctor(
     )
     if not opted:
         return checks
-    approved = w.task_hash in cfg.approved_task_hashes
+    rule = cfg.site_policy().approval_rule(w.task_hash)
+    approved = rule is not None
     if not add(
         Check(
             "task",
             approved,
-            f"task hash {w.task_hash} " + ("is approved" if approved else "is NOT approved"),
-            "" if approved else "review the task and add its hash to [policy] approved_task_hashes",
+            f"task hash {w.task_hash} " + (f"is approved ({rule})" if approved else "is NOT approved"),
+            ""
+            if approved
+            else "review the task and add its hash to [policy] approved_task_hashes "
+            "(or trust a reviewer who signed it: docs/tasks.md)",
         )
     ):
         return checks

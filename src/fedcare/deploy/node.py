@@ -79,10 +79,22 @@ def run_node(cfg: SiteConfig, study: StudySpec | None = None, *, on_start: Any =
     gate = build_gate(cfg, study, audit)
     extra: dict[str, Any] = {}
     info = NodeInfo(cfg.site, "", "", False)
+    approvals = cfg.policy.task_approvals
+    for problem in approvals.problems if approvals else ():
+        log.warning("site %s: %s", cfg.site, problem)
     if study is not None:
-        task = gate.site_for(study).task
-        info = NodeInfo(cfg.site, task.name, gate.node.task_hash, gate.node.task_hash in cfg.approved_task_hashes)
-        extra = {"task": task.name, "task_hash": info.task_hash, "study": study.name, "study_hash": study.hash}
+        node = gate.site_for(study).node
+        digest = node.task_hash
+        approved_by = node.policy.approval_rule(digest, installed_hash=digest)
+        info = NodeInfo(cfg.site, node.task.name, digest, approved_by is not None)
+        extra = {
+            "task": node.task.name,
+            "task_hash": digest,
+            "task_version": node.task_manifest.version,
+            "approved_by": approved_by,
+            "study": study.name,
+            "study_hash": study.hash,
+        }
     audit.append("start", studies=list(cfg.studies), server=cfg.address, **extra)
     agent = make_agent(cfg, gate.handle, audit)
     if on_start is not None:

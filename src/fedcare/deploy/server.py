@@ -20,8 +20,8 @@ from fedcare.build.federated import run_federated
 from fedcare.build.run import build_run, build_task, run_spec
 from fedcare.deploy.config import ServerConfig
 from fedcare.errors import NotEnoughSitesError, StoreError
+from fedcare.protocols import Recorder, RoundReport, RunSpec
 from fedcare.runtime.coordinator import RunResult
-from fedcare.runtime.recorder import Recorder, RoundReport, RunSpec
 from fedcare.store.audit import AuditLog
 from fedcare.store.sql import SqlStore
 from fedcare.strategies.base import ServerState

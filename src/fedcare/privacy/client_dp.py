@@ -153,7 +153,10 @@ class _ClippedFold:
 
     def add(self, site: SiteId, result: FitResult) -> None:
         keys = _float_keys(self.reference)
-        delta = {k: np.asarray(result.state[k], dtype=np.float64) - self.reference[k] for k in keys}
+        delta = {
+            k: np.asarray(result.state[k], dtype=np.float64) - np.asarray(self.reference[k], dtype=np.float64)
+            for k in keys
+        }
         # Distributed mode: the sites clipped and then added noise; clipping here would
         # shrink their noise, so the server only folds.
         clipped, norm = clip_l2(delta, self.clip_norm) if self.clip else (delta, l2_norm(delta))
@@ -194,7 +197,7 @@ class _NoisyMeanFold:
         return getattr(self._inner, name)
 
     def mean(self) -> ModelState:
-        out = self._inner.mean()
+        out: ModelState = self._inner.mean()
         if self._std <= 0:
             return out
         noisy: ModelState = {}
@@ -292,7 +295,8 @@ class ClientLevelDP:
     def init(self, model: ModelState) -> ServerState:
         """The wrapped strategy's initial state, plus the current clipping norm."""
         state = self.inner.init(model)
-        extras = {**state.extras, _EXTRA: {"clip_norm": np.array([self.clip_norm], dtype=np.float64)}}
+        clip_record: ModelState = {"clip_norm": np.array([self.clip_norm], dtype=np.float64)}
+        extras = {**state.extras, _EXTRA: clip_record}
         return ServerState(model=state.model, extras=extras)
 
     def plan_for(self, state: ServerState, n_sites: int) -> ClientDP:
@@ -328,7 +332,7 @@ class ClientLevelDP:
         central = self.mode is ClientDPMode.CENTRAL
         return _ClippedFold(self.inner.new_fold(state, rnd), state.model, self._clip(state), clip=central)
 
-    def finish_round(self, state: ServerState, fold: _ClippedFold) -> tuple[ServerState, Metrics]:  # type: ignore[override]
+    def finish_round(self, state: ServerState, fold: _ClippedFold) -> tuple[ServerState, Metrics]:
         """Add the central noise to the mean, finish the wrapped round, adapt ``C``."""
         n = max(fold.count, 1)
         clip = fold.clip_norm
@@ -343,5 +347,6 @@ class ClientLevelDP:
             frac = (fold.unclipped + self.rng.normal(0.0, sigma_b)) / n
             next_clip = clip * math.exp(-self.adaptive.learning_rate * (frac - self.adaptive.target_quantile))
         metrics = {**metrics, "dp.clip_norm": clip, "dp.noise_std_of_mean": std}
-        extras = {**new_state.extras, _EXTRA: {"clip_norm": np.array([next_clip], dtype=np.float64)}}
+        clip_record: ModelState = {"clip_norm": np.array([next_clip], dtype=np.float64)}
+        extras = {**new_state.extras, _EXTRA: clip_record}
         return ServerState(model=new_state.model, extras=extras), metrics

@@ -197,7 +197,7 @@ class SitePrivacyGuard:
         state = result.state
         if plan.record is not None:
             want_steps = admission.task_config["dp.steps"]
-            want_sigma = float(admission.task_config["dp.noise_multiplier"])  # type: ignore[arg-type]
+            want_sigma = float(admission.task_config["dp.noise_multiplier"])
             got_steps = result.metrics.get("dp.steps")
             got_sigma = result.metrics.get("dp.noise_multiplier")
             if got_steps != want_steps or got_sigma is None or not math.isclose(got_sigma, want_sigma, rel_tol=1e-9):

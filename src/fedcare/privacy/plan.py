@@ -226,7 +226,7 @@ def _enum(cls: type[enum.Enum], key: str, value: object) -> enum.Enum:
     try:
         return cls(value)
     except ValueError:
-        allowed = ", ".join(m.value for m in cls)  # type: ignore[attr-defined]
+        allowed = ", ".join(m.value for m in cls)
         raise ConfigError(f"privacy plan: {PREFIX}{key} must be one of {allowed}, got {value!r}") from None
 
 

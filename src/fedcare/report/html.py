@@ -99,6 +99,40 @@ def _privacy_table(summary: Mapping[str, Any]) -> str:
     )
 
 
+def _size(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
+def _traffic_table(summary: Mapping[str, Any]) -> str:
+    """Bytes per round of each federated setting (model arrays sent and received)."""
+    rows = []
+    for name, res in summary["settings"].items():
+        history = [h for h in res.get("history") or [] if "bytes_up" in h.get("fit", {})]
+        if not history:
+            continue
+        up = [h["fit"]["bytes_up"] for h in history]
+        down = [h["fit"].get("bytes_down", 0.0) for h in history]
+        rows.append(
+            f"<tr><td>{html.escape(name)}</td><td>{len(history)}</td><td>{_size(sum(up) / len(up))}</td>"
+            f"<td>{_size(sum(down) / len(down))}</td><td>{_size(sum(up) + sum(down))}</td></tr>"
+        )
+    if not rows:
+        return ""
+    codec = html.escape(str(summary.get("config", {}).get("fit_config", {}).get("compression", "none")))
+    return (
+        "<h2>Traffic per round</h2>"
+        f"<p class='note'>Array bytes of the fit instructions (down) and the sites' updates (up); "
+        f"update compression: {codec}.</p>"
+        "<table><tr><th>setting</th><th>rounds</th><th>up per round</th><th>down per round</th><th>total</th></tr>"
+        + "".join(rows)
+        + "</table>"
+    )
+
+
 def render_report(summary: Mapping[str, Any]) -> str:
     """Return the full HTML page for an experiment summary (see summary.json)."""
     sites = list(summary["sites"])
@@ -127,6 +161,7 @@ Pooled: one model on all training rows in one place. Mean over sites is unweight
 <div class="figs">{"".join(figs)}</div>
 <h2>Per-round metrics (federated)</h2>
 <div class="figs">{"".join(curves)}</div>
+{_traffic_table(summary)}
 {_privacy_table(summary)}
 {_reference_table(summary)}
 {clinical_section(summary)}

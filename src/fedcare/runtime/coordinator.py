@@ -10,20 +10,22 @@ from __future__ import annotations
 import logging
 import math
 import time
-import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import numpy as np
 
+from fedcare.compression import payload_bytes
 from fedcare.errors import ConfigError, NotEnoughSitesError, SerdeError
-from fedcare.runtime.recorder import NullRecorder, Recorder, RoundReport, RunSpec
-from fedcare.serde import StateSpec, check_state, spec_of
-from fedcare.strategies.base import Fold, ServerState, Strategy
+from fedcare.protocols import Channel, FitPhase, FitWorkflow, NullRecorder, Recorder, RoundDriver, RoundReport, RunSpec
+from fedcare.runtime.asynchronous import BufferedAsyncFit
+from fedcare.runtime.replies import finite_metrics as _finite_metrics
+from fedcare.runtime.replies import fit_result as _fit_result
+from fedcare.runtime.replies import site_seed
+from fedcare.serde import spec_of
+from fedcare.strategies.base import ServerState, Strategy
 from fedcare.types import (
     ConfigValue,
-    FitResult,
     Message,
     MessageKind,
     Metrics,
@@ -39,12 +41,6 @@ __all__ = ["Coordinator", "FitPhase", "FitWorkflow", "PlainFit", "RunResult", "s
 log = logging.getLogger(__name__)
 
 
-def site_seed(seed: int, round_no: int, site: SiteId) -> int:
-    """Derive the seed a site uses in a round: stable across processes and orders."""
-    entropy = [seed, round_no, zlib.crc32(site.encode())]
-    return int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint32)[0])
-
-
 @dataclass
 class RunResult:
     """The outcome of :meth:`Coordinator.run`."""
@@ -53,69 +49,30 @@ class RunResult:
     rounds: list[RoundReport] = field(default_factory=list)
 
 
-def _finite_metrics(metrics: Mapping[str, float], where: str) -> Metrics:
-    out: Metrics = {}
-    for key, value in metrics.items():
-        if not isinstance(value, int | float) or not math.isfinite(value):
-            raise SerdeError(f"{where}: metric {key!r} is not a finite number")
-        out[key] = float(value)
-    return out
-
-
-def _fit_result(reply: Message, spec: StateSpec) -> FitResult:
-    where = f"fit reply from {reply.site}"
-    model = reply.payload.arrays.get("model")
-    if model is None:
-        raise SerdeError(f"{where}: no 'model' record")
-    check_state(model, spec, where=where)
-    metrics = _finite_metrics(reply.payload.metrics, where)
-    num_examples = metrics.pop("num_examples", 0.0)
-    if num_examples < 1 or num_examples != int(num_examples):
-        raise SerdeError(f"{where}: num_examples must be a positive integer, got {num_examples}")
-    extras = {k: v for k, v in reply.payload.arrays.items() if k != "model"}
-    for name, arrays in extras.items():
-        check_state(arrays, where=f"{where}, record {name!r}")
-    return FitResult(state=model, num_examples=int(num_examples), metrics=metrics, extras=extras)
-
-
-@dataclass
-class FitPhase:
-    """One round's fit phase: what a :class:`FitWorkflow` reads and fills in."""
-
-    run_id: RunId
-    round_no: int
-    state: ServerState
-    payloads: Mapping[SiteId, Payload]
-    fold: Fold
-    failures: dict[SiteId, str]
-    site_fit: dict[SiteId, Metrics]
-
-
-class FitWorkflow(Protocol):
-    """How the fit phase of a round runs (plain exchange, or SecAgg+'s four stages)."""
-
-    def run_fit(self, coordinator: Coordinator, ctx: FitPhase) -> Metrics:
-        """Exchange with the sites, fold into ``ctx.fold``; return extra round metrics."""
-        ...
-
-
 class PlainFit:
-    """The default fit phase: one FIT exchange, each valid reply folded as it arrives."""
+    """The default fit phase: one FIT exchange, each valid reply folded as it arrives.
 
-    def run_fit(self, coordinator: Coordinator, ctx: FitPhase) -> Metrics:
+    Records ``bytes_down`` / ``bytes_up`` in the round's fit metrics: the array bytes of
+    the instructions sent and of the replies received (compressed updates count as sent).
+    """
+
+    def run_fit(self, coordinator: RoundDriver, ctx: FitPhase) -> Metrics:
         """Send ``ctx.payloads`` as FIT instructions and fold the validated replies."""
         spec = spec_of(ctx.state.model)
         fold, failures = ctx.fold, ctx.failures
+        bytes_down = float(sum(payload_bytes(p.arrays) for p in ctx.payloads.values()))
+        bytes_up = 0.0
         for reply in coordinator.exchange(MessageKind.FIT, ctx.run_id, ctx.round_no, ctx.payloads, failures):
+            bytes_up += payload_bytes(reply.payload.arrays)
             try:
-                fit = _fit_result(reply, spec)
+                fit = _fit_result(reply, spec, ctx.payloads[reply.site].arrays.get("model"))
                 fold.add(reply.site, fit)
             except (SerdeError, ValueError) as exc:
                 failures[reply.site] = str(exc)
                 log.warning("round %d: rejected update from %s: %s", ctx.round_no, reply.site, exc)
                 continue
             ctx.site_fit[reply.site] = {"num_examples": float(fit.num_examples), **fit.metrics}
-        return {}
+        return {"bytes_down": bytes_down, "bytes_up": bytes_up}
 
 
 class Coordinator:
@@ -153,7 +110,7 @@ class Coordinator:
     def __init__(
         self,
         *,
-        channel: object,
+        channel: Channel,
         strategy: Strategy,
         task_name: str,
         task_hash: str,
@@ -187,7 +144,15 @@ class Coordinator:
         self.evaluate = evaluate
         self.recorder: Recorder = recorder or NullRecorder()
         self.on_round = on_round
+        if fit_workflow is None and getattr(strategy, "asynchronous", False):
+            fit_workflow = BufferedAsyncFit.for_strategy(strategy)
         self.fit_workflow: FitWorkflow = fit_workflow or PlainFit()
+        # array bytes to / from each site in the current round (every exchange counts)
+        self._bytes_to: dict[SiteId, int] = {}
+        self._bytes_from: dict[SiteId, int] = {}
+        #: Called with replies that answer no instruction of the current exchange (work a
+        #: buffered asynchronous workflow still has in flight); True means it took them.
+        self.stray_reply: Callable[[Message], bool] | None = None
 
     # -- public ---------------------------------------------------------------------
 
@@ -245,8 +210,9 @@ class Coordinator:
 
     def _round(self, run_id: RunId, round_no: int, state: ServerState) -> tuple[ServerState, RoundReport]:
         started = time.perf_counter()
+        self._bytes_to, self._bytes_from = {}, {}
         info = RoundInfo(run_id=run_id, round_no=round_no, total_rounds=self.rounds)
-        sampled = self.sample_sites(round_no, self.channel.sites())  # type: ignore[attr-defined]
+        sampled = self.sample_sites(round_no, self.channel.sites())
         rng = np.random.default_rng([self.seed, round_no, 1])
         payloads = self.strategy.configure_fit(state, info, sampled, rng)
         stray = sorted(set(payloads) - set(sampled))
@@ -278,13 +244,15 @@ class Coordinator:
             eval_metrics=_weighted_mean(site_eval),
             failures=failures,
             duration_s=time.perf_counter() - started,
+            bytes_to_site=dict(self._bytes_to),
+            bytes_from_site=dict(self._bytes_from),
         )
         return new_state, report
 
     def _evaluate(
         self, run_id: RunId, round_no: int, state: ServerState, failures: dict[SiteId, str]
     ) -> dict[SiteId, Metrics]:
-        sites = sorted(self.channel.sites())  # type: ignore[attr-defined]
+        sites = sorted(self.channel.sites())
         payload = Payload(arrays={"model": state.model})
         out: dict[SiteId, Metrics] = {}
         eval_failures: dict[SiteId, str] = {}
@@ -314,31 +282,23 @@ class Coordinator:
         """
         pending: dict[str, Message] = {}
         for site, payload in payloads.items():
-            config: dict[str, ConfigValue] = {
-                **payload.config,
-                "task": self.task_name,
-                "task_hash": self.task_hash,
-                "seed": site_seed(self.seed, round_no, site),
-            }
-            message = Message(
-                kind=kind,
-                run_id=run_id,
-                round_no=round_no,
-                site=site,
-                payload=Payload(arrays=payload.arrays, config=config, metrics=payload.metrics),
-            )
+            message = self.instruction(kind, run_id, round_no, site, payload)
             pending[message.message_id] = message
+            self.count_traffic(site, sent=payload_bytes(payload.arrays))
         if not pending:
             return
-        self.channel.send(list(pending.values()))  # type: ignore[attr-defined]
-        for reply in self.channel.receive(timeout_s=self.round_timeout_s):  # type: ignore[attr-defined]
+        self.channel.send(list(pending.values()))
+        for reply in self.channel.receive(timeout_s=self.round_timeout_s):
             sent = pending.get(reply.reply_to or "")
             if sent is None or reply.site != sent.site or reply.kind is not sent.kind:
+                if sent is None and self.stray_reply is not None and self.stray_reply(reply):
+                    continue
                 log.warning(
                     "ignored reply %s from %s: answers no outstanding instruction", reply.message_id, reply.site
                 )
                 continue
             del pending[sent.message_id]
+            self.count_traffic(reply.site, received=payload_bytes(reply.payload.arrays))
             if reply.has_error:
                 failures[reply.site] = reply.error or "error"
             else:
@@ -347,6 +307,38 @@ class Coordinator:
                 return
         for sent in pending.values():
             failures[sent.site] = f"no {kind.value} reply within {self.round_timeout_s:g} s"
+
+    def count_traffic(self, site: SiteId, *, sent: int = 0, received: int = 0) -> None:
+        """Add array bytes sent to / received from ``site`` to this round's per-site traffic."""
+        if sent:
+            self._bytes_to[site] = self._bytes_to.get(site, 0) + sent
+        if received:
+            self._bytes_from[site] = self._bytes_from.get(site, 0) + received
+
+    def instruction(
+        self,
+        kind: MessageKind,
+        run_id: RunId,
+        round_no: int,
+        site: SiteId,
+        payload: Payload,
+        *,
+        seed: int | None = None,
+    ) -> Message:
+        """Build one instruction: ``payload`` plus the task, its hash and the site's seed."""
+        config: dict[str, ConfigValue] = {
+            **payload.config,
+            "task": self.task_name,
+            "task_hash": self.task_hash,
+            "seed": site_seed(self.seed, round_no, site) if seed is None else seed,
+        }
+        return Message(
+            kind=kind,
+            run_id=run_id,
+            round_no=round_no,
+            site=site,
+            payload=Payload(arrays=payload.arrays, config=config, metrics=payload.metrics),
+        )
 
     _exchange = exchange  # the name used before the fit phase became a workflow
 

@@ -10,23 +10,22 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fedcare.data.moments_query import answer_query
+from fedcare.compression import COMPRESSED_RECORD, Compression, compress_update, strip_config
 from fedcare.errors import FedcareError, PolicyError
 from fedcare.personal.site import model_for, personal_fit, shared_part
 from fedcare.privacy.guard import SitePrivacyGuard
 from fedcare.privacy.ledger import PrivacyLedger
+from fedcare.protocols import SiteMemory
 from fedcare.runtime.policy import SitePolicy
+from fedcare.runtime.queries import answer_query
 from fedcare.secure.handler import SecAggSiteHandler
 from fedcare.serde import check_state, spec_of
-from fedcare.task import FitContext, SiteData, Task, task_hash
+from fedcare.task import FitContext, SiteData, Task
+from fedcare.task_manifest import task_manifest
 from fedcare.types import Message, MessageKind, ModelState, Payload, RunId, SiteId
-
-if TYPE_CHECKING:  # a deployed node's files; simulation never imports the store
-    from fedcare.store.site_memory import SiteMemoryFiles
 
 __all__ = ["SiteNode"]
 
@@ -54,7 +53,7 @@ class SiteNode:
         which applies the site's own release rules); ``None`` refuses them.
     ledger : PrivacyLedger or None (default: None)
         The site's privacy ledger, charged before any private update leaves.
-    memory_files : SiteMemoryFiles or None (default: None)
+    memory_files : SiteMemory or None (default: None)
         Where the per-run site memory is kept on disk (a deployed node), so a restart
         keeps SCAFFOLD's ``c_i`` and Ditto's personal model; ``None`` keeps it in memory.
     """
@@ -68,14 +67,15 @@ class SiteNode:
         policy: SitePolicy | None = None,
         query_handler: Callable[[Message], Message] | None = None,
         ledger: PrivacyLedger | None = None,
-        memory_files: SiteMemoryFiles | None = None,
+        memory_files: SiteMemory | None = None,
     ) -> None:
         self.site_id = site_id
         self.task = task
         self.data = data
         self.policy = policy or SitePolicy()
         self.query_handler = query_handler
-        self.task_hash = task_hash(task)
+        self.task_manifest = task_manifest(task)
+        self.task_hash = self.task_manifest.digest
         self._spec = spec_of(shared_part(task, task.init_model(np.random.default_rng(0))))
         #: Per-run site memory (SCAFFOLD's c_i, FedBN/FedPer local entries, Ditto's personal
         #: model); handed to tasks that accept a FitContext and never leaves the site.
@@ -97,7 +97,9 @@ class SiteNode:
             return message.reply(error=f"message addressed to {message.site}, this is {self.site_id}")
         if message.kind is MessageKind.QUERY and self.query_handler is not None:
             return self.query_handler(message)  # the handler enforces the site's query rules
-        refusal = self.policy.refusal(message.payload.config, installed_hash=self.task_hash)
+        refusal = self.policy.refusal(
+            message.payload.config, installed_hash=self.task_hash, installed_manifest=self.task_manifest
+        )
         if refusal is not None:
             log.info("site %s refused %s round %d: %s", self.site_id, message.kind.value, message.round_no, refusal)
             return message.reply(error=refusal)
@@ -150,8 +152,9 @@ class SiteNode:
         inputs = {k: dict(v) for k, v in message.payload.arrays.items() if k != "model"}
         for name, arrays in inputs.items():
             check_state(arrays, where=f"fit instruction record {name!r} at {self.site_id}")
+        compression = Compression.from_config(config)  # a bad value raises ConfigError
         admission = self.privacy.admit(config, n_train=len(self.data.train))  # refusals raise PolicyError
-        task_config = admission.task_config
+        task_config = strip_config(admission.task_config)
         memory = self._run_state(message.run_id)
         kwargs = {}
         if getattr(self.task, "accepts_context", False):
@@ -163,6 +166,10 @@ class SiteNode:
             admission, reference=model, result=result, run_id=message.run_id, round_no=message.round_no, seed=seed
         )
         arrays = {"model": result.state, **result.extras}
+        if compression.enabled:  # after DP: compression is post-processing of what may leave
+            codec_rng = np.random.default_rng([int(seed) if isinstance(seed, int) else rng.integers(2**63), 0xC0DEC])
+            packed = compress_update(model, result.state, compression, rng=codec_rng, memory=memory)
+            arrays = {COMPRESSED_RECORD: packed, **result.extras}
         metrics = {"num_examples": float(result.num_examples), **result.metrics}
         return message.reply(Payload(arrays=arrays, metrics=metrics))
 

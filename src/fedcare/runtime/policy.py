@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from fedcare.errors import ConfigError
+from fedcare.runtime.approval import LISTED_RULE, TaskApprovals
+from fedcare.task_manifest import TaskManifest
 from fedcare.types import ConfigValue
 
 __all__ = ["SitePolicy"]
@@ -45,6 +47,9 @@ class SitePolicy:
     approved_study_hashes : frozenset[str] or None (default: None)
         Content hashes of the study files the site reviewed (``study.toml``); ``None``
         accepts any version of an opted-in study.
+    task_approvals : TaskApprovals or None (default: None)
+        Hashes approved by a trusted reviewer's signature (``fedcare tasks sign``), with
+        the manifests of approved versions; see :mod:`fedcare.runtime.approval`.
     """
 
     approved_task_hashes: frozenset[str] | None = field(default=None)
@@ -56,6 +61,7 @@ class SitePolicy:
     require_secure_aggregation: bool = False
     min_peers: int = 1
     approved_study_hashes: frozenset[str] | None = field(default=None)
+    task_approvals: TaskApprovals | None = None
 
     def __post_init__(self) -> None:
         """Validate the privacy budget (a bad cap must fail loudly, not open the door)."""
@@ -80,14 +86,32 @@ class SitePolicy:
             return f"refused: {peers} site(s) in the aggregate, this site requires at least {self.min_peers}"
         return None
 
-    def refusal(self, config: Mapping[str, ConfigValue], *, installed_hash: str) -> str | None:
-        """Return why ``config`` is refused, or ``None`` when it is allowed."""
+    def approval_rule(self, task_hash: str, *, installed_hash: str | None = None) -> str | None:
+        """The rule that approves ``task_hash`` (recorded in the audit log), or ``None``."""
+        if self.approved_task_hashes is None and task_hash == installed_hash:
+            return "installed task (no approved list: simulation)"
+        if self.approved_task_hashes is not None and task_hash in self.approved_task_hashes:
+            return LISTED_RULE
+        return self.task_approvals.rule_for(task_hash) if self.task_approvals is not None else None
+
+    def refusal(
+        self,
+        config: Mapping[str, ConfigValue],
+        *,
+        installed_hash: str,
+        installed_manifest: TaskManifest | None = None,
+    ) -> str | None:
+        """Return why ``config`` is refused, or ``None`` when it is allowed.
+
+        With ``installed_manifest`` an unapproved task's refusal also says what changed
+        since the approved version of the same task (files added, removed, modified).
+        """
         seen = config.get("task_hash")
-        approved = self.approved_task_hashes if self.approved_task_hashes is not None else frozenset({installed_hash})
         if not isinstance(seen, str) or not seen:
             return "refused: the instruction names no task hash"
-        if seen not in approved:
-            return f"refused: task hash {seen} is not approved by this site"
+        if self.approval_rule(seen, installed_hash=installed_hash) is None:
+            detail = self.task_approvals.why_not(installed_manifest) if self.task_approvals is not None else ""
+            return f"refused: task hash {seen} is not approved by this site" + (f"; {detail}" if detail else "")
         if seen != installed_hash:
             return f"refused: task hash {seen} is approved but not the task installed here ({installed_hash})"
         return self.study_hash_refusal(config)

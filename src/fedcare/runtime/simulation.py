@@ -12,10 +12,10 @@ import numpy as np
 
 from fedcare.personal.site import shared_part
 from fedcare.privacy.ledger import PrivacyLedger
+from fedcare.protocols import Recorder, RoundReport, RunSpec
 from fedcare.runtime.coordinator import Coordinator, FitWorkflow, RunResult
 from fedcare.runtime.node import SiteNode
 from fedcare.runtime.policy import SitePolicy
-from fedcare.runtime.recorder import Recorder, RoundReport, RunSpec
 from fedcare.strategies.base import Strategy
 from fedcare.task import SiteData, Task, task_hash
 from fedcare.transport.inprocess import InProcessChannel

@@ -103,7 +103,7 @@ class FixedPointCodec:
     @staticmethod
     def _work_dtype(top: float) -> type[np.floating[Any]]:
         """float32 while every encoded value is below 2^24 (exact integers), else float64."""
-        return np.float32 if top < 2.0**24 else np.float64  # type: ignore[return-value]
+        return np.float32 if top < 2.0**24 else np.float64
 
     @property
     def error_bound(self) -> float:
@@ -118,7 +118,7 @@ class FixedPointCodec:
     @property
     def signed_dtype(self) -> type[np.signedinteger[Any]]:
         """The two's-complement view of ring elements (int32 / int64)."""
-        return np.int32 if self.modulus_bits == 32 else np.int64  # type: ignore[return-value]
+        return np.int32 if self.modulus_bits == 32 else np.int64
 
     def encode_into(
         self,

@@ -55,7 +55,7 @@ def flat_delta(
     """
     dtype = np.float32 if all(new[n].dtype == np.float32 and old[n].dtype == np.float32 for n in names) else np.float64
     size = sum(int(old[n].size) for n in names)
-    out = _scratch(size, dtype) if reuse else np.empty(size, dtype=dtype)
+    out: npt.NDArray[np.floating[Any]] = _scratch(size, dtype) if reuse else np.empty(size, dtype=dtype)
     offset = 0
     for n in names:
         k = int(old[n].size)
@@ -135,9 +135,9 @@ class SecAggSiteHandler:
                 while len(self._sessions) > _MAX_SESSIONS:
                     self._sessions.popitem(last=False)
                 return message.reply(session.advertise_keys(ins).to_payload())
-            session = self._sessions.get(key)
-            if session is None:
+            if key not in self._sessions:
                 raise SecAggError(f"{self.site_id}: no secure-aggregation session for round {message.round_no}")
+            session = self._sessions[key]
             if isinstance(ins, ShareKeysIns):
                 return message.reply(session.share_keys(ins).to_payload())
             if isinstance(ins, MaskedInputIns):

@@ -16,7 +16,7 @@ from Crypto.Protocol.SecretSharing import Shamir
 try:  # pycryptodome's GF(2^128) element, used to cache Lagrange coefficients (see combine_secret)
     from Crypto.Protocol.SecretSharing import _Element
 except ImportError:  # pragma: no cover - a pycryptodome without it: fall back to Shamir.combine
-    _Element = None
+    _Element = None  # type: ignore[misc,assignment]
 
 from fedcare.secure.errors import SecAggError
 
@@ -54,7 +54,7 @@ def combine_secret(shares: Sequence[tuple[int, bytes]], threshold: int) -> bytes
     result = _Element(0)
     for coeff, (_, share) in zip(_lagrange_at_zero(indices), picked, strict=True):
         result += _Element(share) * coeff
-    return result.encode()  # type: ignore[no-any-return]
+    return result.encode()
 
 
 @lru_cache(maxsize=4096)

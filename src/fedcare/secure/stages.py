@@ -232,7 +232,7 @@ class AdvertiseKeysRes:
 
     def to_payload(self) -> Payload:
         """Encode for the wire."""
-        rec = {"pk_enc": _u8(self.pk_enc), "pk_mask": _u8(self.pk_mask)}
+        rec: ModelState = {"pk_enc": _u8(self.pk_enc), "pk_mask": _u8(self.pk_mask)}
         return Payload(arrays={_REC: rec}, config=_base_config(self.stage, self.session))
 
     @classmethod
@@ -324,7 +324,8 @@ class MaskedInputIns:
     def to_payload(self, base: Payload | None = None) -> Payload:
         """Encode for the wire, merged into ``base`` (the strategy's fit payload)."""
         base = base or Payload()
-        arrays = {**base.arrays, "secagg.ct": {k: _u8(v) for k, v in self.ciphertexts.items()}}
+        ciphertexts: ModelState = {k: _u8(v) for k, v in self.ciphertexts.items()}
+        arrays = {**base.arrays, "secagg.ct": ciphertexts}
         config = {**base.config, **_base_config(self.stage, self.session), "secagg.num_peers": self.num_peers}
         return Payload(arrays=arrays, config=config, metrics=base.metrics)
 

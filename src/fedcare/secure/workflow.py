@@ -15,20 +15,18 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from fedcare.errors import ConfigError, NotEnoughSitesError, SerdeError
+from fedcare.protocols import FitPhase, RoundDriver
 from fedcare.secure.dp import DistributedDp, DistributedDpLedger
 from fedcare.secure.encoding import FixedPointCodec
 from fedcare.secure.errors import SecAggAbort, SecAggError
 from fedcare.secure.server import SecAggServer
 from fedcare.secure.stages import MaskedInputIns, MaskedInputRes, Stage, parse_reply
 from fedcare.types import MessageKind, Metrics, ModelState, SiteId
-
-if TYPE_CHECKING:
-    from fedcare.runtime.coordinator import Coordinator, FitPhase
 
 __all__ = ["SecAggPlusWorkflow"]
 
@@ -93,8 +91,15 @@ class SecAggPlusWorkflow:
 
     # -- the seam the Coordinator calls -----------------------------------------------------
 
-    def run_fit(self, coordinator: Coordinator, ctx: FitPhase) -> Metrics:
+    def run_fit(self, coordinator: RoundDriver, ctx: FitPhase) -> Metrics:
         """Run the four stages for ``ctx``'s sampled sites and fold the unmasked sum."""
+        compressed = sorted({str(p.config.get("compression")) for p in ctx.payloads.values()} - {"none", "None"})
+        if compressed:
+            raise ConfigError(
+                f"compression {', '.join(compressed)} cannot run under SecAgg+: masked values are uniformly random "
+                "field elements that do not compress, and SecAgg+ already sends fixed-point integers of its own bit "
+                "width (its FixedPointCodec); use compression without secure aggregation, or secure aggregation alone"
+            )
         add_sum = getattr(ctx.fold, "add_sum", None)
         if add_sum is None:
             raise ConfigError(

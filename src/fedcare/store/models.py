@@ -51,7 +51,11 @@ class RoundRow(Base):
 
 
 class SiteMetricRow(Base):
-    """One metric of one site in one round (phase ``fit``, ``eval`` or ``test``)."""
+    """One metric of one site in one round (phase ``fit``, ``eval``, ``test`` or ``traffic``).
+
+    ``traffic`` holds ``bytes_to_site`` and ``bytes_from_site``: the array bytes the
+    coordinator sent to and received from the site in that round.
+    """
 
     __tablename__ = "site_metrics"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)

@@ -1,6 +1,6 @@
 """SqlStore: the run store on SQLAlchemy (SQLite file by default, PostgreSQL by URL).
 
-It implements the runtime's :class:`~fedcare.runtime.recorder.Recorder` (the one write
+It implements the runtime's :class:`~fedcare.protocols.Recorder` (the one write
 path) plus read queries for reports. Checkpoints are safetensors files written
 atomically (temp file + rename) whose sha256 is recorded in the database and checked
 on load, so a corrupted or swapped file is detected before it is used.
@@ -21,7 +21,7 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from fedcare.errors import StoreError
-from fedcare.runtime.recorder import RoundReport, RunSpec
+from fedcare.protocols import RoundReport, RunSpec
 from fedcare.serde import decode_state, encode_state
 from fedcare.store.durable import write_durably
 from fedcare.store.models import (
@@ -168,6 +168,12 @@ class SqlStore:
             )
             self._add_metrics(s, run_id, report.round_no, "fit", report.site_fit)
             self._add_metrics(s, run_id, report.round_no, "eval", report.site_eval)
+            sent, received = report.bytes_to_site, report.bytes_from_site
+            traffic = {
+                site: {"bytes_to_site": float(sent.get(site, 0)), "bytes_from_site": float(received.get(site, 0))}
+                for site in sorted(set(sent) | set(received))
+            }
+            self._add_metrics(s, run_id, report.round_no, "traffic", traffic)
             for site, error in report.failures.items():
                 kind = "refusal" if error.startswith("refused") else "failure"
                 s.add(

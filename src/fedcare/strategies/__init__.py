@@ -3,6 +3,7 @@
 from fedcare.strategies.base import Fold, ServerState, Strategy, broadcast
 from fedcare.strategies.cyclic import Cyclic
 from fedcare.strategies.fedavg import FedAvg, WeightedMeanFold
+from fedcare.strategies.fedbuff import FedBuff, StalenessFold
 from fedcare.strategies.fedopt import FedAdagrad, FedAdam, FedOpt, FedYogi
 from fedcare.strategies.fedprox import FedProx
 from fedcare.strategies.registry import available_strategies, make_strategy, register_strategy
@@ -16,6 +17,7 @@ __all__ = [
     "FedAdagrad",
     "FedAdam",
     "FedAvg",
+    "FedBuff",
     "FedOpt",
     "FedProx",
     "FedYogi",
@@ -24,6 +26,7 @@ __all__ = [
     "Scaffold",
     "ScaffoldFold",
     "ServerState",
+    "StalenessFold",
     "Strategy",
     "TrimmedMean",
     "WeightedMeanFold",

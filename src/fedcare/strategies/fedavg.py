@@ -239,7 +239,7 @@ class FedAvg:
     def finish_round(
         self,
         state: ServerState,
-        fold: WeightedMeanFold,  # type: ignore[override]
+        fold: WeightedMeanFold,
     ) -> tuple[ServerState, Metrics]:
         """The new global model is the weighted mean of the folded site models."""
         metrics = fold.metrics()

@@ -22,9 +22,10 @@ The fold streams (O(model) memory).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
+import numpy.typing as npt
 
 from fedcare.errors import ConfigError
 from fedcare.strategies.base import ServerState
@@ -95,14 +96,14 @@ class FedOpt(FedAvg):
 
     def init(self, model: ModelState) -> ServerState:
         """Start from ``model`` with ``m = 0`` and ``v = tau^2`` for each float entry."""
-        m = {k: np.zeros(a.shape, np.float64) for k, a in model.items() if _is_float(a)}
-        v = {k: np.full(a.shape, self.tau**2, np.float64) for k, a in model.items() if _is_float(a)}
+        m: ModelState = {k: np.zeros(a.shape, np.float64) for k, a in model.items() if _is_float(a)}
+        v: ModelState = {k: np.full(a.shape, self.tau**2, np.float64) for k, a in model.items() if _is_float(a)}
         return ServerState(model=model, extras={M_RECORD: m, V_RECORD: v})
 
     def finish_round(
         self,
         state: ServerState,
-        fold: WeightedMeanFold,  # type: ignore[override]
+        fold: WeightedMeanFold,
     ) -> tuple[ServerState, Metrics]:
         """Apply the adaptive step to the pseudo-gradient ``mean - w_t``."""
         metrics = fold.metrics()
@@ -154,7 +155,8 @@ class FedYogi(FedOpt):
 
     def second_moment(self, v: np.ndarray, delta_sq: np.ndarray) -> np.ndarray:
         """``v - (1 - beta2) Delta^2 sign(v - Delta^2)``: grows or shrinks towards ``Delta^2``."""
-        return v - (1.0 - self.beta2) * delta_sq * np.sign(v - delta_sq)
+        out: npt.NDArray[Any] = v - (1.0 - self.beta2) * delta_sq * np.sign(v - delta_sq)
+        return out
 
 
 @register_strategy
@@ -165,4 +167,5 @@ class FedAdagrad(FedOpt):
 
     def second_moment(self, v: np.ndarray, delta_sq: np.ndarray) -> np.ndarray:
         """Sum of squared pseudo-gradients."""
-        return v + delta_sq
+        out: npt.NDArray[Any] = v + delta_sq
+        return out

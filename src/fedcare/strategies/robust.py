@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
+import numpy.typing as npt
 
 from fedcare.errors import ConfigError, NotEnoughSitesError
 from fedcare.strategies.base import ServerState
@@ -48,7 +49,8 @@ __all__ = [
 
 def coordinate_median(stack: np.ndarray) -> np.ndarray:
     """Median over axis 0 of an ``(n, ...)`` stack."""
-    return np.median(stack, axis=0)
+    median: npt.NDArray[Any] = np.median(stack, axis=0)
+    return median
 
 
 def trimmed_mean(stack: np.ndarray, beta: float) -> np.ndarray:
@@ -58,7 +60,8 @@ def trimmed_mean(stack: np.ndarray, beta: float) -> np.ndarray:
     if n - 2 * k < 1:
         raise NotEnoughSitesError(f"trimmed mean with beta={beta} drops all {n} update(s)")
     ordered = np.sort(stack, axis=0)
-    return ordered[k : n - k].mean(axis=0)
+    trimmed: npt.NDArray[Any] = ordered[k : n - k].mean(axis=0)
+    return trimmed
 
 
 def krum_select(vectors: np.ndarray, f: int, m: int) -> list[int]:

@@ -158,7 +158,7 @@ class Scaffold:
     def finish_round(
         self,
         state: ServerState,
-        fold: ScaffoldFold,  # type: ignore[override]
+        fold: ScaffoldFold,
     ) -> tuple[ServerState, Metrics]:
         """``x += eta_g * (mean y - x)``; ``c += |S|/N * mean Delta c``."""
         participants = fold.count

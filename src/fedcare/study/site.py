@@ -40,6 +40,7 @@ from typing import Any
 from fedcare.data.config import SiteConfig as DataSiteConfig
 from fedcare.data.config import SourceKind, parse_site_config
 from fedcare.errors import ConfigError
+from fedcare.runtime.approval import load_task_approvals
 from fedcare.runtime.policy import SitePolicy
 from fedcare.study.spec import StudySpec
 from fedcare.study.toml import Checker, read_toml, resolve_path
@@ -77,7 +78,13 @@ _POLICY = {
     "require_secure_aggregation",
     "min_peers",
     "ledger",
+    "trusted_reviewer_keys",
+    "task_signatures",
+    "revoked_reviewer_keys",
+    "approved_task_manifests",
 }
+#: Signed approvals (docs/tasks.md): trusted reviewer keys, signature files, revoked keys, approved manifests.
+_SIGNED = ("trusted_reviewer_keys", "task_signatures", "revoked_reviewer_keys", "approved_task_manifests")
 _COORDINATOR = {"address", "ca", "cert", "key", "server_name"}
 _CONNECTION = {"proxy", "backoff_initial_s", "backoff_max_s", "connect_timeout_s"}
 _AUDIT = {"path"}
@@ -303,7 +310,18 @@ def parse_site(raw: Mapping[str, Any], *, origin: Path | None = None) -> SiteSpe
         for k in ("trust_central_noise", "allow_seeded_noise", "require_secure_aggregation")
     }
     coordinator = _coordinator(c, coord, conn, base) if coord else None
+    key_files = {k: c.names(policy, k, f"policy.{k}") or () for k in _SIGNED}
     c.raise_bad()
+    try:
+        approvals = load_task_approvals(
+            hashes=task_hashes or (),
+            trusted_keys=[resolve_path(base, p) for p in key_files["trusted_reviewer_keys"]],
+            signatures=[resolve_path(base, p) for p in key_files["task_signatures"]],
+            revoked_keys=key_files["revoked_reviewer_keys"],
+            manifests=[resolve_path(base, p) for p in key_files["approved_task_manifests"]],
+        )
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: [policy] {exc}") from None
     rules = SitePolicy(
         approved_task_hashes=task_hashes,
         studies=frozenset(studies) if studies is not None else None,
@@ -311,6 +329,7 @@ def parse_site(raw: Mapping[str, Any], *, origin: Path | None = None) -> SiteSpe
         max_epsilon=max_eps,
         delta=delta,
         min_peers=min_peers,
+        task_approvals=approvals,
         **flags,
     )
     fedcare_dir = base / "fedcare-site"

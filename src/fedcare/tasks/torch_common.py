@@ -119,7 +119,7 @@ class LocalCorrections:
         self.mu = read_float(config, "proximal_mu", 0.0)
         if self.mu < 0:
             raise ConfigError(f"config 'proximal_mu' must be non-negative, got {self.mu}")
-        self._params = dict(module.named_parameters())
+        self._params = {n: p for n, p in module.named_parameters() if p.requires_grad}  # frozen ones never move
         self._anchor = {n: p.detach().clone() for n, p in self._params.items()}
         self._context = context
         self._control = context.inputs.get(CONTROL_RECORD) if context is not None else None

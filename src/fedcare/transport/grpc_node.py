@@ -31,8 +31,8 @@ from dataclasses import dataclass
 import grpc
 
 from fedcare.errors import PolicyError, ProtocolError, TransportError
+from fedcare.protocols import AuditSink
 from fedcare.runtime.policy import SitePolicy
-from fedcare.store.audit import AuditLog
 from fedcare.transport.frames import RawChunk, connect_stub, frame_kind
 from fedcare.transport.grpc_server import grpc_options, share_malloc_arena
 from fedcare.transport.proto import fedcare_pb2 as pb
@@ -122,7 +122,7 @@ class GrpcNodeAgent:
         Study CA, site certificate and key.
     studies : Sequence[str]
         Studies this site opts in to; any other study is declined.
-    audit : AuditLog or None (default: None)
+    audit : AuditSink or None (default: None)
         The site's audit trail.
     proxy : str or None (default: None)
         HTTPS proxy URL (``http://host:port``); ``None`` uses the standard environment
@@ -147,7 +147,7 @@ class GrpcNodeAgent:
         address: str,
         tls: TlsFiles,
         studies: Sequence[str],
-        audit: AuditLog | None = None,
+        audit: AuditSink | None = None,
         proxy: str | None = None,
         server_name: str | None = None,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,

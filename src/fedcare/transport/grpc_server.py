@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from fedcare.errors import ConfigError, ProtocolError
-from fedcare.store.audit import AuditLog
+from fedcare.protocols import AuditSink
 from fedcare.transport.base import freeze
 from fedcare.transport.frames import RawChunk, connect_handler, frame_kind
 from fedcare.transport.proto import fedcare_pb2 as pb
@@ -190,7 +190,7 @@ class GrpcChannel:
         Largest reply (all records) accepted.
     max_inflight_bytes : int (default: 64 MiB)
         Bytes of replies held at once; one reply is always allowed (see module docstring).
-    audit : AuditLog or None (default: None)
+    audit : AuditSink or None (default: None)
         Where connections, instructions sent and replies received are logged.
     stall_timeout_s : float (default: 120.0)
         A site that has the turn to send a reply and sends nothing for this long is
@@ -207,7 +207,7 @@ class GrpcChannel:
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         max_inflight_bytes: int = 64 * 1024 * 1024,
-        audit: AuditLog | None = None,
+        audit: AuditSink | None = None,
         stall_timeout_s: float = 120.0,
     ) -> None:
         if not allowed_sites:

@@ -1,0 +1,1 @@
+"""The dashboard (coordinating centre), the site console and the tracking exporters (apps layer)."""

@@ -1,0 +1,228 @@
+"""The protocols the core declares and the lower layers implement.
+
+The layers (:mod:`fedcare._layers`) let a module import only from its own layer or the
+layers above it. Where the runtime needs a transport, a store or an audit trail, it asks
+for one of these protocols and an adapter implements it: ``InProcessChannel`` and
+``GrpcChannel`` are :class:`Channel` implementations, ``SqlStore`` is a :class:`Recorder`,
+``AuditLog`` an :class:`AuditSink`, ``SiteMemoryFiles`` a :class:`SiteMemory`.
+:class:`FitWorkflow` lets the core's secure aggregation run the Coordinator's fit phase
+through the :class:`RoundDriver` it is handed, without importing the runtime.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from fedcare.strategies.base import Fold, ServerState, Strategy
+from fedcare.types import Message, MessageKind, Metrics, ModelState, Payload, RunId, SiteId
+
+__all__ = [
+    "AuditSink",
+    "Channel",
+    "FitPhase",
+    "FitWorkflow",
+    "NullRecorder",
+    "Recorder",
+    "RoundDriver",
+    "RoundReport",
+    "RunSpec",
+    "SiteMemory",
+]
+
+
+# -- how the Coordinator reaches sites -------------------------------------------------------
+
+
+class Channel(Protocol):
+    """A way to send instructions to sites and receive their replies.
+
+    The Coordinator only sends messages and reads replies as they arrive, with a
+    deadline; it never knows whether sites are threads, Ray actors or hospitals on the
+    other side of a gRPC stream. Every implementation passes the same contract tests.
+    """
+
+    def sites(self) -> Sequence[SiteId]:
+        """Sites currently reachable, in a stable (sorted) order."""
+        ...
+
+    def send(self, messages: Sequence[Message]) -> None:
+        """Deliver instructions; never blocks on a site's work."""
+        ...
+
+    def receive(self, *, timeout_s: float) -> Iterator[Message]:
+        """Yield replies as they arrive, until ``timeout_s`` seconds have passed.
+
+        The caller stops iterating once it has what it waits for.
+        """
+        ...
+
+    def close(self) -> None:
+        """Release threads, sockets and workers."""
+        ...
+
+
+# -- the narrow write path from the runtime to the Store ------------------------------------
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What a run is: recorded once when it starts."""
+
+    run_id: RunId
+    name: str
+    dataset: str
+    strategy: str
+    task: str
+    task_hash: str
+    seed: int
+    rounds: int
+    config: Mapping[str, Any] = field(default_factory=dict)
+    experiment: str = ""
+
+
+@dataclass(frozen=True)
+class RoundReport:
+    """What happened in one round: who took part, what failed, and the metrics.
+
+    Attributes
+    ----------
+    round_no : int
+        Round number, from 1.
+    sampled : tuple[SiteId, ...]
+        Sites that were sent a fit instruction.
+    fit_metrics : Metrics
+        Aggregated training metrics from the strategy.
+    site_fit : Mapping[SiteId, Metrics]
+        Each site's own training metrics.
+    site_eval : Mapping[SiteId, Metrics]
+        Each site's evaluation of the new global model on its test split.
+    eval_metrics : Metrics
+        Example-weighted mean of the sites' evaluation metrics.
+    failures : Mapping[SiteId, str]
+        Sites that refused, failed, sent invalid data or missed the deadline.
+    duration_s : float
+        Wall time of the round.
+    bytes_to_site, bytes_from_site : Mapping[SiteId, int]
+        Array bytes the coordinator sent to / received from each site in the round,
+        all exchanges together (fit, evaluate, secure-aggregation stages); the
+        safetensors data on the wire, without headers and framing.
+    """
+
+    round_no: int
+    sampled: tuple[SiteId, ...]
+    fit_metrics: Metrics
+    site_fit: Mapping[SiteId, Metrics]
+    site_eval: Mapping[SiteId, Metrics]
+    eval_metrics: Metrics
+    failures: Mapping[SiteId, str]
+    duration_s: float
+    bytes_to_site: Mapping[SiteId, int] = field(default_factory=dict)
+    bytes_from_site: Mapping[SiteId, int] = field(default_factory=dict)
+
+
+class Recorder(Protocol):
+    """Where a run's events go (the Store implements this); reports only read the Store."""
+
+    def start_run(self, spec: RunSpec) -> None:
+        """Record that a run started."""
+        ...
+
+    def record_round(self, run_id: RunId, report: RoundReport, state: ServerState) -> None:
+        """Record a completed round and checkpoint the state it produced."""
+        ...
+
+    def finish_run(self, run_id: RunId, *, status: str, message: str = "") -> None:
+        """Record how a run ended (``"completed"``, ``"failed"``)."""
+        ...
+
+
+class NullRecorder:
+    """Records nothing; for benchmarks and throwaway runs."""
+
+    def start_run(self, spec: RunSpec) -> None:
+        """Ignore."""
+
+    def record_round(self, run_id: RunId, report: RoundReport, state: ServerState) -> None:
+        """Ignore."""
+
+    def finish_run(self, run_id: RunId, *, status: str, message: str = "") -> None:
+        """Ignore."""
+
+
+# -- audit trail and site memory --------------------------------------------------------------
+
+
+class AuditSink(Protocol):
+    """An append-only, hash-chained audit trail (``fedcare.store.audit.AuditLog``)."""
+
+    def append(self, event: str, **fields: Any) -> str:
+        """Append one event and return its digest."""
+        ...
+
+    @property
+    def head(self) -> str:
+        """``"seq:hash"`` of the last entry (what another party records as an anchor)."""
+        ...
+
+
+class SiteMemory(Protocol):
+    """Where a site keeps its per-run memory between rounds (``fedcare.store.site_memory``)."""
+
+    def save(self, run_id: RunId, memory: Mapping[str, ModelState]) -> None:
+        """Write the run's memory durably."""
+        ...
+
+    def load(self, run_id: RunId) -> dict[str, ModelState]:
+        """The run's memory as last saved (empty if none)."""
+        ...
+
+
+# -- the Coordinator's fit phase as a pluggable workflow ------------------------------------
+
+
+@dataclass
+class FitPhase:
+    """One round's fit phase: what a :class:`FitWorkflow` reads and fills in."""
+
+    run_id: RunId
+    round_no: int
+    state: ServerState
+    payloads: Mapping[SiteId, Payload]
+    fold: Fold
+    failures: dict[SiteId, str]
+    site_fit: dict[SiteId, Metrics]
+
+
+class RoundDriver(Protocol):
+    """What a fit workflow may use of the Coordinator: its strategy, quorum and exchange."""
+
+    @property
+    def strategy(self) -> Strategy:
+        """The strategy whose round is running."""
+        ...
+
+    @property
+    def min_sites(self) -> int:
+        """Minimum number of valid updates a round needs."""
+        ...
+
+    def exchange(
+        self,
+        kind: MessageKind,
+        run_id: RunId,
+        round_no: int,
+        payloads: Mapping[SiteId, Payload],
+        failures: dict[SiteId, str],
+    ) -> Iterator[Message]:
+        """Send one instruction per site; yield valid replies as they arrive (failures recorded)."""
+        ...
+
+
+class FitWorkflow(Protocol):
+    """How the fit phase of a round runs (plain exchange, or SecAgg+'s four stages)."""
+
+    def run_fit(self, coordinator: RoundDriver, ctx: FitPhase) -> Metrics:
+        """Exchange with the sites, fold into ``ctx.fold``; return extra round metrics."""
+        ...
