@@ -45,10 +45,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ),
     (
         "runtime",
-        (
-            "fedcare.runtime",
-            "fedcare.study",
-        ),
+        ("fedcare.runtime",),
     ),
     (
         "adapters",
@@ -63,9 +60,11 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     (
         "assembly",
         (
+            # study.toml / site.toml: parsed into the data layer's schema and connector configs
+            "fedcare.study",
             "fedcare.build",
             "fedcare.experiment",
-            "fedcare.demos",
+            "fedcare.simulate",
             "fedcare.runconfig",
             "fedcare.deploy",
             "fedcare.testing",  # check_task: runs a task author's task through real simulations

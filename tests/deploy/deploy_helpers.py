@@ -12,9 +12,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-
 from fedcare.task import task_hash
 from fedcare.tasks import make_task
 from fedcare.transport.tls import create_ca, issue_certificate
@@ -53,8 +50,8 @@ def _toml(value: object) -> str:
     return repr(value)
 
 
-def write_toml(path: Path, tables: dict[str, dict[str, object]]) -> Path:
-    lines = []
+def write_toml(path: Path, tables: dict[str, dict[str, object]], top_level: dict[str, object] | None = None) -> Path:
+    lines = [f"{k} = {_toml(v)}" for k, v in (top_level or {}).items()]
     for name, table in tables.items():
         lines.append(f"[{name}]")
         lines += [f"{k} = {_toml(v)}" for k, v in table.items()]
@@ -76,23 +73,46 @@ class Study:
     def certs(self) -> Path:
         return self.root / "certs"
 
-    def server_config(
-        self, *, run_id: str, store_url: str, rounds: int, sites: tuple[str, ...] = SITES, **study: object
+    def study_file(
+        self,
+        name: str,
+        *,
+        rounds: int,
+        seed: int = 7,
+        min_sites: int = 2,
+        fit: dict[str, object] | None = None,
+        **tables: dict[str, object],
     ) -> Path:
-        body: dict[str, object] = {
-            "name": "heart-2026",
-            "run_id": run_id,
-            "dataset": "heart-disease",
-            "task": "logreg",
-            "task_params": {"n_features": 13},
-            "strategy": "fedavg",
-            "fit_config": FIT_CONFIG,
-            "rounds": rounds,
-            "seed": 7,
-            "min_sites": 2,
-            "round_timeout_s": 60.0,
+        """A study.toml on the built-in heart-disease data (FedAvg, logistic regression by default)."""
+        body: dict[str, dict[str, object]] = {
+            "study": {"name": name, "seed": seed},
+            "task": {"name": "logreg"},
+            "data": {"dataset": "heart-disease"},
+            "strategy": {"name": "fedavg"},
+            "federation": {"rounds": rounds, "min_sites": min_sites, "round_timeout_s": 60.0},
+            "fit": dict(fit or FIT_CONFIG),
         }
-        body.update(study)
+        for key, table in tables.items():
+            body[key] = {**body.get(key, {}), **table}
+        return write_toml(self.root / f"study-{name}.toml", body)
+
+    def server_config(
+        self,
+        *,
+        run_id: str,
+        store_url: str,
+        rounds: int,
+        sites: tuple[str, ...] = SITES,
+        study_name: str = "heart-2026",
+        **study: object,
+    ) -> Path:
+        fit = dict(study.pop("fit_config", FIT_CONFIG))  # type: ignore[call-overload]
+        extra: dict[str, dict[str, object]] = {}
+        for key in ("seed", "min_sites"):
+            if key in study:
+                extra.setdefault("_top", {})[key] = study.pop(key)
+        top = extra.pop("_top", {})
+        study_path = self.study_file(study_name, rounds=rounds, fit=fit, **top, **study)  # type: ignore[arg-type]
         return write_toml(
             self.root / f"server-{run_id}.toml",
             {
@@ -106,24 +126,25 @@ class Study:
                     "wait_timeout_s": 240.0,
                     "audit_log": str(self.root / "server-audit.jsonl"),
                 },
-                "study": body,
                 "store": {"url": store_url, "checkpoint_dir": str(self.root / f"checkpoints-{run_id}")},
+                "run": {"id": run_id},
             },
+            top_level={"study": str(study_path)},
         )
 
-    def site_config(self, site: str, *, approved: tuple[str, ...] = (HEART_HASH,), csv: Path | None = None) -> Path:
+    def site_config(self, site: str, *, approved: tuple[str, ...] = (HEART_HASH,)) -> Path:
         return write_toml(
             self.root / f"{site}.toml",
             {
-                "site": {"name": site},
-                "server": {
+                "site": {"id": site},
+                "data": {"kind": "builtin", "dataset": "heart-disease", "site": site},
+                "policy": {"studies": ["heart-2026"], "approved_task_hashes": list(approved)},
+                "coordinator": {
                     "address": f"127.0.0.1:{self.port}",
                     "ca": str(self.certs / "ca.pem"),
                     "cert": str(self.certs / f"{site}.pem"),
                     "key": str(self.certs / f"{site}.key"),
                 },
-                "policy": {"studies": ["heart-2026"], "approved_task_hashes": list(approved)},
-                "data": {"csv": str(csv), "label": "label"} if csv else {"dataset": "heart-disease", "site": site},
                 "audit": {"path": str(self.root / f"audit-{site}.jsonl")},
                 "connection": {"backoff_initial_s": 0.1, "backoff_max_s": 0.5},
             },
@@ -153,8 +174,8 @@ class Study:
         self.servers.append(proc)
         return proc
 
-    def node(self, site: str, csv: Path | None = None) -> subprocess.Popen[bytes]:
-        return self.spawn(["node", "--config", str(self.site_config(site, csv=csv))], f"node-{site}.log")
+    def node(self, site: str) -> subprocess.Popen[bytes]:
+        return self.spawn(["node", "--config", str(self.site_config(site))], f"node-{site}.log")
 
     def log(self, name: str) -> str:
         path = self.root / name
@@ -179,14 +200,3 @@ def make_certs(root: Path) -> Path:
     for site in (*SITES, "va-long-beach"):
         issue_certificate(certs, certs, name=site, kind="site")
     return certs
-
-
-def write_big_csv(path: Path, rows: int = 8_000, seed: int = 0) -> Path:
-    """A large site (13 numeric features, 0/1 label) whose local training takes seconds."""
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(rows, 13))
-    y = (x @ rng.normal(size=13) + 0.5 * rng.normal(size=rows) > 0).astype(int)
-    frame = pd.DataFrame(x, columns=[f"f{i}" for i in range(13)])
-    frame["label"] = y
-    frame.to_csv(path, index=False)
-    return path

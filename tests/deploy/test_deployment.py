@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.deploy.deploy_helpers import FIT_CONFIG, SITES, Study, wait_until, write_big_csv
+from tests.deploy.deploy_helpers import FIT_CONFIG, SITES, Study, wait_until
 
 from fedcare.datasets import load_builtin
 from fedcare.runtime.simulation import run_simulation
@@ -51,18 +51,17 @@ def _audit_has(path: Path, **match: object) -> bool:
 def test_site_killed_mid_round_is_dropped_and_a_restarted_site_rejoins(
     study: Study, backend: str, request: pytest.FixtureRequest
 ):
-    # Prepare: a fourth, large site (a CSV of 8000 rows) whose local training takes seconds
+    # Prepare: a fourth site, and local training long enough (many epochs) to kill a site during it
     url = _store_url(backend, study, request)
     run_id = f"dropout-{backend}"
     victim = "va-long-beach"
     config = study.server_config(
-        run_id=run_id, store_url=url, rounds=3, sites=(*SITES, victim), fit_config={**FIT_CONFIG, "local_epochs": 2}
+        run_id=run_id, store_url=url, rounds=3, sites=(*SITES, victim), fit_config={**FIT_CONFIG, "local_epochs": 300}
     )
-    csv = write_big_csv(study.root / "big-site.csv")
     audit = study.root / f"audit-{victim}.jsonl"
     nodes = study.nodes  # type: ignore[attr-defined]
     if victim not in nodes:
-        nodes[victim] = study.node(victim, csv=csv)
+        nodes[victim] = study.node(victim)
     # else: the site was SIGKILLed by the previous run and restarted; this server waits for all four,
     # so the run only starts once the restarted site has rejoined
     node = nodes[victim]
@@ -78,7 +77,7 @@ def test_site_killed_mid_round_is_dropped_and_a_restarted_site_rejoins(
     node.wait()
     assert server.wait(timeout=150) == 0, study.log(f"server-{run_id}.log")[-3000:]
     if backend == "sqlite":
-        nodes[victim] = study.node(victim, csv=csv)  # restarted: the postgres run waits for it to rejoin
+        nodes[victim] = study.node(victim)  # restarted: the postgres run waits for it to rejoin
     # Assert: round 2 completed with the three others; the victim's failure is on record
     assert not _audit_has(audit, event="sent", kind="fit", run_id=run_id, round_no=2)
     store = SqlStore(url)

@@ -133,8 +133,12 @@ def node(
 
     _info_logging()
     try:
-        spec = _study(study, None, config)
+        from fedcare.study.builtin import resolve_study
+
+        spec = resolve_study(study) if study is not None else None
         if show_task_hash:
+            if spec is None:
+                raise ConfigError("--show-task-hash needs --study STUDY: the task and its parameters are the study's")
             from fedcare.build.run import build_task
             from fedcare.build.site import load_site_data
             from fedcare.study.site import load_site
@@ -148,10 +152,13 @@ def node(
         cfg = load_site_config(config)
 
         def started(info: object) -> None:
-            approved = "approved" if info.approved else "[red]NOT approved by [policy][/]"  # type: ignore[attr-defined]
+            task = ""
+            if info.task:  # type: ignore[attr-defined]
+                approved = "approved" if info.approved else "[red]NOT approved by [policy][/]"  # type: ignore[attr-defined]
+                task = f" · task {info.task} {info.task_hash[:12]}… {approved}"  # type: ignore[attr-defined]
             console.print(
                 f"[bold]fedcare node[/] · site {cfg.site} · coordinator {cfg.address} · studies "
-                f"{', '.join(cfg.studies)} · task {info.task} {info.task_hash[:12]}… {approved}",  # type: ignore[attr-defined]
+                f"{', '.join(cfg.studies)}{task}",
                 highlight=False,
             )
 

@@ -40,11 +40,11 @@ def run_simulation_command(
     settings: tuple[str, ...] = ("local", "pooled", "federated"),
 ) -> None:
     """Check, run and report a study in one process (demo, simulate, strategies run)."""
-    from fedcare.build.simulate import simulate_study
     from fedcare.cli.console import ExperimentProgress, results_table
     from fedcare.cli.privacy import privacy_table
     from fedcare.experiment import new_run_id
     from fedcare.report import write_outputs
+    from fedcare.simulate import simulate_study
     from fedcare.store import SqlStore
     from fedcare.study.site import load_site
 
@@ -175,7 +175,7 @@ def study_check(
     site: SiteOption = None,
 ) -> None:
     """Check the study file, and each site file's data against its schema, without training."""
-    from fedcare.build.simulate import load_study_sites
+    from fedcare.simulate import load_study_sites
     from fedcare.study.builtin import resolve_study
     from fedcare.study.site import load_site
 

@@ -363,7 +363,10 @@ def parse_study(raw: Mapping[str, Any], *, where: str = "study", path: Path | No
     if study_name is None:
         c.bad.append("study.name is required (sites opt in to it)")
     seed = c.integer(t["study"], "seed", "study.seed", 0)
-    description = c.string(t["study"], "description", "study.description", "") or ""
+    description = t["study"].get("description", "")
+    if not isinstance(description, str):
+        c.bad.append(f"study.description must be a string, got {description!r}")
+        description = ""
     task_params = c.table(t["task"], "params", "task.params")
     strategy = c.string(t["strategy"], "name", "strategy.name", "fedavg") or "fedavg"
     strategy_params = c.table(t["strategy"], "params", "strategy.params")
