@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -15,9 +16,10 @@ import fedcare.cli.deploy  # noqa: F401  (registers the commands)
 from fedcare.cli.app import app
 from fedcare.deploy.config import load_server_config, load_site_config
 from fedcare.deploy.doctor import run_doctor
-from fedcare.deploy.node import build_site
+from fedcare.deploy.node import site_node
 from fedcare.errors import ConfigError, PolicyError
 from fedcare.privacy.accounting import Mechanism, PrivacyCost
+from fedcare.study.builtin import resolve_study
 from fedcare.task import task_hash
 from fedcare.tasks import make_task
 from fedcare.transport.grpc_server import GrpcChannel, StudyInfo
@@ -25,6 +27,8 @@ from fedcare.transport.tls import TlsFiles
 from fedcare.types import Message, MessageKind, Payload, RunId, SiteId
 
 runner = CliRunner()
+#: The shipped heart-disease study under the name these sites opt in to.
+HEART = replace(resolve_study("heart-disease"), name="heart")
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +57,18 @@ def test_config_errors_name_file_and_key(tmp_path):
         tmp_path / "site.toml",
         {"site": {"name": "a"}, "server": {"address": "x:1"}, "policy": {}, "data": {"dataset": "heart-disease"}},
     )
-    with pytest.raises(ConfigError, match=r"site.toml \[policy\]: missing key 'studies'"):
+    with pytest.raises(ConfigError, match=r"site.toml: \[coordinator\] needs ca, cert, key"):
+        load_site_config(path)
+    path = write_toml(
+        tmp_path / "site.toml",
+        {
+            "site": {"name": "a"},
+            "server": {"address": "x:1", "ca": "a", "cert": "b", "key": "c"},
+            "policy": {"approved_task_hashes": []},
+            "data": {"dataset": "heart-disease"},
+        },
+    )
+    with pytest.raises(ConfigError, match=r"site.toml: policy.studies must name at least one study"):
         load_site_config(path)
     path = write_toml(
         tmp_path / "site.toml",
@@ -64,12 +79,15 @@ def test_config_errors_name_file_and_key(tmp_path):
             "data": {"dataset": "heart-disease"},
         },
     )
-    with pytest.raises(ConfigError, match=r"'<64 hex digits>' is not a 64-digit hex sha256 .*--show-task-hash"):
+    with pytest.raises(ConfigError, match=r"'<64 hex digits>' is not a 64-digit hex sha256 .*fedcare tasks list"):
         load_site_config(path)
     path = write_toml(
         tmp_path / "server.toml",
         {"server": {"ca": "a", "cert": "b", "key": "c", "allowed_sites": []}, "study": {"name": "s"}},
     )
+    with pytest.raises(ConfigError, match=r"the \[study\] table moved to its own study file"):
+        load_server_config(path)
+    path = write_toml(tmp_path / "server.toml", {"server": {"ca": "a", "cert": "b", "key": "c", "allowed_sites": []}})
     with pytest.raises(ConfigError, match="'allowed_sites' must name at least one site"):
         load_server_config(path)
 
@@ -153,7 +171,8 @@ def test_site_toml_carries_the_privacy_and_secure_aggregation_rules(tmp_path, ce
     )
     path.write_text(text)
     cfg = load_site_config(path)
-    node, task = build_site(cfg)
+    node = site_node(cfg, HEART)
+    task = node.task
     policy = node.policy
     assert (policy.max_epsilon, policy.delta, policy.require_secure_aggregation, policy.min_peers) == (
         3.0,
@@ -173,7 +192,7 @@ def test_site_toml_carries_the_privacy_and_secure_aggregation_rules(tmp_path, ce
     reply = node.handle(message)
     assert reply.error is not None and "only under secure aggregation" in reply.error
     path.write_text(text.replace("min_peers = 3", "min_peers = 0"))
-    with pytest.raises(ConfigError, match=r"\[policy\]: 'min_peers' must be at least 1"):
+    with pytest.raises(ConfigError, match=r"policy.min_peers must be an integer >= 1, got 0"):
         load_site_config(path)
 
 
@@ -181,11 +200,11 @@ def test_a_deployed_sites_privacy_budget_survives_a_restart(tmp_path, certs):
     path = _site_toml(tmp_path, certs, 1)
     path.write_text(path.read_text().replace("[policy]\n", "[policy]\nmax_epsilon = 2.0\n"))
     cost = PrivacyCost(mechanism=Mechanism.DPSGD, noise_multiplier=2.0, sample_rate=0.1, steps=10)
-    node, _ = build_site(load_site_config(path))
+    node = site_node(load_site_config(path), HEART)
     node.privacy.ledger.charge(run_id="run-1", round_no=1, costs=[cost], max_epsilon=2.0)
     spent = node.privacy.ledger.spent()
     assert 0 < spent < 2.0
-    restarted, _ = build_site(load_site_config(path))  # a new process reads the same ledger
+    restarted = site_node(load_site_config(path), HEART)  # a new process reads the same ledger
     assert restarted.privacy.ledger.spent() == pytest.approx(spent)
     with pytest.raises(PolicyError, match="budget"):
         for round_no in range(2, 50):
@@ -196,8 +215,8 @@ def test_a_deployed_sites_privacy_budget_survives_a_restart(tmp_path, certs):
 def test_a_deployed_sites_memory_and_audit_log_are_its_own_and_configurable(tmp_path, certs):
     path = _site_toml(tmp_path, certs, 1)
     assert load_site_config(path).audit_log == tmp_path / "fedcare-site" / "audit-cleveland.jsonl"  # one per site
-    node, _ = build_site(load_site_config(path))
+    node = site_node(load_site_config(path), HEART)
     assert node.memory_files is not None and node.memory_files.folder == tmp_path / "fedcare-site" / "memory-cleveland"
     path.write_text(path.read_text().replace("[site]\n", '[site]\nmemory_dir = "kept"\n'))
-    node, _ = build_site(load_site_config(path))
+    node = site_node(load_site_config(path), HEART)
     assert node.memory_files is not None and node.memory_files.folder == tmp_path / "kept"

@@ -139,8 +139,13 @@ def test_keygen_refuses_to_overwrite(keys):
 
 
 def test_site_toml_trusts_reviewer_keys_and_reads_signatures(keys, tmp_path):
+    from dataclasses import replace
+
     from fedcare.deploy.config import load_site_config
-    from fedcare.deploy.node import build_site
+    from fedcare.deploy.node import site_node
+    from fedcare.study.builtin import resolve_study
+
+    heart = replace(resolve_study("heart-disease"), name="heart")
 
     manifest = task_manifest(make_task("logreg", n_features=13))
     _sign(tmp_path, manifest, keys["alice"][0], name="logreg.sig.json")
@@ -152,13 +157,13 @@ def test_site_toml_trusts_reviewer_keys_and_reads_signatures(keys, tmp_path):
         'trusted_reviewer_keys = ["alice.pub"]\ntask_signatures = ["logreg.sig.json"]\n'
         '[data]\ndataset = "heart-disease"\n'
     )
-    node, _ = build_site(load_site_config(site))
+    node = site_node(load_site_config(site), heart)
     assert node.task_hash == manifest.digest
     assert node.policy.approval_rule(node.task_hash).startswith(f"signed by reviewer {keys['alice'][2]}")
     site.write_text(
         site.read_text().replace("task_signatures", f'revoked_reviewer_keys = ["{keys["alice"][2]}"]\ntask_signatures')
     )
-    node, _ = build_site(load_site_config(site))
+    node = site_node(load_site_config(site), heart)
     assert node.policy.approval_rule(node.task_hash) is None
     site.write_text(site.read_text().replace('"alice.pub"', '"missing.pub"'))
     with pytest.raises(ConfigError, match=r"site.toml \[policy\]: cannot read reviewer public key .*missing.pub"):

@@ -18,12 +18,13 @@ from typing import Any
 
 from fedcare.build.site import SiteGate, deployed_site
 from fedcare.deploy.config import SiteConfig
+from fedcare.runtime.node import SiteNode
 from fedcare.store.audit import AuditLog
 from fedcare.study.spec import StudySpec
 from fedcare.transport.grpc_node import Backoff, GrpcNodeAgent
 from fedcare.types import Message
 
-__all__ = ["build_gate", "make_agent", "run_node"]
+__all__ = ["build_gate", "make_agent", "run_node", "site_node"]
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,11 @@ def build_gate(cfg: SiteConfig, study: StudySpec | None, audit: AuditLog | None 
             audit.append("study", run_id=run_id, study_hash=study_hash)
 
     return deployed_site(cfg.spec, study, on_study=seen)
+
+
+def site_node(cfg: SiteConfig, study: StudySpec) -> SiteNode:
+    """The node a deployed site runs for ``study`` (its ledger and memory on disk)."""
+    return build_gate(cfg, study).site_for(study).node
 
 
 def make_agent(cfg: SiteConfig, handler: Callable[[Message], Message], audit: AuditLog | None) -> GrpcNodeAgent:

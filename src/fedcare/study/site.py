@@ -321,7 +321,7 @@ def parse_site(raw: Mapping[str, Any], *, origin: Path | None = None) -> SiteSpe
             manifests=[resolve_path(base, p) for p in key_files["approved_task_manifests"]],
         )
     except ConfigError as exc:
-        raise ConfigError(f"{where}: [policy] {exc}") from None
+        raise ConfigError(f"{where} [policy]: {exc}") from None
     rules = SitePolicy(
         approved_task_hashes=task_hashes,
         studies=frozenset(studies) if studies is not None else None,
