@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from fedcare.cli.app import DbOption, OutOption, app, console, default_db_url, fail
 from fedcare.errors import ConfigError, FedcareError
@@ -188,3 +189,90 @@ def study_check(
     console.print(f"study {spec.name}: ok (hash {spec.hash})", highlight=False, soft_wrap=True)
     for s, i in inputs.items():
         console.print(f"  {s:24s} train {len(i.data.train):6d}  test {len(i.data.test):6d}", highlight=False)
+
+
+@app.command()
+def up(
+    study: StudyOption = None,
+    site: SiteOption = None,
+    out: OutOption = None,
+    db: DbOption = None,
+    timeout: Annotated[float, typer.Option(help="Stop everything if the study has not finished by then (s).")] = 1800.0,
+) -> None:
+    """Rehearse a deployment on this machine: one server and one node per site as real processes, mutual TLS.
+
+    Starts `fedcare server` and a `fedcare node` for every --site file (or every site of a
+    built-in data set) on 127.0.0.1 with a throw-away study CA, runs the study, stops
+    everything and leaves the report, the logs and both sides' audit trails in the
+    output folder. The sites' own ledgers and memory are not touched: the rehearsal keeps
+    its own.
+    """
+    from fedcare.deploy.rehearsal import prepare_rehearsal, run_rehearsal
+    from fedcare.experiment import new_run_id
+    from fedcare.study.builtin import resolve_study
+
+    if study is None:
+        raise fail(ConfigError("give --study STUDY (a study.toml or a built-in study's name) and its --site files"))
+    run_id = new_run_id()
+    out_dir = (out or Path("fedcare-out") / run_id).resolve()
+    created = None if out_dir.exists() else out_dir
+    store_url = db or default_db_url(out_dir)
+    try:
+        spec = resolve_study(study)
+        rehearsal = prepare_rehearsal(
+            spec,
+            site or [],
+            folder=out_dir / "rehearsal",
+            run_id=f"{spec.name}-{run_id}",
+            store_url=store_url,
+            out_dir=out_dir,
+        )
+    except FedcareError as exc:
+        raise fail(exc, created) from None
+    console.print(
+        f"[bold]fedcare up[/] · study {spec.name} ({spec.hash[:12]}…) · {len(rehearsal.site_configs)} sites · "
+        f"127.0.0.1:{rehearsal.port} · mutual TLS with a throw-away CA in {rehearsal.folder}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    for note in rehearsal.notes:
+        console.print(f"  [yellow]note:[/] {note}", highlight=False, soft_wrap=True)
+    width = max(len(s) for s in [*rehearsal.site_configs, "server"])
+
+    def show(name: str, line: str) -> None:
+        if not line.strip():
+            return
+        colour = "cyan" if name == "server" else "magenta"
+        console.print(f"[{colour}]{name:>{width}}[/] │ {escape(line)}", highlight=False, soft_wrap=True)
+
+    code = run_rehearsal(rehearsal, on_line=show, timeout_s=timeout)
+    if code != 0:
+        raise fail(ConfigError(f"the rehearsal's server exited with code {code}; logs in {rehearsal.folder}"))
+    _rehearsal_report(rehearsal.run_id, store_url, out_dir)
+
+
+def _rehearsal_report(run_id: str, store_url: str, out_dir: Path) -> None:
+    """Print the run's final per-site evaluation from the store, and where the outputs are."""
+    from rich.table import Table
+
+    from fedcare.store import SqlStore
+
+    store = SqlStore(store_url)
+    try:
+        rounds = store.rounds(run_id)
+        evals = [m for m in store.site_metrics(run_id, "eval") if rounds and m.round_no == rounds[-1].round_no]
+    finally:
+        store.close()
+    table = Table(title=f"run {run_id}: last round's evaluation per site", title_justify="left")
+    names = sorted({m.name for m in evals} - {"num_examples"})
+    table.add_column("site")
+    for n in names:
+        table.add_column(n, justify="right")
+    for site in sorted({m.site for m in evals}):
+        row = {m.name: m.value for m in evals if m.site == site}
+        table.add_row(site, *(f"{row[n]:.3f}" if n in row else "" for n in names))
+    console.print(table)
+    for name in ("report.html", "summary.json"):
+        if (out_dir / name).exists():
+            console.print(f"{name.split('.')[0]:8s} {out_dir / name}", highlight=False, soft_wrap=True)
+    console.print(f"store:   {store_url.split('@')[-1]} (run {run_id})", highlight=False, soft_wrap=True)

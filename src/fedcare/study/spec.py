@@ -307,8 +307,11 @@ class StudySpec:
         }
 
     def to_json(self) -> str:
-        """Canonical JSON of :meth:`describe` (sorted keys, no spaces): what the hash covers."""
-        return json.dumps(self.describe(), sort_keys=True, separators=(",", ":"), default=str)
+        """Canonical JSON of :meth:`describe`: what the hash covers and what travels to sites.
+
+        Keys are sorted, except the schema's columns, whose order is the model's input order.
+        """
+        return json.dumps(_canonical(self.describe()), separators=(",", ":"), default=str)
 
     @property
     def hash(self) -> str:
@@ -319,6 +322,16 @@ class StudySpec:
     def where(self) -> str:
         """How messages name this study's file."""
         return str(self.path) if self.path is not None else f"study {self.name!r}"
+
+
+def _canonical(value: Any, *, keep_order: bool = False) -> Any:
+    """``value`` with every mapping's keys sorted, but the order of ``columns`` kept."""
+    if isinstance(value, Mapping):
+        keys = list(value) if keep_order else sorted(value)
+        return {k: _canonical(value[k], keep_order=(k == "columns" and not keep_order)) for k in keys}
+    if isinstance(value, list | tuple):
+        return [_canonical(v) for v in value]
+    return value
 
 
 def study_from_json(text: str, *, where: str = "announced study") -> StudySpec:

@@ -8,7 +8,9 @@ values at once.
 
 from __future__ import annotations
 
+import datetime as dt
 import difflib
+import json
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,7 +19,7 @@ from typing import Any
 from fedcare.errors import ConfigError
 from fedcare.types import ConfigValue
 
-__all__ = ["Checker", "read_toml"]
+__all__ = ["Checker", "dump_toml", "read_toml", "resolve_path"]
 
 
 def read_toml(path: Path, what: str = "config file") -> dict[str, Any]:
@@ -188,3 +190,42 @@ def resolve_path(base: Path, text: str) -> Path:
     """``text`` as a path, relative ones against ``base`` (a config file's folder)."""
     p = Path(text).expanduser()
     return p if p.is_absolute() else (base / p)
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, dt.date | dt.datetime):
+        return value.isoformat()
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{ " + ", ".join(f"{_key(k)} = {_value(v)}" for k, v in value.items()) + " }"
+    raise ConfigError(f"cannot write {type(value).__name__} {value!r} to TOML")
+
+
+def _key(key: str) -> str:
+    return key if key and all(c.isalnum() or c in "-_" for c in key) else json.dumps(key)
+
+
+def dump_toml(data: Mapping[str, Any]) -> str:
+    """TOML text for ``data`` (tables, scalars, lists, dates): what :func:`read_toml` reads back."""
+    lines: list[str] = []
+
+    def table(prefix: str, t: Mapping[str, Any]) -> None:
+        scalars = {k: v for k, v in t.items() if not isinstance(v, Mapping)}
+        if prefix and (scalars or not t):
+            lines.append(f"[{prefix}]")
+        lines.extend(f"{_key(k)} = {_value(v)}" for k, v in scalars.items())
+        if scalars:
+            lines.append("")
+        for k, v in t.items():
+            if isinstance(v, Mapping):
+                table(f"{prefix}.{_key(k)}" if prefix else _key(k), v)
+
+    table("", data)
+    return "\n".join(lines).rstrip() + "\n"
