@@ -86,6 +86,10 @@ class ExperimentConfig:
     label : str
         Name of the federated setting in the results (default: the strategy name, with
         ``+<personalization>`` appended).
+    backend : str
+        Where simulated sites run: ``"inprocess"`` (threads) or ``"ray"`` (Ray actors).
+    ray_address : str
+        Ray cluster to join with ``backend="ray"``; empty starts a local Ray.
     """
 
     rounds: int = 20
@@ -100,6 +104,8 @@ class ExperimentConfig:
     personalization: str = "none"
     personal_config: Mapping[str, ConfigValue] = field(default_factory=dict)
     label: str = ""
+    backend: str = "inprocess"
+    ray_address: str = ""
 
     def setting_name(self) -> str:
         """The federated setting's key in the results."""
@@ -241,6 +247,11 @@ def run_experiment(
         if name in ("local", "pooled"):
             raise ConfigError(f"strategy name {name!r} clashes with a baseline setting")
         run_id = RunId(f"{exp}-{name}")
+        if cfg.backend != "inprocess" and (cfg.privacy or cfg.personalization != "none" or local_keys(task)):
+            raise ConfigError(
+                f"backend {cfg.backend!r} runs sites in other processes: privacy ledgers and personalised "
+                "models stay there, so run DP or personalisation with the in-process backend"
+            )
         private = _private_run(cfg, recorder, sites, study=exp)
         if private is not None:
             strategy = private.strategy
@@ -269,6 +280,8 @@ def run_experiment(
             policies=private.policies if private else None,
             ledgers=private.ledgers if private else None,
             nodes=nodes,
+            backend=cfg.backend,
+            ray_address=cfg.ray_address or None,
         )
         personal = cfg.personalization != "none" or bool(local_keys(task))
         if personal:

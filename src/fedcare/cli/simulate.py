@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from fedcare.cli.app import DbOption, OutOption, app, console, default_db_url, fail
-from fedcare.errors import FedcareError
+from fedcare.errors import ConfigError, FedcareError
 
 __all__ = ["simulate"]
 
@@ -18,6 +19,12 @@ def simulate(
     config: Annotated[Path, typer.Option("--config", help="The run file (TOML); see docs/simulate.md.")],
     out: OutOption = None,
     db: DbOption = None,
+    backend: Annotated[
+        str, typer.Option(help="Where simulated sites run: inprocess (threads) or ray (Ray actors; the ray extra).")
+    ] = "inprocess",
+    address: Annotated[
+        str | None, typer.Option(help="With --backend ray: the Ray cluster to join (default: start a local Ray).")
+    ] = None,
 ) -> None:
     """Train on your own CSV tables as Local, Pooled and a federated strategy; write report.html and summary.json.
 
@@ -37,11 +44,13 @@ def simulate(
     out_dir = out or Path("fedcare-out") / run_id
     created = None if out_dir.exists() else out_dir
     try:
+        if backend not in ("inprocess", "ray"):
+            raise ConfigError(f"--backend must be inprocess or ray, got {backend!r}")
         cfg = load_simulate_config(config)
         data, recipe = load_table(cfg.table)
         task = make_task(cfg.task, n_features=data.n_features)
         check_training(cfg, task, data)
-        exp = cfg.experiment
+        exp = replace(cfg.experiment, backend=backend, ray_address=address or "")
         console.print(
             f"[bold]fedcare simulate[/] · {data.name}: {len(data.sites)} sites, {data.n_features} features, "
             f"{exp.strategy}, {exp.rounds} rounds"

@@ -20,7 +20,7 @@ import json
 import math
 import sys
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -41,10 +41,13 @@ __all__ = [
     "MessageAssembler",
     "Record",
     "audit_records",
+    "build_message",
     "decode_state_view",
     "digest_of",
     "encode_message",
     "header_of",
+    "message_from_parts",
+    "message_parts",
 ]
 
 #: Chunk size: 4 MiB keeps each protobuf message small and throughput near the link's.
@@ -422,35 +425,71 @@ class MessageAssembler:
             self.reset()
 
     def _message(self, header: pb.MessageHeader) -> Message:
-        where = f"{self.where} ({header.kind or '?'} round {header.round_no})"
+        return build_message(header, self._buffers, where=self.where)
+
+
+def build_message(header: pb.MessageHeader, buffers: Sequence[Any], *, where: str) -> Message:
+    """Build a :class:`Message` from its header and one complete buffer per record, validated."""
+    where = f"{where} ({header.kind or '?'} round {header.round_no})"
+    try:
+        kind = MessageKind(header.kind)
+    except ValueError:
+        raise ProtocolError(f"{where}: unknown message kind {header.kind[:40]!r}") from None
+    for text in (header.run_id, header.site, header.reply_to):
+        if len(text) > _MAX_STRING:
+            raise ProtocolError(f"{where}: an id field is longer than {_MAX_STRING} characters")
+    if header.round_no < 0:
+        raise ProtocolError(f"{where}: negative round number")
+    config = {k: _config_value(v, f"{where}, config {k[:40]!r}") for k, v in header.config.items()}
+    metrics: dict[str, float] = {}
+    for key, value in header.metrics.items():
+        if not math.isfinite(value):
+            raise ProtocolError(f"{where}: metric {key[:40]!r} is not finite")
+        metrics[key] = value
+    arrays: dict[str, ModelState] = {}
+    for rec, buf in zip(header.records, buffers, strict=True):
         try:
-            kind = MessageKind(header.kind)
-        except ValueError:
-            raise ProtocolError(f"{where}: unknown message kind {header.kind[:40]!r}") from None
-        for text in (header.run_id, header.site, header.reply_to):
-            if len(text) > _MAX_STRING:
-                raise ProtocolError(f"{where}: an id field is longer than {_MAX_STRING} characters")
-        if header.round_no < 0:
-            raise ProtocolError(f"{where}: negative round number")
-        config = {k: _config_value(v, f"{where}, config {k[:40]!r}") for k, v in header.config.items()}
-        metrics: dict[str, float] = {}
-        for key, value in header.metrics.items():
-            if not math.isfinite(value):
-                raise ProtocolError(f"{where}: metric {key[:40]!r} is not finite")
-            metrics[key] = value
-        arrays: dict[str, ModelState] = {}
-        for rec, buf in zip(header.records, self._buffers, strict=True):
-            try:
-                arrays[rec.name] = decode_state_view(buf, where=f"{where}, record {rec.name[:40]!r}")
-            except SerdeError as exc:
-                raise ProtocolError(str(exc)) from None
-        return Message(
-            kind=kind,
-            run_id=RunId(header.run_id),
-            round_no=int(header.round_no),
-            site=SiteId(header.site),
-            payload=Payload(arrays=arrays, config=config, metrics=metrics),
-            message_id=header.message_id,
-            reply_to=header.reply_to or None,
-            error=header.error if header.has_error else None,
-        )
+            arrays[rec.name] = decode_state_view(buf, where=f"{where}, record {rec.name[:40]!r}")
+        except SerdeError as exc:
+            raise ProtocolError(str(exc)) from None
+    return Message(
+        kind=kind,
+        run_id=RunId(header.run_id),
+        round_no=int(header.round_no),
+        site=SiteId(header.site),
+        payload=Payload(arrays=arrays, config=config, metrics=metrics),
+        message_id=header.message_id,
+        reply_to=header.reply_to or None,
+        error=header.error if header.has_error else None,
+    )
+
+
+def message_from_parts(
+    header: bytes, records: Sequence[Any], *, where: str, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+) -> Message:
+    """Decode a message moved as whole buffers (a protobuf header, one safetensors blob per record).
+
+    For transports that carry complete buffers instead of frames (Ray): the same checks
+    as :class:`MessageAssembler` (sizes, BLAKE3 digests, dtypes, finite values).
+    """
+    try:
+        parsed = pb.MessageHeader.FromString(bytes(header))
+    except Exception as exc:  # protobuf's DecodeError; the message names what was wrong
+        raise ProtocolError(f"{where}: malformed message header ({exc})") from None
+    if len(parsed.records) != len(records) or len(records) > _MAX_RECORDS:
+        raise ProtocolError(f"{where}: header declares {len(parsed.records)} record(s), {len(records)} received")
+    if sum(rec.size_bytes for rec in parsed.records) > max_message_bytes:
+        raise ProtocolError(f"{where}: message larger than {max_message_bytes} bytes")
+    for rec, buf in zip(parsed.records, records, strict=True):
+        view = memoryview(buf).cast("B")
+        if len(view) != rec.size_bytes:
+            raise ProtocolError(f"{where}: record {rec.name[:40]!r} is {len(view)} bytes, declared {rec.size_bytes}")
+        if rec.blake3 and digest_of([view]) != rec.blake3:
+            raise ProtocolError(f"{where}: record {rec.name[:40]!r} does not match its declared BLAKE3 digest")
+    return build_message(parsed, records, where=where)
+
+
+def message_parts(message: Message, *, cache: dict[int, Record] | None = None) -> tuple[bytes, list[bytes]]:
+    """Encode ``message`` as whole buffers: its protobuf header and one safetensors blob per record."""
+    encoded = encode_message(message, cache=cache)
+    return encoded.header.SerializeToString(), [b"".join(r.parts) for r in encoded.records]
