@@ -20,7 +20,7 @@ import numpy as np
 
 from fedcare.deploy.config import ServerConfig
 from fedcare.errors import NotEnoughSitesError, StoreError
-from fedcare.protocols import Recorder, RoundReport, RunSpec
+from fedcare.protocols import ExchangeReport, Recorder, RoundReport, RunSpec
 from fedcare.runtime.coordinator import Coordinator, RunResult
 from fedcare.store.audit import AuditLog
 from fedcare.store.sql import SqlStore
@@ -51,6 +51,9 @@ class _ResumingRecorder:
 
     def finish_run(self, run_id: RunId, *, status: str, message: str = "") -> None:
         self.store.finish_run(run_id, status=status, message=message)
+
+    def record_exchange(self, report: ExchangeReport) -> None:
+        self.store.record_exchange(report)
 
 
 @dataclass(frozen=True)

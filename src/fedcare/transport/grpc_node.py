@@ -47,7 +47,7 @@ from fedcare.transport.wire import (
     audit_records,
     encode_message,
 )
-from fedcare.types import Message
+from fedcare.types import Message, MessageKind
 
 __all__ = ["Backoff", "GrpcNodeAgent", "describe_rpc_error"]
 
@@ -457,6 +457,7 @@ class GrpcNodeAgent:
             message_id=message.message_id,
             task_hash=str(message.payload.config.get("task_hash", "")),
             records=records,
+            **({"query": str(message.payload.config.get("query"))[:100]} if message.kind is MessageKind.QUERY else {}),
         )
         started = time.perf_counter()
         if message.run_id != run_id:

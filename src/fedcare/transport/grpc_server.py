@@ -278,6 +278,7 @@ class GrpcChannel:
             encoded = encode_message(message, cache=cache)
             with self._lock:
                 session.pending[message.message_id] = _Pending(message.kind, message.run_id, message.round_no)
+            query = message.payload.config.get("query") if message.kind is MessageKind.QUERY else None
             self._audit(
                 "sent",
                 site=message.site,
@@ -285,6 +286,7 @@ class GrpcChannel:
                 round_no=message.round_no,
                 message_id=message.message_id,
                 records=audit_records(encoded.header),
+                **({"query": str(query)[:100]} if query is not None else {}),
             )
             session.outq.put(encoded)
 
