@@ -205,8 +205,8 @@ def test_a_dp_release_past_the_site_budget_is_refused_and_nothing_is_charged(fed
             store_url=f"sqlite:///{tmp_path / 'hub.db'}",
             audit_log=tmp_path / "server-audit.jsonl",
             wait_for_sites=3,
-            wait_timeout_s=30.0,
-            timeout_s=30.0,
+            wait_timeout_s=60.0,
+            timeout_s=60.0,
             min_sites=min_sites,
         )
 
