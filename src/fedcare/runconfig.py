@@ -219,8 +219,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: cannot read the config file ({exc})") from None
     try:
         return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: invalid TOML: {' '.join(str(exc).split())}") from None
+    except (tomllib.TOMLDecodeError, RecursionError) as exc:  # RecursionError: nesting too deep
+        raise ConfigError(f"{path}: invalid TOML: {' '.join(str(exc).split())[:200]}") from None
 
 
 def _compression(c: _Checker, value: Any) -> dict[str, ConfigValue]:

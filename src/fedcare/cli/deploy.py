@@ -198,11 +198,17 @@ def audit_verify(
         Path | None,
         typer.Option(help="The coordinator's audit log: also check every head of PATH it recorded."),
     ] = None,
+    site: Annotated[
+        str | None,
+        typer.Option(
+            help="With --anchors: the site whose log PATH is (its certificate CN), instead of the actor the log claims."
+        ),
+    ] = None,
 ) -> None:
     """Recompute the hash chain; exit 1 and name the first edited or deleted entry."""
     from fedcare.store.audit import verify_audit_log
 
-    report = verify_audit_log(path, anchors=anchors)
+    report = verify_audit_log(path, anchors=anchors, site=site)
     if not report.ok:
         err_console.print(
             f"[red]audit log {path} FAILS verification:[/] {report.problem}", highlight=False, soft_wrap=True

@@ -157,6 +157,14 @@ def run_server(
             audit.append("finished", run_id=cfg.run_id, rounds=cfg.rounds)
             channel.finish(f"completed {cfg.rounds} rounds")  # sites stop reconnecting to this run
             return ServerOutcome(cfg.run_id, "completed", start_round, result)
+        except BaseException as exc:
+            # A run that fails or is aborted ends like one that completes: every connected
+            # site gets the Finished frame, with the reason, instead of reconnecting to a
+            # coordinator that is gone (`fedcare node --once` then exits).
+            why = "aborted (interrupted)" if isinstance(exc, KeyboardInterrupt) else f"failed: {exc}"
+            audit.append("failed", run_id=cfg.run_id, reason=why[:500])
+            channel.finish(why)
+            raise
         finally:
             channel.close()
     finally:

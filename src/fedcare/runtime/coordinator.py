@@ -197,8 +197,14 @@ class Coordinator:
                 self.recorder.record_round(spec.run_id, report, current)
                 if self.on_round is not None:
                     self.on_round(report)
-        except NotEnoughSitesError as exc:
-            self.recorder.finish_run(spec.run_id, status="failed", message=str(exc))
+        except BaseException as exc:
+            # Whatever ends a run early (too few sites, a bug, Ctrl-C) leaves it marked as
+            # such, never as "running"; a resumed run starts again from its last checkpoint.
+            status = "aborted" if isinstance(exc, KeyboardInterrupt) else "failed"
+            try:
+                self.recorder.finish_run(spec.run_id, status=status, message=f"{type(exc).__name__}: {exc}"[:1000])
+            except Exception:  # the store itself may be what failed: the original error matters more
+                log.exception("could not record run %s as %s", spec.run_id, status)
             raise
         self.recorder.finish_run(spec.run_id, status="completed")
         return result

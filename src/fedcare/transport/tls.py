@@ -16,6 +16,7 @@ from typing import Literal
 
 import grpc
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -23,6 +24,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from fedcare.errors import ConfigError
 
 __all__ = [
+    "issuer_problem",
     "CertInfo",
     "TlsFiles",
     "cert_info",
@@ -221,3 +223,24 @@ def client_credentials(files: TlsFiles) -> grpc.ChannelCredentials:
     """Site side of mutual TLS: trust only the study CA, present the site certificate."""
     ca, cert, key = files.read()
     return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
+
+
+def issuer_problem(files: TlsFiles) -> str | None:
+    """Why the study CA in ``files`` did not sign the certificate in ``files``, or None if it did.
+
+    What a coordinator's TLS checks first: a site whose certificate another CA signed is
+    refused during the handshake, which the site only sees as a closed socket.
+    """
+    try:
+        cert = x509.load_pem_x509_certificate(Path(files.cert).read_bytes())
+        ca = x509.load_pem_x509_certificate(Path(files.ca).read_bytes())
+    except (OSError, ValueError):
+        return None  # unreadable files are reported where they are loaded
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        return (
+            f"this site's certificate {files.cert} was issued by {_cn(cert.issuer)!r}, "
+            f"not by the study CA {_cn(ca.subject)!r} in {files.ca}"
+        )
+    return None

@@ -16,7 +16,6 @@ that into an error reply, never a crash.
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import threading
@@ -28,7 +27,7 @@ import blake3
 import numpy as np
 
 from fedcare.errors import ProtocolError, SerdeError
-from fedcare.serde import ALLOWED_DTYPES, ST_DTYPE_CODES, check_state, encode_parts
+from fedcare.serde import decode_view, encode_parts
 from fedcare.transport.frames import RawChunk, chunk_frame
 from fedcare.transport.proto import fedcare_pb2 as pb
 from fedcare.types import ConfigValue, Message, MessageKind, ModelState, Payload, RunId, SiteId
@@ -58,9 +57,6 @@ _MAX_RECORDS = 64
 Frame = TypeVar("Frame", pb.SiteFrame, pb.ServerFrame)
 _MAX_CONFIG_ENTRIES = 256
 _MAX_STRING = 4096
-_ORDER_KEY = "fedcare.order"
-_SCALARS_KEY = "fedcare.scalars"
-_ST_DTYPES = {code: name for name, code in ST_DTYPE_CODES.items()}
 
 
 @dataclass
@@ -186,68 +182,10 @@ def encode_message(message: Message, *, cache: dict[int, Record] | None = None) 
 def decode_state_view(buf: np.ndarray | bytearray | bytes, *, where: str) -> ModelState:
     """Decode safetensors bytes into numpy arrays that VIEW ``buf`` (no copy), validated.
 
-    Every offset, dtype and shape in the header is checked against the buffer before an
-    array is made; the arrays then pass :func:`fedcare.serde.check_state`.
+    See :func:`fedcare.serde.decode_view`: offsets, dtypes and shapes are checked against
+    the buffer before an array is made; anything malformed raises ``SerdeError`` only.
     """
-    buf = memoryview(buf).cast("B")
-    n = len(buf)
-    if n < 8:
-        raise SerdeError(f"{where}: safetensors payload is truncated (shorter than its header)")
-    hlen = int.from_bytes(bytes(buf[:8]), "little")
-    if hlen > n - 8 or hlen > 100 * 1024 * 1024:
-        raise SerdeError(f"{where}: safetensors header length {hlen} overruns the payload")
-    try:
-        header = json.loads(bytes(buf[8 : 8 + hlen]))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise SerdeError(f"{where}: safetensors header is not valid JSON ({exc})") from None
-    if not isinstance(header, dict):
-        raise SerdeError(f"{where}: safetensors header is not an object")
-    meta = header.pop("__metadata__", None) or {}
-    if not isinstance(meta, dict):
-        raise SerdeError(f"{where}: safetensors metadata is not an object")
-    base = 8 + hlen
-    data_len = n - base
-    state: ModelState = {}
-    for name, info in header.items():
-        if not isinstance(info, dict):
-            raise SerdeError(f"{where}: entry {name!r} has a malformed description")
-        dtype = _ST_DTYPES.get(str(info.get("dtype")))
-        if dtype is None or dtype not in ALLOWED_DTYPES:
-            raise SerdeError(f"{where}: entry {name!r} has disallowed dtype {info.get('dtype')!r}")
-        shape, offsets = info.get("shape"), info.get("data_offsets")
-        if (
-            not isinstance(shape, list)
-            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
-            or not isinstance(offsets, list)
-            or len(offsets) != 2
-            or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
-        ):
-            raise SerdeError(f"{where}: entry {name!r} has a malformed shape or offsets")
-        start, end = offsets
-        itemsize = np.dtype(dtype).itemsize
-        count = math.prod(shape)
-        if not 0 <= start <= end <= data_len or end - start != count * itemsize:
-            raise SerdeError(f"{where}: entry {name!r} offsets {offsets} do not match shape {shape} / {dtype}")
-        arr = np.frombuffer(buf, dtype=np.dtype(dtype).newbyteorder("<"), count=count, offset=base + start)
-        state[str(name)] = arr.reshape(shape)
-    order = _json_list(meta.get(_ORDER_KEY))
-    if order is not None and sorted(order) == sorted(state):
-        state = {k: state[k] for k in order}
-    for key in _json_list(meta.get(_SCALARS_KEY)) or []:
-        if key in state and state[key].size == 1:
-            state[key] = state[key].reshape(())
-    check_state(state, where=where)
-    return state
-
-
-def _json_list(raw: object) -> list[str] | None:
-    if not isinstance(raw, str):
-        return None
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        return None
-    return [str(v) for v in value] if isinstance(value, list) else None
+    return decode_view(buf, where=where)
 
 
 def _config_value(scalar: pb.Scalar, where: str) -> ConfigValue:
