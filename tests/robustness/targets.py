@@ -69,7 +69,7 @@ TOKENS: tuple[bytes, ...] = (
     b"a." * 200 + b"b = 1\n",
 )
 #: Replacement values for tree-level JSON mutation.
-JSON_VALUES: tuple[Any, ...] = (
+JSON_VALUES: tuple[Any, ...] = (  # templates: always deep-copied before use
     None,
     True,
     0,
@@ -134,7 +134,7 @@ def mutate_tree(tree: Any, rnd: random.Random, steps: int) -> Any:
         nodes = _nodes(tree)
         path = rnd.choice(nodes)
         if not path:
-            tree = rnd.choice(JSON_VALUES) if rnd.random() < 0.1 else tree
+            tree = copy.deepcopy(rnd.choice(JSON_VALUES)) if rnd.random() < 0.1 else tree
             continue
         parent = tree
         for key in path[:-1]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 import fedcare.cli.deploy  # noqa: F401  (registers the commands)
@@ -77,3 +78,12 @@ def test_the_intact_log_passes_with_every_anchor_checked(tmp_path):
     assert report.ok and report.anchors == 3
     cli = CliRunner().invoke(app, ["audit", "verify", str(site), "--anchors", str(server)])
     assert cli.exit_code == 0 and "3 heads recorded by the coordinator match" in cli.output
+
+
+def test_an_emptied_log_with_its_head_left_is_not_restarted_as_new(tmp_path):
+    from fedcare.errors import StoreError
+
+    site, _ = _anchored(tmp_path)
+    site.write_text("")  # the head still records entry 6
+    with pytest.raises(StoreError, match="truncated"):
+        AuditLog(site, actor="site-a")

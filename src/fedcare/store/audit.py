@@ -68,7 +68,7 @@ class AuditLog:
         self._lock = threading.Lock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._writer = _exclusive(self.path)
-        if self.path.stat().st_size > 0:
+        if self.path.stat().st_size > 0 or _head_path(self.path).exists():  # an emptied log keeps its head
             report = _settled_chain(self.path, attempts=1)[0]  # we hold the lock: nobody appends meanwhile
             if not report.ok:
                 raise StoreError(f"audit log {self.path} fails verification: {report.problem}")
