@@ -126,9 +126,8 @@ def test_anchors_catch_a_log_cut_short_and_re_chained(tmp_path):
 
 def test_a_log_read_mid_append_is_read_again_not_failed(tmp_path):
     """A verifier that reads the lines, then the head of a log whose writer appended in between."""
-    import threading
-
     import fcntl
+    import threading
 
     path = _log(tmp_path, n=4)
     lines = path.read_text().splitlines(keepends=True)
