@@ -146,6 +146,9 @@ class TorchTask:
         Seed of the frozen entries' initialisation (the same at every site).
     weights : str or Path or None (default: None)
         A safetensors file of initial (pretrained) weights; its digest is in the task hash.
+    augment : Callable[[Tensor], Tensor] or None (default: None)
+        Applied to each training batch (random transforms draw from torch's generator,
+        which fit seeds from ``rng``); not used for evaluation or under DP-SGD.
     num_threads : int or None (default: None)
         torch intra-op threads during fit and predict (not hashed: speed only).
     """
@@ -169,6 +172,7 @@ class TorchTask:
         trainable: Sequence[str] | None = None,
         base_seed: int = 0,
         weights: str | Path | None = None,
+        augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
         num_threads: int | None = None,
     ) -> None:
         if not name:
@@ -189,6 +193,7 @@ class TorchTask:
             raise ConfigError(f"TorchTask {name!r}: weights file {self.weights} not found")
         self.base_seed = int(base_seed)
         self.num_threads = num_threads
+        self._augment = augment
         base = self._base_state()
         names = list(base)
         self._trainable = names if trainable is None else _prefixed(names, tuple(trainable))
@@ -220,7 +225,7 @@ class TorchTask:
     def source_modules(self) -> list[str]:
         """Modules of the user's code (model factory, loss, metrics, ...): their package is in the task hash."""
         out: list[str] = []
-        for fn in (self._factory, self._loss, self._metrics, self._output, self._optimizer):
+        for fn in (self._factory, self._loss, self._metrics, self._output, self._optimizer, self._augment):
             module = getattr(fn, "__module__", None) or type(fn).__module__
             if module and module.split(".")[0] not in ("torch", "builtins", "fedcare") and module not in out:
                 out.append(module)
@@ -417,7 +422,8 @@ class TorchTask:
             for idx in _index_batches(len(data), batch_size, rng, target):
                 index = torch.from_numpy(idx)
                 optimizer.zero_grad()
-                loss = loss_fn(module(x[index]), y[index])
+                xb = x[index] if self._augment is None else self._augment(x[index])
+                loss = loss_fn(module(xb), y[index])
                 objective = loss
                 if mu > 0:
                     objective = objective + 0.5 * mu * sum(((p - anchors[n]) ** 2).sum() for n, p in named.items())
