@@ -74,6 +74,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "fedcare.runtime.simulation",
             # Wires DP plans, ledgers and site policies into a private run.
             "fedcare.privacy.setup",
+            # The task contract suite: runs a task package in real in-process federations.
+            "fedcare.testing",
         ),
     ),
     (
