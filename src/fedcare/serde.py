@@ -258,7 +258,7 @@ def decode_view(
     array is made, then the arrays pass :func:`check_state`. Any malformed input raises
     :class:`SerdeError` (and nothing else) naming ``where``.
     """
-    buf = memoryview(buf).cast("B")
+    buf = memoryview(buf.data if isinstance(buf, np.ndarray) else buf).cast("B")  # numpy types no Buffer on 3.11
     meta, entries, base = _header(buf, where)
     data_len = len(buf) - base
     state: ModelState = {}
