@@ -69,14 +69,22 @@ def augment(x: torch.Tensor) -> torch.Tensor:
 
 
 def make_task(
-    channels: int = 16, norm: str = "batch", dropout: float = 0.2, num_threads: int | None = None
+    channels: int = 16,
+    norm: str = "batch",
+    dropout: float = 0.2,
+    pos_weight: float = 1.0,
+    num_threads: int | None = None,
 ) -> TorchTask:
-    """The task fedcare builds from the study's ``[task]`` parameters."""
+    """The task fedcare builds from the study's ``[task]`` parameters.
+
+    ``pos_weight`` weighs the positive (pneumonia) class in the loss; a constant (not the
+    site's own label balance), so it is the same at every site and safe under DP-SGD.
+    """
     return TorchTask(
         name="xray-resnet",
         model=lambda: ResNetSmall(channels, norm, dropout),
-        loss=torch.nn.BCEWithLogitsLoss(),
-        params={"channels": channels, "norm": norm, "dropout": dropout},
+        loss=torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(float(pos_weight))),
+        params={"channels": channels, "norm": norm, "dropout": dropout, "pos_weight": pos_weight},
         input_shape=(1, 28, 28),
         augment=augment,
         num_threads=num_threads,
