@@ -397,5 +397,5 @@ def check_training(cfg: SimulateConfig, task: Task, dataset: FederatedDataset) -
             task.fit(task.init_model(np.random.default_rng(0)), rows, config, np.random.default_rng(0))
         except ConfigError as exc:
             raise ConfigError(f"{cfg.path}: {section}: {exc}") from None
-        except (ValueError, TypeError, RuntimeError) as exc:
+        except (ValueError, TypeError, RuntimeError, ArithmeticError) as exc:  # e.g. batch_size = 0
             raise ConfigError(f"{cfg.path}: {section}: the task rejects this config ({exc})") from None

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from fedcare.cli.app import DbOption, OutOption, app, console, default_db_url, fail
+from fedcare.cli.outputs import check_db_url, check_out_dir
 from fedcare.cli.privacy import demo_privacy_settings, privacy_table
 from fedcare.errors import FedcareError
 
@@ -47,6 +48,9 @@ def demo(
         str, typer.Option(help="Compress the sites' updates: none, q8, q4 (stochastic quantisation), topk.")
     ] = "none",
     topk_fraction: Annotated[float, typer.Option(help="Share of entries --compression topk keeps.")] = 0.01,
+    force: Annotated[
+        bool, typer.Option("--force", help="Write into an --out folder that already holds files (overwriting them).")
+    ] = False,
 ) -> None:
     """Train on a built-in data set as Local, Pooled and FedAvg; write report.html and summary.json."""
     from fedcare.cli.console import ExperimentProgress, results_table
@@ -58,7 +62,7 @@ def demo(
 
     run_id = new_run_id()
     out_dir = out or Path("fedcare-out") / run_id
-    created = None if out_dir.exists() else out_dir
+    created: Path | None = None
     try:
         recipe = get_demo(dataset)
         cfg = replace(recipe.config, seed=seed, rounds=rounds or recipe.config.rounds)
@@ -78,6 +82,8 @@ def demo(
         codec = Compression(codec=compression, fraction=topk_fraction)  # type: ignore[arg-type]
         if codec.enabled:
             cfg = replace(cfg, fit_config={**cfg.fit_config, **codec.fit_config()})
+        created = check_out_dir(out_dir, force=force)  # before any training or write
+        check_db_url(db or default_db_url(out_dir))
         console.print(f"[bold]fedcare demo[/] · {recipe.description}")
         data = recipe.load()
         for site in data.site_ids():

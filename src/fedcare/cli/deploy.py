@@ -173,6 +173,7 @@ def certs_issue(
     out: Annotated[Path | None, typer.Option(help="Output folder (default: the CA folder).")] = None,
     host: Annotated[list[str] | None, typer.Option(help="Server DNS name or IP (repeatable).")] = None,
     days: Annotated[int, typer.Option(help="Validity in days.", min=1)] = 825,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing certificate and key of NAME.")] = False,
 ) -> None:
     """Issue a server or site certificate signed by the study CA."""
     from fedcare.transport.tls import issue_certificate
@@ -185,6 +186,7 @@ def certs_issue(
             kind=kind,
             hosts=tuple(host or ()),
             days=days,  # type: ignore[arg-type]
+            force=force,
         )
     except FedcareError as exc:
         raise fail(exc) from None

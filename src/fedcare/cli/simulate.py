@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from fedcare.cli.app import DbOption, OutOption, app, console, default_db_url, fail
+from fedcare.cli.outputs import check_db_url, check_out_dir
 from fedcare.errors import ConfigError, FedcareError
 
 __all__ = ["simulate"]
@@ -25,6 +26,9 @@ def simulate(
     address: Annotated[
         str | None, typer.Option(help="With --backend ray: the Ray cluster to join (default: start a local Ray).")
     ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Write into an --out folder that already holds files (overwriting them).")
+    ] = False,
 ) -> None:
     """Train on your own CSV tables as Local, Pooled and a federated strategy; write report.html and summary.json.
 
@@ -42,11 +46,13 @@ def simulate(
 
     run_id = new_run_id()
     out_dir = out or Path("fedcare-out") / run_id
-    created = None if out_dir.exists() else out_dir
+    created: Path | None = None
     try:
         if backend not in ("inprocess", "ray"):
             raise ConfigError(f"--backend must be inprocess or ray, got {backend!r}")
         cfg = load_simulate_config(config)
+        created = check_out_dir(out_dir, force=force)  # before any training or write
+        check_db_url(db or default_db_url(out_dir))
         data, recipe = load_table(cfg.table)
         task = make_task(cfg.task, n_features=data.n_features)
         check_training(cfg, task, data)

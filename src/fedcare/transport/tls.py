@@ -120,6 +120,7 @@ def issue_certificate(
     kind: CertKind,
     hosts: tuple[str, ...] = (),
     days: int = 825,
+    force: bool = False,
 ) -> tuple[Path, Path]:
     """Issue ``<name>.pem`` and ``<name>.key`` (0600) signed by the CA in ``ca_dir``.
 
@@ -137,7 +138,16 @@ def issue_certificate(
         DNS names / IP addresses the server is reached at (SANs); ``name`` is added.
     days : int (default: 825)
         Validity period.
+    force : bool (default: False)
+        Replace an existing ``<name>.key`` / ``<name>.pem``; without it they are refused,
+        since replacing a site's key silently locks the deployed site out.
     """
+    existing = [p for p in (Path(out_dir) / f"{name}.key", Path(out_dir) / f"{name}.pem") if p.exists()]
+    if existing and not force:
+        raise ConfigError(
+            f"{existing[0]} already exists; replacing it would lock out whoever uses it "
+            "(pass --force to issue a new certificate and key anyway)"
+        )
     if not name or any(c in name for c in "/\\\0") or len(name) > 64:
         raise ConfigError(f"certificate name {name!r} must be 1-64 characters without slashes")
     if kind not in ("server", "site"):
