@@ -92,7 +92,7 @@ class PrivacySettings:
             self.site_max_epsilon > 0 and math.isfinite(self.site_max_epsilon)
         ):
             raise ConfigError(
-                f"a site's privacy budget (site_max_epsilon, --site-budget) must be a finite ε > 0, got {self.site_max_epsilon}"
+                f"a site's privacy budget (--site-budget) must be a finite ε > 0, got {self.site_max_epsilon}"
             )
         if self.accountant not in ("rdp", "prv"):
             raise ConfigError(f"accountant must be 'rdp' or 'prv', got {self.accountant!r}")
