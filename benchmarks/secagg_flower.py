@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import time
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
@@ -108,6 +109,7 @@ def main() -> None:
                 "round_s": per_round,
                 "wall_s": wall,
                 "max_abs_error": err,
+                "driver_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
             }
         )
     )

@@ -65,6 +65,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "fedcare.build",
             "fedcare.experiment",
             "fedcare.simulate",
+            "fedcare.demos",
             "fedcare.runconfig",
             "fedcare.deploy",
             "fedcare.testing",  # check_task: runs a task author's task through real simulations
@@ -73,6 +74,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "fedcare.runtime.simulation",
             # Wires DP plans, ledgers and site policies into a private run.
             "fedcare.privacy.setup",
+            # The task contract suite: runs a task package in real in-process federations.
+            "fedcare.testing",
         ),
     ),
     (

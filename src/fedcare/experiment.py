@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from fedcare.build.federated import run_federated
+from fedcare.build.federated import run_federated, site_channel
 from fedcare.build.run import build_run, run_spec
 from fedcare.build.site import SiteInputs, builtin_site_spec, site_gate
 from fedcare.data.federated import FederatedDataset, concat
@@ -45,7 +45,6 @@ from fedcare.study.site import SiteSpec
 from fedcare.study.spec import StudySpec, study_from_experiment
 from fedcare.study.spec import setting_name as plan_setting_name
 from fedcare.task import SiteData, Task, task_hash
-from fedcare.transport.inprocess import InProcessChannel
 from fedcare.types import ConfigValue, Metrics, ModelState, RunId, SiteId
 
 __all__ = ["ExperimentConfig", "new_run_id", "run_experiment", "evaluate_setting"]
@@ -95,6 +94,10 @@ class ExperimentConfig:
     label : str
         Name of the federated setting in the results (default: the strategy name, with
         ``+<personalization>`` appended).
+    backend : str
+        Where simulated sites run: ``"inprocess"`` (threads) or ``"ray"`` (Ray actors).
+    ray_address : str
+        Ray cluster to join with ``backend="ray"``; empty starts a local Ray.
     """
 
     rounds: int = 20
@@ -109,6 +112,8 @@ class ExperimentConfig:
     personalization: str = "none"
     personal_config: Mapping[str, ConfigValue] = field(default_factory=dict)
     label: str = ""
+    backend: str = "inprocess"
+    ray_address: str = ""
 
     def setting_name(self) -> str:
         """The federated setting's key in the results."""
@@ -258,8 +263,13 @@ def run_experiment(
         if name in ("local", "pooled"):
             raise ConfigError(f"strategy name {name!r} clashes with a baseline setting")
         run_id = RunId(f"{exp}-{name}")
-        backend = SqlLedgerBackend(recorder) if isinstance(recorder, SqlStore) else MemoryLedgerBackend()
-        plan = build_run(study, task, sites=sites, ledger_backend=backend, experiment=exp)
+        if cfg.backend != "inprocess" and (cfg.privacy or cfg.personalization != "none" or local_keys(task)):
+            raise ConfigError(
+                f"backend {cfg.backend!r} runs sites in other processes: privacy ledgers and personalised "
+                "models stay there, so run DP or personalisation with the in-process backend"
+            )
+        ledgers = SqlLedgerBackend(recorder) if isinstance(recorder, SqlStore) else MemoryLedgerBackend()
+        plan = build_run(study, task, sites=sites, ledger_backend=ledgers, experiment=exp)
         gates = {}
         for s in sites:
             spec, inputs = site_files[s] if site_files else (None, SiteInputs(dataset.sites[s]))
@@ -271,7 +281,7 @@ def run_experiment(
                 ledger=plan.ledgers.get(s),
                 policy=None if spec is not None else plan.policies.get(s),
             )
-        channel = InProcessChannel({s: g.handle for s, g in gates.items()})
+        channel = site_channel(gates, backend=cfg.backend, ray_address=cfg.ray_address or None)
         result = run_federated(
             plan,
             channel,

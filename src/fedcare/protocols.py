@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from fedcare.strategies.base import Fold, ServerState, Strategy
-from fedcare.types import Message, MessageKind, Metrics, ModelState, Payload, RunId, SiteId
+from fedcare.types import ConfigValue, Message, MessageKind, Metrics, ModelState, Payload, RunId, SiteId
 
 __all__ = [
     "AuditSink",
     "Channel",
+    "ExchangeReport",
     "FitPhase",
     "FitWorkflow",
     "NullRecorder",
@@ -122,6 +123,43 @@ class RoundReport:
     bytes_from_site: Mapping[SiteId, int] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class ExchangeReport:
+    """One exchange with the sites (fit, evaluate, a SecAgg stage, a query): who answered.
+
+    Attributes
+    ----------
+    run_id : RunId
+        The run the instructions named.
+    round_no : int
+        Their round (0 for queries outside rounds: statistics, moments).
+    kind : MessageKind
+        What was asked.
+    name : str
+        The query (``"cohort-stats"``, ``"moments"``) or SecAgg stage; ``""`` otherwise.
+    sent : tuple[SiteId, ...]
+        Sites that were sent an instruction.
+    answered : tuple[SiteId, ...]
+        Sites whose reply was not an error (the caller may still reject its content).
+    failures : Mapping[SiteId, str]
+        Refusals, errors and missed deadlines of this exchange.
+    duration_s : float
+        From sending to the last reply (or the deadline).
+    details : Mapping[str, ConfigValue]
+        What identifies the request (e.g. the statistics spec hash); never data.
+    """
+
+    run_id: RunId
+    round_no: int
+    kind: MessageKind
+    name: str
+    sent: tuple[SiteId, ...]
+    answered: tuple[SiteId, ...]
+    failures: Mapping[SiteId, str]
+    duration_s: float
+    details: Mapping[str, ConfigValue] = field(default_factory=dict)
+
+
 class Recorder(Protocol):
     """Where a run's events go (the Store implements this); reports only read the Store."""
 
@@ -137,6 +175,10 @@ class Recorder(Protocol):
         """Record how a run ended (``"completed"``, ``"failed"``)."""
         ...
 
+    def record_exchange(self, report: ExchangeReport) -> None:
+        """Record one exchange with the sites (also queries outside any round)."""
+        ...
+
 
 class NullRecorder:
     """Records nothing; for benchmarks and throwaway runs."""
@@ -148,6 +190,9 @@ class NullRecorder:
         """Ignore."""
 
     def finish_run(self, run_id: RunId, *, status: str, message: str = "") -> None:
+        """Ignore."""
+
+    def record_exchange(self, report: ExchangeReport) -> None:
         """Ignore."""
 
 

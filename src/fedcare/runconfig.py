@@ -219,8 +219,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: cannot read the config file ({exc})") from None
     try:
         return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: invalid TOML: {' '.join(str(exc).split())}") from None
+    except (tomllib.TOMLDecodeError, RecursionError) as exc:  # RecursionError: nesting too deep
+        raise ConfigError(f"{path}: invalid TOML: {' '.join(str(exc).split())[:200]}") from None
 
 
 def _compression(c: _Checker, value: Any) -> dict[str, ConfigValue]:
@@ -397,5 +397,5 @@ def check_training(cfg: SimulateConfig, task: Task, dataset: FederatedDataset) -
             task.fit(task.init_model(np.random.default_rng(0)), rows, config, np.random.default_rng(0))
         except ConfigError as exc:
             raise ConfigError(f"{cfg.path}: {section}: {exc}") from None
-        except (ValueError, TypeError, RuntimeError) as exc:
+        except (ValueError, TypeError, RuntimeError, ArithmeticError) as exc:  # e.g. batch_size = 0
             raise ConfigError(f"{cfg.path}: {section}: the task rejects this config ({exc})") from None

@@ -10,13 +10,12 @@ given, and contains only finite values.
 from __future__ import annotations
 
 import json
+import math
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
-from safetensors import SafetensorError
-from safetensors.numpy import load as _st_load
 
 from fedcare.errors import SerdeError
 from fedcare.types import ModelState
@@ -30,8 +29,10 @@ __all__ = [
     "all_finite",
     "check_state",
     "decode_state",
+    "decode_view",
     "encode_parts",
     "encode_state",
+    "read_metadata",
     "spec_of",
 ]
 
@@ -158,6 +159,7 @@ ST_DTYPE_CODES = {
     "uint64": "U64",
     "bool": "BOOL",
 }
+_ST_DTYPES = {code: name for name, code in ST_DTYPE_CODES.items()}
 
 
 def encode_parts(state: ModelState, *, metadata: Mapping[str, str] | None = None) -> list[memoryview]:
@@ -193,30 +195,121 @@ def encode_state(state: ModelState, *, metadata: Mapping[str, str] | None = None
     return b"".join(encode_parts(state, metadata=metadata))
 
 
-def read_metadata(data: bytes) -> dict[str, str]:
-    """Return the safetensors header metadata of ``data`` without loading arrays."""
-    if len(data) < 8:
-        raise SerdeError("safetensors payload is truncated (shorter than its header)")
-    n = int.from_bytes(data[:8], "little")
-    if n > len(data) - 8:
-        raise SerdeError("safetensors payload is truncated (header overruns the data)")
+#: Longest safetensors JSON header accepted (our headers are a few hundred bytes per entry).
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+_MAX_NDIM = 32
+
+
+def _loads(raw: bytes | str, what: str) -> object:
+    """``json.loads`` that raises only :class:`SerdeError` (bad UTF-8, syntax, nesting too deep)."""
     try:
-        header = json.loads(data[8 : 8 + n])
-    except ValueError as exc:
-        raise SerdeError(f"safetensors header is not valid JSON: {exc}") from None
-    meta = header.get("__metadata__", {}) if isinstance(header, dict) else {}
-    return {str(k): str(v) for k, v in meta.items()}
+        return json.loads(raw)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise SerdeError(f"{what} is not valid JSON ({str(exc)[:120]})") from None
+
+
+def _header(buf: memoryview, where: str) -> tuple[dict[str, str], dict[str, object], int]:
+    """Parse a safetensors header: (metadata, entries, offset of the data), every field type-checked."""
+    n = len(buf)
+    if n < 8:
+        raise SerdeError(f"{where}: safetensors payload is truncated (shorter than its header)")
+    hlen = int.from_bytes(bytes(buf[:8]), "little")
+    if hlen > MAX_HEADER_BYTES:
+        raise SerdeError(f"{where}: safetensors header declares {hlen} bytes, over the {MAX_HEADER_BYTES} limit")
+    if hlen > n - 8:
+        raise SerdeError(f"{where}: safetensors payload is truncated (header of {hlen} bytes overruns it)")
+    header = _loads(bytes(buf[8 : 8 + hlen]), f"{where}: safetensors header")
+    if not isinstance(header, dict):
+        raise SerdeError(f"{where}: safetensors header is not an object")
+    meta = header.pop("__metadata__", None)
+    if meta is None:
+        meta = {}
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise SerdeError(f"{where}: safetensors __metadata__ is not an object of strings")
+    return meta, header, 8 + hlen
+
+
+def _name_list(meta: Mapping[str, str], key: str, where: str) -> list[str] | None:
+    """The JSON list of entry names stored under ``key`` (None when absent); malformed raises."""
+    if key not in meta:
+        return None
+    value = _loads(meta[key], f"{where}: metadata {key}")
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise SerdeError(f"{where}: metadata {key} is not a list of entry names")
+    return value
+
+
+def read_metadata(data: bytes | bytearray | memoryview, *, where: str = "model state") -> dict[str, str]:
+    """Return the safetensors header metadata of ``data`` without loading arrays."""
+    meta, _, _ = _header(memoryview(data).cast("B"), where)
+    return dict(meta)
+
+
+def decode_view(
+    buf: bytes | bytearray | memoryview | np.ndarray,
+    spec: StateSpec | None = None,
+    *,
+    where: str = "model state",
+    require_finite: bool = True,
+) -> ModelState:
+    """Decode safetensors bytes into arrays that VIEW ``buf`` (no copy), validated.
+
+    Every offset, dtype and shape in the header is checked against the buffer before an
+    array is made, then the arrays pass :func:`check_state`. Any malformed input raises
+    :class:`SerdeError` (and nothing else) naming ``where``.
+    """
+    buf = memoryview(buf.data if isinstance(buf, np.ndarray) else buf).cast("B")  # numpy types no Buffer on 3.11
+    meta, entries, base = _header(buf, where)
+    data_len = len(buf) - base
+    state: ModelState = {}
+    for name, info in entries.items():
+        if not isinstance(info, dict):
+            raise SerdeError(f"{where}: entry {name[:80]!r} has a malformed description")
+        code = info.get("dtype")
+        dtype = _ST_DTYPES.get(code) if isinstance(code, str) else None
+        if dtype is None:
+            raise SerdeError(f"{where}: entry {name[:80]!r} has disallowed dtype {str(code)[:40]!r}")
+        shape, offsets = info.get("shape"), info.get("data_offsets")
+        if (
+            not isinstance(shape, list)
+            or len(shape) > _MAX_NDIM
+            or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**62 for d in shape)
+            or not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+        ):
+            raise SerdeError(f"{where}: entry {name[:80]!r} has a malformed shape or offsets")
+        start, end = offsets
+        itemsize = np.dtype(dtype).itemsize
+        count = math.prod(shape)
+        if not 0 <= start <= end <= data_len or end - start != count * itemsize:
+            raise SerdeError(f"{where}: entry {name[:80]!r} offsets {offsets} do not match shape {shape[:8]} / {dtype}")
+        try:
+            arr = np.frombuffer(buf, dtype=np.dtype(dtype).newbyteorder("<"), count=count, offset=base + start)
+            state[name] = arr.reshape(shape)
+        except ValueError as exc:  # a shape numpy cannot represent (e.g. a 0 beside a huge dimension)
+            raise SerdeError(f"{where}: entry {name[:80]!r} has an unusable shape ({exc})") from None
+    order = _name_list(meta, _ORDER_KEY, where)
+    if order is not None:
+        if sorted(order) != sorted(state):
+            raise SerdeError(f"{where}: metadata {_ORDER_KEY} does not list exactly the entries")
+        state = {k: state[k] for k in order}
+    for key in _name_list(meta, _SCALARS_KEY, where) or []:
+        if key in state and state[key].size == 1:
+            state[key] = state[key].reshape(())
+    check_state(state, spec, where=where, require_finite=require_finite)
+    return state
 
 
 def decode_state(
-    data: bytes,
+    data: bytes | bytearray | memoryview,
     spec: StateSpec | None = None,
     *,
     max_bytes: int = DEFAULT_MAX_BYTES,
     where: str = "model state",
     require_finite: bool = True,
 ) -> ModelState:
-    """Decode and validate safetensors bytes into a model state.
+    """Decode and validate safetensors bytes into a model state of writable arrays.
 
     Parameters
     ----------
@@ -234,34 +327,10 @@ def decode_state(
     Raises
     ------
     SerdeError
-        With a one-line message naming ``where`` and the problem.
+        With a one-line message naming ``where`` and the problem; never another exception,
+        whatever the bytes (tests/robustness fuzz this).
     """
     if len(data) > max_bytes:
         raise SerdeError(f"{where}: payload of {len(data)} bytes exceeds the limit of {max_bytes}")
-    try:
-        meta = read_metadata(data)
-    except SerdeError as exc:
-        raise SerdeError(f"{where}: {exc}") from None
-    try:
-        raw = _st_load(bytes(data))
-    except (SafetensorError, ValueError, TypeError) as exc:
-        raise SerdeError(f"{where}: not a valid safetensors payload ({exc})") from None
-    order: list[str] = list(raw)
-    if _ORDER_KEY in meta:
-        try:
-            declared = json.loads(meta[_ORDER_KEY])
-        except ValueError:
-            declared = None
-        if isinstance(declared, list) and sorted(declared) == sorted(raw):
-            order = [str(k) for k in declared]
-    state: ModelState = {k: raw[k] for k in order}
-    if _SCALARS_KEY in meta:
-        try:
-            scalars = json.loads(meta[_SCALARS_KEY])
-        except ValueError:
-            raise SerdeError(f"{where}: malformed {_SCALARS_KEY} metadata") from None
-        for key in scalars if isinstance(scalars, list) else []:
-            if key in state and state[key].size == 1:
-                state[key] = state[key].reshape(())
-    check_state(state, spec, where=where, require_finite=require_finite)
-    return state
+    view = decode_view(data, spec, where=where, require_finite=require_finite)
+    return {k: np.array(v, dtype=v.dtype.newbyteorder("=")) for k, v in view.items()}

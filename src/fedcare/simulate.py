@@ -9,7 +9,10 @@ settings a real federation cannot have, computed from the same rows and split.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
+
+import numpy as np
 
 from fedcare.build.prep import labels_of
 from fedcare.build.run import build_task
@@ -24,7 +27,7 @@ from fedcare.protocols import Recorder
 from fedcare.study.prep_stats import recipe_of
 from fedcare.study.site import SiteSpec
 from fedcare.study.spec import StudySpec
-from fedcare.task import Task
+from fedcare.task import ArrayDataset, Task
 from fedcare.types import SiteId
 
 __all__ = ["experiment_config", "simulate_study", "study_dataset"]
@@ -99,6 +102,23 @@ def study_dataset(
     )
 
 
+def check_training(study: StudySpec, task: Task, dataset: FederatedDataset) -> None:
+    """Run the task once on a few training rows with [fit] and [baseline] before anything is recorded.
+
+    A wrong type or value (``batch_size = 0``, ``lr = "fast"``) is then a one-line error
+    naming the study file and the table, not a traceback minutes into training.
+    """
+    first = dataset.sites[dataset.site_ids()[0]].train
+    rows = ArrayDataset(first.x[:8], first.y[:8])
+    for section, config in (("fit", study.fit), ("baseline", study.baseline)):
+        try:
+            task.fit(task.init_model(np.random.default_rng(0)), rows, dict(config), np.random.default_rng(0))
+        except ConfigError as exc:
+            raise ConfigError(f"{study.where}: [{section}]: {exc}") from None
+        except (ValueError, TypeError, RuntimeError, ZeroDivisionError) as exc:
+            raise ConfigError(f"{study.where}: [{section}]: the task rejects this config ({exc})") from None
+
+
 def load_study_sites(study: StudySpec, specs: Sequence[SiteSpec]) -> tuple[dict[str, SiteSpec], dict[str, SiteInputs]]:
     """Each site file read and checked against the study (every problem before any training)."""
     by_id: dict[str, SiteSpec] = {}
@@ -121,6 +141,8 @@ def simulate_study(
     progress: Progress | None = None,
     settings: tuple[str, ...] = ("local", "pooled", "federated"),
     task: Task | None = None,
+    backend: str = "inprocess",
+    ray_address: str | None = None,
 ) -> dict[str, Any]:
     """Run ``study`` over its sites in one process; return the summary (README's output contract)."""
     by_id, inputs = load_study_sites(study, specs)
@@ -128,10 +150,12 @@ def simulate_study(
     first = next(iter(inputs.values()), None)
     task = task or build_task(study, n_features=first.n_features if first else None)
     files = {SiteId(s): (spec, inputs[s]) for s, spec in by_id.items()} if by_id else None
+    check_training(study, task, dataset)
+    cfg = replace(experiment_config(study), backend=backend, ray_address=ray_address or "")
     summary = run_experiment(
         dataset,
         task,
-        experiment_config(study),
+        cfg,
         recorder=recorder,
         experiment_id=experiment_id,
         progress=progress,

@@ -19,7 +19,7 @@ import numpy.typing as npt
 from fedcare.task_manifest import task_manifest
 from fedcare.types import ConfigValue, EvalResult, FitResult, ModelState
 
-__all__ = ["ArrayDataset", "FitContext", "SiteData", "Task", "task_hash"]
+__all__ = ["ArrayDataset", "FitContext", "RecordSource", "SiteData", "Task", "task_hash"]
 
 
 @dataclass(frozen=True)
@@ -42,10 +42,40 @@ class ArrayDataset:
         """Number of examples."""
         return len(self.x)
 
+    def read(self, index: npt.NDArray[np.int64]) -> npt.NDArray[Any]:
+        """The records at ``index`` (the in-memory case of :class:`RecordSource`)."""
+        return self.x[index]
+
+
+@runtime_checkable
+class RecordSource(Protocol):
+    """Records read on demand, a batch at a time, for site data larger than memory.
+
+    Targets (``y``) are small and held in memory; features are read by row index, so a
+    task's memory is bounded by its batch size, not by the data set. :class:`ArrayDataset`
+    is the in-memory case; :mod:`fedcare.data.streaming` reads DICOM folders and Parquet
+    files. Tasks that accept one set ``streams = True`` (the adapter
+    :class:`~fedcare.tasks.torch_adapter.TorchTask` does).
+    """
+
+    y: npt.NDArray[Any]
+
+    def __len__(self) -> int:
+        """Number of records."""
+        ...
+
+    def read(self, index: npt.NDArray[np.int64]) -> npt.NDArray[Any]:
+        """Features of the records at ``index`` (in that order)."""
+        ...
+
 
 @dataclass(frozen=True)
 class SiteData:
-    """One site's local data: a training and a test split. It never leaves the site."""
+    """One site's local data: a training and a test split. It never leaves the site.
+
+    Either split may be a :class:`RecordSource` (files read a batch at a time) for a task
+    that streams; every other task gets arrays.
+    """
 
     train: ArrayDataset
     test: ArrayDataset

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from fedcare.cli import simulate  # noqa: F401  (registers the command)
+from fedcare.cli import study  # noqa: F401  (registers the simulate command)
 from fedcare.cli.app import app
 from fedcare.store import SqlStore
 

@@ -59,8 +59,16 @@ def test_run_detail_has_participation_refusals_bytes_privacy_and_audit(client):
     assert set(run["privacy"]) == {"site-00", "site-01"}
     assert run["privacy"]["site-00"]["rounds"] == ROUNDS
     assert run["privacy"]["site-00"]["epsilon_run"] > run["privacy"]["site-01"]["epsilon_run"] > 0  # less noise
-    assert run["audit"]["ok"] is True and run["audit"]["entries"] == 2
+    audit = client.get("/api/audit").json()
+    assert audit["ok"] is True and audit["entries"] == 2
     assert run["config"]["fit_config"] == {"lr": 0.1}
+
+
+def test_a_finished_run_is_served_from_cache_identically(client):
+    first = client.get(f"/api/runs/{RUN}/metrics")
+    again = client.get(f"/api/runs/{RUN}/metrics")
+    assert first.content == again.content and again.headers["content-type"] == "application/json"
+    assert "num_examples" not in first.json()["per_site"]["eval"]
 
 
 def test_metrics_have_a_curve_per_site_and_the_aggregate(client):

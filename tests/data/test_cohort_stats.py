@@ -9,12 +9,14 @@ from datahelpers import HEART_SCHEMA, write_heart_csvs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedcare.data.cohort import STATS_QUERY, StatsResponder, collect_cohort_stats
+from fedcare.data.cohort import STATS_QUERY, StatsQuery, collect_cohort_stats
 from fedcare.data.config import load_site_config
 from fedcare.data.connect import load_site
 from fedcare.data.stats import SiteAggregates, StatsSpec, site_aggregates, suppress_small_cells
 from fedcare.errors import ConfigError, SerdeError
+from fedcare.runtime.exchange import Exchange
 from fedcare.runtime.node import SiteNode
+from fedcare.runtime.queries import SiteQueries
 from fedcare.serde import decode_state, encode_state
 from fedcare.task import ArrayDataset, SiteData
 from fedcare.transport.inprocess import InProcessChannel
@@ -39,12 +41,15 @@ def heart(tmp_path_factory):
 def run_query(sites, spec, *, rngs=None):
     schema = next(iter(sites.values())).config.schema
     handlers = {
-        s: StatsResponder(site_id=s, frame=v.frame, schema=schema, spec=spec, rng=(rngs or {}).get(s))
+        s: SiteQueries(
+            site_id=s,
+            queries=[StatsQuery(site_id=s, frame=v.frame, schema=schema, spec=spec, rng=(rngs or {}).get(s))],
+        ).handle
         for s, v in sites.items()
     }
     channel = InProcessChannel(handlers, max_workers=2)
     try:
-        return collect_cohort_stats(channel, schema, spec, run_id=RunId("t"), timeout_s=30)
+        return collect_cohort_stats(Exchange(channel=channel, timeout_s=30), schema, spec, run_id=RunId("t"))
     finally:
         channel.close()
 
@@ -201,9 +206,9 @@ def test_site_node_answers_query_with_its_own_rules(heart, shift_task):
     sites, _ = heart
     site = sites[SiteId("va-long-beach")]
     schema = site.config.schema
-    responder = StatsResponder(site_id=SiteId("va"), frame=site.frame, schema=schema, spec=StatsSpec(min_count=10))
+    responder = StatsQuery(site_id=SiteId("va"), frame=site.frame, schema=schema, spec=StatsSpec(min_count=10))
     ds = ArrayDataset(np.zeros((2, 1), np.float32), np.zeros(2))
-    node = SiteNode(site_id=SiteId("va"), task=shift_task, data=SiteData(ds, ds), query_handler=responder)
+    node = SiteNode(site_id=SiteId("va"), task=shift_task, data=SiteData(ds, ds), queries=[responder])
     ask = StatsSpec(min_count=10).digest(schema)
     query = Message(
         MessageKind.QUERY, RunId("r"), 0, SiteId("va"), Payload(config={"query": STATS_QUERY, "spec_hash": ask})

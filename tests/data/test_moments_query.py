@@ -7,6 +7,7 @@ from fedcare.data.moments_query import query_moments
 from fedcare.data.tabular import Moments, split_indices
 from fedcare.datasets.heart_disease import RECIPE, load_heart_disease, load_raw
 from fedcare.errors import NotEnoughSitesError
+from fedcare.runtime.exchange import Exchange
 from fedcare.runtime.simulation import build_nodes
 from fedcare.task import ArrayDataset, SiteData, task_hash
 from fedcare.tasks import make_task
@@ -29,7 +30,7 @@ def ask(sites, task, **kwargs):
     nodes = build_nodes(sites, task)
     channel = InProcessChannel({s: n.handle for s, n in nodes.items()}, max_workers=1)
     try:
-        return query_moments(channel, run_id=RunId("q"), task_name=task.name, **kwargs)
+        return query_moments(Exchange(channel=channel, timeout_s=60), run_id=RunId("q"), task_name=task.name, **kwargs)
     finally:
         channel.close()
 
@@ -74,10 +75,11 @@ def test_refusals_are_reported_and_too_few_answers_raise():
 
 
 def test_unknown_query_is_an_error_reply_naming_what_the_site_answers():
-    from fedcare.data.moments_query import answer_query
     from fedcare.types import Message, MessageKind, Payload
 
     sites = raw_sites()
+    task = make_task("logreg", n_features=3)
+    node = build_nodes(sites, task)[SiteId("s0")]
     message = Message(MessageKind.QUERY, RunId("q"), 0, SiteId("s0"), Payload(config={"query": "cohort-size"}))
-    reply = answer_query(sites[SiteId("s0")], message)
+    reply = node.handle(message)
     assert reply.has_error and "unknown query 'cohort-size'" in reply.error and "moments" in reply.error

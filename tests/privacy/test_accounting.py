@@ -42,7 +42,7 @@ def test_composition_of_rounds_equals_one_long_history():
     whole = PrivacyCost(mechanism=Mechanism.DPSGD, noise_multiplier=2.0, sample_rate=0.08, steps=260)
     assert math.isclose(epsilon_of([one] * 20, delta=1e-5), epsilon_of([whole], delta=1e-5), rel_tol=1e-9)
     # and composition is tighter than adding the ε of each round
-    assert epsilon_of([one] * 20, delta=1e-5) < 20 * one.epsilon(1e-5)
+    assert epsilon_of([one] * 20, delta=1e-5) < 20 * epsilon_of([one], delta=1e-5)
 
 
 @settings(max_examples=20, deadline=None)
@@ -76,3 +76,18 @@ def test_calibration_rejects_bad_input_with_a_named_value(kwargs, message):
 def test_cost_rejects_a_zero_noise_multiplier():
     with pytest.raises(ConfigError, match="noise_multiplier must be a positive finite number"):
         PrivacyCost(mechanism=Mechanism.DPSGD, noise_multiplier=0.0, sample_rate=0.1, steps=1)
+
+
+def test_statistics_releases_compose_with_training_in_one_history():
+    from fedcare.privacy.accounting import Mechanism, PrivacyCost
+
+    train = PrivacyCost(mechanism=Mechanism.DPSGD, noise_multiplier=1.1, sample_rate=0.05, steps=100)
+    laplace = PrivacyCost(mechanism=Mechanism.STATS_LAPLACE, noise_multiplier=40.0, sample_rate=1.0, steps=20)
+    # pure epsilon (20 components at 1/40 each) adds to what the accountant says for the rest
+    assert epsilon_of([laplace], delta=1e-5) == pytest.approx(0.5)
+    assert epsilon_of([train, laplace], delta=1e-5) == pytest.approx(epsilon_of([train], delta=1e-5) + 0.5)
+    gaussian = PrivacyCost(mechanism=Mechanism.STATS_GAUSSIAN, noise_multiplier=50.0, sample_rate=1.0, steps=20)
+    both = epsilon_of([train, gaussian], delta=1e-5)
+    assert epsilon_of([train], delta=1e-5) < both < epsilon_of([train], delta=1e-5) + epsilon_of([gaussian], delta=1e-5)
+    with pytest.raises(ConfigError, match="Laplace release is not sampled"):
+        PrivacyCost(mechanism=Mechanism.STATS_LAPLACE, noise_multiplier=40.0, sample_rate=0.5, steps=1)

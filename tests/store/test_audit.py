@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from typer.testing import CliRunner
@@ -125,15 +126,20 @@ def test_anchors_catch_a_log_cut_short_and_re_chained(tmp_path):
 
 def test_a_log_read_mid_append_is_read_again_not_failed(tmp_path):
     """A verifier that reads the lines, then the head of a log whose writer appended in between."""
+    import fcntl
     import threading
 
     path = _log(tmp_path, n=4)
     lines = path.read_text().splitlines(keepends=True)
     path.write_text("".join(lines[:-1]))  # the head already names entry 4, its line is not there yet
-    threading.Timer(0.06, lambda: path.write_text("".join(lines))).start()  # ... and then it is
-    assert verify_audit_log(path).ok
-    path.write_text("".join(lines[:-1]))  # cut short for good: still detected
+    with open(path, "a") as writer:  # a live writer holds the log's lock, as every AuditLog does
+        fcntl.flock(writer.fileno(), fcntl.LOCK_EX)
+        threading.Timer(0.06, lambda: path.write_text("".join(lines))).start()  # ... and then it is
+        assert verify_audit_log(path).ok
+    path.write_text("".join(lines[:-1]))  # cut short for good, no writer: detected at once
+    started = time.monotonic()
     assert "truncated" in verify_audit_log(path).problem
+    assert time.monotonic() - started < 0.05
 
 
 def test_one_writer_per_log(tmp_path):

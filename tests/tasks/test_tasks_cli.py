@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 from typer.testing import CliRunner
 
 import fedcare.cli.tasks  # noqa: F401  (registers the commands)
@@ -43,3 +44,25 @@ def test_keygen_and_sign_make_an_approval_a_site_accepts(tmp_path, demo_dist):
     assert task_hash(make_task("demo-task")) in approvals.rules
     again = runner.invoke(app, ["tasks", "sign", "demo-task", "--key", str(tmp_path / "alice.key"), "--out", str(sig)])
     assert again.exit_code == 2 and "refusing to overwrite" in again.output
+
+
+def test_new_writes_a_package_whose_task_is_found_and_meets_the_contract(tmp_path, installer):
+    out = runner.invoke(app, ["tasks", "new", "ward-risk", "--out", str(tmp_path)])
+    assert out.exit_code == 0, out.output
+    root = tmp_path / "ward-risk"
+    assert 'ward-risk = "ward_risk:make_task"' in (root / "pyproject.toml").read_text()
+    assert "check_task" in (root / "tests" / "test_contract.py").read_text()
+    source = (root / "src" / "ward_risk" / "__init__.py").read_text()
+    installer(dist="ward-risk", module="ward_risk", source=source, entry="ward-risk = ward_risk:make_task")
+    from fedcare.task import ArrayDataset, SiteData
+    from fedcare.testing import check_task
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 13)).astype(np.float32)
+    data = SiteData(ArrayDataset(x[:30], (x[:30, 0] > 0).astype(np.float32)), ArrayDataset(x[30:], np.zeros(10)))
+    report = check_task("ward-risk", data=data, strategies=["fedavg"], sites=3)
+    assert {"fit is sound", "strategy fedavg", "SecAgg+", "record-level DP-SGD"} <= set(report.passed)
+    again = runner.invoke(app, ["tasks", "new", "ward-risk", "--out", str(tmp_path)])
+    assert again.exit_code == 2 and "refusing to overwrite" in again.output
+    bad = runner.invoke(app, ["tasks", "new", "Ward Risk", "--out", str(tmp_path)])
+    assert bad.exit_code == 2 and "lowercase letters" in bad.output

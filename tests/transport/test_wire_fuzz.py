@@ -252,9 +252,11 @@ def test_garbage_bytes_on_the_stream_do_not_hurt_the_server(deployment: Deployme
     # a certified client sends bytes that are not a SiteFrame at all
     channel = grpc.secure_channel(deployment.address, client_credentials(deployment.pki.files("site-03")))
     raw = channel.stream_stream("/fedcare.v1.Federation/Connect", request_serializer=None, response_deserializer=None)
-    with pytest.raises(grpc.RpcError):
-        list(raw(iter([b"\xff\xfe not protobuf \x00" * 10]), timeout=5))
+    replies = list(raw(iter([b"\xff\xfe not protobuf \x00" * 10]), timeout=5))
     channel.close()
+    # answered with a refusal that says why (the bytes are no hello), not a torn-down stream
+    (reply,) = [pb.ServerFrame.FromString(r) for r in replies]
+    assert reply.WhichOneof("frame") == "refusal" and "first frame must be a hello" in reply.refusal.reason
     result = coordinate(deployment, rounds=1, min_sites=2)
     assert not result.rounds[0].failures
 

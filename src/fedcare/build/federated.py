@@ -6,17 +6,33 @@ deployed one (gRPC channel of dialled-in nodes); only the channel differs.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from fedcare.build.prep import StudyChannel
 from fedcare.build.run import RunPlan, combine_statistics, make_coordinator
+from fedcare.errors import ConfigError
 from fedcare.protocols import Recorder, RoundReport, RunSpec
 from fedcare.runtime.coordinator import RunResult
 from fedcare.strategies.base import ServerState
 from fedcare.transport.base import Channel
-from fedcare.types import RunId
+from fedcare.transport.inprocess import InProcessChannel
+from fedcare.types import RunId, SiteId
 
-__all__ = ["run_federated"]
+__all__ = ["run_federated", "site_channel"]
+
+
+def site_channel(sites: Mapping[SiteId, Any], *, backend: str = "inprocess", ray_address: str | None = None) -> Channel:
+    """The channel of a simulation: the sites' gates on threads (``inprocess``) or on Ray actors (``ray``)."""
+    if backend == "inprocess":
+        return InProcessChannel({s: g.handle for s, g in sites.items()})
+    if backend == "ray":
+        try:  # optional extra: imported only when asked for
+            from fedcare.transport.ray_channel import RayChannel
+        except ImportError:
+            raise ConfigError("backend 'ray' needs the ray extra: pip install 'fedcare[ray]'") from None
+        return RayChannel(sites, address=ray_address)
+    raise ConfigError(f"backend must be 'inprocess' or 'ray', got {backend!r}")
 
 
 def run_federated(

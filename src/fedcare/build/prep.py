@@ -19,6 +19,7 @@ import hashlib
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
@@ -163,6 +164,14 @@ class StudySite:
     def __init__(self, node: SiteNode, study: StudySpec, source: TabularSource | None = None) -> None:
         self.node, self.study, self.source = node, study, source
         self._prepared: str | None = None
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # a Ray actor receives the site by serialisation; its lock is made anew there
+        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
         self._lock = threading.Lock()
 
     def handle(self, message: Message) -> Message:

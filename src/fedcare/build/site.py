@@ -11,6 +11,7 @@ import logging
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from fedcare.build.prep import StudySite, TabularSource
 from fedcare.build.run import build_task
@@ -231,6 +232,14 @@ class SiteGate:
     def node(self) -> SiteNode:
         """The node of the most recently built study (simulations read its state)."""
         return next(reversed(self.built.values())).node
+
+    def __getstate__(self) -> dict[str, Any]:
+        # a Ray actor receives the site by serialisation; its lock is made anew there
+        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     def handle(self, message: Message) -> Message:
         """Admit the instruction's study, then let that study's site answer it."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ from rich.markup import escape
 
 from fedcare.errors import FedcareError
 
-__all__ = ["app", "main"]
+__all__ = ["INTERNAL_ERROR_EXIT", "app", "main"]
 
 app = typer.Typer(
     name="fedcare",
@@ -62,8 +63,37 @@ def main() -> None:
     try:
         app()
     except FedcareError as exc:  # pragma: no cover - commands catch their own
-        err_console.print(f"[red]error:[/] {exc}")
+        err_console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
+    except Exception as exc:  # noqa: BLE001 - the CLI boundary: a bug is one line and a log, never a traceback
+        log_path = _write_crash_log(exc)
+        first = (str(exc).splitlines() or [""])[0][:300]
+        err_console.print(
+            f"[red]internal error:[/] {escape(type(exc).__name__)}: {escape(first)} "
+            f"(a fedcare bug, not your input); see log {log_path}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        sys.exit(INTERNAL_ERROR_EXIT)
+
+
+#: Exit code of an unexpected (non-FedcareError) failure: EX_SOFTWARE from sysexits.h.
+INTERNAL_ERROR_EXIT = 70
+
+
+def _write_crash_log(exc: BaseException) -> Path:
+    """Write the traceback of an unexpected error to a log file; return its path."""
+    import tempfile
+    import time
+    import traceback
+
+    path = Path(tempfile.gettempdir()) / f"fedcare-error-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    text = "".join(traceback.format_exception(exc))
+    try:
+        path.write_text(f"fedcare {' '.join(sys.argv[1:])}\n\n{text}", encoding="utf-8")
+    except OSError:  # nowhere to write it: the traceback goes to stderr after all
+        print(text, file=sys.stderr)
+    return path
 
 
 @app.callback()

@@ -6,7 +6,7 @@ import json
 import logging
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 import typer
@@ -124,45 +124,119 @@ def _tables(stats: CohortStats, min_count: int) -> list[Table]:
     return tables
 
 
+def _in_process_stats(config: list[Path], by: str | None, seed: int | None, timeout_s: float) -> tuple[Any, Any]:
+    """Every site in this process: each answers through the same query path as a SiteNode."""
+    from fedcare.data.cohort import StatsQuery, collect_cohort_stats
+    from fedcare.privacy.guard import SitePrivacyGuard
+    from fedcare.privacy.ledger import MemoryLedgerBackend, PrivacyLedger
+    from fedcare.runtime.exchange import Exchange
+    from fedcare.runtime.queries import SiteQueries
+    from fedcare.transport.inprocess import InProcessChannel
+
+    sites = _sites(config, by)
+    first = next(iter(sites.values())).config
+    schema, spec = first.schema, first.stats
+    if seed is not None and spec.privacy is not None:
+        log.warning("DP noise is seeded (%d): for tests and demos only", seed)
+    handlers = {}
+    for i, (site, loaded) in enumerate(sites.items()):
+        rng = np.random.default_rng([seed, i]) if seed is not None else None
+        cfg = loaded.config
+        query = StatsQuery(site_id=site, frame=loaded.frame, schema=cfg.schema, spec=cfg.stats, rng=rng)
+        # a rehearsal: each site accounts its DP release in a throw-away ledger (ε is shown)
+        guard = SitePrivacyGuard(
+            site=site,
+            max_epsilon=None,
+            delta=1e-5,
+            ledger=PrivacyLedger(MemoryLedgerBackend(), site=site),
+        )
+        handlers[site] = SiteQueries(site_id=site, queries=[query], privacy=guard).handle
+    channel = InProcessChannel(handlers, max_workers=2)
+    try:
+        exchange = Exchange(channel=channel, timeout_s=timeout_s)
+        result = collect_cohort_stats(exchange, schema, spec, run_id=RunId(f"stats-{uuid.uuid4().hex[:8]}"))
+    finally:
+        channel.close()
+    return spec, result
+
+
+def _deployed_stats(server: Path, config: list[Path], timeout_s: float | None) -> tuple[Any, Any, str]:
+    """Listen as the coordinator of ``server``, wait for the sites' nodes, query them."""
+    from fedcare.data.config import load_site_config
+    from fedcare.deploy.config import load_server_config
+    from fedcare.deploy.stats import serve_cohort_stats
+
+    if len(config) != 1:
+        raise ConfigError(
+            "with --server, give exactly one --config: the site.toml whose [schema] and [stats] the query asks for"
+        )
+    cfg = load_server_config(server)
+    asked = load_site_config(config[0])  # only its schema and release rules are used; no data is read
+    console.print(
+        f"[bold]fedcare stats[/] · study {escape(cfg.study)} · {cfg.listen} · "
+        f"sites {escape(', '.join(cfg.allowed_sites))}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    outcome = serve_cohort_stats(
+        listen=cfg.listen,
+        tls=cfg.tls,
+        allowed_sites=cfg.allowed_sites,
+        study=cfg.study,
+        schema=asked.schema,
+        spec=asked.stats,
+        store_url=cfg.store_url,
+        audit_log=cfg.audit_log,
+        wait_for_sites=cfg.wait_for_sites,
+        wait_timeout_s=cfg.wait_timeout_s,
+        timeout_s=timeout_s if timeout_s is not None else cfg.round_timeout_s,
+        min_sites=cfg.min_sites,
+        on_listening=lambda port: console.print(f"listening on port {port}"),
+    )
+    return asked.stats, outcome.result, outcome.run_id
+
+
 @app.command()
 def stats(
-    config: Annotated[list[Path], typer.Option("--config", "-c", help="A site.toml; repeat once per site.")],
+    config: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--config", "-c", help="A site.toml; repeat once per site (with --server: the one whose rules to ask for)."
+        ),
+    ] = None,
+    server: Annotated[
+        Path | None,
+        typer.Option(
+            "--server", help="Query deployed nodes: listen as this server.toml's coordinator (mTLS) and wait for them."
+        ),
+    ] = None,
     by: Annotated[
         str | None, typer.Option(help="Rehearse: split ONE config's data into sites by this column (natural split).")
     ] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the released statistics as JSON.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed the DP noise (tests and demos only; default: CSPRNG).")] = None,
-    timeout_s: Annotated[float, typer.Option("--timeout", help="Seconds to wait for the sites.")] = 60.0,
+    timeout_s: Annotated[
+        float | None, typer.Option("--timeout", help="Seconds to wait for the sites' answers (default 60).")
+    ] = None,
 ) -> None:
     """Cohort statistics computed at each site (counts, mean/std, histograms, label balance); only aggregates leave.
 
     Each site answers a QUERY instruction with its own config's release rules: cells below
     ``[stats] min_count`` (default 5) are suppressed at the site, optional DP noise is added
-    there, and the coordinator adds up what was released.
+    there (and charged to the site's privacy ledger), and the coordinator adds up what was
+    released. Without ``--server`` every site runs in this process (a rehearsal); with
+    ``--server server.toml`` the sites are deployed nodes that dial in over mutual TLS.
     """
-    from fedcare.data.cohort import StatsResponder, collect_cohort_stats
-    from fedcare.transport.inprocess import InProcessChannel
-
+    if not config:
+        raise fail(ConfigError("give --config site.toml (once per site, or once with --server)"))
+    run_id = ""
     try:
-        sites = _sites(config, by)
-        first = next(iter(sites.values())).config
-        schema, spec = first.schema, first.stats
-        if seed is not None and spec.privacy is not None:
-            log.warning("DP noise is seeded (%d): for tests and demos only", seed)
-        handlers = {}
-        for i, (site, loaded) in enumerate(sites.items()):
-            rng = np.random.default_rng([seed, i]) if seed is not None else None
-            cfg = loaded.config
-            handlers[site] = StatsResponder(
-                site_id=site, frame=loaded.frame, schema=cfg.schema, spec=cfg.stats, rng=rng
-            )
-        channel = InProcessChannel(handlers, max_workers=2)
-        try:
-            result = collect_cohort_stats(
-                channel, schema, spec, run_id=RunId(f"stats-{uuid.uuid4().hex[:8]}"), timeout_s=timeout_s
-            )
-        finally:
-            channel.close()
+        if server is not None:
+            if by is not None or seed is not None:
+                raise ConfigError("--by and --seed rehearse in this process; they do not apply with --server")
+            spec, result, run_id = _deployed_stats(server, config, timeout_s)
+        else:
+            spec, result = _in_process_stats(config, by, seed, timeout_s if timeout_s is not None else 60.0)
     except FedcareError as exc:
         raise fail(exc) from None
     stats_ = result.stats
@@ -176,11 +250,16 @@ def stats(
     )
     for table in _tables(stats_, spec.min_count):
         console.print(table)
+    for site, eps in result.epsilon.items():
+        console.print(f"site {escape(site)}: privacy ledger now at epsilon = {eps:.3f}", highlight=False)
     for site, why in result.failures.items():
         err_console.print(f"[yellow]site {escape(site)}[/]: {escape(why)}", highlight=False, soft_wrap=True)
     if json_out is not None:
         doc = stats_.to_dict()
         doc["failures"] = dict(result.failures)
+        doc["epsilon"] = dict(result.epsilon)
         doc["min_count"] = spec.min_count
+        if run_id:
+            doc["run_id"] = run_id
         json_out.write_text(json.dumps(doc, indent=2, sort_keys=True))
         console.print(f"json: {json_out}")

@@ -46,6 +46,9 @@ def demo(
         str, typer.Option(help="Compress the sites' updates: none, q8, q4 (stochastic quantisation), topk.")
     ] = "none",
     topk_fraction: Annotated[float, typer.Option(help="Share of entries --compression topk keeps.")] = 0.01,
+    force: Annotated[
+        bool, typer.Option("--force", help="Write into an --out folder that already holds files (overwriting them).")
+    ] = False,
 ) -> None:
     """Train on a built-in data set as Local, Pooled and FedAvg; write report.html and summary.json.
 
@@ -81,4 +84,4 @@ def demo(
             study = replace(study, fit={**study.fit, **codec.fit_config()})
         return study
 
-    run_simulation_command("demo", prepare, sites=(), out=out, db=db)
+    run_simulation_command("demo", prepare, sites=(), out=out, db=db, force=force)

@@ -217,6 +217,7 @@ def certs_issue(
     out: Annotated[Path | None, typer.Option(help="Output folder (default: the CA folder).")] = None,
     host: Annotated[list[str] | None, typer.Option(help="Server DNS name or IP (repeatable).")] = None,
     days: Annotated[int, typer.Option(help="Validity in days.", min=1)] = 825,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing certificate and key of NAME.")] = False,
 ) -> None:
     """Issue a server or site certificate signed by the study CA."""
     from fedcare.transport.tls import issue_certificate
@@ -229,6 +230,7 @@ def certs_issue(
             kind=kind,
             hosts=tuple(host or ()),
             days=days,  # type: ignore[arg-type]
+            force=force,
         )
     except FedcareError as exc:
         raise fail(exc) from None
@@ -242,11 +244,17 @@ def audit_verify(
         Path | None,
         typer.Option(help="The coordinator's audit log: also check every head of PATH it recorded."),
     ] = None,
+    site: Annotated[
+        str | None,
+        typer.Option(
+            help="With --anchors: the site whose log PATH is (its certificate CN), instead of the actor the log claims."
+        ),
+    ] = None,
 ) -> None:
     """Recompute the hash chain; exit 1 and name the first edited or deleted entry."""
     from fedcare.store.audit import verify_audit_log
 
-    report = verify_audit_log(path, anchors=anchors)
+    report = verify_audit_log(path, anchors=anchors, site=site)
     if not report.ok:
         err_console.print(
             f"[red]audit log {path} FAILS verification:[/] {report.problem}", highlight=False, soft_wrap=True

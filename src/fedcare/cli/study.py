@@ -8,6 +8,7 @@ written; a problem is one line naming the file, and the exit code says its kind.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -15,6 +16,7 @@ import typer
 from rich.markup import escape
 
 from fedcare.cli.app import DbOption, OutOption, app, console, default_db_url, fail
+from fedcare.cli.outputs import check_db_url, check_out_dir
 from fedcare.errors import ConfigError, FedcareError
 
 if TYPE_CHECKING:
@@ -39,8 +41,15 @@ def run_simulation_command(
     out: Path | None,
     db: str | None,
     settings: tuple[str, ...] = ("local", "pooled", "federated"),
+    force: bool = False,
+    backend: str = "inprocess",
+    address: str | None = None,
 ) -> None:
-    """Check, run and report a study in one process (demo, simulate, strategies run)."""
+    """Check, run and report a study in one process (demo, simulate, strategies run).
+
+    The output folder, the store, the study, every site's data and a one-step dry run of
+    the training configs are checked before any training or write.
+    """
     from fedcare.cli.console import ExperimentProgress, results_table
     from fedcare.cli.privacy import privacy_table
     from fedcare.experiment import new_run_id
@@ -51,8 +60,12 @@ def run_simulation_command(
 
     run_id = new_run_id()
     out_dir = out or Path("fedcare-out") / run_id
-    created = None if out_dir.exists() else out_dir
+    created: Path | None = None
     try:
+        if backend not in ("inprocess", "ray"):
+            raise ConfigError(f"--backend must be inprocess or ray, got {backend!r}")
+        created = check_out_dir(out_dir, force=force)  # before any training or write
+        check_db_url(db or default_db_url(out_dir))
         study: StudySpec = prepare()
         specs = [load_site(p) for p in sites]
         console.print(
@@ -63,7 +76,14 @@ def run_simulation_command(
         try:
             with ExperimentProgress(console, study.rounds) as progress:
                 summary = simulate_study(
-                    study, specs, recorder=store, experiment_id=run_id, progress=progress, settings=settings
+                    study,
+                    specs,
+                    recorder=store,
+                    experiment_id=run_id,
+                    progress=progress,
+                    settings=settings,
+                    backend=backend,
+                    ray_address=address,
                 )
         finally:
             store.close()
@@ -88,6 +108,15 @@ def simulate(
     ] = None,
     out: OutOption = None,
     db: DbOption = None,
+    backend: Annotated[
+        str, typer.Option(help="Where simulated sites run: inprocess (threads) or ray (Ray actors; the ray extra).")
+    ] = "inprocess",
+    address: Annotated[
+        str | None, typer.Option(help="With --backend ray: the Ray cluster to join (default: start a local Ray).")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Write into an --out folder that already holds files (overwriting them).")
+    ] = False,
 ) -> None:
     """Rehearse a study in one process: Local, Pooled and the federated setting; write report.html and summary.json.
 
@@ -98,7 +127,7 @@ def simulate(
     if config is not None:
         if study is not None or site:
             raise fail(ConfigError("give --study (with --site files) or a legacy --config run file, not both"))
-        _legacy_simulate(config, out, db)
+        _legacy_simulate(config, out, db, force=force, backend=backend, address=address)
         return
     if study is None:
         raise fail(ConfigError("give --study STUDY (a study.toml or a built-in study's name) and its --site files"))
@@ -108,11 +137,15 @@ def simulate(
 
         return resolve_study(study)
 
-    run_simulation_command("simulate", prepare, sites=site or [], out=out, db=db)
+    run_simulation_command(
+        "simulate", prepare, sites=site or [], out=out, db=db, force=force, backend=backend, address=address
+    )
 
 
-def _legacy_simulate(config: Path, out: Path | None, db: str | None) -> None:
-    """The run file of earlier versions: its CSVs become sites of an equivalent study."""
+def _legacy_simulate(
+    config: Path, out: Path | None, db: str | None, *, force: bool, backend: str, address: str | None
+) -> None:
+    """The run file of earlier versions (``[sites]`` of CSVs): still read, checked the same way."""
     from fedcare.cli.console import ExperimentProgress, results_table
     from fedcare.data.byo import load_table
     from fedcare.experiment import new_run_id, run_experiment
@@ -123,13 +156,17 @@ def _legacy_simulate(config: Path, out: Path | None, db: str | None) -> None:
 
     run_id = new_run_id()
     out_dir = out or Path("fedcare-out") / run_id
-    created = None if out_dir.exists() else out_dir
+    created: Path | None = None
     try:
+        if backend not in ("inprocess", "ray"):
+            raise ConfigError(f"--backend must be inprocess or ray, got {backend!r}")
         cfg = load_simulate_config(config)
+        created = check_out_dir(out_dir, force=force)  # before any training or write
+        check_db_url(db or default_db_url(out_dir))
         data, recipe = load_table(cfg.table)
         task = make_task(cfg.task, n_features=data.n_features)
         check_training(cfg, task, data)
-        exp = cfg.experiment
+        exp = replace(cfg.experiment, backend=backend, ray_address=address or "")
         console.print(
             f"[bold]fedcare simulate[/] · {data.name}: {len(data.sites)} sites, {data.n_features} features, "
             f"{exp.strategy}, {exp.rounds} rounds"

@@ -121,3 +121,20 @@ def sign(
     except FedcareError as exc:
         raise fail(exc) from None
     console.print(f"signed {name} {manifest.digest} ({len(manifest.files)} files) -> {path}", highlight=False)
+
+
+@tasks_app.command("new")
+def new(
+    name: Annotated[str, typer.Argument(help="Task name (also the distribution name), e.g. xray-resnet.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder to create the package in.")] = Path("."),
+) -> None:
+    """Write a task package skeleton: pyproject with the entry point, the task, a contract test."""
+    from fedcare.cli.task_template import write_task_package
+
+    try:
+        files = write_task_package(name, out)
+    except FedcareError as exc:
+        raise fail(exc) from None
+    for path in files:
+        console.print(f"wrote {path}", highlight=False)
+    console.print(f"next: pip install -e {out / name} && pytest {out / name / 'tests'}", highlight=False)

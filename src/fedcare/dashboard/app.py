@@ -5,7 +5,7 @@ Routes
 ``GET /``                         runs list (HTML)
 ``GET /runs/{id}``                one run: curves per site, participation, events, bytes, ε, config (HTML)
 ``GET /api/runs``                 runs list (JSON)
-``GET /api/runs/{id}``            one run (JSON)
+``GET /api/runs/{id}``            one run (JSON; the audit chain is ``/api/audit``)
 ``GET /api/runs/{id}/metrics``    per-round, per-site curves (JSON)
 ``GET /api/runs/{id}/stream``     server-sent events while the run changes; ends when it is over
 ``GET /api/audit``                state of the coordinator's audit chain (JSON)
@@ -19,15 +19,16 @@ from __future__ import annotations
 import asyncio
 import html
 import json
-from collections.abc import AsyncIterator
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
 from fedcare.dashboard.readstore import RunReader, redact_url
-from fedcare.dashboard.web import add_common, not_found, page
+from fedcare.dashboard.web import add_common, fast_json, not_found, page
 from fedcare.store.audit import verify_audit_log
 
 __all__ = ["audit_state", "create_app"]
@@ -75,6 +76,25 @@ def create_app(
         A stream ends after this long (the browser reconnects), so no connection is held forever.
     """
     reader = RunReader(db_url)
+    finished: OrderedDict[tuple[str, str], bytes] = OrderedDict()  # JSON of finished runs, which never change
+
+    def run_json(kind: str, run_id: str, build: Callable[[str], dict[str, Any] | None]) -> Response:
+        """The JSON of a run; a finished run's is built once (LRU of 64): a 1,000-round run's takes seconds."""
+        body = finished.get((kind, run_id))
+        if body is None:
+            state = reader.version(run_id)
+            content = build(run_id) if state is not None else None
+            if content is None:
+                return not_found(f"unknown run {run_id!r}")
+            body = json.dumps(content, separators=(",", ":")).encode()
+            if state is not None and state["status"] != "running":
+                finished[(kind, run_id)] = body
+                while len(finished) > 64:
+                    finished.popitem(last=False)
+        else:
+            finished.move_to_end((kind, run_id))
+        return Response(body, media_type="application/json")
+
     app = FastAPI(title="fedcare dashboard", docs_url=None, redoc_url=None, openapi_url=None)
     add_common(app, token)
     store_label = redact_url(db_url)
@@ -122,22 +142,16 @@ def create_app(
         )
 
     @app.get("/api/runs")
-    def api_runs() -> dict[str, Any]:
-        return {"store": store_label, "runs": reader.runs()}
+    def api_runs() -> Any:
+        return fast_json({"store": store_label, "runs": reader.runs()})
 
     @app.get("/api/runs/{run_id}")
-    def api_run(run_id: str) -> Any:
-        run = reader.run(run_id)
-        if run is None:
-            return not_found(f"unknown run {run_id!r}")
-        run["audit"] = audit_state(audit_log)
-        return run
+    def api_run(run_id: str) -> Response:
+        return run_json("run", run_id, reader.run)
 
     @app.get("/api/runs/{run_id}/metrics")
-    def api_metrics(run_id: str) -> Any:
-        if reader.version(run_id) is None:
-            return not_found(f"unknown run {run_id!r}")
-        return reader.metrics(run_id)
+    def api_metrics(run_id: str) -> Response:
+        return run_json("metrics", run_id, reader.metrics)
 
     @app.get("/api/runs/{run_id}/stream")
     async def api_stream(run_id: str, request: Request) -> Any:

@@ -114,6 +114,7 @@ class RunReader:
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = open_read_only(url)
+        self._sites_cache: dict[str, list[str]] = {}
         with self.engine.connect() as conn:
             self._has_ledger = "privacy_ledger" in set(inspect(conn).get_table_names())
 
@@ -124,24 +125,31 @@ class RunReader:
     def _all(self, query: Any) -> list[Any]:
         try:
             with self.engine.connect() as conn:
-                return list(conn.execute(query))
+                return list(conn.execute(query).all())  # fetchall: far faster than row by row
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot read store {redact_url(self.url)}: {exc.__class__.__name__}: {exc}") from None
 
     # -- runs list ----------------------------------------------------------------------
 
     def runs(self) -> list[dict[str, Any]]:
-        """Every run, newest first, with rounds done and the sites seen."""
+        """Every run, newest first, with rounds done and the sites seen.
+
+        The sites of a finished run never change, so they are read once and kept: the
+        list stays fast with hundreds of runs of many rounds.
+        """
         done = {r.run_id: r.n for r in self._all(select(_ROUNDS.c.run_id, func.count().label("n")).group_by("run_id"))}
-        sites: dict[str, set[str]] = defaultdict(set)
-        for q in (
-            select(_METRICS.c.run_id, _METRICS.c.site).distinct(),
-            select(_EVENTS.c.run_id, _EVENTS.c.site).distinct(),
-        ):
-            for run_id, site in self._all(q):
-                sites[run_id].add(site)
         rows = self._all(select(_RUNS).order_by(_RUNS.c.created_at.desc()))
-        return [self._run_dict(r, done.get(r.id, 0), sorted(sites.get(r.id, ()))) for r in rows]
+        wanted = [r.id for r in rows if r.id not in self._sites_cache]
+        found: dict[str, set[str]] = defaultdict(set)
+        for chunk in (wanted[i : i + 500] for i in range(0, len(wanted), 500)):
+            for table in (_METRICS, _EVENTS):
+                query = select(table.c.run_id, table.c.site).where(table.c.run_id.in_(chunk)).distinct()
+                for run_id, site in self._all(query):
+                    found[run_id].add(site)
+        for r in rows:
+            if r.id not in self._sites_cache and r.status != "running":
+                self._sites_cache[r.id] = sorted(found[r.id])
+        return [self._run_dict(r, done.get(r.id, 0), self._sites_cache.get(r.id) or sorted(found[r.id])) for r in rows]
 
     @staticmethod
     def _run_dict(r: Any, rounds_done: int, sites: list[str]) -> dict[str, Any]:
@@ -269,15 +277,24 @@ class RunReader:
         return dict(sorted(out.items()))
 
     def metrics(self, run_id: str) -> dict[str, Any]:
-        """Curves: ``per_site[phase][metric][site] = [[round, value], ...]`` and the round aggregates."""
+        """Curves: ``per_site[phase][metric][site] = [[round, value], ...]`` and the round aggregates.
+
+        ``num_examples`` is left out (it is a count, not a curve); the final test metrics
+        are in :meth:`run`.
+        """
+        c = _METRICS.c
         rows = self._all(
-            select(_METRICS.c.phase, _METRICS.c.name, _METRICS.c.site, _METRICS.c.round_no, _METRICS.c.value)
-            .where(_METRICS.c.run_id == run_id, _METRICS.c.phase != "test")
-            .order_by(_METRICS.c.round_no)
+            select(c.phase, c.name, c.site, c.round_no, c.value)
+            .where(c.run_id == run_id, c.phase != "test", c.name != "num_examples")
+            .order_by(c.phase, c.name, c.site, c.round_no)
         )
         per_site: dict[str, dict[str, dict[str, list[list[float]]]]] = {}
-        for phase, name, site, round_no, value in rows:
-            per_site.setdefault(phase, {}).setdefault(name, {}).setdefault(site, []).append([round_no, value])
+        key, points = None, None
+        for phase, name, site, round_no, value in rows:  # sorted: one dict lookup per curve, not per point
+            if (phase, name, site) != key:
+                key = (phase, name, site)
+                points = per_site.setdefault(phase, {}).setdefault(name, {}).setdefault(site, [])
+            points.append([round_no, value])  # type: ignore[union-attr]
         aggregate: dict[str, dict[str, list[list[float]]]] = {"fit": {}, "eval": {}}
         rounds = self._all(
             select(_ROUNDS.c.round_no, _ROUNDS.c.fit_metrics, _ROUNDS.c.eval_metrics)

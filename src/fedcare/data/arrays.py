@@ -9,7 +9,6 @@ load) is refused by name, never unpickled.
 
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -50,16 +49,30 @@ def read_medmnist(path: Path, report: CheckReport, *, target: str) -> tuple[np.n
     except FileNotFoundError:
         report.add(name, "", f"does not exist ({path})")
         return empty
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        report.add(name, "", f"cannot be read as .npz: {str(exc).splitlines()[0]}")
+    except Exception as exc:  # noqa: BLE001 - zipfile raises BadZipFile, NotImplementedError, OSError, ...
+        report.add(name, "", f"cannot be read as .npz: {type(exc).__name__}: {_first_line(exc)}")
         return empty
+    try:
+        return _read_archive(archive, name, report, target, empty)
+    except Exception as exc:  # noqa: BLE001 - a damaged zip fails on first read, with zipfile's or zlib's errors
+        report.add(name, "", f"cannot be read as .npz: {type(exc).__name__}: {_first_line(exc)}")
+        return empty
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [""])[0][:200]
+
+
+def _read_archive(
+    archive: object, name: str, report: CheckReport, target: str, empty: tuple[np.ndarray, pd.DataFrame]
+) -> tuple[np.ndarray, pd.DataFrame]:
     images: list[np.ndarray] = []
     labels: list[np.ndarray] = []
     splits: list[str] = []
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        report.add(name, "", "is a single .npy array, not a MedMNIST .npz archive")
+        return empty
     with archive:
-        if not isinstance(archive, np.lib.npyio.NpzFile):
-            report.add(name, "", "is a single .npy array, not a MedMNIST .npz archive")
-            return empty
         for split in SPLITS:
             ikey, lkey = f"{split}_images", f"{split}_labels"
             if ikey not in archive.files and lkey not in archive.files:
@@ -68,7 +81,7 @@ def read_medmnist(path: Path, report: CheckReport, *, target: str) -> tuple[np.n
                 x = archive[ikey] if ikey in archive.files else None
                 y = archive[lkey] if lkey in archive.files else None
             except ValueError as exc:  # object arrays need pickle: refused
-                report.add(name, f"{ikey}/{lkey}", f"cannot be loaded without pickle ({str(exc).splitlines()[0]})")
+                report.add(name, f"{ikey}/{lkey}", f"cannot be loaded without pickle ({_first_line(exc)})")
                 continue
             if x is None or y is None:
                 report.add(name, ikey if x is None else lkey, f"is missing (found {sorted(archive.files)})")

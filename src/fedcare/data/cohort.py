@@ -1,30 +1,35 @@
-"""Cohort statistics over any Channel: a ``QUERY`` instruction answered at each site.
+"""Cohort statistics over the one exchange: a ``QUERY`` instruction answered at each site.
 
 The coordinator sends ``MessageKind.QUERY`` with ``config = {"query": "cohort-stats",
-"spec_hash": ...}``; each site's :class:`StatsResponder` (its own process, its own
-config) checks that the requested statistics are exactly the ones its config allows
-(same :meth:`StatsSpec.digest`, which covers columns, bins, small-cell threshold and
-noise), computes :func:`fedcare.data.stats.site_aggregates` on its own table, and replies
-with the release as arrays. Only that release crosses the channel. A refusal is an error
-reply, never an exception. :func:`collect_cohort_stats` is the coordinator side.
+"spec_hash": ...}`` through an :class:`~fedcare.runtime.exchange.Exchange` (recorded in
+the store; audited by both sides over gRPC). Each site's :class:`StatsQuery` (its own
+process, its own config), answered by its :class:`~fedcare.runtime.node.SiteNode`,
+checks that the requested statistics are exactly the ones its config allows (same
+:meth:`StatsSpec.digest`, which covers columns, bins, small-cell threshold and noise),
+computes :func:`fedcare.data.stats.site_aggregates` on its own table (noise, then
+small-cell suppression, at the site), and replies with the release as arrays. A DP
+release is charged to the site's privacy ledger before it leaves and refused past the
+site's budget. Only that release crosses the channel; a refusal is an error reply,
+never an exception. :func:`collect_cohort_stats` is the coordinator side.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
 
 from fedcare.data.schema import StudySchema
 from fedcare.data.stats import CohortStats, SiteAggregates, StatsSpec, combine, site_aggregates
-from fedcare.errors import FedcareError, NotEnoughSitesError
-from fedcare.protocols import Channel
+from fedcare.errors import FedcareError, NotEnoughSitesError, PolicyError
+from fedcare.privacy.cost import PrivacyCost
+from fedcare.runtime.exchange import Exchange
 from fedcare.types import Message, MessageKind, Payload, RunId, SiteId
 
-__all__ = ["STATS_QUERY", "CohortResult", "StatsResponder", "collect_cohort_stats"]
+__all__ = ["STATS_QUERY", "CohortResult", "StatsQuery", "collect_cohort_stats"]
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +37,11 @@ log = logging.getLogger(__name__)
 STATS_QUERY = "cohort-stats"
 
 
-class StatsResponder:
+class StatsQuery:
     """Answer cohort-statistics queries with a site's own table and release rules.
+
+    A :class:`~fedcare.runtime.queries.SiteQuery`: give it to the site's
+    :class:`~fedcare.runtime.node.SiteNode` (``queries=[StatsQuery(...)]``).
 
     Parameters
     ----------
@@ -48,6 +56,9 @@ class StatsResponder:
     rng : numpy.random.Generator or None (default: None)
         DP noise source; ``None`` is CSPRNG-seeded per release.
     """
+
+    name = STATS_QUERY
+    task_bound = False  # governed by the site's statistics rules, not a task hash
 
     def __init__(
         self,
@@ -65,24 +76,20 @@ class StatsResponder:
         self.digest = spec.digest(schema)
         self._rng = rng
 
-    def __call__(self, message: Message) -> Message:
-        """Check the query against this site's rules, then release aggregates only."""
-        if message.kind is not MessageKind.QUERY:
-            return message.reply(error=f"refused: {message.kind.value!r} is not a query")
-        config = message.payload.config
-        if config.get("query") != STATS_QUERY:
-            return message.reply(error=f"refused: unknown query {config.get('query')!r}")
-        asked = config.get("spec_hash")
+    def admit(self, message: Message) -> PrivacyCost | None:
+        """Refuse any statistics but the site's configured ones; return the release's DP cost."""
+        asked = message.payload.config.get("spec_hash")
         if asked != self.digest:
-            return message.reply(
-                error=f"refused: statistics spec {asked} differs from this site's configured spec {self.digest}"
+            raise PolicyError(
+                f"refused: statistics spec {asked} differs from this site's configured spec {self.digest}"
             )
-        try:
-            release = site_aggregates(self._frame, self.schema, self.spec, rng=self._rng)
-        except FedcareError as exc:
-            return message.reply(error=f"{type(exc).__name__}: {exc}")
+        return self.spec.privacy_cost(self.schema)
+
+    def answer(self, message: Message) -> Payload:
+        """Noise (if any), then small-cell suppression, at the site: aggregates only."""
+        release = site_aggregates(self._frame, self.schema, self.spec, rng=self._rng)
         log.info("site %s released cohort statistics (n=%s, noise %s)", self.site_id, release.n, release.noise)
-        return message.reply(Payload(arrays={"stats": release.to_arrays()}, config={"noise": release.noise}))
+        return Payload(arrays={"stats": release.to_arrays()}, config={"noise": release.noise})
 
 
 @dataclass(frozen=True)
@@ -91,58 +98,48 @@ class CohortResult:
 
     stats: CohortStats
     failures: Mapping[SiteId, str]
+    #: Each site's ε spent (study total in its ledger) after a DP release, as it reported it.
+    epsilon: Mapping[SiteId, float]
 
 
 def collect_cohort_stats(
-    channel: Channel,
+    exchange: Exchange,
     schema: StudySchema,
     spec: StatsSpec,
     *,
     run_id: RunId,
-    timeout_s: float = 60.0,
+    sites: Sequence[SiteId] | None = None,
     min_sites: int = 1,
 ) -> CohortResult:
-    """Ask every reachable site for its release and combine them (coordinator side).
+    """Ask every reachable site for its release through ``exchange`` and combine them.
 
     Raises
     ------
     NotEnoughSitesError
         Fewer than ``min_sites`` sites answered with a valid release.
     """
-    sites = list(channel.sites())
-    messages = [
-        Message(
-            kind=MessageKind.QUERY,
-            run_id=run_id,
-            round_no=0,
-            site=site,
-            payload=Payload(config={"query": STATS_QUERY, "spec_hash": spec.digest(schema)}),
-        )
-        for site in sites
-    ]
-    expected = {m.message_id: m.site for m in messages}
-    channel.send(messages)
+    targets = list(sites) if sites is not None else exchange.sites()
+    payload = Payload(config={"query": STATS_QUERY, "spec_hash": spec.digest(schema)})
     layout = spec.layout(schema)
     releases: dict[SiteId, SiteAggregates] = {}
+    epsilon: dict[SiteId, float] = {}
     failures: dict[SiteId, str] = {}
-    for reply in channel.receive(timeout_s=timeout_s):
-        site = expected.pop(reply.reply_to or "", None)
-        if site is None:
+    for reply in exchange(MessageKind.QUERY, run_id, 0, dict.fromkeys(targets, payload), failures):
+        try:
+            release = SiteAggregates.from_arrays(
+                reply.payload.arrays.get("stats", {}), layout, where=f"stats from {reply.site}"
+            )
+        except FedcareError as exc:
+            failures[reply.site] = str(exc)
             continue
-        if reply.has_error:
-            failures[site] = str(reply.error)
-        else:
-            try:
-                releases[site] = SiteAggregates.from_arrays(
-                    reply.payload.arrays.get("stats", {}), layout, where=f"stats from {site}"
-                )
-            except FedcareError as exc:
-                failures[site] = str(exc)
-        if not expected:
-            break
-    for site in expected.values():
-        failures[site] = f"no reply within {timeout_s:g} s"
+        noise = reply.payload.config.get("noise")
+        releases[reply.site] = replace(release, noise=noise[:100]) if isinstance(noise, str) else release
+        spent = reply.payload.metrics.get("dp.epsilon_total")
+        if spent is not None:
+            epsilon[reply.site] = float(spent)
     if len(releases) < min_sites:
         detail = "; ".join(f"{s}: {e}" for s, e in sorted(failures.items()))
         raise NotEnoughSitesError(f"{len(releases)} site(s) released statistics, need {min_sites} ({detail})")
-    return CohortResult(stats=combine(layout, releases), failures=dict(sorted(failures.items())))
+    return CohortResult(
+        stats=combine(layout, releases), failures=dict(sorted(failures.items())), epsilon=dict(sorted(epsilon.items()))
+    )

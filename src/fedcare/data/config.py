@@ -156,6 +156,6 @@ def load_site_config(path: str | Path) -> SiteConfig:
         raise ConfigError(f"site config {p} does not exist") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"site config {p} cannot be read: {exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"site config {p} is not valid TOML: {exc}") from None
+    except (tomllib.TOMLDecodeError, RecursionError) as exc:  # RecursionError: nesting too deep
+        raise ConfigError(f"site config {p} is not valid TOML: {str(exc)[:200]}") from None
     return parse_site_config(raw, origin=p.resolve())

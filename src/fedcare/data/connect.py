@@ -86,6 +86,20 @@ class LoadedSite:
         return prepared.local_view[self.config.site_id]
 
 
+def _text(config: SiteConfig, name: str, default: str) -> str:
+    value = config.option(name, default)
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"[source] {name} must be a non-empty string, got {value!r:.80}")
+    return value
+
+
+def _texts(config: SiteConfig, name: str, default: list[str]) -> list[str]:
+    value = config.option(name, default)
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"[source] {name} must be a list of strings, got {value!r:.80}")
+    return value
+
+
 def _size(config: SiteConfig) -> tuple[int, int]:
     size = config.option("size", list(DEFAULT_SIZE))
     if not (isinstance(size, list) and len(size) == 2 and all(isinstance(s, int) and s > 0 for s in size)):
@@ -98,7 +112,7 @@ def _row_names(config: SiteConfig, raw: pd.DataFrame) -> str | list[str]:
     if config.kind is SourceKind.FHIR:
         return [f"{b} (Patient {p})" for b, p in zip(raw["bundle"], raw["patient_id"], strict=True)]
     if config.kind is SourceKind.DICOM:
-        return [str(f) for f in raw[str(config.option("file_column", "file"))]]
+        return [str(f) for f in raw[_text(config, "file_column", "file")]]
     return "row"
 
 
@@ -118,8 +132,8 @@ def check_site(config: SiteConfig) -> LoadedSite:
         raw = read_csv(
             config.path,
             report,
-            delimiter=str(config.option("delimiter", ",")),
-            na_values=list(config.option("na_values", DEFAULT_NA)),
+            delimiter=_text(config, "delimiter", ","),
+            na_values=_texts(config, "na_values", list(DEFAULT_NA)),
         )
     elif config.kind is SourceKind.PARQUET:
         raw = read_parquet(config.path, report)
@@ -137,13 +151,18 @@ def check_site(config: SiteConfig) -> LoadedSite:
             raw = None
         else:
             window = config.option("window", None)
-            if window is not None and not (isinstance(window, list) and len(window) == 2):
-                raise ConfigError(f"[source] window must be [center, width], got {window!r}")
+            if window is not None and not (
+                isinstance(window, list)
+                and len(window) == 2
+                and all(isinstance(w, int | float) and not isinstance(w, bool) and np.isfinite(w) for w in window)
+                and window[1] > 0
+            ):
+                raise ConfigError(f"[source] window must be [center, width > 0], got {window!r:.80}")
             images, used = read_dicom_images(
                 config.path,
                 table,
                 report,
-                file_column=str(config.option("file_column", "file")),
+                file_column=_text(config, "file_column", "file"),
                 size=_size(config),
                 window=window,
             )

@@ -92,7 +92,21 @@ def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def _decode(path: Path, report: CheckReport, window: Sequence[float] | None) -> np.ndarray | None:
-    """Read and normalise one file; record why when it cannot be used."""
+    """Read and normalise one file; record why when it cannot be used.
+
+    pydicom parses lazily, so a damaged file can fail at any later access and with any
+    exception type (``NotImplementedError`` for an unknown VR, ``struct.error``, ...):
+    whatever escapes the specific checks below names the file as unreadable.
+    """
+    try:
+        return _decode_file(path, report, window)
+    except Exception as exc:  # noqa: BLE001 - untrusted bytes through a third-party parser
+        reason = " ".join(str(exc).split())[:200]
+        report.add(path.name, "", f"cannot be read as DICOM: {type(exc).__name__}: {reason}")
+        return None
+
+
+def _decode_file(path: Path, report: CheckReport, window: Sequence[float] | None) -> np.ndarray | None:
     import pydicom
     from pydicom.errors import InvalidDicomError
 

@@ -175,8 +175,8 @@ def _parse_bundle(path: Path, report: CheckReport) -> Any | None:
 
     try:
         raw = json.loads(path.read_bytes())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        report.add(path.name, "", f"is not readable JSON: {exc}")
+    except (OSError, ValueError, RecursionError) as exc:  # bad UTF-8 and JSON syntax are ValueErrors
+        report.add(path.name, "", f"is not readable JSON: {str(exc)[:200]}")
         return None
     if not isinstance(raw, dict) or raw.get("resourceType") != "Bundle":
         got = raw.get("resourceType") if isinstance(raw, dict) else type(raw).__name__
@@ -191,6 +191,10 @@ def _parse_bundle(path: Path, report: CheckReport) -> Any | None:
             report.add(path.name, loc, f"{err['msg']} (FHIR R4 validation)")
         if len(errors) > _MAX_ERRORS:
             report.add(path.name, "", f"{len(errors) - _MAX_ERRORS} more FHIR validation error(s)")
+        return None
+    except Exception as exc:  # noqa: BLE001 - fhir.resources raises KeyError/TypeError for some malformed input
+        reason = " ".join(str(exc).split())[:200]
+        report.add(path.name, "", f"is not a valid FHIR R4 Bundle ({type(exc).__name__}: {reason})")
         return None
     ok = True
     if not bundle.type:  # 1..1 in FHIR R4; checked here in case the model lets it through
@@ -232,11 +236,17 @@ def read_bundles(folder: Path, mapping: FhirMapping, report: CheckReport, *, nee
     if not files:
         report.add(folder.name, "", "holds no *.json bundle")
     rows: list[dict[str, Any]] = []
+    seen: dict[str, str] = {}  # patient id -> the bundle it was first read from
     for path in files:
         bundle = _parse_bundle(path, report)
         if bundle is None:
             continue
-        rows.extend(_patients_of(bundle, path.name, mapping, ref, report, needs))
+        for row in _patients_of(bundle, path.name, mapping, ref, report, needs):
+            first = seen.setdefault(row["patient_id"], path.name)
+            if first != path.name:  # the same person exported twice would count twice
+                report.add(path.name, f"Patient {row['patient_id']}", f"is also in bundle {first}: counted once only")
+                continue
+            rows.append(row)
         report.sources[path.name] = len(rows)
     frame = pd.DataFrame(rows, columns=list(mapping.columns()))
     for col in mapping.observations:

@@ -1,36 +1,34 @@
-"""Federated preprocessing statistics over the real protocol: a ``QUERY`` for Moments.
+"""Federated standardisation over the one exchange: a ``QUERY`` for Moments.
 
 Each site answers a :attr:`~fedcare.types.MessageKind.QUERY` instruction whose config
 says ``query = "moments"`` with the per-column count, sum and sum of squares of its
-training features (:class:`fedcare.data.tabular.Moments`; missing values are left out).
-Nothing else leaves the site: no row, no per-row value. The coordinator side,
-:func:`query_moments`, sends the query over any Channel (in-process, gRPC...), validates
-the replies and adds them up; ``Moments.standardizer()`` then gives the mean (the
-imputation value) and the standard deviation every site standardises with. Adding the
-sites' moments equals the moments of the pooled training rows, so the result is the
-pooled statistics without pooling (tested against the direct computation, which is
-what ``prepare_sites`` uses for the ``federated`` view).
+training features (:class:`fedcare.runtime.queries.MomentsQuery`; missing values are
+left out). Nothing else leaves the site: no row, no per-row value. The coordinator
+side, :func:`query_moments`, sends the query through an
+:class:`~fedcare.runtime.exchange.Exchange` (the Coordinator's own, or one over any
+Channel: in-process, gRPC...), so it is recorded and audited like a round; it
+validates the replies and adds them up. ``Moments.standardizer()`` then gives the mean
+(the imputation value) and the standard deviation every site standardises with.
+Adding the sites' moments equals the moments of the pooled training rows, so the
+result is the pooled statistics without pooling (tested against the direct
+computation, which is what ``prepare_sites`` uses for the ``federated`` view).
 
-Sites' policies apply as for training: the query names the approved task hash. The
-site side (:func:`answer_query`, the registry and the built-in moments answer) is the
-runtime's, :mod:`fedcare.runtime.queries`, re-exported here; further queries (e.g.
-cohort statistics) register a handler with :func:`register_query` under their own
-``query`` name.
+Sites' policies apply as for training: the query names the approved task hash.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 from fedcare.data.tabular import Moments
 from fedcare.errors import NotEnoughSitesError, SerdeError
-from fedcare.protocols import Channel
-from fedcare.runtime.queries import MOMENTS_QUERY, QUERY_HANDLERS, answer_query, register_query
-from fedcare.types import Message, MessageKind, Payload, RunId, SiteId
+from fedcare.runtime.exchange import Exchange
+from fedcare.runtime.queries import MOMENTS_QUERY
+from fedcare.types import ConfigValue, Message, MessageKind, Payload, RunId, SiteId
 
-__all__ = ["MOMENTS_QUERY", "QUERY_HANDLERS", "answer_query", "query_moments", "register_query"]
+__all__ = ["MOMENTS_QUERY", "query_moments"]
 
 
 def _moments_of(reply: Message, n_columns: int | None) -> Moments:
@@ -49,16 +47,15 @@ def _moments_of(reply: Message, n_columns: int | None) -> Moments:
 
 
 def query_moments(
-    channel: Channel,
+    exchange: Exchange,
     *,
     run_id: RunId,
     task_name: str,
     task_hash: str,
     sites: Sequence[SiteId] | None = None,
-    timeout_s: float = 60.0,
     min_sites: int = 1,
 ) -> tuple[Moments, dict[SiteId, Moments], dict[SiteId, str]]:
-    """Ask every site for its Moments over ``channel`` and add them up.
+    """Ask every site for its Moments through ``exchange`` and add them up.
 
     Returns
     -------
@@ -71,36 +68,26 @@ def query_moments(
     NotEnoughSitesError
         Fewer than ``min_sites`` valid answers.
     """
-    targets = list(sites if sites is not None else channel.sites())
-    config: Mapping[str, str] = {"query": MOMENTS_QUERY, "task": task_name, "task_hash": task_hash}
-    pending = {}
-    for site in targets:
-        message = Message(kind=MessageKind.QUERY, run_id=run_id, round_no=0, site=site, payload=Payload(config=config))
-        pending[message.message_id] = message
-    channel.send(list(pending.values()))
+    targets = list(sites) if sites is not None else exchange.sites()
+    config: dict[str, ConfigValue] = {"query": MOMENTS_QUERY, "task": task_name, "task_hash": task_hash}
+    payload = Payload(config=config)
     per_site: dict[SiteId, Moments] = {}
     failures: dict[SiteId, str] = {}
     n_columns: int | None = None
-    for reply in channel.receive(timeout_s=timeout_s):
-        sent = pending.pop(reply.reply_to or "", None)
-        if sent is None or sent.site != reply.site:
-            continue
-        if reply.has_error:
-            failures[reply.site] = reply.error or "error"
+    for reply in exchange(MessageKind.QUERY, run_id, 0, dict.fromkeys(targets, payload), failures):
+        try:
+            moments = _moments_of(reply, n_columns)
+        except SerdeError as exc:
+            failures[reply.site] = str(exc)
         else:
-            try:
-                moments = _moments_of(reply, n_columns)
-            except SerdeError as exc:
-                failures[reply.site] = str(exc)
-            else:
-                n_columns = len(moments.count)
-                per_site[reply.site] = moments
-        if not pending:
-            break
-    for sent in pending.values():
-        failures[sent.site] = f"no query reply within {timeout_s:g} s"
+            n_columns = len(moments.count)
+            per_site[reply.site] = moments
     if len(per_site) < min_sites:
-        raise NotEnoughSitesError(f"moments query: {len(per_site)} valid answer(s), at least {min_sites} required")
+        detail = "; ".join(f"{s}: {e}" for s, e in sorted(failures.items()))
+        raise NotEnoughSitesError(
+            f"moments query: {len(per_site)} valid answer(s), at least {min_sites} required"
+            + (f" ({detail})" if detail else "")
+        )
     ordered = [per_site[s] for s in sorted(per_site)]
     combined = ordered[0]
     for m in ordered[1:]:

@@ -70,6 +70,8 @@ import pandas as pd
 from fedcare.data.schema import ColumnType, StudySchema
 from fedcare.data.tabular import Moments
 from fedcare.errors import ConfigError, SerdeError
+from fedcare.privacy.cost import Mechanism as CostMechanism
+from fedcare.privacy.cost import PrivacyCost
 from fedcare.types import ModelState, SiteId
 
 __all__ = [
@@ -224,6 +226,32 @@ class StatsSpec:
         if col.min is None or col.max is None or col.max <= col.min:
             return None
         return tuple(np.linspace(col.min, col.max, self.bins + 1).tolist())
+
+    def components(self, schema: StudySchema) -> int:
+        """How many numbers a DP release noises (the basic-composition split of epsilon)."""
+        layout = self.layout(schema)
+        numeric = [c for c in layout if schema.column(c).numeric]
+        if self.privacy is not None:  # under DP only bounded columns release moments
+            numeric = [c for c in numeric if schema.column(c).min is not None and schema.column(c).max is not None]
+        return 1 + len(layout) + 3 * len(numeric)
+
+    def privacy_cost(self, schema: StudySchema) -> PrivacyCost | None:
+        """What one release costs in the site's privacy ledger (``None`` without DP).
+
+        Each of the :meth:`components` is one mechanism at ``epsilon / components``
+        (and ``delta / components``): Laplace as pure DP (ε added up), Gaussian as an
+        unsampled Gaussian mechanism with its noise multiplier, which the ledger's
+        accountant composes with the site's training.
+        """
+        if self.privacy is None:
+            return None
+        k = self.components(schema)
+        eps = self.privacy.epsilon / k
+        if self.privacy.mechanism is Mechanism.LAPLACE:
+            laplace = CostMechanism.STATS_LAPLACE
+            return PrivacyCost(mechanism=laplace, noise_multiplier=1.0 / eps, sample_rate=1.0, steps=k)
+        z = math.sqrt(2 * math.log(1.25 / (self.privacy.delta / k))) / eps
+        return PrivacyCost(mechanism=CostMechanism.STATS_GAUSSIAN, noise_multiplier=z, sample_rate=1.0, steps=k)
 
     def digest(self, schema: StudySchema) -> str:
         """sha256 of everything that fixes the released layout (coordinator and site must agree)."""
@@ -427,7 +455,7 @@ def site_aggregates(
     numeric = [c for c in layout if schema.column(c).numeric]
     bounded = {c for c in numeric if schema.column(c).min is not None and schema.column(c).max is not None}
     moment_cols = numeric if privacy is None else [c for c in numeric if c in bounded]
-    components = 1 + len(layout) + 3 * len(moment_cols)
+    components = spec.components(schema)
     if privacy is not None and rng is None:
         rng = np.random.default_rng(secrets.randbits(128))
     n = float(len(frame))

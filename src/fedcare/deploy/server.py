@@ -20,7 +20,7 @@ from fedcare.build.federated import run_federated
 from fedcare.build.run import build_run, build_task, run_spec
 from fedcare.deploy.config import ServerConfig
 from fedcare.errors import NotEnoughSitesError, StoreError
-from fedcare.protocols import Recorder, RoundReport, RunSpec
+from fedcare.protocols import ExchangeReport, Recorder, RoundReport, RunSpec
 from fedcare.runtime.coordinator import RunResult
 from fedcare.store.audit import AuditLog
 from fedcare.store.sql import SqlStore
@@ -49,6 +49,9 @@ class _ResumingRecorder:
 
     def finish_run(self, run_id: RunId, *, status: str, message: str = "") -> None:
         self.store.finish_run(run_id, status=status, message=message)
+
+    def record_exchange(self, report: ExchangeReport) -> None:
+        self.store.record_exchange(report)
 
 
 @dataclass(frozen=True)
@@ -150,6 +153,14 @@ def run_server(
             audit.append("finished", run_id=run_id, rounds=study.rounds)
             channel.finish(f"completed {study.rounds} rounds")  # sites stop reconnecting to this run
             return ServerOutcome(run_id, "completed", start_round, result)
+        except BaseException as exc:
+            # A run that fails or is aborted ends like one that completes: every connected
+            # site gets the Finished frame, with the reason, instead of reconnecting to a
+            # coordinator that is gone (`fedcare node --once` then exits).
+            why = "aborted (interrupted)" if isinstance(exc, KeyboardInterrupt) else f"failed: {exc}"
+            audit.append("failed", run_id=run_id, reason=why[:500])
+            channel.finish(why)
+            raise
         finally:
             channel.close()
     finally:

@@ -16,17 +16,15 @@ References
 
 from __future__ import annotations
 
-import enum
 import math
-from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
-from typing import Any
+from collections.abc import Iterable
 
 from opacus.accountants import PRVAccountant, RDPAccountant
 from opacus.accountants.utils import get_noise_multiplier
 from opacus.version import __version__ as _opacus_version
 
 from fedcare.errors import ConfigError
+from fedcare.privacy.cost import Accountant, Mechanism, PrivacyCost
 
 __all__ = [
     "ACCOUNTANT_VERSION",
@@ -61,80 +59,6 @@ RDP_ORDERS: tuple[float, ...] = (
 ACCOUNTANT_VERSION = f"opacus {_opacus_version}; rdp orders fedcare-v1"
 
 
-class Accountant(enum.Enum):
-    """Which Opacus accountant turns a history into ε."""
-
-    RDP = "rdp"
-    PRV = "prv"
-
-
-class Mechanism(enum.Enum):
-    """What was noised: records inside a site, or a site's whole update."""
-
-    #: DP-SGD at the site (per-record clipping, Gaussian noise, Poisson sampling).
-    DPSGD = "dpsgd"
-    #: Client-level DP, noise added by the server (the site trusts it).
-    CLIENT_CENTRAL = "client_central"
-    #: Client-level DP, each site adds its share of the noise.
-    CLIENT_DISTRIBUTED = "client_distributed"
-
-
-@dataclass(frozen=True)
-class PrivacyCost:
-    """One application of a sampled Gaussian mechanism, as the accountant sees it.
-
-    Attributes
-    ----------
-    mechanism : Mechanism
-        What was noised.
-    noise_multiplier : float
-        Gaussian noise std divided by the L2 sensitivity (the clipping norm).
-    sample_rate : float
-        Poisson sampling probability of each unit (record or site), in (0, 1].
-    steps : int
-        Number of compositions of the mechanism.
-    accountant : Accountant
-        Which accountant evaluates ε.
-    """
-
-    mechanism: Mechanism
-    noise_multiplier: float
-    sample_rate: float
-    steps: int
-    accountant: Accountant = Accountant.RDP
-
-    def __post_init__(self) -> None:
-        """Reject values the accountants cannot evaluate."""
-        if not (self.noise_multiplier > 0 and math.isfinite(self.noise_multiplier)):
-            raise ConfigError(f"noise_multiplier must be a positive finite number, got {self.noise_multiplier}")
-        if not 0.0 < self.sample_rate <= 1.0:
-            raise ConfigError(f"sample_rate must be in (0, 1], got {self.sample_rate}")
-        if self.steps < 1:
-            raise ConfigError(f"steps must be at least 1, got {self.steps}")
-
-    def epsilon(self, delta: float) -> float:
-        """ε of this cost alone at ``delta``."""
-        return epsilon_of([self], delta=delta, accountant=self.accountant)
-
-    def as_record(self) -> dict[str, Any]:
-        """Plain JSON-able form (enum values as strings)."""
-        out = asdict(self)
-        out["mechanism"] = self.mechanism.value
-        out["accountant"] = self.accountant.value
-        return out
-
-    @classmethod
-    def from_record(cls, record: Mapping[str, Any]) -> PrivacyCost:
-        """Inverse of :meth:`as_record`."""
-        return cls(
-            mechanism=Mechanism(record["mechanism"]),
-            noise_multiplier=float(record["noise_multiplier"]),
-            sample_rate=float(record["sample_rate"]),
-            steps=int(record["steps"]),
-            accountant=Accountant(record.get("accountant", "rdp")),
-        )
-
-
 def _check_delta(delta: float) -> None:
     if not 0.0 < delta < 1.0:
         raise ConfigError(f"delta must be in (0, 1), got {delta}")
@@ -143,13 +67,24 @@ def _check_delta(delta: float) -> None:
 def epsilon_of(costs: Iterable[PrivacyCost], *, delta: float, accountant: Accountant = Accountant.RDP) -> float:
     """ε after composing ``costs`` at ``delta``, by the named Opacus accountant.
 
-    An empty history spends nothing (0.0). The composition is the accountant's own
-    (RDP orders add; PRV convolves the privacy loss distributions), never a sum of ε.
+    An empty history spends nothing (0.0). The composition of Gaussian mechanisms is
+    the accountant's own (RDP orders add; PRV convolves the privacy loss
+    distributions), never a sum of ε. Laplace releases (pure ε-DP, which the Opacus
+    accountants do not model) are added by basic composition: an (ε₁, δ)- and an
+    ε₂-DP mechanism together are (ε₁ + ε₂, δ)-DP (Dwork & Roth 2014, Thm 3.16).
     """
     _check_delta(delta)
-    history = [(c.noise_multiplier, c.sample_rate, c.steps) for c in costs]
+    costs = list(costs)
+    pure = [c for c in costs if c.mechanism is Mechanism.STATS_LAPLACE]
+    laplace = sum(c.steps / c.noise_multiplier for c in pure)
+    gaussian = [c for c in costs if c.mechanism is not Mechanism.STATS_LAPLACE]
+    history = [(c.noise_multiplier, c.sample_rate, c.steps) for c in gaussian]
     if not history:
-        return 0.0
+        return float(laplace)
+    return laplace + _gaussian_epsilon(history, delta, accountant)
+
+
+def _gaussian_epsilon(history: list[tuple[float, float, int]], delta: float, accountant: Accountant) -> float:
     if accountant is Accountant.RDP:
         rdp = RDPAccountant()
         rdp.history = history

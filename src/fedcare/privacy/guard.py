@@ -174,6 +174,28 @@ class SitePrivacyGuard:
                 )
         return Admission(plan=plan, costs=tuple(costs), task_config=task_config, details=details)
 
+    def charge_release(
+        self, cost: PrivacyCost, *, run_id: str, round_no: int, details: dict[str, Any] | None = None
+    ) -> float | None:
+        """Charge a DP release other than training (e.g. cohort statistics) to the same ledger.
+
+        Called before the release leaves; returns the study's ε after it (``None`` when
+        the site keeps no ledger: no budget, nothing to account).
+
+        Raises
+        ------
+        BudgetExceededError
+            The release would take the site past ``max_epsilon``; nothing is written
+            and the release must not leave (a refusal).
+        """
+        if self.ledger is None:
+            return None
+        what = f"this {(details or {}).get('query', 'DP')} release"
+        entries = self.ledger.charge(
+            run_id=run_id, round_no=round_no, costs=[cost], details=details, max_epsilon=self.max_epsilon, what=what
+        )
+        return entries[-1].epsilon_total
+
     def release(
         self,
         admission: Admission,

@@ -145,11 +145,13 @@ class PrivacyLedger:
         costs: Sequence[PrivacyCost],
         details: dict[str, Any] | None = None,
         max_epsilon: float | None = None,
+        what: str | None = None,
     ) -> list[LedgerEntry]:
         """Record ``costs`` for one round; refuse (raise) if they pass ``max_epsilon``.
 
         The check and the write happen under one lock, so two concurrent rounds cannot
-        both squeeze under the cap.
+        both squeeze under the cap. ``what`` names the charge in a refusal (default
+        ``"round <round_no>"``).
 
         Raises
         ------
@@ -163,7 +165,7 @@ class PrivacyLedger:
             total_after = compose(history + list(costs), self.delta)
             if max_epsilon is not None and total_after > max_epsilon:
                 raise BudgetExceededError(
-                    f"refused: round {round_no} would bring site {self.site} to epsilon={total_after:.3f} "
+                    f"refused: {what or f'round {round_no}'} would bring site {self.site} to epsilon={total_after:.3f} "
                     f"(delta={self.delta:g}), above its budget max_epsilon={max_epsilon:g} "
                     f"(spent {compose(history, self.delta):.3f})"
                 )
@@ -179,7 +181,7 @@ class PrivacyLedger:
                         round_no=round_no,
                         cost=cost,
                         delta=self.delta,
-                        epsilon_round=cost.epsilon(self.delta),
+                        epsilon_round=compose([cost], self.delta),
                         epsilon_run=compose(run_history, self.delta),
                         epsilon_total=compose(history, self.delta),
                         details=dict(details or {}),

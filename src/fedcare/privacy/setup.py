@@ -88,6 +88,12 @@ class PrivacySettings:
             raise ConfigError(f"--dp {self.level} needs a finite positive --epsilon, got {self.epsilon}")
         if not 0.0 < self.delta < 1.0:
             raise ConfigError(f"delta must be in (0, 1), got {self.delta}")
+        if self.site_max_epsilon is not None and not (
+            self.site_max_epsilon > 0 and math.isfinite(self.site_max_epsilon)
+        ):
+            raise ConfigError(
+                f"a site's privacy budget (--site-budget) must be a finite ε > 0, got {self.site_max_epsilon}"
+            )
         if self.accountant not in ("rdp", "prv"):
             raise ConfigError(f"accountant must be 'rdp' or 'prv', got {self.accountant!r}")
         if self.adaptive_clipping and self.level != "client":

@@ -19,6 +19,7 @@ from fedcare.compression import payload_bytes
 from fedcare.errors import ConfigError, NotEnoughSitesError, SerdeError
 from fedcare.protocols import Channel, FitPhase, FitWorkflow, NullRecorder, Recorder, RoundDriver, RoundReport, RunSpec
 from fedcare.runtime.asynchronous import BufferedAsyncFit
+from fedcare.runtime.exchange import Exchange
 from fedcare.runtime.replies import finite_metrics as _finite_metrics
 from fedcare.runtime.replies import fit_result as _fit_result
 from fedcare.runtime.replies import site_seed
@@ -95,7 +96,8 @@ class Coordinator:
     min_sites : int (default: 1)
         Minimum sites that must return a valid update; fewer ends the run.
     round_timeout_s : float (default: 300.0)
-        Deadline for each exchange (fit, evaluate); late sites count as failed.
+        Deadline for each exchange (fit, evaluate, SecAgg stage, query); late sites
+        count as failed.
     evaluate : bool (default: True)
         After each round, ask every site to evaluate the new model on its test split.
     recorder : Recorder or None (default: None)
@@ -153,6 +155,15 @@ class Coordinator:
         #: Called with replies that answer no instruction of the current exchange (work a
         #: buffered asynchronous workflow still has in flight); True means it took them.
         self.stray_reply: Callable[[Message], bool] | None = None
+        #: The one send/receive/deadline loop: rounds, SecAgg stages and queries all use it.
+        self.exchanger = Exchange(
+            channel=channel,
+            timeout_s=round_timeout_s,
+            recorder=self.recorder,
+            stamp=self._stamp,
+            on_traffic=self.count_traffic,
+            stray=self._stray,
+        )
 
     # -- public ---------------------------------------------------------------------
 
@@ -186,8 +197,14 @@ class Coordinator:
                 self.recorder.record_round(spec.run_id, report, current)
                 if self.on_round is not None:
                     self.on_round(report)
-        except NotEnoughSitesError as exc:
-            self.recorder.finish_run(spec.run_id, status="failed", message=str(exc))
+        except BaseException as exc:
+            # Whatever ends a run early (too few sites, a bug, Ctrl-C) leaves it marked as
+            # such, never as "running"; a resumed run starts again from its last checkpoint.
+            status = "aborted" if isinstance(exc, KeyboardInterrupt) else "failed"
+            try:
+                self.recorder.finish_run(spec.run_id, status=status, message=f"{type(exc).__name__}: {exc}"[:1000])
+            except Exception:  # the store itself may be what failed: the original error matters more
+                log.exception("could not record run %s as %s", spec.run_id, status)
             raise
         self.recorder.finish_run(spec.run_id, status="completed")
         return result
@@ -275,38 +292,19 @@ class Coordinator:
         payloads: Mapping[SiteId, Payload],
         failures: dict[SiteId, str],
     ) -> Iterator[Message]:
-        """Send one instruction per site; yield valid replies as they arrive.
+        """Send one instruction per site through :attr:`exchanger`; yield valid replies.
 
-        Error replies, replies that answer nothing outstanding and sites that miss the
-        deadline are written to ``failures``; they never raise.
+        Every instruction names the task, its hash and the site's round seed. Error
+        replies, replies that answer nothing outstanding and sites that miss the
+        deadline are written to ``failures``; they never raise. The exchange is recorded.
         """
-        pending: dict[str, Message] = {}
-        for site, payload in payloads.items():
-            message = self.instruction(kind, run_id, round_no, site, payload)
-            pending[message.message_id] = message
-            self.count_traffic(site, sent=payload_bytes(payload.arrays))
-        if not pending:
-            return
-        self.channel.send(list(pending.values()))
-        for reply in self.channel.receive(timeout_s=self.round_timeout_s):
-            sent = pending.get(reply.reply_to or "")
-            if sent is None or reply.site != sent.site or reply.kind is not sent.kind:
-                if sent is None and self.stray_reply is not None and self.stray_reply(reply):
-                    continue
-                log.warning(
-                    "ignored reply %s from %s: answers no outstanding instruction", reply.message_id, reply.site
-                )
-                continue
-            del pending[sent.message_id]
-            self.count_traffic(reply.site, received=payload_bytes(reply.payload.arrays))
-            if reply.has_error:
-                failures[reply.site] = reply.error or "error"
-            else:
-                yield reply
-            if not pending:
-                return
-        for sent in pending.values():
-            failures[sent.site] = f"no {kind.value} reply within {self.round_timeout_s:g} s"
+        return self.exchanger(kind, run_id, round_no, payloads, failures)
+
+    def _stamp(self, site: SiteId, round_no: int) -> dict[str, ConfigValue]:
+        return {"task": self.task_name, "task_hash": self.task_hash, "seed": site_seed(self.seed, round_no, site)}
+
+    def _stray(self, reply: Message) -> bool:
+        return self.stray_reply is not None and self.stray_reply(reply)
 
     def count_traffic(self, site: SiteId, *, sent: int = 0, received: int = 0) -> None:
         """Add array bytes sent to / received from ``site`` to this round's per-site traffic."""

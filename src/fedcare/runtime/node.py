@@ -9,7 +9,7 @@ and failures come back as error replies.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -20,7 +20,7 @@ from fedcare.privacy.guard import SitePrivacyGuard
 from fedcare.privacy.ledger import PrivacyLedger
 from fedcare.protocols import SiteMemory
 from fedcare.runtime.policy import SitePolicy
-from fedcare.runtime.queries import answer_query
+from fedcare.runtime.queries import MomentsQuery, SiteQueries, SiteQuery
 from fedcare.secure.handler import SecAggSiteHandler
 from fedcare.serde import check_state, spec_of
 from fedcare.task import FitContext, SiteData, Task
@@ -48,11 +48,15 @@ class SiteNode:
         The site's train and test splits; they never leave this object.
     policy : SitePolicy or None (default: None)
         Rules for incoming instructions; the default approves only ``task``.
-    query_handler : Callable[[Message], Message] or None (default: None)
-        Answers ``QUERY`` instructions (e.g. :class:`fedcare.data.cohort.StatsResponder`,
-        which applies the site's own release rules); ``None`` refuses them.
+    queries : Iterable[SiteQuery] (default: ())
+        Queries the site answers besides the built-in moments query of federated
+        standardisation (:class:`~fedcare.runtime.queries.MomentsQuery` on
+        ``data.train``), e.g. :class:`fedcare.data.cohort.StatsQuery` with the site's
+        table and its statistics release rules. A query of the same name replaces the
+        built-in one.
     ledger : PrivacyLedger or None (default: None)
-        The site's privacy ledger, charged before any private update leaves.
+        The site's privacy ledger, charged before any private update or DP statistics
+        release leaves.
     memory_files : SiteMemory or None (default: None)
         Where the per-run site memory is kept on disk (a deployed node), so a restart
         keeps SCAFFOLD's ``c_i`` and Ditto's personal model; ``None`` keeps it in memory.
@@ -65,7 +69,7 @@ class SiteNode:
         task: Task,
         data: SiteData,
         policy: SitePolicy | None = None,
-        query_handler: Callable[[Message], Message] | None = None,
+        queries: Iterable[SiteQuery] = (),
         ledger: PrivacyLedger | None = None,
         memory_files: SiteMemory | None = None,
     ) -> None:
@@ -73,7 +77,6 @@ class SiteNode:
         self.task = task
         self.data = data
         self.policy = policy or SitePolicy()
-        self.query_handler = query_handler
         self.task_manifest = task_manifest(task)
         self.task_hash = self.task_manifest.digest
         self._spec = spec_of(shared_part(task, task.init_model(np.random.default_rng(0))))
@@ -90,13 +93,17 @@ class SiteNode:
             ledger=ledger,
         )
         self._secagg: SecAggSiteHandler | None = None
+        #: QUERY instructions: moments, cohort statistics (DP releases charged to ``ledger``).
+        self.queries = SiteQueries(site_id=site_id, queries=[MomentsQuery(data), *queries], privacy=self.privacy)
 
     def handle(self, message: Message) -> Message:
         """Check the instruction against policy, run it, and build the reply."""
         if message.site != self.site_id:
             return message.reply(error=f"message addressed to {message.site}, this is {self.site_id}")
-        if message.kind is MessageKind.QUERY and self.query_handler is not None:
-            return self.query_handler(message)  # the handler enforces the site's query rules
+        if message.kind is MessageKind.QUERY:
+            query = self.queries.get(message)
+            if query is None or not query.task_bound:  # the query's own rules decide (statistics)
+                return self.queries.handle(message)
         refusal = self.policy.refusal(
             message.payload.config, installed_hash=self.task_hash, installed_manifest=self.task_manifest
         )
@@ -116,7 +123,7 @@ class SiteNode:
             if message.kind is MessageKind.EVALUATE:
                 return self._evaluate(message)
             if message.kind is MessageKind.QUERY:
-                return answer_query(self.data, message)
+                return self.queries.handle(message)
             return message.reply(error=f"unsupported instruction kind {message.kind.value!r}")
         except PolicyError as exc:  # a refusal: the message says "refused: ..."
             log.info("site %s refused %s round %d: %s", self.site_id, message.kind.value, message.round_no, exc)

@@ -1,47 +1,41 @@
-"""Site-side answers to QUERY instructions: a registry by ``query`` name, and Moments.
+"""Queries a site answers besides training: the site's side of the QUERY exchange.
 
-A :class:`~fedcare.runtime.node.SiteNode` answers a
-:attr:`~fedcare.types.MessageKind.QUERY` instruction through :func:`answer_query`, by the
-instruction's ``query`` config value. The built-in ``moments`` query returns the
-per-column count, sum and sum of squares of the site's training features (missing values
-left out): nothing else leaves the site. The coordinator side lives with the data adapters
-(:func:`fedcare.data.moments_query.query_moments`); further queries register a handler
-with :func:`register_query` under their own name.
+A query (``MessageKind.QUERY``, named by its config key ``query``) asks a site for
+aggregates of its data: the moments of federated standardisation, cohort statistics
+(:class:`fedcare.data.cohort.StatsQuery`). :class:`SiteQueries` is how a site answers
+them, the same in simulation and behind a deployed node:
+
+1. find the query by name (an unknown name is an error reply naming the known ones);
+2. let the query admit the instruction against the site's own rules (a refusal is an
+   error reply starting with ``"refused"``) and say what its release costs in privacy;
+3. compute the release;
+4. charge a DP release to the site's privacy ledger (the ledger training is charged
+   to) *before* it leaves; past the site's budget the charge fails and nothing leaves.
+
+Queries whose ``task_bound`` is true serve a training task (the moments its
+preprocessing needs): the node applies its task policy to them first, as for fit.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import Iterable
+from typing import Any, Protocol
 
 import numpy as np
 
+from fedcare.errors import FedcareError, PolicyError
+from fedcare.privacy.cost import PrivacyCost
+from fedcare.privacy.guard import SitePrivacyGuard
 from fedcare.task import SiteData
-from fedcare.types import Message, Payload
+from fedcare.types import Message, MessageKind, Payload, SiteId
 
-__all__ = ["MOMENTS_QUERY", "QUERY_HANDLERS", "QueryHandler", "answer_query", "column_moments", "register_query"]
+__all__ = ["MOMENTS_QUERY", "MomentsQuery", "SiteQueries", "SiteQuery", "column_moments"]
+
+log = logging.getLogger(__name__)
 
 #: The ``query`` config value of a Moments query.
 MOMENTS_QUERY = "moments"
-#: Site-side handler: (the site's data, the instruction) -> reply payload.
-QueryHandler = Callable[[SiteData, Message], Payload]
-#: query name -> site-side handler.
-QUERY_HANDLERS: dict[str, QueryHandler] = {}
-
-
-def register_query(name: str, handler: QueryHandler) -> None:
-    """Register the site-side handler of the query called ``name`` (duplicates are an error)."""
-    if name in QUERY_HANDLERS and QUERY_HANDLERS[name] is not handler:
-        raise ValueError(f"a query named {name!r} is already registered")
-    QUERY_HANDLERS[name] = handler
-
-
-def answer_query(data: SiteData, message: Message) -> Message:
-    """Answer a QUERY instruction at a site by its ``query`` config key (error reply if unknown)."""
-    name = message.payload.config.get("query")
-    handler = QUERY_HANDLERS.get(name) if isinstance(name, str) else None
-    if handler is None:
-        return message.reply(error=f"unknown query {name!r}; this site answers: {', '.join(sorted(QUERY_HANDLERS))}")
-    return message.reply(handler(data, message))
 
 
 def column_moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -51,9 +45,111 @@ def column_moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return present.sum(axis=0).astype(np.float64), filled.sum(axis=0), (filled**2).sum(axis=0)
 
 
-def _moments_answer(data: SiteData, message: Message) -> Payload:
-    count, total, total_sq = column_moments(np.asarray(data.train.x, dtype=np.float64))
-    return Payload(arrays={"moments": {"count": count, "sum": total, "sum_sq": total_sq}})
+class SiteQuery(Protocol):
+    """One kind of query a site answers with its own data and rules."""
+
+    #: The ``query`` config value this answers.
+    name: str
+    #: True when the site's task policy applies (the query serves a training task).
+    task_bound: bool
+
+    def admit(self, message: Message) -> PrivacyCost | None:
+        """Check the instruction against the site's rules; return its DP cost (``None``: no DP).
+
+        Raises ``PolicyError`` (message starting with ``"refused"``) to refuse.
+        """
+        ...
+
+    def answer(self, message: Message) -> Payload:
+        """The release: aggregates only, computed at the site."""
+        ...
 
 
-register_query(MOMENTS_QUERY, _moments_answer)
+class MomentsQuery:
+    """Per-column count, sum and sum of squares of a site's training features.
+
+    What federated standardisation needs (missing values are left out); adding the
+    sites' answers gives the pooled moments exactly. Not noised: the study's task
+    policy governs it (``task_bound``).
+
+    Parameters
+    ----------
+    data : SiteData
+        The site's data; the moments are of ``data.train.x`` (rows x features).
+    """
+
+    name = MOMENTS_QUERY
+    task_bound = True
+
+    def __init__(self, data: SiteData) -> None:
+        self.data = data
+
+    def admit(self, message: Message) -> PrivacyCost | None:
+        """Always admitted once the task policy passed; no DP cost."""
+        return None
+
+    def answer(self, message: Message) -> Payload:
+        """``{"moments": {"count", "sum", "sum_sq"}}`` over the training rows."""
+        x = np.asarray(self.data.train.x, dtype=np.float64)
+        count, total, total_sq = column_moments(x.reshape(len(x), -1))
+        return Payload(arrays={"moments": {"count": count, "sum": total, "sum_sq": total_sq}})
+
+
+class SiteQueries:
+    """Answer QUERY instructions: admit, compute, charge the ledger, release.
+
+    Parameters
+    ----------
+    site_id : SiteId
+        This site.
+    queries : Iterable[SiteQuery]
+        The queries this site answers (a later one replaces an earlier one of the same name).
+    privacy : SitePrivacyGuard or None (default: None)
+        The site's privacy guard; DP releases are charged to its ledger and refused
+        past its budget. ``None``: a DP release is refused (it could not be accounted).
+    """
+
+    def __init__(
+        self, *, site_id: SiteId, queries: Iterable[SiteQuery], privacy: SitePrivacyGuard | None = None
+    ) -> None:
+        self.site_id = site_id
+        self.queries: dict[str, SiteQuery] = {q.name: q for q in queries}
+        self.privacy = privacy
+
+    def get(self, message: Message) -> SiteQuery | None:
+        """The query an instruction names, or ``None``."""
+        name = message.payload.config.get("query")
+        return self.queries.get(name) if isinstance(name, str) else None
+
+    def handle(self, message: Message) -> Message:
+        """Answer one QUERY instruction (refusals and failures are error replies)."""
+        if message.kind is not MessageKind.QUERY:
+            return message.reply(error=f"refused: {message.kind.value!r} is not a query")
+        query = self.get(message)
+        if query is None:
+            name = message.payload.config.get("query")
+            known = ", ".join(sorted(self.queries)) or "none"
+            return message.reply(error=f"unknown query {name!r}; this site answers: {known}")
+        try:
+            cost = query.admit(message)
+            payload = query.answer(message)
+            if cost is not None:
+                payload = self._charged(query, cost, message, payload)
+        except PolicyError as exc:
+            log.info("site %s refused query %s: %s", self.site_id, query.name, exc)
+            return message.reply(error=str(exc))
+        except FedcareError as exc:
+            return message.reply(error=f"{type(exc).__name__}: {exc}")
+        return message.reply(payload)
+
+    def _charged(self, query: SiteQuery, cost: PrivacyCost, message: Message, payload: Payload) -> Payload:
+        """Charge ``cost`` before ``payload`` leaves (fail-closed); add the ε spent to its metrics."""
+        guard = self.privacy
+        if guard is None:
+            raise PolicyError(f"refused: site {self.site_id} has no privacy ledger to account a DP release")
+        details: dict[str, Any] = {"query": query.name, "components": cost.steps}
+        spent = guard.charge_release(cost, run_id=message.run_id, round_no=message.round_no, details=details)
+        metrics = dict(payload.metrics)
+        if spent is not None:
+            metrics["dp.epsilon_total"] = spent
+        return Payload(arrays=payload.arrays, config=payload.config, metrics=metrics)

@@ -5,6 +5,6 @@ importing the runtime. The Coordinator records through :class:`Recorder` only; r
 and dashboards read the Store. :class:`NullRecorder` records nothing.
 """
 
-from fedcare.protocols import NullRecorder, Recorder, RoundReport, RunSpec
+from fedcare.protocols import ExchangeReport, NullRecorder, Recorder, RoundReport, RunSpec
 
-__all__ = ["NullRecorder", "Recorder", "RoundReport", "RunSpec"]
+__all__ = ["ExchangeReport", "NullRecorder", "Recorder", "RoundReport", "RunSpec"]

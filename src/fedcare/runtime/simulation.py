@@ -10,9 +10,10 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
+from fedcare.errors import ConfigError
 from fedcare.personal.site import shared_part
 from fedcare.privacy.ledger import PrivacyLedger
-from fedcare.protocols import Recorder, RoundReport, RunSpec
+from fedcare.protocols import Channel, Recorder, RoundReport, RunSpec
 from fedcare.runtime.coordinator import Coordinator, FitWorkflow, RunResult
 from fedcare.runtime.node import SiteNode
 from fedcare.runtime.policy import SitePolicy
@@ -61,14 +62,28 @@ def run_simulation(
     ledgers: Mapping[SiteId, PrivacyLedger] | None = None,
     nodes: Mapping[SiteId, SiteNode] | None = None,
     fit_workflow: FitWorkflow | None = None,
+    backend: str = "inprocess",
+    ray_address: str | None = None,
 ) -> RunResult:
     """Run ``rounds`` of ``strategy`` over in-process sites; return the final state.
 
     Pass ``nodes`` (from :func:`build_nodes`) to read the sites' local state afterwards
     (personalised models); by default fresh nodes are built from ``sites``.
+    ``backend="ray"`` hosts the sites on Ray actors (:class:`~fedcare.transport.ray_channel.RayChannel`,
+    a local Ray, or the cluster at ``ray_address``); the nodes then live in the actors.
     """
     nodes = nodes if nodes is not None else build_nodes(sites, task, policies, ledgers)
-    channel = InProcessChannel({s: n.handle for s, n in nodes.items()}, max_workers=max_workers)
+    channel: Channel
+    if backend == "inprocess":
+        channel = InProcessChannel({s: n.handle for s, n in nodes.items()}, max_workers=max_workers)
+    elif backend == "ray":
+        try:  # optional extra: imported only when asked for
+            from fedcare.transport.ray_channel import RayChannel
+        except ImportError:
+            raise ConfigError("backend 'ray' needs the ray extra: pip install 'fedcare[ray]'") from None
+        channel = RayChannel(nodes, address=ray_address)
+    else:
+        raise ConfigError(f"backend must be 'inprocess' or 'ray', got {backend!r}")
     digest = task_hash(task)
     coordinator = Coordinator(
         channel=channel,

@@ -68,8 +68,8 @@ class AuditLog:
         self._lock = threading.Lock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._writer = _exclusive(self.path)
-        if self.path.stat().st_size > 0:
-            report = verify_audit_log(self.path)
+        if self.path.stat().st_size > 0 or _head_path(self.path).exists():  # an emptied log keeps its head
+            report = _settled_chain(self.path, attempts=1)[0]  # we hold the lock: nobody appends meanwhile
             if not report.ok:
                 raise StoreError(f"audit log {self.path} fails verification: {report.problem}")
             self._seq, self._prev = report.entries, report.head
@@ -116,6 +116,28 @@ class AuditLog:
         os.replace(tmp, head)
 
 
+def _writer_active(path: Path) -> bool:
+    """True when a writer holds ``path``'s lock (every :class:`AuditLog` does while it lives).
+
+    Only then can a head ahead of the lines be an append in progress; without a writer it
+    is final. Where there is no ``flock``, assume a writer may be active.
+    """
+    if sys.platform == "win32":
+        return True
+    import fcntl
+
+    try:
+        with open(path, "rb") as fh:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    except OSError:
+        return False
+    return False
+
+
 def _exclusive(path: Path) -> Any:
     """Open ``path`` for appending and hold an exclusive lock on it (POSIX; a no-op elsewhere)."""
     fh = open(path, "a", encoding="ascii")  # noqa: SIM115 - held for the log's lifetime
@@ -142,53 +164,77 @@ class AuditReport:
     anchors: int = 0  # anchors from another party's log that were checked
 
 
-def verify_audit_log(path: str | Path, *, anchors: str | Path | None = None) -> AuditReport:
+def verify_audit_log(path: str | Path, *, anchors: str | Path | None = None, site: str | None = None) -> AuditReport:
     """Recompute the chain of ``path``; report the first edited, deleted or reordered line.
 
     With ``anchors`` (the coordinator's log), also check every head of this log that the
-    coordinator recorded (``site_audit_head`` of its "received" entries for this log's
-    actor): a log rewritten into a new, self-consistent chain fails here.
+    coordinator recorded in its "received" entries. Those entries name the site by the
+    CN of the certificate it connected with, so the site is that identity: ``site`` when
+    given, else the actor the log claims, which must then be a site the coordinator
+    recorded. A log that claims another actor than ``site``, mixes actors, is empty, or
+    ends before an entry the coordinator anchored fails; so does a site with no anchors
+    at all (there is nothing to check it against). Never raises: every problem, including
+    an unreadable or malformed file, is the report's ``problem``.
     """
-    report, hashes, actor = _settled_chain(Path(path))
+    report, hashes, actors = _settled_chain(Path(path))
     if not report.ok or anchors is None:
         return report
+
+    def failed(problem: str) -> AuditReport:
+        return AuditReport(False, report.entries, report.head, problem)
+
     other, _, _ = _settled_chain(Path(anchors))
     if not other.ok:
-        return AuditReport(False, report.entries, report.head, f"anchor log {anchors}: {other.problem}")
+        return failed(f"anchor log {anchors}: {other.problem}")
+    recorded = _anchors_by_site(Path(anchors))
+    if len(actors) > 1:
+        return failed(f"entries are written by several actors ({', '.join(sorted(actors)[:4])}): not one site's log")
+    claimed = next(iter(actors), "")
+    if site is not None and claimed and claimed != site:
+        return failed(f"the log's entries claim actor {claimed[:80]!r}, not site {site!r}")
+    identity = site if site is not None else claimed
+    if not identity:
+        return failed(
+            "the log is empty, so it names no site; "
+            "give the site (--site) to check it against the coordinator's anchors"
+        )
+    if identity not in recorded:
+        known = ", ".join(sorted(recorded)[:10]) or "none"
+        return failed(
+            f"the coordinator recorded no heads of site {identity[:80]!r} (sites it recorded: {known}); "
+            "nothing to check this log against"
+        )
     checked = 0
-    for seq, digest in _anchors_for(Path(anchors), actor):
+    for seq, digest in recorded[identity]:
         if seq >= len(hashes):
-            return AuditReport(
-                False,
-                report.entries,
-                report.head,
-                f"the coordinator recorded entry {seq} of this log, which ends at entry {report.entries} (removed)",
+            return failed(
+                f"the coordinator recorded entry {seq} of site {identity!r}'s log, "
+                f"which ends at entry {report.entries} (removed)"
             )
         if hashes[seq] != digest:
-            return AuditReport(
-                False,
-                report.entries,
-                report.head,
-                f"entry {seq} differs from what the coordinator recorded (rewritten)",
-            )
+            return failed(f"entry {seq} differs from what the coordinator recorded (rewritten)")
         checked += 1
     return AuditReport(True, report.entries, report.head, anchors=checked)
 
 
-def _anchors_for(path: Path, actor: str) -> list[tuple[int, str]]:
-    out = []
+def _anchors_by_site(path: Path) -> dict[str, list[tuple[int, str]]]:
+    """Heads the coordinator recorded, by the site identity (certificate CN) it recorded them for.
+
+    Only called on a log whose chain verified, so every line is a JSON object.
+    """
+    out: dict[str, list[tuple[int, str]]] = {}
     for line in path.read_text(encoding="ascii").splitlines():
         entry = json.loads(line)
-        anchor = entry.get("site_audit_head")
-        if entry.get("event") != "received" or entry.get("site") != actor or not isinstance(anchor, str):
+        anchor, site = entry.get("site_audit_head"), entry.get("site")
+        if entry.get("event") != "received" or not isinstance(site, str) or not isinstance(anchor, str):
             continue
         seq, _, digest = anchor.partition(":")
-        if seq.isdigit() and len(digest) == 64:
-            out.append((int(seq), digest))
+        if seq.isdigit() and len(seq) < 19 and len(digest) == 64:
+            out.setdefault(site, []).append((int(seq), digest))
     return out
 
 
-def _settled_chain(path: Path, attempts: int = 5) -> tuple[AuditReport, list[str], str]:
+def _settled_chain(path: Path, attempts: int = 5) -> tuple[AuditReport, list[str], set[str]]:
     """:func:`_verify_chain`, read again if a live writer appended between reading lines and head.
 
     The writer appends a line, then moves the head: a head ahead of the lines just read is
@@ -196,7 +242,7 @@ def _settled_chain(path: Path, attempts: int = 5) -> tuple[AuditReport, list[str
     """
     for attempt in range(attempts):
         result = _verify_chain(path)
-        if not result[0].problem.startswith(_HEAD_AHEAD) or attempt == attempts - 1:
+        if not result[0].problem.startswith(_HEAD_AHEAD) or attempt == attempts - 1 or not _writer_active(path):
             return result
         time.sleep(0.05)
     raise AssertionError("unreachable")
@@ -205,67 +251,57 @@ def _settled_chain(path: Path, attempts: int = 5) -> tuple[AuditReport, list[str
 _HEAD_AHEAD = "the log ends at entry"
 
 
-def _verify_chain(path: Path) -> tuple[AuditReport, list[str], str]:
-    """The chain's report, every entry's hash (index = seq) and the log's actor."""
-    actor = ""
+def _verify_chain(path: Path) -> tuple[AuditReport, list[str], set[str]]:
+    """The chain's report, every entry's hash (index = seq) and the actors that wrote it."""
+    actors: set[str] = set()
     hashes = [_GENESIS]
+    prev, seq = _GENESIS, 0
+
+    def bad(problem: str) -> tuple[AuditReport, list[str], set[str]]:
+        return AuditReport(False, seq, prev, problem), hashes, actors
+
     try:
         lines = path.read_text(encoding="ascii").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
-        return AuditReport(False, 0, _GENESIS, f"cannot read {path}: {exc}"), hashes, actor
-    prev, seq = _GENESIS, 0
+        return bad(f"cannot read {path}: {exc}")
     for lineno, line in enumerate(lines, start=1):
         try:
             entry = json.loads(line)
-        except ValueError:
-            return AuditReport(False, seq, prev, f"line {lineno} is not valid JSON (edited?)"), hashes, actor
-        if not isinstance(entry, dict) or "hash" not in entry:
-            return AuditReport(False, seq, prev, f"line {lineno} has no hash"), hashes, actor
+        except (ValueError, RecursionError):
+            return bad(f"line {lineno} is not valid JSON (edited?)")
+        if not isinstance(entry, dict) or not isinstance(entry.get("hash"), str):
+            return bad(f"line {lineno} has no hash")
         claimed = entry.pop("hash")
-        actor = actor or str(entry.get("actor", ""))
-        if entry.get("seq") != seq + 1:
-            return (
-                AuditReport(False, seq, prev, f"line {lineno}: sequence {entry.get('seq')} follows {seq} (deleted?)"),
-                hashes,
-                actor,
-            )
+        actors.add(str(entry.get("actor", ""))[:200])
+        number = entry.get("seq")
+        if type(number) is not int or number != seq + 1:
+            return bad(f"line {lineno}: sequence {str(number)[:40]} follows {seq} (deleted?)")
         if entry.get("prev") != prev:
-            return (
-                AuditReport(False, seq, prev, f"line {lineno}: does not chain to the previous entry (deleted?)"),
-                hashes,
-                actor,
-            )
-        if _digest(prev, entry) != claimed:
-            return (
-                AuditReport(False, seq, prev, f"line {lineno}: content does not match its hash (edited)"),
-                hashes,
-                actor,
-            )
+            return bad(f"line {lineno}: does not chain to the previous entry (deleted?)")
+        try:
+            digest = _digest(prev, entry)
+        except (ValueError, RecursionError):  # e.g. a NaN or a nesting json.dumps refuses
+            return bad(f"line {lineno}: content cannot be hashed (edited)")
+        if digest != claimed:
+            return bad(f"line {lineno}: content does not match its hash (edited)")
         prev, seq = claimed, seq + 1
         hashes.append(claimed)
     head_file = _head_path(path)
     if head_file.exists():
         try:
             head = json.loads(head_file.read_text(encoding="ascii"))
-            head_seq, head_hash = int(head["seq"]), str(head["hash"])
-        except (ValueError, KeyError, TypeError):
-            return AuditReport(False, seq, prev, f"{head_file} is not a valid head record"), hashes, actor
+            head_seq, head_hash = head["seq"], head["hash"]
+            if type(head_seq) is not int or not isinstance(head_hash, str) or head_seq < 0:
+                raise TypeError
+        except (OSError, ValueError, RecursionError, KeyError, TypeError, IndexError):
+            return bad(f"{head_file} is not a valid head record")
         if head_seq > seq:
-            problem = f"{_HEAD_AHEAD} {seq} but its head records entry {head_seq} (truncated)"
-            return AuditReport(False, seq, prev, problem), hashes, actor
+            return bad(f"{_HEAD_AHEAD} {seq} but its head records entry {head_seq} (truncated)")
         if head_seq < seq - 1:
-            return (
-                AuditReport(False, seq, prev, f"{seq - head_seq} entries follow the recorded head {head_seq}"),
-                hashes,
-                actor,
-            )
+            return bad(f"{seq - head_seq} entries follow the recorded head {head_seq}")
         if hashes[head_seq] != head_hash:
-            return (
-                AuditReport(False, seq, prev, f"entry {head_seq} does not match the recorded head hash"),
-                hashes,
-                actor,
-            )
+            return bad(f"entry {head_seq} does not match the recorded head hash")
         # head_seq == seq - 1: a crash between writing the last line and the head (the writer repairs it)
     elif seq:
-        return AuditReport(False, seq, prev, f"{head_file} is missing"), hashes, actor
-    return AuditReport(True, seq, prev), hashes, actor
+        return bad(f"{head_file} is missing")
+    return AuditReport(True, seq, prev), hashes, actors

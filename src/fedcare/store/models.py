@@ -7,7 +7,16 @@ from datetime import datetime
 from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["Base", "CheckpointRow", "PrivacyLedgerRow", "RoundRow", "RunRow", "SiteEventRow", "SiteMetricRow"]
+__all__ = [
+    "Base",
+    "CheckpointRow",
+    "ExchangeRow",
+    "PrivacyLedgerRow",
+    "RoundRow",
+    "RunRow",
+    "SiteEventRow",
+    "SiteMetricRow",
+]
 
 
 class Base(DeclarativeBase):
@@ -77,6 +86,27 @@ class SiteEventRow(Base):
     site: Mapped[str] = mapped_column(String(200))
     kind: Mapped[str] = mapped_column(String(40))
     message: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ExchangeRow(Base):
+    """One exchange with the sites: a fit or evaluate phase, a SecAgg stage, or a query.
+
+    Not a foreign key to ``runs``: a statistics query or the moments query of federated
+    standardisation happens before (or without) a training run.
+    """
+
+    __tablename__ = "exchanges"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(String(64), index=True)
+    round_no: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(20))
+    name: Mapped[str] = mapped_column(String(100), default="")
+    sent: Mapped[list[str]] = mapped_column(JSON, default=list)
+    answered: Mapped[list[str]] = mapped_column(JSON, default=list)
+    failures: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    details: Mapped[dict[str, object]] = mapped_column(JSON, default=dict)
+    duration_s: Mapped[float] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 

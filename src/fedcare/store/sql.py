@@ -21,12 +21,13 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from fedcare.errors import StoreError
-from fedcare.protocols import RoundReport, RunSpec
+from fedcare.protocols import ExchangeReport, RoundReport, RunSpec
 from fedcare.serde import decode_state, encode_state
 from fedcare.store.durable import write_durably
 from fedcare.store.models import (
     Base,
     CheckpointRow,
+    ExchangeRow,
     RoundRow,
     RunRow,
     SiteEventRow,
@@ -197,6 +198,24 @@ class SqlStore:
                 raise StoreError(f"unknown run {run_id!r}")
             row.status, row.message, row.finished_at = status, message, _now()
 
+    def record_exchange(self, report: ExchangeReport) -> None:
+        """Write one exchange (fit, evaluate, SecAgg stage, statistics or moments query)."""
+        with self._session.begin() as s:
+            s.add(
+                ExchangeRow(
+                    run_id=report.run_id,
+                    round_no=report.round_no,
+                    kind=report.kind.value,
+                    name=report.name,
+                    sent=list(report.sent),
+                    answered=list(report.answered),
+                    failures=dict(report.failures),
+                    details=dict(report.details),
+                    duration_s=report.duration_s,
+                    created_at=_now(),
+                )
+            )
+
     @staticmethod
     def _add_metrics(s: Session, run_id: str, round_no: int, phase: str, metrics: Mapping[SiteId, Metrics]) -> None:
         for site, values in metrics.items():
@@ -280,6 +299,14 @@ class SqlStore:
         """Refusals and failures recorded for a run."""
         with self._session() as s:
             return list(s.scalars(select(SiteEventRow).where(SiteEventRow.run_id == run_id).order_by(SiteEventRow.id)))
+
+    def exchanges(self, run_id: str, kind: str | None = None) -> list[ExchangeRow]:
+        """The run's exchanges with the sites (of one kind: ``"query"``, ``"fit"``...), in order."""
+        with self._session() as s:
+            q = select(ExchangeRow).where(ExchangeRow.run_id == run_id)
+            if kind is not None:
+                q = q.where(ExchangeRow.kind == kind)
+            return list(s.scalars(q.order_by(ExchangeRow.id)))
 
     def summary_rows(self) -> list[dict[str, Any]]:
         """One dict per run for listings."""

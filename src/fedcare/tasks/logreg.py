@@ -109,6 +109,8 @@ class LogisticRegressionTask:
         batch_size = read_int(config, "batch_size", 4)
         epochs = read_int(config, "local_epochs", 1)
         steps = read_int(config, "local_steps", 0)
+        if batch_size < 1 or epochs < 1 or steps < 0:
+            raise ConfigError("config batch_size and local_epochs must be >= 1, local_steps >= 0")
         corrections = LocalCorrections(module, config, context)
         x = torch.from_numpy(np.ascontiguousarray(data.x, dtype=np.float32))
         y = torch.from_numpy(np.ascontiguousarray(data.y, dtype=np.float32)).reshape(-1, 1)

@@ -146,12 +146,17 @@ class TorchTask:
         Seed of the frozen entries' initialisation (the same at every site).
     weights : str or Path or None (default: None)
         A safetensors file of initial (pretrained) weights; its digest is in the task hash.
+    augment : Callable[[Tensor], Tensor] or None (default: None)
+        Applied to each training batch (random transforms draw from torch's generator,
+        which fit seeds from ``rng``); not used for evaluation or under DP-SGD.
     num_threads : int or None (default: None)
         torch intra-op threads during fit and predict (not hashed: speed only).
     """
 
     #: The node passes a :class:`~fedcare.task.FitContext` (SCAFFOLD's site state).
     accepts_context = True
+    #: Site data may be a :class:`~fedcare.task.RecordSource` (files read a batch at a time).
+    streams = True
 
     def __init__(
         self,
@@ -169,6 +174,7 @@ class TorchTask:
         trainable: Sequence[str] | None = None,
         base_seed: int = 0,
         weights: str | Path | None = None,
+        augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
         num_threads: int | None = None,
     ) -> None:
         if not name:
@@ -189,6 +195,7 @@ class TorchTask:
             raise ConfigError(f"TorchTask {name!r}: weights file {self.weights} not found")
         self.base_seed = int(base_seed)
         self.num_threads = num_threads
+        self._augment = augment
         base = self._base_state()
         names = list(base)
         self._trainable = names if trainable is None else _prefixed(names, tuple(trainable))
@@ -220,7 +227,7 @@ class TorchTask:
     def source_modules(self) -> list[str]:
         """Modules of the user's code (model factory, loss, metrics, ...): their package is in the task hash."""
         out: list[str] = []
-        for fn in (self._factory, self._loss, self._metrics, self._output, self._optimizer):
+        for fn in (self._factory, self._loss, self._metrics, self._output, self._optimizer, self._augment):
             module = getattr(fn, "__module__", None) or type(fn).__module__
             if module and module.split(".")[0] not in ("torch", "builtins", "fedcare") and module not in out:
                 out.append(module)
@@ -284,7 +291,14 @@ class TorchTask:
         return scores.reshape(len(inputs), -1).squeeze(-1) if scores.ndim > 1 else scores
 
     def evaluate(self, model: ModelState, data: ArrayDataset) -> EvalResult:
-        """The task's metrics on ``data`` (``loss`` from them when they have one)."""
+        """The task's metrics on ``data`` (``loss`` from them when they have one); files are read in chunks."""
+        if not isinstance(data, ArrayDataset):  # a RecordSource: score it a chunk at a time
+            chunks = [np.arange(i, min(i + _EVAL_BATCH, len(data))) for i in range(0, len(data), _EVAL_BATCH)]
+            scores = np.concatenate([self.predict(model, data.read(c)) for c in chunks]) if chunks else np.zeros(0)
+            metrics = {k: float(v) for k, v in self._metrics(np.asarray(data.y), scores).items()}
+            if "loss" not in metrics:
+                raise ConfigError(f"task {self.name!r}: metrics must include 'loss' to evaluate streamed data")
+            return EvalResult(loss=metrics["loss"], num_examples=len(data), metrics=metrics)
         scores = self.predict(model, data.x)
         metrics = {k: float(v) for k, v in self._metrics(np.asarray(data.y), scores).items()}
         loss = metrics.get("loss")
@@ -399,12 +413,15 @@ class TorchTask:
             module = self._module(model)
             module.train()
             params = [p for _, p in module.named_parameters() if p.requires_grad]
-            x = self._inputs(data.x, "training data")
+            streaming = not isinstance(data, ArrayDataset)
+            x = None if streaming else self._inputs(data.x, "training data")
             y = self._targets(data.y)
             if dp_requested(cfg):
                 bad = dp_incompatible_layers(module)
                 if bad:
                     raise ConfigError(f"task {self.name!r} cannot train with DP-SGD: " + "; ".join(bad))
+                if x is None:
+                    raise ConfigError(f"task {self.name!r}: DP-SGD on streamed (file) data is not supported yet")
                 metrics = fit_dpsgd(module, x, y, self._reduced("sum"), cfg)
                 return FitResult(state=self._state(module), num_examples=len(data), metrics=metrics)
             optimizer = self._optimizer(params, cfg) if self._optimizer else make_optimizer(iter(params), cfg)
@@ -414,10 +431,14 @@ class TorchTask:
             loss_fn = self._reduced("mean")
             target = steps if steps > 0 else epochs * math.ceil(len(data) / batch_size)
             total, seen, done = 0.0, 0, 0
-            for idx in _index_batches(len(data), batch_size, rng, target):
+            order = getattr(data, "batch_order", None)
+            for idx in _index_batches(len(data), batch_size, rng, target, order):
                 index = torch.from_numpy(idx)
                 optimizer.zero_grad()
-                loss = loss_fn(module(x[index]), y[index])
+                xb = x[index] if x is not None else self._inputs(data.read(idx), "training data")
+                if self._augment is not None:
+                    xb = self._augment(xb)
+                loss = loss_fn(module(xb), y[index])
                 objective = loss
                 if mu > 0:
                     objective = objective + 0.5 * mu * sum(((p - anchors[n]) ** 2).sum() for n, p in named.items())
@@ -439,10 +460,16 @@ class TorchTask:
         return {n: state[n].detach().cpu().numpy().copy() for n in self._trainable}
 
 
-def _index_batches(n: int, batch_size: int, rng: np.random.Generator, steps: int) -> Iterator[npt.NDArray[np.int64]]:
+def _index_batches(
+    n: int,
+    batch_size: int,
+    rng: np.random.Generator,
+    steps: int,
+    order: Callable[[int, np.random.Generator], Iterator[npt.NDArray[np.int64]]] | None = None,
+) -> Iterator[npt.NDArray[np.int64]]:
     done = 0
     while done < steps:
-        for idx in batches(n, batch_size, rng):
+        for idx in order(batch_size, rng) if order is not None else batches(n, batch_size, rng):
             yield idx
             done += 1
             if done >= steps:

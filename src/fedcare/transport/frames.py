@@ -19,11 +19,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import grpc
+from google.protobuf.message import DecodeError
 from google.protobuf.message import Message as _Proto
 
 from fedcare.transport.proto import fedcare_pb2 as pb
 
 __all__ = [
+    "BadFrame",
     "SERVER_CHUNK_FIELD",
     "SITE_CHUNK_FIELD",
     "RawChunk",
@@ -45,6 +47,19 @@ _VARINT = 0
 _ID_TAG = (1 << 3) | _LEN  # Chunk.message_id
 _INDEX_TAG = (2 << 3) | _VARINT  # Chunk.record_index
 _DATA_TAG = (3 << 3) | _LEN  # Chunk.data
+
+
+@dataclass(frozen=True, slots=True)
+class BadFrame:
+    """Bytes on the stream that are not a frame; ``reason`` says why (protobuf's message).
+
+    The deserialisers return this instead of raising: a raising deserialiser makes gRPC
+    tear the whole stream down, so one malformed reply would look like a disconnected
+    site. The receiver turns it into a :class:`~fedcare.errors.ProtocolError` for the
+    message it belongs to (a recorded failure of that site, with this reason).
+    """
+
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,14 +143,24 @@ def _fast_chunk(data: bytes, field: int) -> RawChunk | None:
     return RawChunk(message_id, index, memoryview(data)[start:end])
 
 
-def parse_site_frame(data: bytes) -> RawChunk | pb.SiteFrame:
-    """Deserialiser of the server's request stream (fast path for chunk frames)."""
-    return _fast_chunk(data, SITE_CHUNK_FIELD) or pb.SiteFrame.FromString(data)
+def _parse(data: bytes, frame_type: type[_Proto], field: int) -> RawChunk | BadFrame | _Proto:
+    fast = _fast_chunk(data, field)
+    if fast is not None:
+        return fast
+    try:
+        return frame_type.FromString(data)
+    except DecodeError as exc:
+        return BadFrame(f"undecodable {frame_type.__name__} of {len(data)} bytes ({str(exc)[:200]})")
 
 
-def parse_server_frame(data: bytes) -> RawChunk | pb.ServerFrame:
-    """Deserialiser of the site's response stream (fast path for chunk frames)."""
-    return _fast_chunk(data, SERVER_CHUNK_FIELD) or pb.ServerFrame.FromString(data)
+def parse_site_frame(data: bytes) -> RawChunk | BadFrame | pb.SiteFrame:
+    """Deserialiser of the server's request stream (fast path for chunk frames); never raises."""
+    return _parse(data, pb.SiteFrame, SITE_CHUNK_FIELD)  # type: ignore[return-value]
+
+
+def parse_server_frame(data: bytes) -> RawChunk | BadFrame | pb.ServerFrame:
+    """Deserialiser of the site's response stream (fast path for chunk frames); never raises."""
+    return _parse(data, pb.ServerFrame, SERVER_CHUNK_FIELD)  # type: ignore[return-value]
 
 
 def serialize_frame(frame: bytes | _Proto) -> bytes:
@@ -163,8 +188,10 @@ def connect_stub(channel: grpc.Channel) -> grpc.StreamStreamMultiCallable:
     )
 
 
-def frame_kind(frame: RawChunk | pb.SiteFrame | pb.ServerFrame) -> str:
-    """Which oneof field a received frame holds ("chunk" for fast-path chunks)."""
+def frame_kind(frame: RawChunk | BadFrame | pb.SiteFrame | pb.ServerFrame) -> str:
+    """Which oneof field a received frame holds ("chunk" for fast-path chunks, "bad" for undecodable bytes)."""
     if type(frame) is RawChunk:
         return "chunk"
+    if type(frame) is BadFrame:
+        return "bad"
     return frame.WhichOneof("frame") or ""  # type: ignore[union-attr]

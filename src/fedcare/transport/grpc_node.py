@@ -36,7 +36,7 @@ from fedcare.runtime.policy import SitePolicy
 from fedcare.transport.frames import RawChunk, connect_stub, frame_kind
 from fedcare.transport.grpc_server import grpc_options, share_malloc_arena
 from fedcare.transport.proto import fedcare_pb2 as pb
-from fedcare.transport.tls import TlsFiles, client_credentials
+from fedcare.transport.tls import TlsFiles, client_credentials, issuer_problem
 from fedcare.transport.version import PROTOCOL_VERSION, parse_version
 from fedcare.transport.wire import (
     DEFAULT_CHUNK_BYTES,
@@ -47,7 +47,7 @@ from fedcare.transport.wire import (
     audit_records,
     encode_message,
 )
-from fedcare.types import Message
+from fedcare.types import Message, MessageKind
 
 __all__ = ["Backoff", "GrpcNodeAgent", "describe_rpc_error"]
 
@@ -91,6 +91,11 @@ def describe_rpc_error(exc: grpc.RpcError) -> str:
         return (
             f"TLS handshake with the coordinator failed ({details}); check that ca/cert/key are the study's "
             "(run `fedcare doctor`)"
+        )
+    if code == grpc.StatusCode.UNAVAILABLE and ("socket closed" in low or "connection reset" in low):
+        return (
+            f"the coordinator closed the connection during the TLS handshake ({details}): it may have "
+            "rejected this site's certificate; run `fedcare doctor`"
         )
     if code == grpc.StatusCode.UNAVAILABLE:
         return f"the coordinator is unreachable ({details})"
@@ -272,8 +277,11 @@ class GrpcNodeAgent:
                 if exc.code() == grpc.StatusCode.CANCELLED and self.stop_event.is_set():
                     return
                 message = describe_rpc_error(exc)
+                problem = issuer_problem(self.tls) if exc.code() == grpc.StatusCode.UNAVAILABLE else None
+                if problem is not None:  # the coordinator refuses it at every attempt: say so, stop
+                    message = f"the coordinator rejected this site's certificate: {problem}; run `fedcare doctor`"
                 self._audit("connection_failed", reason=message[:500])
-                if exc.code() == grpc.StatusCode.PERMISSION_DENIED:
+                if exc.code() == grpc.StatusCode.PERMISSION_DENIED or problem is not None:
                     raise _Fatal(message) from TransportError(message)
                 raise TransportError(message) from None
         finally:
@@ -316,7 +324,7 @@ class GrpcNodeAgent:
             timer.cancel()
         if first is None:
             raise TransportError("the coordinator closed the stream before welcoming this site")
-        if isinstance(first, RawChunk):
+        if not isinstance(first, pb.ServerFrame):  # a chunk, or bytes that are no frame at all
             raise TransportError("protocol error: the coordinator's first frame is not a welcome")
         if first.WhichOneof("frame") == "refusal":
             reason = first.refusal.reason[:500]
@@ -405,6 +413,8 @@ class GrpcNodeAgent:
                     finished = frame.finished  # type: ignore[union-attr]
                     link.finished = f"run {finished.run_id[:200]!r} finished: {finished.reason[:500]}"
                     self._audit("run_finished", run_id=finished.run_id[:200], reason=finished.reason[:500])
+                elif which == "bad":
+                    raise ProtocolError(f"instruction stream: {frame.reason}")  # type: ignore[union-attr]
                 elif which != "ping":
                     raise ProtocolError(f"instruction stream: unexpected {which or 'empty'} frame")
             except ProtocolError as exc:
@@ -457,6 +467,7 @@ class GrpcNodeAgent:
             message_id=message.message_id,
             task_hash=str(message.payload.config.get("task_hash", "")),
             records=records,
+            **({"query": str(message.payload.config.get("query"))[:100]} if message.kind is MessageKind.QUERY else {}),
         )
         started = time.perf_counter()
         if message.run_id != run_id:

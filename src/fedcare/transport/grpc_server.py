@@ -29,8 +29,10 @@ reply. A site that stops sending while it has the turn loses its connection afte
 from __future__ import annotations
 
 import ctypes
+import errno
 import logging
 import queue
+import socket
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -42,7 +44,7 @@ import grpc
 from fedcare.errors import ConfigError, ProtocolError
 from fedcare.protocols import AuditSink
 from fedcare.transport.base import freeze
-from fedcare.transport.frames import RawChunk, connect_handler, frame_kind
+from fedcare.transport.frames import BadFrame, RawChunk, connect_handler, frame_kind
 from fedcare.transport.proto import fedcare_pb2 as pb
 from fedcare.transport.tls import TlsFiles, server_credentials
 from fedcare.transport.version import PROTOCOL_VERSION, compatibility_problem, parse_version
@@ -63,7 +65,7 @@ __all__ = ["GrpcChannel", "StudyInfo", "grpc_options", "share_malloc_arena"]
 log = logging.getLogger(__name__)
 
 #: What the server's request stream yields: a fast-path chunk or any other site frame.
-SiteFrame = RawChunk | pb.SiteFrame
+SiteFrame = RawChunk | BadFrame | pb.SiteFrame
 
 _HANDSHAKE_TIMEOUT_S = 30.0
 
@@ -231,15 +233,21 @@ class GrpcChannel:
         self._closed = threading.Event()
         self.stall_timeout_s = stall_timeout_s
         threading.Thread(target=self._watch_stalls, daemon=True, name="fedcare-stall-watch").start()
+        _check_port_free(listen)
         self._server = grpc.server(
             ThreadPoolExecutor(max_workers=2 * len(self.allowed) + 4, thread_name_prefix="fedcare-grpc"),
-            options=grpc_options(chunk_bytes),
+            # No SO_REUSEPORT: with it, a second coordinator binds the same port and the
+            # kernel splits the sites between two studies at random.
+            options=[*grpc_options(chunk_bytes), ("grpc.so_reuseport", 0)],
             maximum_concurrent_rpcs=2 * len(self.allowed) + 4,
         )
         self._server.add_generic_rpc_handlers((connect_handler(self._serve),))
-        self.port = self._server.add_secure_port(listen, server_credentials(tls))
+        try:
+            self.port = self._server.add_secure_port(listen, server_credentials(tls))
+        except RuntimeError:  # grpcio raises when the bind fails
+            self.port = 0
         if self.port == 0:
-            raise ConfigError(f"cannot listen on {listen}")
+            raise ConfigError(f"cannot listen on {listen}: the address is in use or not available on this machine")
         self._server.start()
         self._audit("listening", address=listen, port=self.port, protocol=PROTOCOL_VERSION)
 
@@ -278,6 +286,7 @@ class GrpcChannel:
             encoded = encode_message(message, cache=cache)
             with self._lock:
                 session.pending[message.message_id] = _Pending(message.kind, message.run_id, message.round_no)
+            query = message.payload.config.get("query") if message.kind is MessageKind.QUERY else None
             self._audit(
                 "sent",
                 site=message.site,
@@ -285,6 +294,7 @@ class GrpcChannel:
                 round_no=message.round_no,
                 message_id=message.message_id,
                 records=audit_records(encoded.header),
+                **({"query": str(query)[:100]} if query is not None else {}),
             )
             session.outq.put(encoded)
 
@@ -483,7 +493,9 @@ class GrpcChannel:
                         header = assembler.header
                         session.holding_since = None
                         self._deliver(session, assembler.finish(frame.end), header, token)
-                        token = None
+                        token, reply_to = None, ""
+                    elif which == "bad":
+                        raise ProtocolError(f"reply from {session.site}: {frame.reason}")  # type: ignore[union-attr]
                     elif which != "ping":
                         raise ProtocolError(f"reply from {session.site}: unexpected {which or 'empty'} frame")
                 except ProtocolError as exc:
@@ -494,6 +506,7 @@ class GrpcChannel:
                         self._inflight.release(token)
                         token = None
                     self._reject(session, reply_to, exc)
+                    reply_to = ""
         except grpc.RpcError:
             pass
         except Exception:  # never let a reader thread die silently
@@ -568,9 +581,37 @@ class GrpcChannel:
         log.warning("malformed frame from %s: %s", session.site, exc)
         self._audit("malformed", site=session.site, reply_to=reply_to[:64], error=str(exc)[:500])
         with self._lock:
+            if not reply_to and len(session.pending) == 1:  # its header was unreadable: one thing is pending
+                reply_to = next(iter(session.pending))
             sent = session.pending.pop(reply_to, None)
         if sent is not None:
             self._replies.put((self._error_reply(session.site, reply_to, sent, f"malformed reply: {exc}"), None))
+
+
+def _check_port_free(listen: str) -> None:
+    """Refuse a ``host:port`` another process listens on, before gRPC tries (and logs its own error).
+
+    The probe sets SO_REUSEADDR like gRPC does, so connections of an earlier server still
+    in TIME_WAIT do not count; a listening socket does, on Linux and macOS alike.
+    """
+    host, sep, port_text = listen.rpartition(":")
+    if not sep or not port_text.isdigit() or int(port_text) == 0:
+        return  # port 0 picks a free one; other forms are left to gRPC
+    host = host.strip("[]") or "0.0.0.0"
+    try:
+        infos = socket.getaddrinfo(host, int(port_text), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (OSError, UnicodeError):
+        return
+    for family, kind, proto, _, address in infos[:1]:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise ConfigError(
+                        f"cannot listen on {listen}: the port is already in use (is another fedcare server running?)"
+                    ) from None
 
 
 def _next_frame(requests: Iterator[SiteFrame]) -> pb.SiteFrame | None:

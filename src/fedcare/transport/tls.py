@@ -16,6 +16,7 @@ from typing import Literal
 
 import grpc
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -23,6 +24,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from fedcare.errors import ConfigError
 
 __all__ = [
+    "issuer_problem",
     "CertInfo",
     "TlsFiles",
     "cert_info",
@@ -118,6 +120,7 @@ def issue_certificate(
     kind: CertKind,
     hosts: tuple[str, ...] = (),
     days: int = 825,
+    force: bool = False,
 ) -> tuple[Path, Path]:
     """Issue ``<name>.pem`` and ``<name>.key`` (0600) signed by the CA in ``ca_dir``.
 
@@ -135,7 +138,16 @@ def issue_certificate(
         DNS names / IP addresses the server is reached at (SANs); ``name`` is added.
     days : int (default: 825)
         Validity period.
+    force : bool (default: False)
+        Replace an existing ``<name>.key`` / ``<name>.pem``; without it they are refused,
+        since replacing a site's key silently locks the deployed site out.
     """
+    existing = [p for p in (Path(out_dir) / f"{name}.key", Path(out_dir) / f"{name}.pem") if p.exists()]
+    if existing and not force:
+        raise ConfigError(
+            f"{existing[0]} already exists; replacing it would lock out whoever uses it "
+            "(pass --force to issue a new certificate and key anyway)"
+        )
     if not name or any(c in name for c in "/\\\0") or len(name) > 64:
         raise ConfigError(f"certificate name {name!r} must be 1-64 characters without slashes")
     if kind not in ("server", "site"):
@@ -221,3 +233,24 @@ def client_credentials(files: TlsFiles) -> grpc.ChannelCredentials:
     """Site side of mutual TLS: trust only the study CA, present the site certificate."""
     ca, cert, key = files.read()
     return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
+
+
+def issuer_problem(files: TlsFiles) -> str | None:
+    """Why the study CA in ``files`` did not sign the certificate in ``files``, or None if it did.
+
+    What a coordinator's TLS checks first: a site whose certificate another CA signed is
+    refused during the handshake, which the site only sees as a closed socket.
+    """
+    try:
+        cert = x509.load_pem_x509_certificate(Path(files.cert).read_bytes())
+        ca = x509.load_pem_x509_certificate(Path(files.ca).read_bytes())
+    except (OSError, ValueError):
+        return None  # unreadable files are reported where they are loaded
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        return (
+            f"this site's certificate {files.cert} was issued by {_cn(cert.issuer)!r}, "
+            f"not by the study CA {_cn(ca.subject)!r} in {files.ca}"
+        )
+    return None

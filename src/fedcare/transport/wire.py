@@ -16,11 +16,10 @@ that into an error reply, never a crash.
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -28,7 +27,7 @@ import blake3
 import numpy as np
 
 from fedcare.errors import ProtocolError, SerdeError
-from fedcare.serde import ALLOWED_DTYPES, ST_DTYPE_CODES, check_state, encode_parts
+from fedcare.serde import decode_view, encode_parts
 from fedcare.transport.frames import RawChunk, chunk_frame
 from fedcare.transport.proto import fedcare_pb2 as pb
 from fedcare.types import ConfigValue, Message, MessageKind, ModelState, Payload, RunId, SiteId
@@ -41,10 +40,13 @@ __all__ = [
     "MessageAssembler",
     "Record",
     "audit_records",
+    "build_message",
     "decode_state_view",
     "digest_of",
     "encode_message",
     "header_of",
+    "message_from_parts",
+    "message_parts",
 ]
 
 #: Chunk size: 4 MiB keeps each protobuf message small and throughput near the link's.
@@ -55,9 +57,6 @@ _MAX_RECORDS = 64
 Frame = TypeVar("Frame", pb.SiteFrame, pb.ServerFrame)
 _MAX_CONFIG_ENTRIES = 256
 _MAX_STRING = 4096
-_ORDER_KEY = "fedcare.order"
-_SCALARS_KEY = "fedcare.scalars"
-_ST_DTYPES = {code: name for name, code in ST_DTYPE_CODES.items()}
 
 
 @dataclass
@@ -183,68 +182,10 @@ def encode_message(message: Message, *, cache: dict[int, Record] | None = None) 
 def decode_state_view(buf: np.ndarray | bytearray | bytes, *, where: str) -> ModelState:
     """Decode safetensors bytes into numpy arrays that VIEW ``buf`` (no copy), validated.
 
-    Every offset, dtype and shape in the header is checked against the buffer before an
-    array is made; the arrays then pass :func:`fedcare.serde.check_state`.
+    See :func:`fedcare.serde.decode_view`: offsets, dtypes and shapes are checked against
+    the buffer before an array is made; anything malformed raises ``SerdeError`` only.
     """
-    buf = memoryview(buf).cast("B")
-    n = len(buf)
-    if n < 8:
-        raise SerdeError(f"{where}: safetensors payload is truncated (shorter than its header)")
-    hlen = int.from_bytes(bytes(buf[:8]), "little")
-    if hlen > n - 8 or hlen > 100 * 1024 * 1024:
-        raise SerdeError(f"{where}: safetensors header length {hlen} overruns the payload")
-    try:
-        header = json.loads(bytes(buf[8 : 8 + hlen]))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise SerdeError(f"{where}: safetensors header is not valid JSON ({exc})") from None
-    if not isinstance(header, dict):
-        raise SerdeError(f"{where}: safetensors header is not an object")
-    meta = header.pop("__metadata__", None) or {}
-    if not isinstance(meta, dict):
-        raise SerdeError(f"{where}: safetensors metadata is not an object")
-    base = 8 + hlen
-    data_len = n - base
-    state: ModelState = {}
-    for name, info in header.items():
-        if not isinstance(info, dict):
-            raise SerdeError(f"{where}: entry {name!r} has a malformed description")
-        dtype = _ST_DTYPES.get(str(info.get("dtype")))
-        if dtype is None or dtype not in ALLOWED_DTYPES:
-            raise SerdeError(f"{where}: entry {name!r} has disallowed dtype {info.get('dtype')!r}")
-        shape, offsets = info.get("shape"), info.get("data_offsets")
-        if (
-            not isinstance(shape, list)
-            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
-            or not isinstance(offsets, list)
-            or len(offsets) != 2
-            or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
-        ):
-            raise SerdeError(f"{where}: entry {name!r} has a malformed shape or offsets")
-        start, end = offsets
-        itemsize = np.dtype(dtype).itemsize
-        count = math.prod(shape)
-        if not 0 <= start <= end <= data_len or end - start != count * itemsize:
-            raise SerdeError(f"{where}: entry {name!r} offsets {offsets} do not match shape {shape} / {dtype}")
-        arr = np.frombuffer(buf, dtype=np.dtype(dtype).newbyteorder("<"), count=count, offset=base + start)
-        state[str(name)] = arr.reshape(shape)
-    order = _json_list(meta.get(_ORDER_KEY))
-    if order is not None and sorted(order) == sorted(state):
-        state = {k: state[k] for k in order}
-    for key in _json_list(meta.get(_SCALARS_KEY)) or []:
-        if key in state and state[key].size == 1:
-            state[key] = state[key].reshape(())
-    check_state(state, where=where)
-    return state
-
-
-def _json_list(raw: object) -> list[str] | None:
-    if not isinstance(raw, str):
-        return None
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        return None
-    return [str(v) for v in value] if isinstance(value, list) else None
+    return decode_view(buf, where=where)
 
 
 def _config_value(scalar: pb.Scalar, where: str) -> ConfigValue:
@@ -422,35 +363,71 @@ class MessageAssembler:
             self.reset()
 
     def _message(self, header: pb.MessageHeader) -> Message:
-        where = f"{self.where} ({header.kind or '?'} round {header.round_no})"
+        return build_message(header, self._buffers, where=self.where)
+
+
+def build_message(header: pb.MessageHeader, buffers: Sequence[Any], *, where: str) -> Message:
+    """Build a :class:`Message` from its header and one complete buffer per record, validated."""
+    where = f"{where} ({header.kind or '?'} round {header.round_no})"
+    try:
+        kind = MessageKind(header.kind)
+    except ValueError:
+        raise ProtocolError(f"{where}: unknown message kind {header.kind[:40]!r}") from None
+    for text in (header.run_id, header.site, header.reply_to):
+        if len(text) > _MAX_STRING:
+            raise ProtocolError(f"{where}: an id field is longer than {_MAX_STRING} characters")
+    if header.round_no < 0:
+        raise ProtocolError(f"{where}: negative round number")
+    config = {k: _config_value(v, f"{where}, config {k[:40]!r}") for k, v in header.config.items()}
+    metrics: dict[str, float] = {}
+    for key, value in header.metrics.items():
+        if not math.isfinite(value):
+            raise ProtocolError(f"{where}: metric {key[:40]!r} is not finite")
+        metrics[key] = value
+    arrays: dict[str, ModelState] = {}
+    for rec, buf in zip(header.records, buffers, strict=True):
         try:
-            kind = MessageKind(header.kind)
-        except ValueError:
-            raise ProtocolError(f"{where}: unknown message kind {header.kind[:40]!r}") from None
-        for text in (header.run_id, header.site, header.reply_to):
-            if len(text) > _MAX_STRING:
-                raise ProtocolError(f"{where}: an id field is longer than {_MAX_STRING} characters")
-        if header.round_no < 0:
-            raise ProtocolError(f"{where}: negative round number")
-        config = {k: _config_value(v, f"{where}, config {k[:40]!r}") for k, v in header.config.items()}
-        metrics: dict[str, float] = {}
-        for key, value in header.metrics.items():
-            if not math.isfinite(value):
-                raise ProtocolError(f"{where}: metric {key[:40]!r} is not finite")
-            metrics[key] = value
-        arrays: dict[str, ModelState] = {}
-        for rec, buf in zip(header.records, self._buffers, strict=True):
-            try:
-                arrays[rec.name] = decode_state_view(buf, where=f"{where}, record {rec.name[:40]!r}")
-            except SerdeError as exc:
-                raise ProtocolError(str(exc)) from None
-        return Message(
-            kind=kind,
-            run_id=RunId(header.run_id),
-            round_no=int(header.round_no),
-            site=SiteId(header.site),
-            payload=Payload(arrays=arrays, config=config, metrics=metrics),
-            message_id=header.message_id,
-            reply_to=header.reply_to or None,
-            error=header.error if header.has_error else None,
-        )
+            arrays[rec.name] = decode_state_view(buf, where=f"{where}, record {rec.name[:40]!r}")
+        except SerdeError as exc:
+            raise ProtocolError(str(exc)) from None
+    return Message(
+        kind=kind,
+        run_id=RunId(header.run_id),
+        round_no=int(header.round_no),
+        site=SiteId(header.site),
+        payload=Payload(arrays=arrays, config=config, metrics=metrics),
+        message_id=header.message_id,
+        reply_to=header.reply_to or None,
+        error=header.error if header.has_error else None,
+    )
+
+
+def message_from_parts(
+    header: bytes, records: Sequence[Any], *, where: str, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+) -> Message:
+    """Decode a message moved as whole buffers (a protobuf header, one safetensors blob per record).
+
+    For transports that carry complete buffers instead of frames (Ray): the same checks
+    as :class:`MessageAssembler` (sizes, BLAKE3 digests, dtypes, finite values).
+    """
+    try:
+        parsed = pb.MessageHeader.FromString(bytes(header))
+    except Exception as exc:  # protobuf's DecodeError; the message names what was wrong
+        raise ProtocolError(f"{where}: malformed message header ({exc})") from None
+    if len(parsed.records) != len(records) or len(records) > _MAX_RECORDS:
+        raise ProtocolError(f"{where}: header declares {len(parsed.records)} record(s), {len(records)} received")
+    if sum(rec.size_bytes for rec in parsed.records) > max_message_bytes:
+        raise ProtocolError(f"{where}: message larger than {max_message_bytes} bytes")
+    for rec, buf in zip(parsed.records, records, strict=True):
+        view = memoryview(buf).cast("B")
+        if len(view) != rec.size_bytes:
+            raise ProtocolError(f"{where}: record {rec.name[:40]!r} is {len(view)} bytes, declared {rec.size_bytes}")
+        if rec.blake3 and digest_of([view]) != rec.blake3:
+            raise ProtocolError(f"{where}: record {rec.name[:40]!r} does not match its declared BLAKE3 digest")
+    return build_message(parsed, records, where=where)
+
+
+def message_parts(message: Message, *, cache: dict[int, Record] | None = None) -> tuple[bytes, list[bytes]]:
+    """Encode ``message`` as whole buffers: its protobuf header and one safetensors blob per record."""
+    encoded = encode_message(message, cache=cache)
+    return encoded.header.SerializeToString(), [b"".join(r.parts) for r in encoded.records]

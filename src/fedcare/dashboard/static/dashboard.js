@@ -119,17 +119,24 @@
       t.textContent = site;
       root.appendChild(t);
       const states = run.participation[site];
+      // one cell per round; beyond 200 rounds, one bar per stretch of rounds in the same state
+      const merge = run.rounds_done > 200;
       for (let r = 1; r <= run.rounds_done; r++) {
         const state = states[String(r)] || "none";
+        let last = r;
+        while (merge && last < run.rounds_done && (states[String(last + 1)] || "none") === state) last++;
         const rect = document.createElementNS(NS, "rect");
         rect.setAttribute("x", label + (r - 1) * cell); rect.setAttribute("y", y);
-        rect.setAttribute("width", Math.max(1, cell - 1)); rect.setAttribute("height", cell);
+        rect.setAttribute("width", Math.max(1, (last - r + 1) * cell - 1)); rect.setAttribute("height", cell);
         rect.setAttribute("class", `cell ${state}`);
         rect.setAttribute("data-site", site); rect.setAttribute("data-round", r);
+        if (last > r) rect.setAttribute("data-last", last);
         const title = document.createElementNS(NS, "title");
-        title.textContent = `${site} · round ${r}: ${state === "none" ? "not sampled" : state}`;
+        const span = last > r ? `rounds ${r}–${last}` : `round ${r}`;
+        title.textContent = `${site} · ${span}: ${state === "none" ? "not sampled" : state}`;
         rect.appendChild(title);
         root.appendChild(rect);
+        r = last;
       }
     });
     const t = document.createElementNS(NS, "text");
@@ -176,7 +183,11 @@
 
     const rt = $("#rounds tbody");
     rt.textContent = "";
-    for (const r of [...run.rounds_list].reverse()) {
+    const newest = [...run.rounds_list].reverse().slice(0, 200);
+    if (run.rounds_list.length > newest.length) {
+      rt.appendChild(el("tr", {}, el("td", { colspan: "6", class: "muted", text: `the latest ${newest.length} of ${run.rounds_list.length} rounds (all of them: /api/runs/${run.id})` })));
+    }
+    for (const r of newest) {
       const m = Object.entries(r.eval_metrics).filter(([k]) => k !== "num_examples").map(([k, v]) => `${k} ${fmt(v)}`).join(" · ");
       rt.appendChild(el("tr", {}, el("td", { class: "num", text: String(r.round_no) }), el("td", { class: "num", text: `${r.n_succeeded} / ${r.n_sampled}` }),
         el("td", { class: "num", text: secs(r.duration_s) }), el("td", { class: "num", text: bytes(r.bytes_to_sites) }),
@@ -208,7 +219,8 @@
     const id = body.dataset.run;
     const base = `/api/runs/${encodeURIComponent(id)}`;
     async function load() {
-      const [run, metrics] = await Promise.all([getJSON(base), getJSON(`${base}/metrics`)]);
+      const [run, metrics, audit] = await Promise.all([getJSON(base), getJSON(`${base}/metrics`), getJSON("/api/audit")]);
+      run.audit = audit;
       renderRun(run);
       renderCharts(metrics, run.sites);
       body.dataset.status = run.status;

@@ -1,0 +1,112 @@
+"""Cohort statistics from deployed sites: ``fedcare stats --server``.
+
+The coordinating centre listens (gRPC, mutual TLS, allow-listed sites) exactly as for
+a training run, waits for the sites' nodes to dial in, sends one ``cohort-stats``
+query through the :class:`~fedcare.runtime.exchange.Exchange`, and combines the
+releases. Each node answers with its own data and release rules (small-cell
+suppression and DP noise applied at the site; a DP release charged to the site's
+privacy ledger and refused past its budget). The exchange is recorded in the store
+(``exchanges``, kind ``query``, name ``cohort-stats``) and both sides audit every
+message; the server's log also records the outcome. Then the sites are told the
+query run is over.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedcare.data.cohort import STATS_QUERY, CohortResult, collect_cohort_stats
+from fedcare.data.schema import StudySchema
+from fedcare.data.stats import StatsSpec
+from fedcare.errors import NotEnoughSitesError
+from fedcare.runtime.exchange import Exchange
+from fedcare.store.audit import AuditLog
+from fedcare.store.sql import SqlStore
+from fedcare.transport.grpc_server import GrpcChannel, StudyInfo
+from fedcare.transport.tls import TlsFiles
+from fedcare.types import RunId
+
+__all__ = ["StatsOutcome", "serve_cohort_stats"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StatsOutcome:
+    """What :func:`serve_cohort_stats` did: the query's run id and the combined result."""
+
+    run_id: str
+    result: CohortResult
+
+
+def serve_cohort_stats(
+    *,
+    listen: str,
+    tls: TlsFiles,
+    allowed_sites: Sequence[str],
+    study: str,
+    schema: StudySchema,
+    spec: StatsSpec,
+    store_url: str,
+    audit_log: Path,
+    wait_for_sites: int,
+    wait_timeout_s: float,
+    timeout_s: float,
+    min_sites: int = 1,
+    run_id: str | None = None,
+    on_listening: Callable[[int], None] | None = None,
+) -> StatsOutcome:
+    """Serve the sites, run one cohort-statistics query, record it; return the combined result.
+
+    Raises
+    ------
+    NotEnoughSitesError
+        Fewer than ``min_sites`` sites joined within ``wait_timeout_s`` or released statistics.
+    """
+    run = RunId(run_id or f"stats-{uuid.uuid4().hex[:12]}")
+    digest = spec.digest(schema)
+    store = SqlStore(store_url)
+    audit = AuditLog(audit_log, actor="server")
+    try:
+        audit.append("query_start", run_id=run, query=STATS_QUERY, spec_hash=digest, study=study)
+        channel = GrpcChannel(
+            listen=listen,
+            tls=tls,
+            allowed_sites=allowed_sites,
+            study=StudyInfo(study=study, run_id=run, task=STATS_QUERY, task_hash=""),
+            audit=audit,
+        )
+        try:
+            if on_listening is not None:
+                on_listening(channel.port)
+            joined = channel.wait_for_sites(wait_for_sites, timeout_s=wait_timeout_s)
+            if len(joined) < min_sites:
+                raise NotEnoughSitesError(
+                    f"{len(joined)} site(s) joined within {wait_timeout_s:g} s, at least {min_sites} required"
+                )
+            exchange = Exchange(channel=channel, timeout_s=timeout_s, recorder=store)
+            try:
+                result = collect_cohort_stats(exchange, schema, spec, run_id=run, min_sites=min_sites)
+            except NotEnoughSitesError as exc:
+                audit.append("query_failed", run_id=run, query=STATS_QUERY, reason=str(exc)[:500])
+                raise
+            audit.append(
+                "query_done",
+                run_id=run,
+                query=STATS_QUERY,
+                spec_hash=digest,
+                released=sorted(result.stats.sites),
+                failures={s: why[:200] for s, why in result.failures.items()},
+                epsilon=dict(result.epsilon),
+            )
+            channel.finish("cohort statistics released")
+            return StatsOutcome(run_id=run, result=result)
+        finally:
+            channel.close()
+    finally:
+        audit.close()
+        store.close()
