@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-import fedcare
 from fedcare.build.run import build_task
 from fedcare.build.site import builtin_site_spec
 from fedcare.datasets import load_builtin
@@ -182,7 +181,7 @@ def _pump(stream: IO[bytes], prefix: str, sink: Callable[[str, str], None], log:
 def run_rehearsal(rehearsal: Rehearsal, *, on_line: Callable[[str, str], None], timeout_s: float = 1800.0) -> int:
     """Start the server and one node per site, stream their output, stop everything; the server's exit code."""
     env = dict(os.environ)
-    src = str(Path(fedcare.__file__).resolve().parent.parent)
+    src = str(Path(__file__).resolve().parents[2])  # the folder holding this fedcare package
     env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH", "")) if p)
     env.setdefault("OMP_NUM_THREADS", "1")  # one process per site: no thread oversubscription
     env["PYTHONUNBUFFERED"] = "1"
