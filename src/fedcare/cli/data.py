@@ -29,16 +29,32 @@ data_app = typer.Typer(help="Check a site's data against the study schema.", no_
 app.add_typer(data_app, name="data")
 
 ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="The site's site.toml.")]
+StudyOption = Annotated[
+    str | None,
+    typer.Option("--study", "-s", help="The study file (its [data] schema) or a built-in study's name."),
+]
+
+
+def site_data_config(path: Path, study: str | None) -> Any:
+    """A site file's connector view: its [data] checked against the study's schema (or its own [schema])."""
+    from fedcare.study.builtin import resolve_study
+    from fedcare.study.site import load_site
+
+    spec = load_site(path)
+    return spec.data_config(resolve_study(study) if study is not None else None)
 
 
 @data_app.command("check")
-def check(config: ConfigOption) -> None:
-    """Read the site's files with its connector and report every problem at once (files are only read)."""
-    from fedcare.data.config import load_site_config
+def check(config: ConfigOption, study: StudyOption = None) -> None:
+    """Read the site's files with its connector and report every problem at once (files are only read).
+
+    The data is checked against the study's schema (``--study``), or the site file's own
+    ``[schema]`` table.
+    """
     from fedcare.data.connect import check_site
 
     try:
-        cfg = load_site_config(config)
+        cfg = site_data_config(config, study)
         loaded = check_site(cfg)
     except FedcareError as exc:
         raise fail(exc) from None
@@ -62,12 +78,11 @@ def check(config: ConfigOption) -> None:
     raise typer.Exit(code=DataError.exit_code)
 
 
-def _sites(configs: list[Path], by: str | None) -> dict[SiteId, LoadedSite]:
-    from fedcare.data.config import load_site_config
+def _sites(configs: list[Path], by: str | None, study: str | None) -> dict[SiteId, LoadedSite]:
     from fedcare.data.connect import LoadedSite, load_site
     from fedcare.data.partition import natural_partition
 
-    loaded = [load_site(load_site_config(p)) for p in configs]
+    loaded = [load_site(site_data_config(p, study)) for p in configs]
     if by is None:
         sites = {s.config.site_id: s for s in loaded}
         if len(sites) != len(loaded):
@@ -124,7 +139,9 @@ def _tables(stats: CohortStats, min_count: int) -> list[Table]:
     return tables
 
 
-def _in_process_stats(config: list[Path], by: str | None, seed: int | None, timeout_s: float) -> tuple[Any, Any]:
+def _in_process_stats(
+    config: list[Path], by: str | None, seed: int | None, timeout_s: float, study: str | None
+) -> tuple[Any, Any]:
     """Every site in this process: each answers through the same query path as a SiteNode."""
     from fedcare.data.cohort import StatsQuery, collect_cohort_stats
     from fedcare.privacy.guard import SitePrivacyGuard
@@ -133,7 +150,7 @@ def _in_process_stats(config: list[Path], by: str | None, seed: int | None, time
     from fedcare.runtime.queries import SiteQueries
     from fedcare.transport.inprocess import InProcessChannel
 
-    sites = _sites(config, by)
+    sites = _sites(config, by, study)
     first = next(iter(sites.values())).config
     schema, spec = first.schema, first.stats
     if seed is not None and spec.privacy is not None:
@@ -160,9 +177,10 @@ def _in_process_stats(config: list[Path], by: str | None, seed: int | None, time
     return spec, result
 
 
-def _deployed_stats(server: Path, config: list[Path], timeout_s: float | None) -> tuple[Any, Any, str]:
+def _deployed_stats(
+    server: Path, config: list[Path], timeout_s: float | None, study: str | None
+) -> tuple[Any, Any, str]:
     """Listen as the coordinator of ``server``, wait for the sites' nodes, query them."""
-    from fedcare.data.config import load_site_config
     from fedcare.deploy.config import load_server_config
     from fedcare.deploy.stats import serve_cohort_stats
 
@@ -171,7 +189,7 @@ def _deployed_stats(server: Path, config: list[Path], timeout_s: float | None) -
             "with --server, give exactly one --config: the site.toml whose [schema] and [stats] the query asks for"
         )
     cfg = load_server_config(server)
-    asked = load_site_config(config[0])  # only its schema and release rules are used; no data is read
+    asked = site_data_config(config[0], study)  # only its schema and release rules are used; no data is read
     console.print(
         f"[bold]fedcare stats[/] · study {escape(cfg.study)} · {cfg.listen} · "
         f"sites {escape(', '.join(cfg.allowed_sites))}",
@@ -218,6 +236,7 @@ def stats(
     timeout_s: Annotated[
         float | None, typer.Option("--timeout", help="Seconds to wait for the sites' answers (default 60).")
     ] = None,
+    study: StudyOption = None,
 ) -> None:
     """Cohort statistics computed at each site (counts, mean/std, histograms, label balance); only aggregates leave.
 
@@ -234,9 +253,9 @@ def stats(
         if server is not None:
             if by is not None or seed is not None:
                 raise ConfigError("--by and --seed rehearse in this process; they do not apply with --server")
-            spec, result, run_id = _deployed_stats(server, config, timeout_s)
+            spec, result, run_id = _deployed_stats(server, config, timeout_s, study)
         else:
-            spec, result = _in_process_stats(config, by, seed, timeout_s if timeout_s is not None else 60.0)
+            spec, result = _in_process_stats(config, by, seed, timeout_s if timeout_s is not None else 60.0, study)
     except FedcareError as exc:
         raise fail(exc) from None
     stats_ = result.stats
