@@ -11,7 +11,7 @@ from fedcare.cli import study  # noqa: F401  (registers the simulate command)
 from fedcare.cli.app import app
 from fedcare.store import SqlStore
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "byo"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "heart-study"
 SITES = ("cleveland", "hungary", "switzerland", "va-long-beach")
 
 RUN = """

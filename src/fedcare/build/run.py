@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from fedcare.compression import Compression
 from fedcare.data.moments_query import query_moments
 from fedcare.data.tabular import Standardizer
 from fedcare.errors import ConfigError
@@ -69,7 +70,9 @@ def fit_config_for(study: StudySpec, task: Task) -> dict[str, ConfigValue]:
         )
     known = getattr(task, "fit_config_keys", None)
     if known is not None:
-        unknown = sorted(set(study.fit) - set(known) - {"ditto_lambda", "ditto_epochs"})
+        unknown = sorted(
+            k for k in set(study.fit) - set(known) - {"ditto_lambda", "ditto_epochs"} if not k.startswith("compression")
+        )
         if unknown:
             raise ConfigError(
                 f"{study.where}: unknown key(s) {unknown} in [fit]; task {task.name!r} takes {sorted(known)}"
@@ -77,6 +80,12 @@ def fit_config_for(study: StudySpec, task: Task) -> dict[str, ConfigValue]:
     out = dict(study.fit)
     if method == "ditto":
         out.update(study.personalization.config)
+    if study.compression:
+        c = study.compression
+        codec = Compression(
+            codec=c.get("codec", "none"), fraction=c.get("fraction", 0.01), error_feedback=c.get("error_feedback")
+        )
+        out.update(codec.fit_config())
     return out
 
 

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import fedcare.strategies  # noqa: F401  (registers the built-in strategies)
+from fedcare.compression import Compression
 from fedcare.data.fhir import FhirMapping
 from fedcare.data.schema import ColumnType, StudySchema
 from fedcare.errors import ConfigError
@@ -79,6 +80,7 @@ _TOP = {
     "secure_aggregation",
     "personalization",
     "evaluation",
+    "compression",
 }
 _STUDY = {"name", "description", "seed"}
 _TASK = {"name", "params"}
@@ -114,6 +116,7 @@ _PRIVACY = {
 _SECAGG = {"enabled", "neighbours", "threshold", "clip", "bits", "seeded"}
 _PERSONAL = {"method", "ditto_lambda", "ditto_epochs", "local_epochs", "lr", "optimizer", "batch_size"}
 _EVALUATION = {"metrics", "subgroups", "calibration"}
+_COMPRESSION = {"codec", "fraction", "error_feedback"}
 _PLACES: dict[str, set[str]] = {
     "": _TOP,
     "study.": _STUDY,
@@ -125,6 +128,7 @@ _PLACES: dict[str, set[str]] = {
     "secure_aggregation.": _SECAGG,
     "personalization.": _PERSONAL,
     "evaluation.": _EVALUATION,
+    "compression.": _COMPRESSION,
 }
 
 #: Local training per round when ``[fit]`` is not given (the heart-disease demo's recipe).
@@ -271,6 +275,7 @@ class StudySpec:
     secure_aggregation: SecureAggregationSpec = field(default_factory=SecureAggregationSpec)
     personalization: PersonalizationSpec = field(default_factory=PersonalizationSpec)
     evaluation: EvaluationSpec = field(default_factory=EvaluationSpec)
+    compression: Mapping[str, Any] = field(default_factory=dict)
     description: str = ""
     path: Path | None = None
 
@@ -304,6 +309,7 @@ class StudySpec:
             "secure_aggregation": secagg,
             "personalization": {"method": self.personalization.method, **dict(self.personalization.config)},
             "evaluation": evaluation,
+            "compression": dict(self.compression),
         }
 
     def to_json(self) -> str:
@@ -406,6 +412,16 @@ def parse_study(raw: Mapping[str, Any], *, where: str = "study", path: Path | No
         subgroups=c.names(ev, "subgroups", "evaluation.subgroups") or (),
         calibration=c.boolean(ev, "calibration", "evaluation.calibration", True),
     )
+    compression = dict(t["compression"])
+    if compression:
+        try:
+            Compression(
+                codec=compression.get("codec", "none"),
+                fraction=compression.get("fraction", 0.01),
+                error_feedback=compression.get("error_feedback"),
+            )
+        except ConfigError as exc:
+            c.bad.append(f"[compression] {exc}")
     if data.schema is not None:
         for g in evaluation.subgroups:
             if g not in data.schema.names:
@@ -426,6 +442,7 @@ def parse_study(raw: Mapping[str, Any], *, where: str = "study", path: Path | No
         secure_aggregation=secagg,
         personalization=personal,
         evaluation=evaluation,
+        compression=compression,
         description=description,
         path=path,
     )
