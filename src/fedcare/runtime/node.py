@@ -168,6 +168,9 @@ class SiteNode:
         refusal = _plain_fit_refusal(request.plan)
         if refusal is not None:
             return message.reply(error=refusal)
+        if request.inputs and not getattr(self.task, "accepts_context", False):
+            unusable = sorted(request.inputs)
+            return message.reply(error=f"task {self.task.name!r} cannot use instruction records {unusable}")
         update = self._pipeline(request)
         arrays = {"model": update.state, **update.extras}
         if compression.enabled:  # after DP: compression is post-processing of what may leave
