@@ -27,6 +27,7 @@ __all__ = [
     "RoundInfo",
     "RunId",
     "SiteId",
+    "SiteUpdate",
     "new_message_id",
 ]
 
@@ -141,6 +142,39 @@ class FitResult:
     num_examples: int
     metrics: Metrics = field(default_factory=dict)
     extras: Mapping[str, ModelState] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SiteUpdate:
+    """What a site's fit pipeline releases, typed end to end (plain reply or masked sum).
+
+    Attributes
+    ----------
+    reference : ModelState
+        The global model (shared entries) the site started from.
+    state : ModelState
+        The shared entries after training and the site's DP release (clip, noise share).
+    num_examples : int
+        Training examples used.
+    weight : float
+        The update's weight in the aggregate: ``num_examples``, or 1 under client-level
+        DP (every site's clipped update counts the same).
+    metrics : Metrics
+        What may leave with it (training metrics, or only ``dp.*`` under DP).
+    extras : Mapping[str, ModelState]
+        Strategy records (e.g. SCAFFOLD's control-variate delta).
+    """
+
+    reference: ModelState
+    state: ModelState
+    num_examples: int
+    weight: float
+    metrics: Metrics = field(default_factory=dict)
+    extras: Mapping[str, ModelState] = field(default_factory=dict)
+
+    def delta(self, name: str) -> npt.NDArray[np.generic]:
+        """``state[name] - reference[name]``, the update of one entry."""
+        return np.subtract(self.state[name], self.reference[name])
 
 
 @dataclass(frozen=True)

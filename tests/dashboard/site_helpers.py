@@ -80,6 +80,8 @@ path = "{audit_path}"
     reason = f"refused: task hash {UNAPPROVED} is not approved by this site"
     log.append("refused", kind="fit", round_no=1, reason=reason)
     log.append("sent", kind="fit", round_no=1, reply_to="m9", error=True, metrics=[], records=[])
+    for _ in range(3):  # the coordinator went away: the node retries
+        log.append("connection_failed", reason="the coordinator is unreachable")
     log.close()
     store.close()
     return config

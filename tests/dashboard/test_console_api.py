@@ -23,7 +23,7 @@ def test_site_shows_policy_approved_hashes_and_an_intact_chain(site):
     s = client.get("/api/site").json()
     assert s["site"] == SITE and s["studies"] == ["cardio"] and s["approved_task_hashes"] == [APPROVED]
     assert s["policy"]["max_epsilon"] == BUDGET
-    assert s["audit"]["ok"] is True and s["audit"]["entries"] == 13
+    assert s["audit"]["ok"] is True and s["audit"]["entries"] == 16
 
 
 def test_every_instruction_is_listed_with_what_the_site_did(site):
@@ -40,6 +40,8 @@ def test_every_instruction_is_listed_with_what_the_site_did(site):
     assert "is not approved by this site" in refused["reason"]
     assert fits[1]["bytes_in"] == 56 and fits[1]["hash_approved"] is True
     assert any(i["kind"] == "run_finished" for i in items)
+    # three retries in a row are one row with a count
+    assert [(i["kind"], i["count"]) for i in items if i["kind"] == "connection_failed"] == [("connection_failed", 3)]
 
 
 def test_outgoing_lists_kind_size_and_digest_of_each_reply(site):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fedcare.data.streaming import DicomFolder, ParquetRecords, write_dicom_folder
-from fedcare.errors import ConfigError, DataError
+from fedcare.errors import DataError
 from fedcare.task import ArrayDataset, RecordSource
 from fedcare.tasks.torch_adapter import TorchTask
 
@@ -100,14 +100,21 @@ def test_parquet_rows_are_read_one_row_group_at_a_time(tmp_path):
         ParquetRecords(path, label="outcome")
 
 
-def test_dp_sgd_on_streamed_data_is_refused_clearly(dicom):
-    folder, table, _, _ = dicom
+def test_dp_sgd_samples_records_from_the_files(dicom):
+    folder, table, images, labels = dicom
     task = _task()
-    cfg = {"dp.noise_multiplier": 1.0, "dp.sample_rate": 0.5, "dp.steps": 1, "dp.noise_seed": 0}
-    with pytest.raises(ConfigError, match="DP-SGD on streamed"):
-        task.fit(
-            task.init_model(np.random.default_rng(0)),
-            DicomFolder(folder, table, size=(8, 8)),
-            cfg,
-            np.random.default_rng(0),
-        )
+    files = DicomFolder(folder, table, size=(8, 8))
+    arrays = ArrayDataset(files.read(np.arange(40)), labels.astype(np.float32))
+    model = task.init_model(np.random.default_rng(0))
+    cfg = {
+        "dp.noise_multiplier": 1.0,
+        "dp.sample_rate": 0.25,
+        "dp.steps": 3,
+        "dp.noise_seed": 5,
+        "dp.secure_mode": False,
+    }
+    streamed = task.fit(model, files, cfg, np.random.default_rng(0))
+    in_memory = task.fit(model, arrays, cfg, np.random.default_rng(0))
+    assert streamed.metrics["dp.steps"] == 3.0
+    for k in model:  # same Poisson samples and noise: the same DP-SGD run
+        np.testing.assert_allclose(streamed.state[k], in_memory.state[k], rtol=1e-5, atol=1e-6)

@@ -16,9 +16,17 @@ from fedcare.dashboard.site_console import create_console_app
 pytestmark = [pytest.mark.grpc, pytest.mark.slow]
 
 
+REFUSER = "va-long-beach"  # a fourth site whose policy approves another task: it joins and refuses
+
+
 def test_dashboard_beside_the_server_shows_the_deployed_run_and_consoles_show_each_site(study: Study):
     run_id, rounds, port = "dash-deployed", 2, free_port()
-    config = study.server_config(run_id=run_id, store_url=f"sqlite:///{study.root / 'dash.db'}", rounds=rounds)
+    refuser = study.spawn(
+        ["node", "--config", str(study.site_config(REFUSER, approved=("0" * 64,)))], f"node-{REFUSER}.log"
+    )
+    config = study.server_config(
+        run_id=run_id, store_url=f"sqlite:///{study.root / 'dash.db'}", rounds=rounds, sites=(*SITES, REFUSER)
+    )
     server = study.spawn(
         ["server", "--config", str(config), "--dashboard", "--dashboard-port", str(port)], f"server-{run_id}.log"
     )
@@ -41,8 +49,11 @@ def test_dashboard_beside_the_server_shows_the_deployed_run_and_consoles_show_ea
     assert server.wait(timeout=300) == 0, study.log(f"server-{run_id}.log")[-3000:]
     assert seen, study.log(f"server-{run_id}.log")[-3000:]
     last = seen[-1]
-    assert last["sites"] == sorted(SITES) and last["study"] == "heart-2026"
+    assert last["sites"] == sorted((*SITES, REFUSER)) and last["study"] == "heart-2026"
     assert last["rounds_done"] >= 1 and all(last["bytes"]["per_site"][s]["from_site"] > 0 for s in SITES)
+    refusals = [e for e in last["events"] if e["kind"] == "refused"]
+    assert refusals and {e["site"] for e in refusals} == {REFUSER} and "not approved" in refusals[0]["message"]
+    assert last["participation"][REFUSER]["1"] == "refused"
     assert f"dashboard: http://127.0.0.1:{port}/" in study.log(f"server-{run_id}.log")
     # Each site's console: what its node did in this run, from its own audit log and ledger
     for site in SITES:
@@ -59,3 +70,18 @@ def test_dashboard_beside_the_server_shows_the_deployed_run_and_consoles_show_ea
             assert all(i["outcome"] == "executed" and i["bytes_in"] > 0 for i in fits)
             sent = [o for o in console.get("/api/outgoing").json()["outgoing"] if o["kind"] == "fit" and o["records"]]
             assert sent and all(len(r["blake3"]) == 64 and r["size"] > 0 for o in sent for r in o["records"])
+    # the refusing site's console: the refused instruction, its reason, and that nothing but an error left
+    with TestClient(create_console_app(study.site_config(REFUSER, approved=("0" * 64,)))) as console:
+        items = [
+            i
+            for i in console.get("/api/instructions").json()["instructions"]
+            if i["run_id"] == run_id and i["kind"] in ("fit", "evaluate")
+        ]
+        assert sorted((i["kind"], i["round_no"]) for i in items) == [
+            (kind, r) for kind in ("evaluate", "fit") for r in range(1, rounds + 1)
+        ]
+        assert all(i["outcome"] == "refused" and i["hash_approved"] is False for i in items)
+        assert "not approved" in items[0]["reason"]
+        assert all(o["error"] and not o["records"] for o in console.get("/api/outgoing").json()["outgoing"])
+    refuser.terminate()
+    refuser.wait(timeout=30)

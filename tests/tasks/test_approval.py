@@ -168,3 +168,19 @@ def test_site_toml_trusts_reviewer_keys_and_reads_signatures(keys, tmp_path):
     site.write_text(site.read_text().replace('"alice.pub"', '"missing.pub"'))
     with pytest.raises(ConfigError, match=r"site.toml \[policy\]: cannot read reviewer public key .*missing.pub"):
         load_site_config(site)
+
+
+def test_a_hash_approved_site_keeps_the_manifest_to_name_what_changed(demo_dist, tmp_path, reload_demo):
+    old = task_manifest(make_task("demo-task"))
+    kept = tmp_path / "demo-task-1.0.manifest.json"
+    kept.write_text(json.dumps(old.to_dict()))  # fedcare tasks show demo-task --json > ...
+    (demo_dist.package / "__init__.py").write_text((demo_dist.package / "__init__.py").read_text() + "\n# v2\n")
+    reload_demo()
+    task = make_task("demo-task")
+    new = task_manifest(task)
+    approvals = load_task_approvals(hashes=[old.digest], manifests=[kept])
+    reply = _fit(_node(task, approvals, hashes={old.digest}), new.digest)
+    assert reply.error.endswith("differs: modified demo_task/__init__.py")
+    kept.write_text("{}")
+    with pytest.raises(ConfigError, match=r"manifest.json: not a fedcare-task-manifest/1 document"):
+        load_task_approvals(manifests=[kept])

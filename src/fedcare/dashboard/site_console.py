@@ -97,6 +97,11 @@ class SiteView:
                     item["duration_s"] = e.get("duration_s")
             elif event in _NOTABLE:
                 reason = e.get("reason") or e.get("error") or ""
+                previous = out[-1] if out else None
+                if previous is not None and previous["kind"] == event and previous["reason"] == reason:
+                    previous["count"] += 1  # a node retrying for hours writes one line per attempt: show one row
+                    previous["last_time"] = e.get("time")
+                    continue
                 out.append(
                     {
                         "seq": e.get("seq"),
@@ -109,6 +114,8 @@ class SiteView:
                         "bytes_in": 0,
                         "outcome": "refused" if event in ("declined_study", "reply_refused") else "event",
                         "reason": reason or (f"study {e.get('study')}" if e.get("study") else ""),
+                        "count": 1,
+                        "last_time": e.get("time"),
                     }
                 )
         return out[::-1]

@@ -26,6 +26,8 @@ import numpy as np
 import pandas as pd
 
 from fedcare.data.federated import FederatedDataset
+from fedcare.data.schema import MAX_ABS_VALUE
+from fedcare.data.table import csv_shape_problem
 from fedcare.data.tabular import TabularRecipe, prepare_sites, split_indices
 from fedcare.errors import ConfigError, DataError
 from fedcare.types import SiteId
@@ -146,6 +148,9 @@ def _plural(n: int, word: str) -> str:
 
 def _read(source: CsvSource, delimiter: str) -> pd.DataFrame:
     """Read a CSV as stripped text; the index is each row's line number (header = 1)."""
+    problem = csv_shape_problem(source.path, delimiter=delimiter)
+    if problem is not None:  # a short row or a repeated header name, named with its line
+        raise DataError(f"{source.label}: {problem}")
     try:
         frame = pd.read_csv(
             source.path,
@@ -245,12 +250,17 @@ class _Parser:
         absent = self.absent(col)
         values = pd.to_numeric(col.where(~absent, None), errors="coerce").to_numpy(dtype=np.float64)
         bad = ~absent & ~np.isfinite(values)
-        if bad.any() and report:
-            idx = np.flatnonzero(bad)
+        huge = ~absent & ~bad & (np.abs(values) > MAX_ABS_VALUE)  # 1e308 passes as a number, then overflows
+        if (bad.any() or huge.any()) and report:
+            idx = np.flatnonzero(bad | huge)
             line, value = int(col.index[idx[0]]), col.iloc[idx[0]]
             more = f" (and {_plural(len(idx) - 1, 'more row')} in this column)" if len(idx) > 1 else ""
             where = f"{site.source.label}, line {line}, column {column!r}"
-            self.problems.append(f"{where}: {value!r} is not a number{more}")
+            what = (
+                "is not a number" if bad[idx[0]] else f"is beyond ±{MAX_ABS_VALUE:g} and would overflow the statistics"
+            )
+            self.problems.append(f"{where}: {value!r} {what}{more}")
+        bad |= huge
         values[absent] = np.nan
         return values, not bad.any()
 

@@ -190,12 +190,16 @@ def read_dicom_images(
         report.add("label table", f"column {file_column!r}", "is missing (it names each row's DICOM file)")
         return np.zeros((0, 1, *size), np.float32), used
     listed = set()
+    root = folder.resolve()
     for i, value in enumerate(labels[file_column].tolist()):
         if not isinstance(value, str) or not value.strip():
             report.add("label table", f"row {i + 1}", f"has no file name in {file_column!r}")
             continue
         path = folder / value.strip()
         listed.add(path.resolve())
+        if not path.resolve().is_relative_to(root):  # "../x.dcm", an absolute path, or a symlink out
+            report.add(value[:200], "", f"is listed in the label table (row {i + 1}) but is outside the image folder")
+            continue
         if not path.is_file():
             report.add(value, "", f"is listed in the label table (row {i + 1}) but does not exist in {folder}")
             continue

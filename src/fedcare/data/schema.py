@@ -23,6 +23,7 @@ from fedcare.data.tabular import TabularRecipe
 from fedcare.errors import ConfigError, DataError
 
 __all__ = [
+    "MAX_ABS_VALUE",
     "CheckReport",
     "ColumnSpec",
     "ColumnType",
@@ -257,6 +258,12 @@ def _present(series: pd.Series) -> np.ndarray:
     return notna
 
 
+#: Largest magnitude a numeric cell may have. Sums of squares of values like 1e308 overflow
+#: float64 (the federated statistics add them up); no clinical measurement comes near 1e15,
+#: and up to it float64 still holds every integer exactly.
+MAX_ABS_VALUE = 1e15
+
+
 def _check_column(series: pd.Series, spec: ColumnSpec, source: str, row_label: str, report: CheckReport) -> pd.Series:
     """Coerce one column to its declared type, recording every problem; returns a new Series."""
     raw = series.to_numpy(dtype=object)
@@ -273,6 +280,15 @@ def _check_column(series: pd.Series, spec: ColumnSpec, source: str, row_label: s
             report.add(source, where, f"{int(bad_type.sum())} non-{kind} value(s) ({_rows(bad_type, raw, row_label)})")
         values = numeric.to_numpy(dtype=np.float64)
         ok = ~np.isnan(values)
+        huge = ok & ~(np.abs(values) <= MAX_ABS_VALUE)
+        if huge.any():
+            report.add(
+                source,
+                where,
+                f"{int(huge.sum())} value(s) beyond ±{MAX_ABS_VALUE:g}, which would overflow the statistics "
+                f"({_rows(huge, raw, row_label)})",
+            )
+            ok &= ~huge
         if spec.type is ColumnType.INTEGER:
             frac = ok & (values != np.round(values))
             if frac.any():

@@ -11,6 +11,7 @@ reference).
 from __future__ import annotations
 
 import functools
+import math
 import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -24,7 +25,23 @@ from fedcare.runtime.queries import column_moments
 from fedcare.task import ArrayDataset, SiteData
 from fedcare.types import SiteId
 
-__all__ = ["Moments", "PreparedSites", "Standardizer", "TabularRecipe", "prepare_sites", "split_indices"]
+__all__ = ["Moments", "PreparedSites", "Standardizer", "TabularRecipe", "prepare_sites", "split_indices", "split_sizes"]
+
+
+def split_sizes(n: int, test_fraction: float) -> tuple[int, int]:
+    """(test rows, train rows) of ``n`` rows: scikit-learn's rule, without its rounding trap.
+
+    scikit-learn takes ``ceil(test * n)`` and ``floor(train * n)`` of the two float
+    fractions; with ``test_fraction = 0.3`` and 40 rows that is ``ceil(12.000000000000002)
+    = 13`` plus 28 = 41 rows, and the split is refused. The sizes here are those same
+    numbers whenever they fit (so FLamby's published splits are unchanged), and the test
+    share gives way by the rounding excess when they do not.
+    """
+    train_fraction = 1.0 - test_fraction
+    n_test, n_train = math.ceil((1.0 - train_fraction) * n), math.floor(train_fraction * n)
+    if n_test + n_train > n:
+        n_test = n - n_train
+    return n_test, n_train
 
 
 def split_indices(y: np.ndarray, *, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -36,11 +53,11 @@ def split_indices(y: np.ndarray, *, test_fraction: float, seed: int) -> tuple[np
     n = len(y)
     levels, counts = np.unique(y, return_counts=True)
     stratify = y if len(levels) > 1 and bool((counts > 2).all()) else None
-    train_fraction = 1.0 - test_fraction
+    n_test, n_train = split_sizes(n, test_fraction)
     train_idx, test_idx = train_test_split(
         np.arange(n),
-        test_size=1.0 - train_fraction,
-        train_size=train_fraction,
+        test_size=n_test,
+        train_size=n_train,
         random_state=seed,
         shuffle=True,
         stratify=stratify,

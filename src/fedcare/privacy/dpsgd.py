@@ -26,7 +26,7 @@ import torch
 from opacus import GradSampleModule
 from opacus.data_loader import DPDataLoader
 from opacus.optimizers import DPOptimizer
-from torch.utils.data import TensorDataset
+from torch.utils.data import Dataset, TensorDataset
 
 from fedcare.errors import ConfigError
 
@@ -65,8 +65,8 @@ class DpSgdResult:
 
 def train_dpsgd(
     module: torch.nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
+    x: torch.Tensor | None,
+    y: torch.Tensor | None,
     *,
     loss_fn: SumLoss,
     optimizer: torch.optim.Optimizer,
@@ -76,6 +76,7 @@ def train_dpsgd(
     steps: int,
     generator: torch.Generator,
     secure_mode: bool = True,
+    records: Dataset[tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> DpSgdResult:
     """Run exactly ``steps`` DP-SGD steps on ``(x, y)``, updating ``module`` in place.
 
@@ -83,8 +84,8 @@ def train_dpsgd(
     ----------
     module : torch.nn.Module
         Model to train; ``optimizer`` must hold its parameters.
-    x, y : torch.Tensor
-        The site's training records (rows).
+    x, y : torch.Tensor or None
+        The site's training records (rows); ``None`` when ``records`` is given.
     loss_fn : callable
         Loss summed over the batch's records.
     optimizer : torch.optim.Optimizer
@@ -99,12 +100,19 @@ def train_dpsgd(
         Source of the noise and of the Poisson samples (:func:`noise_generator`).
     secure_mode : bool (default: True)
         Opacus's floating-point-attack-resistant noise (sum of 4 draws).
+    records : torch Dataset of (x, y) pairs or None (default: None)
+        Records read one at a time (files streamed from disk) instead of ``x``/``y``;
+        Poisson sampling draws from it the same way.
 
     Returns
     -------
     DpSgdResult
     """
-    n = len(x)
+    if records is None:
+        if x is None or y is None:
+            raise ConfigError("DP-SGD needs the training records: x and y, or records")
+        records = TensorDataset(x, y)
+    n = len(records)
     if n < 1:
         raise ConfigError("DP-SGD needs at least one training record")
     if steps < 1:
@@ -121,7 +129,7 @@ def train_dpsgd(
         generator=generator,
         secure_mode=secure_mode,
     )
-    loader = DPDataLoader(TensorDataset(x, y), sample_rate=sample_rate, generator=generator)
+    loader = DPDataLoader(records, sample_rate=sample_rate, generator=generator)
     done = empty = seen = 0
     total_loss = 0.0
     try:

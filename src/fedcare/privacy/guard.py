@@ -53,6 +53,8 @@ class Admission:
     costs: tuple[PrivacyCost, ...]
     task_config: dict[str, ConfigValue]
     details: dict[str, Any] = field(default_factory=dict)
+    #: This site's resolved DP-SGD (its calibrated noise multiplier and steps), if any.
+    dpsgd: PrivacyCost | None = None
 
 
 class SitePrivacyGuard:
@@ -101,8 +103,12 @@ class SitePrivacyGuard:
     def _refuse(self, why: str) -> PolicyError:
         return PolicyError(f"refused: {why}")
 
-    def admit(self, config: Mapping[str, ConfigValue], *, n_train: int) -> Admission:
+    def admit(self, config: Mapping[str, ConfigValue], *, n_train: int, plan: PrivacyPlan | None = None) -> Admission:
         """Check the round's plan against the budget; return the costs and task config.
+
+        ``plan`` is the round's plan already parsed at the wire boundary (the site
+        pipeline's :class:`~fedcare.runtime.pipeline.FitRequest`); ``None`` parses it
+        from ``config``.
 
         Raises
         ------
@@ -111,7 +117,7 @@ class SitePrivacyGuard:
         ConfigError
             The plan is malformed.
         """
-        plan = PrivacyPlan.from_config(config)
+        plan = plan if plan is not None else PrivacyPlan.from_config(config)
         budget = f"max_epsilon={self.max_epsilon:g}, delta={self.delta:g}" if self.has_budget else ""
         if self.has_budget and not plan.is_private:
             raise self._refuse(
@@ -129,8 +135,9 @@ class SitePrivacyGuard:
         costs: list[PrivacyCost] = []
         task_config = dict(config)
         details: dict[str, Any] = {}
+        dpsgd: PrivacyCost | None = None
         if plan.record is not None:
-            cost = record_site_cost(plan.record, n_train)
+            cost = dpsgd = record_site_cost(plan.record, n_train)
             costs.append(cost)
             task_config.update(
                 {
@@ -172,7 +179,7 @@ class SitePrivacyGuard:
                     f"this round would bring site {self.site} to epsilon={after:.3f} (delta={self.delta:g}), "
                     f"above its budget max_epsilon={self.max_epsilon:g} (spent {self.ledger.spent():.3f})"
                 )
-        return Admission(plan=plan, costs=tuple(costs), task_config=task_config, details=details)
+        return Admission(plan=plan, costs=tuple(costs), task_config=task_config, details=details, dpsgd=dpsgd)
 
     def charge_release(
         self, cost: PrivacyCost, *, run_id: str, round_no: int, details: dict[str, Any] | None = None
@@ -217,9 +224,9 @@ class SitePrivacyGuard:
             )
         metrics: dict[str, float] = {}
         state = result.state
-        if plan.record is not None:
-            want_steps = admission.task_config["dp.steps"]
-            want_sigma = float(admission.task_config["dp.noise_multiplier"])
+        if admission.dpsgd is not None:
+            want_steps = admission.dpsgd.steps
+            want_sigma = admission.dpsgd.noise_multiplier
             got_steps = result.metrics.get("dp.steps")
             got_sigma = result.metrics.get("dp.noise_multiplier")
             if got_steps != want_steps or got_sigma is None or not math.isclose(got_sigma, want_sigma, rel_tol=1e-9):

@@ -9,23 +9,25 @@ and failures come back as error replies.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
 from fedcare.compression import COMPRESSED_RECORD, Compression, compress_update, strip_config
 from fedcare.errors import FedcareError, PolicyError
-from fedcare.personal.site import model_for, personal_fit, shared_part
-from fedcare.privacy.guard import SitePrivacyGuard
+from fedcare.personal.site import model_for, shared_part
+from fedcare.privacy.guard import Admission, SitePrivacyGuard
 from fedcare.privacy.ledger import PrivacyLedger
+from fedcare.privacy.plan import PrivacyPlan
 from fedcare.protocols import SiteMemory
+from fedcare.runtime.pipeline import FitRequest, site_fit
 from fedcare.runtime.policy import SitePolicy
 from fedcare.runtime.queries import MomentsQuery, SiteQueries, SiteQuery
 from fedcare.secure.handler import SecAggSiteHandler
 from fedcare.serde import check_state, spec_of
-from fedcare.task import FitContext, SiteData, Task
+from fedcare.task import SiteData, Task
 from fedcare.task_manifest import task_manifest
-from fedcare.types import Message, MessageKind, ModelState, Payload, RunId, SiteId
+from fedcare.types import Message, MessageKind, ModelState, Payload, RunId, SiteId, SiteUpdate
 
 __all__ = ["SiteNode"]
 
@@ -113,8 +115,6 @@ class SiteNode:
         try:
             if message.kind is MessageKind.FIT:
                 exposure = self.policy.exposure_refusal(secure=False)
-                if exposure is None and message.payload.config.get("dp.secure_aggregation") is True:
-                    exposure = "refused: the DP plan counts on secure aggregation but this is a plain fit"
                 if exposure is not None:
                     return message.reply(error=exposure)
                 return self._kept(self._fit(message))
@@ -133,15 +133,7 @@ class SiteNode:
 
     def _secagg_handler(self) -> SecAggSiteHandler:
         if self._secagg is None:
-            self._secagg = SecAggSiteHandler(
-                site_id=self.site_id,
-                task=self.task,
-                data=self.data,
-                load_model=self._model,
-                min_peers=self.policy.min_peers,
-                run_state=self._run_state,
-                privacy=self.privacy,
-            )
+            self._secagg = SecAggSiteHandler(site_id=self.site_id, fit=self.fit_update, min_peers=self.policy.min_peers)
         return self._secagg
 
     def _model(self, message: Message) -> dict[str, np.ndarray]:
@@ -151,33 +143,45 @@ class SiteNode:
         check_state(model, self._spec, where=f"{message.kind.value} instruction at {self.site_id}", reuse_frozen=True)
         return dict(model)
 
+    def fit_update(self, message: Message, *, check: Callable[[Admission], None] | None = None) -> SiteUpdate:
+        """The one site pipeline (admit, merge local state, fit, release): plain fit and SecAgg+ both call it."""
+        return self._pipeline(self._request(message), check=check)
+
+    def _request(self, message: Message) -> FitRequest:
+        return FitRequest.parse(message, self._spec, where=f"{message.kind.value} instruction at {self.site_id}")
+
+    def _pipeline(self, request: FitRequest, *, check: Callable[[Admission], None] | None = None) -> SiteUpdate:
+        return site_fit(
+            request,
+            task=self.task,
+            data=self.data,
+            privacy=self.privacy,
+            memory=self._run_state(request.run_id),
+            task_config=strip_config,
+            check=check,
+        )
+
     def _fit(self, message: Message) -> Message:
         config = message.payload.config
-        seed = config.get("seed")
-        rng = np.random.default_rng(int(seed) if isinstance(seed, int) else None)
-        model = self._model(message)
-        inputs = {k: dict(v) for k, v in message.payload.arrays.items() if k != "model"}
-        for name, arrays in inputs.items():
-            check_state(arrays, where=f"fit instruction record {name!r} at {self.site_id}")
         compression = Compression.from_config(config)  # a bad value raises ConfigError
-        admission = self.privacy.admit(config, n_train=len(self.data.train))  # refusals raise PolicyError
-        task_config = strip_config(admission.task_config)
-        memory = self._run_state(message.run_id)
-        kwargs = {}
-        if getattr(self.task, "accepts_context", False):
-            kwargs["context"] = FitContext(inputs=inputs, state=memory)
-        elif inputs:
-            return message.reply(error=f"task {self.task.name!r} cannot use instruction records {sorted(inputs)}")
-        result = personal_fit(self.task, model, self.data.train, task_config, rng, memory, **kwargs)
-        result = self.privacy.release(
-            admission, reference=model, result=result, run_id=message.run_id, round_no=message.round_no, seed=seed
-        )
-        arrays = {"model": result.state, **result.extras}
+        request = self._request(message)
+        refusal = _plain_fit_refusal(request.plan)
+        if refusal is not None:
+            return message.reply(error=refusal)
+        if request.inputs and not getattr(self.task, "accepts_context", False):
+            unusable = sorted(request.inputs)
+            return message.reply(error=f"task {self.task.name!r} cannot use instruction records {unusable}")
+        update = self._pipeline(request)
+        arrays = {"model": update.state, **update.extras}
         if compression.enabled:  # after DP: compression is post-processing of what may leave
-            codec_rng = np.random.default_rng([int(seed) if isinstance(seed, int) else rng.integers(2**63), 0xC0DEC])
-            packed = compress_update(model, result.state, compression, rng=codec_rng, memory=memory)
-            arrays = {COMPRESSED_RECORD: packed, **result.extras}
-        metrics = {"num_examples": float(result.num_examples), **result.metrics}
+            seed = config.get("seed")
+            salt = int(seed) if isinstance(seed, int) else np.random.default_rng().integers(2**63)
+            memory = self._run_state(message.run_id)
+            packed = compress_update(
+                update.reference, update.state, compression, rng=np.random.default_rng([salt, 0xC0DEC]), memory=memory
+            )
+            arrays = {COMPRESSED_RECORD: packed, **update.extras}
+        metrics = {"num_examples": float(update.num_examples), **update.metrics}
         return message.reply(Payload(arrays=arrays, metrics=metrics))
 
     def _run_state(self, run_id: RunId) -> dict[str, ModelState]:
@@ -200,3 +204,10 @@ class SiteNode:
         result = self.task.evaluate(model, self.data.test)
         metrics = {"loss": result.loss, "num_examples": float(result.num_examples), **result.metrics}
         return message.reply(Payload(metrics=metrics))
+
+
+def _plain_fit_refusal(plan: PrivacyPlan) -> str | None:
+    """Why a plan may not run as a plain (unmasked) fit, or ``None``."""
+    if plan.client is not None and plan.client.secure_aggregation:
+        return "refused: the DP plan counts on secure aggregation but this is a plain fit"
+    return None

@@ -1,9 +1,10 @@
 """A site node's side of SecAgg+: dispatch stage messages to per-round :class:`SecAggSite` sessions.
 
 The node calls :meth:`SecAggSiteHandler.handle` for every ``secagg`` instruction (after its
-policy admitted the task). The masked-input stage includes local training: the site
-trains on its own data, computes its update (trained minus global model), encodes and
-masks it; the unmasked update never leaves this object.
+policy admitted the task). The masked-input stage runs the site's own fit pipeline (the
+``fit`` callable: :meth:`fedcare.runtime.node.SiteNode.fit_update`, the same one a plain
+fit runs, with personalisation, DP and the ledger) and only encodes and masks the
+typed update it returns; the unmasked update never leaves this object.
 """
 
 from __future__ import annotations
@@ -19,8 +20,7 @@ import numpy.typing as npt
 from fedcare.secure.errors import SecAggError
 from fedcare.secure.site import SecAggSite
 from fedcare.secure.stages import AdvertiseKeysIns, MaskedInputIns, ShareKeysIns, UnmaskIns, parse_instruction
-from fedcare.task import FitContext, SiteData, Task
-from fedcare.types import Message, ModelState, RunId, SiteId
+from fedcare.types import Message, ModelState, SiteId, SiteUpdate
 
 __all__ = ["SecAggSiteHandler", "flat_delta", "flatten_state"]
 
@@ -66,6 +66,10 @@ def flat_delta(
     return out
 
 
+#: The site's fit pipeline: the instruction and a check of the admitted DP plan -> its update.
+SiteFit = Callable[..., SiteUpdate]
+
+
 class SecAggSiteHandler:
     """Per-site SecAgg+ sessions keyed by (run, round); refuses replays and unknown sessions.
 
@@ -73,20 +77,12 @@ class SecAggSiteHandler:
     ----------
     site_id : SiteId
         This site.
-    task : Task
-        The installed task (trains in the masked-input stage).
-    data : SiteData
-        The site's data (never leaves).
-    load_model : callable
-        Validates and returns the instruction's ``model`` record (the node's own check).
+    fit : SiteFit
+        The site's fit pipeline, called as ``fit(message, check=...)`` in the
+        masked-input stage (``SiteNode.fit_update``); ``check`` receives the admitted
+        :class:`~fedcare.privacy.guard.Admission` before training and raises to refuse.
     min_peers : int (default: 1)
         Policy: the fewest sites this site's update may be summed with (itself included).
-    run_state : callable or None (default: None)
-        The node's per-run site memory, for tasks that accept a :class:`FitContext`.
-    privacy : SitePrivacyGuard or None (default: None)
-        The node's privacy guard: admits the round's DP plan against the site's budget,
-        applies the site's side of DP (clip + its noise share in distributed mode) and
-        charges the site's ledger before the update is masked.
     rng : numpy.random.Generator or None (default: None)
         Keys and noise; ``None`` = OS CSPRNG (a seeded generator is for tests only).
     """
@@ -95,21 +91,13 @@ class SecAggSiteHandler:
         self,
         *,
         site_id: SiteId,
-        task: Task,
-        data: SiteData,
-        load_model: Callable[[Message], ModelState],
+        fit: SiteFit,
         min_peers: int = 1,
-        run_state: Callable[[RunId], dict[str, ModelState]] | None = None,
-        privacy: Any = None,
         rng: np.random.Generator | None = None,
     ) -> None:
         self.site_id = site_id
-        self.task = task
-        self.data = data
-        self.load_model = load_model
+        self.fit = fit
         self.min_peers = min_peers
-        self.run_state = run_state
-        self.privacy = privacy
         self._rng = rng
         self._sessions: OrderedDict[tuple[str, int], SecAggSite] = OrderedDict()
         self._seen_ids: OrderedDict[str, None] = OrderedDict()  # recent instruction ids (replay guard)
@@ -149,46 +137,24 @@ class SecAggSiteHandler:
 
     def _masked_input(self, session: SecAggSite, ins: MaskedInputIns, message: Message) -> Any:
         session.check_masked_input(ins)
-        try:
-            model = self.load_model(message)
-            config = message.payload.config
-            seed = config.get("seed")
-            rng = np.random.default_rng(int(seed) if isinstance(seed, int) else None)
-            admission = self.privacy.admit(config, n_train=len(self.data.train)) if self.privacy else None
-            client_dp = admission is not None and admission.plan.client is not None
-            if client_dp and session.params.dp_noise_multiplier > 0:
+
+        def one_client_mechanism(admission: Any) -> None:
+            if admission.plan.client is not None and session.params.dp_noise_multiplier > 0:
                 raise SecAggError(f"{self.site_id}: two client-level DP mechanisms in one round (plan and SecAgg dp)")
-            task_config = admission.task_config if admission is not None else config
-            inputs = {
-                k: dict(v) for k, v in message.payload.arrays.items() if k != "model" and not k.startswith("secagg")
-            }
-            if getattr(self.task, "accepts_context", False) and self.run_state is not None:
-                context = FitContext(inputs=inputs, state=self.run_state(message.run_id))
-                result = self.task.fit(model, self.data.train, task_config, rng, context=context)  # type: ignore[call-arg]
-            elif inputs:
-                raise SecAggError(f"task {self.task.name!r} cannot use instruction records {sorted(inputs)}")
-            else:
-                result = self.task.fit(model, self.data.train, task_config, rng)
-            if admission is not None:  # clip + noise share (distributed DP), ledger charged, or refusal
-                result = self.privacy.release(
-                    admission,
-                    reference=model,
-                    result=result,
-                    run_id=message.run_id,
-                    round_no=message.round_no,
-                    seed=seed,
-                )
-            weight = 1 if client_dp else int(result.num_examples)  # DP sums give each site weight 1
-            if result.extras:
+
+        try:
+            update = self.fit(message, check=one_client_mechanism)
+            if update.extras:
                 raise SecAggError(
-                    f"{self.site_id}: secure aggregation carries only the model, not {sorted(result.extras)}"
+                    f"{self.site_id}: secure aggregation carries only the model, not {sorted(update.extras)}"
                 )
-            if set(result.state) != set(model):
+            if set(update.state) != set(update.reference):
                 raise SecAggError(f"{self.site_id}: trained model entries differ from the global model's")
-            delta = flat_delta(result.state, model, list(model), reuse=True)
+            names = list(update.reference)
+            delta = flat_delta(update.state, update.reference, names, reuse=True)
         except Exception:
             session.fail()
             raise
-        reply = session.masked_input(delta, weight, noise_rng=self._rng, overwrite=True)
-        metrics = {**{k: float(v) for k, v in result.metrics.items()}, **reply.metrics}
+        reply = session.masked_input(delta, round(update.weight), noise_rng=self._rng, overwrite=True)
+        metrics = {**{k: float(v) for k, v in update.metrics.items()}, **reply.metrics}
         return type(reply)(session=reply.session, masked=reply.masked, metrics=metrics)

@@ -420,9 +420,10 @@ class TorchTask:
                 bad = dp_incompatible_layers(module)
                 if bad:
                     raise ConfigError(f"task {self.name!r} cannot train with DP-SGD: " + "; ".join(bad))
-                if x is None:
-                    raise ConfigError(f"task {self.name!r}: DP-SGD on streamed (file) data is not supported yet")
-                metrics = fit_dpsgd(module, x, y, self._reduced("sum"), cfg)
+                records = None
+                if x is None:  # Poisson sampling reads the sampled records from the files
+                    records = _Records(data, y, lambda a: self._inputs(a, "training data"))
+                metrics = fit_dpsgd(module, x, y if x is not None else None, self._reduced("sum"), cfg, records=records)
                 return FitResult(state=self._state(module), num_examples=len(data), metrics=metrics)
             optimizer = self._optimizer(params, cfg) if self._optimizer else make_optimizer(iter(params), cfg)
             corrections = LocalCorrections(module, {**cfg, "proximal_mu": 0.0}, context)
@@ -479,3 +480,16 @@ def _index_batches(
 def _writable(a: npt.NDArray[Any]) -> npt.NDArray[Any]:
     """``a``, or a copy when it is read-only (torch tensors must not alias read-only memory)."""
     return a if a.flags.writeable else a.copy()
+
+
+class _Records(torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tensor]]):
+    """A streamed site's records one at a time, for Opacus's Poisson sampler."""
+
+    def __init__(self, data: Any, y: torch.Tensor, inputs: Callable[[npt.NDArray[Any]], torch.Tensor]) -> None:
+        self.data, self.y, self.inputs = data, y, inputs
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.inputs(self.data.read(np.array([i], dtype=np.int64)))[0], self.y[i]

@@ -198,15 +198,18 @@ def dp_requested(config: Mapping[str, ConfigValue]) -> bool:
 
 def fit_dpsgd(
     module: torch.nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
+    x: torch.Tensor | None,
+    y: torch.Tensor | None,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     config: Mapping[str, ConfigValue],
+    *,
+    records: torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> dict[str, float]:
     """Train ``module`` with DP-SGD (Opacus) as resolved by the site's privacy guard.
 
     Any torch task calls this when :func:`dp_requested` is true; ``loss_fn`` must sum
-    over the batch. The ``dp.*`` keys (noise multiplier, sample rate, steps, clipping
+    over the batch. ``records`` (a Dataset of (x, y) pairs) replaces ``x``/``y`` for data
+    read from files. The ``dp.*`` keys (noise multiplier, sample rate, steps, clipping
     norm, secure mode, noise seed) come from the site, never from the task. Returns
     the metrics that prove what ran (``dp.steps``, ``dp.noise_multiplier``, ...).
     """
@@ -229,6 +232,7 @@ def fit_dpsgd(
         steps=read_int(config, "dp.steps", 1),
         generator=noise_generator(None if seed < 0 else seed),
         secure_mode=secure is True,
+        records=records,
     )
     return {
         "dp.steps": float(result.steps),

@@ -82,8 +82,8 @@
     for (const i of ins.instructions) {
       const hash = i.task_hash ? el("span", { class: "mono small", title: i.task_hash, text: `${i.task_hash.slice(0, 12)}… ${i.hash_approved ? "✓" : "✗ not approved"}` }) : "";
       it.appendChild(el("tr", { "data-outcome": i.outcome }, el("td", { class: "num", text: String(i.seq) }), el("td", { text: when(i.time) }),
-        el("td", { text: i.run_id }), el("td", { class: "num", text: i.round_no === null ? "" : String(i.round_no) }), el("td", { text: i.kind }),
-        el("td", {}, hash), el("td", {}, badge(i.outcome)), el("td", { class: "reason", text: i.reason || "" })));
+        el("td", { class: "nowrap", text: i.run_id }), el("td", { class: "num", text: i.round_no === null ? "" : String(i.round_no) }), el("td", { text: i.kind }),
+        el("td", {}, hash), el("td", {}, badge(i.outcome)), el("td", { class: "reason", text: (i.reason || "") + (i.count > 1 ? ` (${i.count} times, last ${when(i.last_time)})` : "") })));
     }
     if (!ins.instructions.length) it.appendChild(el("tr", {}, el("td", { colspan: "8", class: "muted", text: "no instruction received yet" })));
 
