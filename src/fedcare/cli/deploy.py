@@ -43,6 +43,12 @@ def server(
     dashboard_token: Annotated[
         str | None, typer.Option(envvar="FEDCARE_DASHBOARD_TOKEN", help="Dashboard token.")
     ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", help="Where report.html and summary.json go (default: <audit log folder>/reports/<run>)."
+        ),
+    ] = None,
 ) -> None:
     """Coordinate a study: serve sites over gRPC + mutual TLS, run (or resume) its rounds."""
     from fedcare.deploy.config import load_server_config
@@ -79,12 +85,22 @@ def server(
             )
 
         outcome = run_server(cfg, on_round=on_round, on_listening=lambda p: console.print(f"listening on port {p}"))
+        console.print(f"run {outcome.run_id}: {outcome.status}")
+        if outcome.status == "completed":  # the run's report, from the store like `fedcare report`
+            from fedcare.report.from_store import write_report_from_store
+            from fedcare.store import SqlStore
+
+            store = SqlStore(cfg.store_url, checkpoint_dir=cfg.checkpoint_dir)
+            try:
+                paths = write_report_from_store(store, cfg.run_id, out or cfg.audit_log.parent / "reports" / cfg.run_id)
+            finally:
+                store.close()
+            console.print(f"report:  {paths[1]}\nsummary: {paths[0]}", highlight=False, soft_wrap=True)
     except FedcareError as exc:
         raise fail(exc) from None
     finally:
         if web is not None:
             web.stop()
-    console.print(f"run {outcome.run_id}: {outcome.status}")
 
 
 @app.command()

@@ -49,6 +49,9 @@ class _ResumingRecorder:
     def record_round(self, run_id: RunId, report: RoundReport, state: ServerState) -> None:
         self.store.record_round(run_id, report, state)
 
+    def record_result(self, run_id: RunId, key: str, value: Any) -> None:
+        self.store.record_result(run_id, key, value)
+
     def finish_run(self, run_id: RunId, *, status: str, message: str = "") -> None:
         self.store.finish_run(run_id, status=status, message=message)
 
@@ -64,6 +67,25 @@ class ServerOutcome:
     status: str
     start_round: int
     result: RunResult | None
+
+
+def _context(cfg: ServerConfig) -> dict[str, Any]:
+    """The study's settings as the report shows them (sites in the allow-list's order)."""
+    return {
+        "provenance": f"deployed study {cfg.study}",
+        "sites": {s: s for s in cfg.allowed_sites},
+        "task_params": dict(cfg.task_params),
+        "config": {
+            "rounds": cfg.rounds,
+            "seed": cfg.seed,
+            "strategy": cfg.strategy,
+            "strategy_params": dict(cfg.strategy_params),
+            "fit_config": dict(cfg.fit_config),
+            "fraction_fit": cfg.fraction_fit,
+            "min_sites": cfg.min_sites,
+            "evaluate": cfg.evaluate,
+        },
+    }
 
 
 def run_server(
@@ -154,6 +176,7 @@ def run_server(
             )
             initial = task.init_model(np.random.default_rng(cfg.seed))
             result = coordinator.run(initial, spec=spec, state=state, start_round=start_round)
+            recorder.record_result(RunId(cfg.run_id), "context", _context(cfg))  # what `fedcare report` shows
             audit.append("finished", run_id=cfg.run_id, rounds=cfg.rounds)
             channel.finish(f"completed {cfg.rounds} rounds")  # sites stop reconnecting to this run
             return ServerOutcome(cfg.run_id, "completed", start_round, result)
