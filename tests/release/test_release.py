@@ -106,3 +106,60 @@ def test_a_modified_bundle_is_refused(released, tmp_path):
         load_bundle(copy)
     with pytest.raises(BundleError, match="not a release bundle"):
         load_bundle(tmp_path)
+
+
+def test_predict_and_validate_from_the_command_line(released, tmp_path):
+    from typer.testing import CliRunner
+
+    import fedcare.cli.clinic  # noqa: F401
+    from fedcare.cli.app import app
+    from fedcare.evaluation.validation import score_statistics
+
+    _, path, _, _ = released
+    raw = load_raw()
+    patients = raw["switzerland"].head(6).astype(str)
+    patients.loc[2, "oldpeak"] = "n/a"
+    patients.to_csv(tmp_path / "patients.csv", index=False)
+    res = CliRunner().invoke(
+        app,
+        [
+            "predict",
+            "--bundle",
+            str(path),
+            "--input",
+            str(tmp_path / "patients.csv"),
+            "--out",
+            str(tmp_path / "p.json"),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    out = json.loads((tmp_path / "p.json").read_text())
+    assert [p["row"] for p in out["predictions"]] == [1, 2, 4, 5, 6]
+    assert out["problems"] == [{"row": 3, "field": "oldpeak", "reason": "'n/a' is not a number"}]
+    for site in ("hungary", "va-long-beach"):
+        raw[site].to_csv(tmp_path / f"{site}.csv", index=False)
+    args = [
+        "validate",
+        "--bundle",
+        str(path),
+        "--outcome",
+        "num>0",
+        "--min-cell",
+        "0",
+        "--out",
+        str(tmp_path / "v.json"),
+    ]
+    args += ["--site", f"hungary={tmp_path / 'hungary.csv'}", "--site", f"va={tmp_path / 'va-long-beach.csv'}"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "external validation" in res.output
+    got = json.loads((tmp_path / "v.json").read_text())
+    bundle = load_bundle(path)
+    x, _, _ = encode_rows(raw["hungary"], bundle.preprocessing)
+    y = (raw["hungary"]["num"].to_numpy() > 0).astype(float)
+    p = bundle.task.predict(bundle.model, x)
+    direct = score_statistics(y, p)
+    assert got["per_site"]["hungary"]["n"] == len(y) and got["per_site"]["hungary"]["events"] == int(y.sum())
+    assert got["per_site"]["hungary"]["brier"] == pytest.approx(np.mean((p - y) ** 2), abs=1e-9)
+    assert direct["n"] == got["per_site"]["hungary"]["n"]
+    assert set(got["pooled"]["drift"]) == {"smd", "psi", "flagged"}
