@@ -208,11 +208,8 @@ def render_report(summary: Mapping[str, Any]) -> str:
     metrics = [m for m in METRICS if any(m in r["per_site"].get(s, {}) for r in settings.values() for s in sites)]
     tables = "".join(f"<h3>test {html.escape(m)}</h3>{_settings_table(summary, m)}" for m in metrics)
     primary = metrics[0] if metrics else None
-    forests = (
-        [forest_svg(name, r, sites, names, primary) for name, r in settings.items() if r.get("uncertainty")]
-        if primary
-        else []
-    )
+    has_ci = any(r.get("uncertainty") for r in settings.values())
+    forests = [forest_svg(settings, sites, names, primary)] if primary and has_ci else []
     dots = [setting_dots_svg(settings, sites, names, m) for m in metrics]
     curves = []
     for name, res in settings.items():
@@ -221,7 +218,7 @@ def render_report(summary: Mapping[str, Any]) -> str:
             for m in [*metrics, "loss"]:
                 curves.append(round_curves_svg(history, m, f"{name}: test {m} of the global model per round"))
     forest_part = (
-        f"<h2>Forest plots: {html.escape(primary or '')} per site with 95 % CI, pooled estimate and I²</h2>"
+        f"<h2 id='forest'>Forest plots: {html.escape(primary or '')} per site with 95 % CI, pooled estimate and I²</h2>"
         f"<div class='figs'>{''.join(forests)}</div>"
         if forests
         else ""
@@ -238,9 +235,9 @@ Task {html.escape(summary["task"]["name"])} (hash {html.escape(summary["task"]["
 {_uncertainty_note(summary)}
 {tables}
 {forest_part}
-<h2>Each setting at each site</h2>
+<h2 id="settings">Each setting at each site</h2>
 <div class="figs">{"".join(dots)}</div>
-<h2>Per-round metrics (federated)</h2>
+<h2 id="rounds">Per-round metrics (federated)</h2>
 <div class="figs">{"".join(curves)}</div>
 {_traffic_table(summary)}
 {_privacy_table(summary)}

@@ -107,7 +107,7 @@ def setting_dots_svg(
     ax.set_yticks(range(len(labels)), labels, fontsize=8 if len(labels) <= 20 else 6.5)
     ax.set_ylim(len(labels) - 0.5, -0.5)
     ax.axhline(len(labels) - 1.5, color="grey", linewidth=0.6)
-    ax.set_xlim(0, 1)
+    ax.set_xlim(-0.02, 1.02)
     ax.set_xlabel(f"test {metric} (95 % CI)")
     ax.grid(axis="x", alpha=0.3)
     ax.legend(fontsize=8, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=min(n_set, 4), frameon=False)
@@ -115,55 +115,56 @@ def setting_dots_svg(
 
 
 def forest_svg(
-    setting: str, res: Mapping[str, Any], sites: Sequence[str], names: Mapping[str, str], metric: str
+    settings: Mapping[str, Mapping[str, Any]], sites: Sequence[str], names: Mapping[str, str], metric: str
 ) -> str:
-    """Forest plot of one setting: each site's ``metric`` with its 95 % CI, the pooled estimate and I².
+    """Forest plots as small multiples: one panel per setting, sites as shared rows.
 
     As in a clinical meta-analysis: squares sized by the site's test rows, whiskers for
-    the interval, a diamond for the random-effects pooled estimate (DerSimonian-Laird)
-    and its interval, the pooled test set's value as a hollow circle.
+    the 95 % interval, a diamond for the random-effects pooled estimate (DerSimonian-Laird)
+    with its interval, the pooled test set's value as a hollow circle; each panel's
+    title gives I². Site names are written once, on the left.
     """
-    unc = res.get("uncertainty", {})
-    per_site = unc.get("per_site", {})
-    rows = [s for s in sites if metric in per_site.get(s, {})]
-    meta = unc.get("meta", {}).get(metric, {})
-    fig, ax = plt.subplots(figsize=(5.2, _rows_height(len(rows) + 2)))
-    ns = [per_site[s][metric].get("n") or 1 for s in rows]
-    biggest = max(ns) if ns else 1
-    for y, site in enumerate(rows):
-        iv = per_site[site][metric]
-        if iv.get("lo") is not None and iv.get("hi") is not None:
-            ax.plot([iv["lo"], iv["hi"]], [y, y], color="#333", linewidth=1)
-        size = 3 + 7 * math.sqrt((iv.get("n") or 1) / biggest)
-        if iv.get("value") is not None:
-            ax.plot([iv["value"]], [y], "s", color="#1f77b4", markersize=size)
-    labels = [_short(names.get(s, s)) for s in rows]
-    y_pool = len(rows) + 0.6
-    random, lo, hi = meta.get("random"), meta.get("lo"), meta.get("hi")
-    if random is not None and lo is not None and hi is not None and math.isfinite(random):
-        ax.fill([lo, random, hi, random], [y_pool, y_pool - 0.32, y_pool, y_pool + 0.32], color="#d62728")
-        ax.axvline(random, color="#d62728", linestyle=":", linewidth=1)
-        i2 = meta.get("i2")
-        labels.append(
-            f"pooled (random effects), I² = {100 * i2:.0f} %" if i2 is not None else "pooled (random effects)"
-        )
-    else:
-        labels.append("pooled (random effects): n/a")
-    ticks = [*range(len(rows)), y_pool]
-    pooled_test = unc.get("pooled_test", {}).get(metric)
-    if pooled_test and pooled_test.get("value") is not None:
-        y_test = y_pool + 1
-        ax.plot([pooled_test["lo"], pooled_test["hi"]], [y_test, y_test], color="#555", linewidth=1)
-        ax.plot([pooled_test["value"]], [y_test], "o", mfc="white", mec="#555", markersize=6)
-        ticks.append(y_test)
-        labels.append("pooled test set (all rows)")
-    ax.set_yticks(ticks, labels, fontsize=8 if len(rows) <= 20 else 6.5)
-    ax.set_ylim(ticks[-1] + 0.7, -0.7)
-    ax.axhline(len(rows) - 0.2, color="grey", linewidth=0.6)
-    ax.set_xlim(0, 1)
-    if metric in ("auc", "c_index"):
-        ax.axvline(0.5, color="grey", linewidth=0.8, linestyle="--")
-    ax.set_xlabel(f"{metric} (95 % CI)")
-    ax.set_title(f"{setting}: {metric} per site", fontsize=10, loc="left")
-    ax.grid(axis="x", alpha=0.3)
+    shown = {k: r for k, r in settings.items() if r.get("uncertainty")}
+    rows = [s for s in sites if any(metric in r["uncertainty"].get("per_site", {}).get(s, {}) for r in shown.values())]
+    n_panels = max(len(shown), 1)
+    height = _rows_height(len(rows) + 2, per_row=0.2 if len(rows) > 20 else 0.3)
+    fig, axes = plt.subplots(1, n_panels, figsize=(1.6 + 2.5 * n_panels, height), sharey=True, squeeze=False)
+    y_pool, y_test = len(rows) + 0.6, len(rows) + 1.6
+    for ax, (setting, res) in zip(axes[0], shown.items(), strict=False):
+        unc = res["uncertainty"]
+        per_site = unc.get("per_site", {})
+        ns = [per_site.get(s, {}).get(metric, {}).get("n") or 1 for s in rows]
+        biggest = max(ns) if ns else 1
+        for y, site in enumerate(rows):
+            iv = per_site.get(site, {}).get(metric)
+            if not iv or iv.get("value") is None:
+                continue
+            if iv.get("lo") is not None and iv.get("hi") is not None:
+                ax.plot([iv["lo"], iv["hi"]], [y, y], color="#333", linewidth=0.9)
+            size = 2.5 + 6 * math.sqrt((iv.get("n") or 1) / biggest)
+            ax.plot([iv["value"]], [y], "s", color="#1f77b4", markersize=size, clip_on=False)
+        meta = unc.get("meta", {}).get(metric, {})
+        random, lo, hi, i2 = meta.get("random"), meta.get("lo"), meta.get("hi"), meta.get("i2")
+        title = setting
+        if random is not None and lo is not None and hi is not None and math.isfinite(random):
+            ax.fill([lo, random, hi, random], [y_pool, y_pool - 0.35, y_pool, y_pool + 0.35], color="#d62728")
+            ax.axvline(random, color="#d62728", linestyle=":", linewidth=1)
+            if i2 is not None:
+                title += f"  ·  I² = {100 * i2:.0f} %"
+        test = unc.get("pooled_test", {}).get(metric)
+        if test and test.get("value") is not None:
+            ax.plot([test["lo"], test["hi"]], [y_test, y_test], color="#555", linewidth=1)
+            ax.plot([test["value"]], [y_test], "o", mfc="white", mec="#555", markersize=5.5, clip_on=False)
+        ax.axhline(len(rows) - 0.2, color="grey", linewidth=0.6)
+        ax.set_xlim(-0.02, 1.02)  # a site at 0 or 1 keeps its whole marker
+        if metric in ("auc", "c_index"):
+            ax.axvline(0.5, color="grey", linewidth=0.8, linestyle="--")
+        ax.set_xlabel(f"{metric} (95 % CI)", fontsize=8)
+        ax.set_title(title, fontsize=9, loc="left")
+        ax.tick_params(axis="x", labelsize=7)
+        ax.grid(axis="x", alpha=0.3)
+    labels = [_short(names.get(s, s)) for s in rows] + ["pooled (random effects)", "pooled test set (all rows)"]
+    axes[0][0].set_yticks([*range(len(rows)), y_pool, y_test], labels, fontsize=8 if len(rows) <= 20 else 6.5)
+    axes[0][0].set_ylim(y_test + 0.7, -0.7)
+    fig.tight_layout()
     return _svg(fig)
