@@ -106,7 +106,7 @@ def test_bootstrap_cindex_interval_covers_the_true_cindex_95_percent_of_the_time
     true_c = float(2 * np.mean((d > 0) / (1 + np.exp(-d))))
     hits = []
     for _ in range(500):
-        x = rng.normal(0, 1, 40)
+        x = rng.normal(0, 1, 60)
         t = rng.exponential(1 / np.exp(x))
         iv = bootstrap_interval(_harrell_c, [t, x], rng, n_boot=200)
         hits.append(iv.lo <= true_c <= iv.hi)
