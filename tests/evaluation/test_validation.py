@@ -55,6 +55,9 @@ def test_small_cells_are_suppressed_at_the_site_and_listed():
     stats = score_statistics(y, p, x, categorical={"cp": [3, 4]}, min_cell=5)
     assert all(c == 0 or c >= 5 for c in stats["pos_counts"] + stats["neg_counts"] + stats["cal_n"])
     assert stats["suppressed"] and all(c == 0 or c >= 5 for c in stats["categories"]["cp"])
+    assert stats["bins"] < 100  # the score grid was coarsened before anything was zeroed
+    summary = summarise_validation({"a": stats, "b": score_statistics(y, p, x, categorical={"cp": [3, 4]})}, {})
+    assert np.isfinite(summary["per_site"]["a"]["auc"]["value"]) and summary["pooled"]["n"] == 80
 
 
 def test_a_shifted_site_is_flagged_and_a_similar_one_is_not():

@@ -94,8 +94,35 @@ def score_statistics(
     return out
 
 
+#: Coarser score grids a site may fall back to (each divides the previous one).
+_GRIDS = (100, 50, 25, 5)
+
+
+def _coarsen(counts: Sequence[float], bins: int) -> list[float]:
+    """Add adjacent cells of a ``len(counts)``-cell grid into ``bins`` cells (bins divides it)."""
+    arr = np.asarray(counts, dtype=np.float64)
+    return arr.reshape(bins, len(arr) // bins).sum(axis=1).tolist()
+
+
+def _small(counts: Sequence[float], k: int) -> bool:
+    return any(0 < c < k for c in counts)
+
+
 def _suppress(stats: dict[str, Any], k: int) -> None:
-    """Zero every count cell in (0, k) and the sums of calibration bins that hold one."""
+    """Coarsen the score grid until no cell holds 1..k-1 rows, then zero what is still small.
+
+    Coarsening keeps every row (only resolution is lost); a site too small even for the
+    coarsest grid has its small cells zeroed. Calibration bins that hold 1..k-1 rows or
+    events are zeroed.
+    """
+    for grid in _GRIDS:
+        if grid > stats["bins"] or stats["bins"] % grid:
+            continue
+        if not (_small(stats["pos_counts"], k) or _small(stats["neg_counts"], k)):
+            break
+        stats["pos_counts"] = _coarsen(stats["pos_counts"], grid)
+        stats["neg_counts"] = _coarsen(stats["neg_counts"], grid)
+        stats["bins"] = grid
     for key in ("pos_counts", "neg_counts"):
         for i, c in enumerate(stats[key]):
             if 0 < c < k:
@@ -113,9 +140,17 @@ def _suppress(stats: dict[str, Any], k: int) -> None:
 
 
 def combine_statistics(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Add sites' statistics (every entry is a sum): the pooled statistics."""
+    """Add sites' statistics (every entry is a sum): the pooled statistics.
+
+    Sites that coarsened their score grid are met on the coarsest grid among them.
+    """
     first = parts[0]
-    out: dict[str, Any] = {"bins": first["bins"], "suppressed": []}
+    bins = min(p["bins"] for p in parts)
+    parts = [
+        {**p, **{k: _coarsen(p[k], bins) for k in ("pos_counts", "neg_counts")}} if p["bins"] != bins else p
+        for p in parts
+    ]
+    out: dict[str, Any] = {"bins": bins, "suppressed": []}
     for key in ("n", "sum_p2", "sum_py", "sum_y", "feat_n"):
         if all(key in p for p in parts):
             out[key] = sum(p[key] for p in parts)
@@ -126,6 +161,7 @@ def combine_statistics(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         out["categories"] = {
             col: np.sum([np.asarray(p["categories"][col]) for p in parts], axis=0).astype(int).tolist()
             for col in first["categories"]
+            if all(col in p["categories"] for p in parts)
         }
     for p in parts:
         out["suppressed"].extend(p.get("suppressed", []))
