@@ -3,6 +3,8 @@
 ``fedcare release RUN --out DIR`` writes, from the run store alone:
 
 * ``model.safetensors``: the final global model (the last verified checkpoint);
+* ``model.onnx`` (torch tasks, with the ``clinic`` extra): the same model as ONNX, whose
+  onnxruntime output was checked against torch to 1e-6 before it was written;
 * ``bundle.json``: task name, parameters, content hash and fedcare version, and the
   preprocessing (raw features, categories, combined mean/std) the sites trained with;
 * ``model_card.json`` / ``model_card.html``: the model card (:mod:`fedcare.release.card`);
@@ -20,9 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from fedcare import __version__
 from fedcare.errors import ConfigError, StoreError
 from fedcare.release.card import model_card, render_card
+from fedcare.release.onnx_export import export_onnx, torch_module
 from fedcare.report.from_store import resolve_runs, summary_from_store
 from fedcare.serde import decode_state, encode_state
 from fedcare.store.sql import SqlStore
@@ -32,7 +37,7 @@ from fedcare.types import ModelState, RunId
 
 __all__ = ["Bundle", "BundleError", "build_bundle", "bundle_digest", "load_bundle"]
 
-MODEL_FILE, META_FILE, MANIFEST = "model.safetensors", "bundle.json", "MANIFEST.json"
+MODEL_FILE, META_FILE, MANIFEST, ONNX_FILE = "model.safetensors", "bundle.json", "MANIFEST.json", "model.onnx"
 CARD_JSON, CARD_HTML = "model_card.json", "model_card.html"
 
 
@@ -104,6 +109,16 @@ def build_bundle(store: SqlStore, ref: str, out_dir: Path, *, audit_head: str | 
         "kind": "survival" if run.task == "cox" else "binary",
         "preprocessing": dict(context.get("preprocessing") or {}),
     }
+    onnx_blob = None
+    width = len(meta["preprocessing"].get("encoded", [])) or int(summary["task"]["params"].get("n_features", 0))
+    if width and torch_module(task, state.model) is not None:
+        # standardised inputs: N(0, 1) rows exercise the whole input range the model was trained on
+        sample = np.random.default_rng(0).normal(size=(64, width)).astype(np.float32)
+        try:
+            onnx_blob = export_onnx(task, state.model, sample)
+            meta["onnx"] = {"file": ONNX_FILE, "checked_rows": 64, "tolerance": 1e-6, "output": "logit"}
+        except ConfigError as exc:
+            meta["onnx"] = {"file": None, "reason": str(exc)}
     card = model_card(summary, run.name, meta, n_train=n_train, audit_head=audit_head)
     out_dir.mkdir(parents=True, exist_ok=True)
     texts = {
@@ -113,6 +128,9 @@ def build_bundle(store: SqlStore, ref: str, out_dir: Path, *, audit_head: str | 
     }
     files = {MODEL_FILE: hashlib.sha256(blob).hexdigest()}
     (out_dir / MODEL_FILE).write_bytes(blob)
+    if onnx_blob is not None:
+        (out_dir / ONNX_FILE).write_bytes(onnx_blob)
+        files[ONNX_FILE] = hashlib.sha256(onnx_blob).hexdigest()
     for name, text in texts.items():
         (out_dir / name).write_text(text, encoding="utf-8")
         files[name] = hashlib.sha256(text.encode("utf-8")).hexdigest()

@@ -23,6 +23,7 @@ import pandas as pd
 
 from fedcare.errors import ConfigError, DataError
 from fedcare.release.bundle import Bundle
+from fedcare.release.onnx_export import torch_module
 
 __all__ = ["PredictionReport", "RowProblem", "encode_rows", "predict_rows"]
 
@@ -140,8 +141,9 @@ def contributions(bundle: Bundle, x: npt.NDArray[np.float32]) -> tuple[npt.NDArr
         ) from None
     import torch
 
-    module = bundle.task.to_module(bundle.model)  # type: ignore[attr-defined]
-    module.eval()
+    module = torch_module(bundle.task, bundle.model)
+    if module is None:
+        raise ConfigError(f"task {bundle.task.name!r} has no torch module to explain")
     inputs = torch.from_numpy(np.ascontiguousarray(x))
     attr = IntegratedGradients(lambda t: module(t).reshape(-1)).attribute(inputs, baselines=torch.zeros_like(inputs))
     return attr.detach().double().numpy(), "integrated gradients (Captum), baseline = training mean"
