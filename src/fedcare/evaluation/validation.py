@@ -101,7 +101,8 @@ _GRIDS = (100, 50, 25, 5)
 def _coarsen(counts: Sequence[float], bins: int) -> list[float]:
     """Add adjacent cells of a ``len(counts)``-cell grid into ``bins`` cells (bins divides it)."""
     arr = np.asarray(counts, dtype=np.float64)
-    return arr.reshape(bins, len(arr) // bins).sum(axis=1).tolist()
+    out: list[float] = arr.reshape(bins, len(arr) // bins).sum(axis=1).tolist()
+    return out
 
 
 def _small(counts: Sequence[float], k: int) -> bool:
