@@ -102,4 +102,6 @@ def test_deployed_style_run_report_holds_the_final_models_numbers(heart, tmp_pat
     n = len(data.sites["cleveland"].test)
     assert iv == wilson_interval(round(setting["per_site"]["cleveland"]["accuracy"] * n), n).as_dict()
     assert "auc" not in setting["uncertainty"]["per_site"]["cleveland"]  # no variance recorded: no guessed CI
+    html = render_report(summary)  # what `fedcare server` writes at the end of a run
+    assert "Univ. Hospital" not in html and "switzerland" in html and "<svg" in html
     store.close()
