@@ -85,6 +85,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "fedcare.__main__",
             "fedcare.cli",
             "fedcare.report",
+            "fedcare.release",
             "fedcare.dashboard",
             "fedcare.console",
         ),

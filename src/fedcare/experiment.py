@@ -35,6 +35,7 @@ from fedcare.build.site import SiteInputs, builtin_site_spec, site_gate
 from fedcare.data.federated import FederatedDataset, concat
 from fedcare.errors import ConfigError
 from fedcare.evaluation import calibration_report, subgroup_metrics
+from fedcare.evaluation.uncertainty import LEVEL, meta_of, metric_intervals
 from fedcare.personal.site import local_keys, model_for
 from fedcare.privacy.ledger import MemoryLedgerBackend
 from fedcare.privacy.setup import ledger_summary
@@ -179,8 +180,10 @@ def evaluate_setting(
     if kind is not None:
         calibration: dict[str, Any] = {}
         subgroups: dict[str, Any] = {}
-        for site, data in view.items():
+        uncertainty: dict[str, Any] = {"level": LEVEL, "per_site": {}}
+        for i, (site, data) in enumerate(view.items()):
             pred = task.predict(models[site], data.test.x)
+            uncertainty["per_site"][site] = metric_intervals(data.test.y, pred, kind=kind, seed=i)
             if kind == "binary":
                 calibration[site] = calibration_report(data.test.y, pred)
             site_groups = (groups or {}).get(site)
@@ -190,6 +193,14 @@ def evaluate_setting(
             out["calibration"] = calibration
         if subgroups:
             out["subgroups"] = subgroups
+        if not local:  # the union of the test sets, each row scored by the model its site uses
+            pooled_pred = preds if personal else task.predict(next(iter(models.values())), pooled_test.x)
+            uncertainty["pooled_test"] = metric_intervals(pooled_test.y, pooled_pred, kind=kind, seed=len(view))
+        names = sorted({m for ivs in uncertainty["per_site"].values() for m in ivs})
+        uncertainty["meta"] = {
+            m: meta_of([ivs[m] for ivs in uncertainty["per_site"].values() if m in ivs]) for m in names
+        }
+        out["uncertainty"] = uncertainty
     return out
 
 
@@ -225,6 +236,13 @@ def run_experiment(
     final_models: dict[str, Mapping[SiteId, ModelState]] = {}
     sites = dataset.site_ids()
     privacy_summary: dict[str, Any] | None = None
+    context = {
+        "provenance": dataset.provenance,
+        "sites": {s: dataset.display_names.get(s, s) for s in sites},
+        "task_params": dict(task.params()),
+        "config": _jsonable(asdict(cfg)),
+        "preprocessing": dict(dataset.preprocessing),
+    }
 
     def baseline(name: str, models: Mapping[SiteId, ModelState], view: Mapping[SiteId, SiteData], local: bool) -> None:
         run_id = RunId(f"{exp}-{name}")
@@ -243,7 +261,7 @@ def run_experiment(
             )
         )
         results[name] = evaluate_setting(task, models, view, local=local, kind=dataset.kind, groups=dataset.groups)
-        _record_final(recorder, run_id, results[name]["per_site"])
+        _record_final(recorder, run_id, results[name], context)
         recorder.finish_run(run_id, status="completed")
         final_models[name] = models
         if progress is not None:
@@ -312,7 +330,7 @@ def run_experiment(
             }
             for r in result.rounds
         ]
-        _record_final(recorder, run_id, results[name]["per_site"])
+        _record_final(recorder, run_id, results[name], context)
         final_models[name] = models
     out = {
         "experiment": exp,
@@ -320,8 +338,8 @@ def run_experiment(
         "provenance": dataset.provenance,
         "sites": {s: dataset.display_names.get(s, s) for s in sites},
         "seed": cfg.seed,
-        "task": {"name": task.name, "hash": digest, "params": dict(task.params())},
-        "config": _jsonable(asdict(cfg)),
+        "task": {"name": task.name, "hash": digest, "params": context["task_params"]},
+        "config": context["config"],
         "settings": results,
     }
     if privacy_summary is not None:
@@ -343,10 +361,14 @@ def _personal_models(
     return models
 
 
-def _record_final(recorder: Recorder, run_id: RunId, per_site: Mapping[str, Metrics]) -> None:
+def _record_final(recorder: Recorder, run_id: RunId, result: Mapping[str, Any], context: Mapping[str, Any]) -> None:
+    """Record what a report needs beyond the rounds: final per-site metrics, the rest as results."""
     writer = getattr(recorder, "record_site_metrics", None)
     if writer is not None:
-        writer(run_id, 0, "test", {SiteId(s): m for s, m in per_site.items()})
+        writer(run_id, 0, "test", {SiteId(s): m for s, m in result["per_site"].items()})
+    recorder.record_result(run_id, "context", context)
+    evaluation = {k: v for k, v in result.items() if k not in ("per_site", "site_mean", "history")}
+    recorder.record_result(run_id, "evaluation", evaluation)
 
 
 def _jsonable(value: Any) -> Any:

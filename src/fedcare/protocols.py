@@ -171,6 +171,10 @@ class Recorder(Protocol):
         """Record a completed round and checkpoint the state it produced."""
         ...
 
+    def record_result(self, run_id: RunId, key: str, value: Mapping[str, Any]) -> None:
+        """Record a named JSON result of the run (``context``, ``evaluation``) for reports."""
+        ...
+
     def finish_run(self, run_id: RunId, *, status: str, message: str = "") -> None:
         """Record how a run ended (``"completed"``, ``"failed"``)."""
         ...
@@ -187,6 +191,9 @@ class NullRecorder:
         """Ignore."""
 
     def record_round(self, run_id: RunId, report: RoundReport, state: ServerState) -> None:
+        """Ignore."""
+
+    def record_result(self, run_id: RunId, key: str, value: Mapping[str, Any]) -> None:
         """Ignore."""
 
     def finish_run(self, run_id: RunId, *, status: str, message: str = "") -> None:

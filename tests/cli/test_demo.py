@@ -55,6 +55,21 @@ def test_demo_run_is_recorded_in_the_store(demo_run):
     store.close()
 
 
+def test_report_from_the_store_writes_the_demo_summary_again(demo_run, tmp_path):
+    import fedcare.cli.report  # noqa: F401
+
+    result, out, db = demo_run
+    assert result.exit_code == 0, result.output
+    written = json.loads((out / "summary.json").read_text())
+    res = CliRunner().invoke(app, ["report", written["experiment"], "--db", db, "--out", str(tmp_path / "again")])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "again" / "summary.json").read_text()) == written
+    assert (tmp_path / "again" / "report.html").read_text().count("<svg") >= 3
+    res = CliRunner().invoke(app, ["report", "missing", "--db", db, "--out", str(tmp_path / "x")])
+    assert res.exit_code == 7 and "no run or experiment 'missing'" in res.output
+    assert not (tmp_path / "x").exists()
+
+
 def test_unknown_dataset_is_a_one_line_error_and_writes_nothing(tmp_path):
     out = tmp_path / "x"
     proc = subprocess.run(

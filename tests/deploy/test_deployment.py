@@ -137,6 +137,12 @@ def test_server_sigkill_resumes_and_matches_simulation(study: Study, backend: st
     assert done == rounds
     for name, ref in sim.state.model.items():
         np.testing.assert_allclose(state.model[name], ref, rtol=1e-5, atol=1e-6)
+    # the server wrote the run's report from the store when it ended: the final round's numbers
+    summary = json.loads((study.root / "reports" / run_id / "summary.json").read_text())
+    (setting,) = summary["settings"].values()
+    last = {m.site: m.value for m in store.site_metrics(run_id, "eval") if m.round_no == rounds and m.name == "auc"}
+    assert {s: m["auc"] for s, m in setting["per_site"].items()} == last
+    assert list(summary["sites"]) == list(SITES) and (study.root / "reports" / run_id / "report.html").exists()
     store.close()
     # the audit trails of both sides verify
     for path in [study.root / "server-audit.jsonl", *(study.root / f"audit-{s}.jsonl" for s in SITES)]:

@@ -35,7 +35,8 @@ def _expected(deltas, weights, included):
 )
 def test_unmasked_sum_equals_plain_sum_within_quantisation(n, size, degree, seed, bits):
     codec = FixedPointCodec(clip_range=1.0, bits=bits)
-    sites, server, clients = make_round(n, size, degree=degree, threshold=2, seed=seed, codec=codec)
+    k = min(n - 1, degree + degree % 2)  # the graph's degree (rounded up to even, at most n - 1)
+    sites, server, clients = make_round(n, size, degree=degree, threshold=k // 2 + 1, seed=seed, codec=codec)
     deltas, weights = _inputs(sites, size, seed)
     result = run_protocol(server, clients, deltas, weights)
     want, total = _expected(deltas, weights, sites)
@@ -63,7 +64,7 @@ def test_dropouts_after_each_stage_give_the_survivors_sum(stage):
 
 def test_secagg_plus_graph_survives_dropouts_in_two_stages():
     n, size = 20, 32
-    sites, server, clients = make_round(n, size, degree=6, threshold=3, seed=2)
+    sites, server, clients = make_round(n, size, degree=6, threshold=4, seed=2)  # t > k/2 (sites refuse less)
     deltas, weights = _inputs(sites, size, 2)
     drop = {Stage.SHARE_KEYS: {sites[0]}, Stage.MASKED_INPUT: {sites[7]}, Stage.UNMASK: {sites[13]}}
     result = run_protocol(server, clients, deltas, weights, drop=drop)

@@ -52,10 +52,12 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # Each module registers its commands; they import their heavy libraries (torch, opacus,
     # scikit-learn) inside the commands, so --help and the deployment commands start fast.
+    import fedcare.cli.clinic  # noqa: F401  (fedcare release, predict)
     import fedcare.cli.dashboard  # noqa: F401  (fedcare dashboard, console, export)
     import fedcare.cli.data  # noqa: F401  (fedcare data check, fedcare stats)
     import fedcare.cli.deploy  # noqa: F401  (server, node, doctor, certs, audit)
     import fedcare.cli.privacy  # noqa: F401  (fedcare privacy ledger/calibrate)
+    import fedcare.cli.report  # noqa: F401  (fedcare report)
     import fedcare.cli.strategies  # noqa: F401  (fedcare strategies list/run)
     import fedcare.cli.tasks  # noqa: F401  (fedcare tasks list/show/keygen/sign/new)
     from fedcare.cli import demo, study  # noqa: F401  (register commands: demo, simulate, study)

@@ -52,23 +52,56 @@ class ExperimentProgress:
 
 
 def results_table(summary: Mapping[str, Any], metric: str) -> Table:
-    """Per-site, mean-over-sites and pooled-test ``metric`` for every setting."""
+    """Test ``metric`` with its 95 % CI: sites as rows (readable at 4 sites and at 50), settings as columns.
+
+    Below the sites: the mean over sites, the random-effects pooled estimate with I², and
+    the pooled test set.
+    """
     sites = list(summary["sites"])
-    table = Table(title=f"test {metric}", title_justify="left")
-    table.add_column("setting")
+    settings = summary["settings"]
+    table = Table(title=f"test {metric} (95 % CI)", title_justify="left")
+    table.add_column("site", overflow="fold", max_width=32)
+    table.add_column("n", justify="right")
+    for name in settings:
+        table.add_column(name, justify="right", no_wrap=True)
+
+    def cell(value: float | None, interval: Mapping[str, Any] | None = None) -> str:
+        if value is None or value != value:
+            return "—"
+        text = f"{value:.3f}"
+        lo, hi = (interval or {}).get("lo"), (interval or {}).get("hi")
+        if lo is not None and hi is not None and lo == lo and hi == hi:
+            text += f" [dim]({lo:.2f}–{hi:.2f})[/]"
+        return text
+
+    def unc(res: Mapping[str, Any], site: str) -> Mapping[str, Any] | None:
+        return res.get("uncertainty", {}).get("per_site", {}).get(site, {}).get(metric)
+
     for site in sites:
-        table.add_column(site, justify="right")
-    table.add_column("mean over sites", justify="right")
-    table.add_column("pooled test", justify="right")
-
-    def cell(value: float | None) -> str:
-        return "—" if value is None or value != value else f"{value:.3f}"
-
-    for name, res in summary["settings"].items():
+        n = next((r["per_site"][site].get("n_test") for r in settings.values() if site in r["per_site"]), None)
         table.add_row(
-            name,
-            *(cell(res["per_site"].get(s, {}).get(metric)) for s in sites),
-            cell(res["site_mean"].get(metric)),
-            cell(res["pooled_test"].get(metric)),
+            summary["sites"][site],
+            f"{n:.0f}" if n else "—",
+            *(cell(r["per_site"].get(site, {}).get(metric), unc(r, site)) for r in settings.values()),
         )
+    table.add_section()
+    table.add_row("mean over sites", "", *(cell(r["site_mean"].get(metric)) for r in settings.values()))
+    metas = []
+    for r in settings.values():
+        meta = r.get("uncertainty", {}).get("meta", {}).get(metric)
+        if meta and meta.get("k"):
+            metas.append(
+                cell(meta.get("random"), meta) + (f" I² {100 * meta['i2']:.0f}%" if meta.get("i2") is not None else "")
+            )
+        else:
+            metas.append("—")
+    table.add_row("pooled (random effects)", "", *metas)
+    table.add_row(
+        "pooled test set",
+        "",
+        *(
+            cell(r["pooled_test"].get(metric), r.get("uncertainty", {}).get("pooled_test", {}).get(metric))
+            for r in settings.values()
+        ),
+    )
     return table

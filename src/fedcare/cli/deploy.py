@@ -61,6 +61,12 @@ def server(
     dashboard_token: Annotated[
         str | None, typer.Option(envvar="FEDCARE_DASHBOARD_TOKEN", help="Dashboard token.")
     ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", help="Where report.html and summary.json go (default: <audit log folder>/reports/<run>)."
+        ),
+    ] = None,
 ) -> None:
     """Coordinate a study: serve sites over gRPC + mutual TLS, run (or resume) its rounds.
 
@@ -104,12 +110,23 @@ def server(
         outcome = run_server(
             cfg, spec, on_round=on_round, on_listening=lambda p: console.print(f"listening on port {p}")
         )
+        console.print(f"run {outcome.run_id}: {outcome.status}")
+        if outcome.status == "completed":  # the run's report, from the store like `fedcare report`
+            from fedcare.report.from_store import write_report_from_store
+            from fedcare.store import SqlStore
+
+            store = SqlStore(cfg.store_url, checkpoint_dir=cfg.checkpoint_dir)
+            try:
+                target = out or cfg.out_dir or cfg.audit_log.parent / "reports" / outcome.run_id
+                paths = write_report_from_store(store, outcome.run_id, target)
+            finally:
+                store.close()
+            console.print(f"report:  {paths[1]}\nsummary: {paths[0]}", highlight=False, soft_wrap=True)
     except FedcareError as exc:
         raise fail(exc) from None
     finally:
         if web is not None:
             web.stop()
-    console.print(f"run {outcome.run_id}: {outcome.status}")
 
 
 @app.command()

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -58,6 +58,10 @@ class FederatedDataset:
         Per site, raw attributes of the **test** rows (one value per row, in row order)
         for subgroup metrics, e.g. ``{"sex": [...], "age_band": [...]}``. They stay at
         the site like the rows; empty when the data set has none.
+    preprocessing : Mapping[str, Any]
+        How a raw row becomes an input of ``sites`` (features, categories, combined
+        mean/std; :func:`fedcare.data.tabular.preprocessing_spec`); recorded with a run
+        so that a release bundle can score new patients. Empty when not tabular.
     """
 
     name: str
@@ -69,6 +73,7 @@ class FederatedDataset:
     display_names: Mapping[SiteId, str] = field(default_factory=dict)
     provenance: str = ""
     groups: Mapping[SiteId, Mapping[str, np.ndarray]] = field(default_factory=dict)
+    preprocessing: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def n_features(self) -> int:

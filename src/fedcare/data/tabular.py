@@ -14,7 +14,8 @@ import functools
 import math
 import operator
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -25,7 +26,16 @@ from fedcare.runtime.queries import column_moments
 from fedcare.task import ArrayDataset, SiteData
 from fedcare.types import SiteId
 
-__all__ = ["Moments", "PreparedSites", "Standardizer", "TabularRecipe", "prepare_sites", "split_indices", "split_sizes"]
+__all__ = [
+    "Moments",
+    "PreparedSites",
+    "Standardizer",
+    "TabularRecipe",
+    "prepare_sites",
+    "preprocessing_spec",
+    "split_indices",
+    "split_sizes",
+]
 
 
 def split_sizes(n: int, test_fraction: float) -> tuple[int, int]:
@@ -197,6 +207,26 @@ class PreparedSites:
     federated: dict[SiteId, SiteData]
     local: dict[SiteId, SiteData]
     pooled: dict[SiteId, SiteData]
+    #: How a new patient's row becomes a model input under the federated view
+    #: (:func:`preprocessing_spec`): recorded with a run, shipped in a release bundle.
+    preprocessing: Mapping[str, Any] = field(default_factory=dict)
+
+
+def preprocessing_spec(recipe: TabularRecipe, stats: Standardizer) -> dict[str, Any]:
+    """JSON-ready preprocessing: raw features, categories, encoded columns, combined mean/std."""
+    return {
+        "features": list(recipe.features),
+        "categorical": {c: [_plain(v) for v in cats] for c, cats in recipe.categorical.items()},
+        "encoded": list(recipe.encoded_names()),
+        "standardize": recipe.standardize,
+        "mean": [float(v) for v in stats.mean],
+        "std": [float(v) for v in stats.std],
+        "statistics": "combined from the sites' counts, sums and sums of squares (training rows)",
+    }
+
+
+def _plain(value: object) -> object:
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def prepare_sites(
@@ -237,4 +267,5 @@ def prepare_sites(
         federated=view(dict.fromkeys(encoded, federated_stats)),
         local=view(local_stats),
         pooled=view(dict.fromkeys(encoded, pooled_stats)),
+        preprocessing=preprocessing_spec(recipe, federated_stats),
     )

@@ -47,6 +47,9 @@ class _ResumingRecorder:
     def record_round(self, run_id: RunId, report: RoundReport, state: ServerState) -> None:
         self.store.record_round(run_id, report, state)
 
+    def record_result(self, run_id: RunId, key: str, value: Any) -> None:
+        self.store.record_result(run_id, key, value)
+
     def finish_run(self, run_id: RunId, *, status: str, message: str = "") -> None:
         self.store.finish_run(run_id, status=status, message=message)
 
@@ -62,6 +65,29 @@ class ServerOutcome:
     status: str
     start_round: int
     result: RunResult | None
+
+
+def _context(study: StudySpec, cfg: ServerConfig) -> dict[str, Any]:
+    """The study's settings as the report shows them (sites in the allow-list's order)."""
+    return {
+        "provenance": f"deployed study {study.name} ({study.hash})",
+        "sites": {s: s for s in cfg.allowed_sites},
+        "task_params": dict(study.task_params),
+        "study": {"name": study.name, "hash": study.hash},
+        "config": {
+            "rounds": study.rounds,
+            "seed": study.seed,
+            "strategy": study.strategy,
+            "strategy_params": dict(study.strategy_params),
+            "fit_config": dict(study.fit),
+            "fraction_fit": study.federation.fraction_fit,
+            "min_sites": study.federation.min_sites,
+            "evaluate": study.federation.evaluate,
+            "privacy": dict(study.privacy),
+            "secure_aggregation": study.secure_aggregation.enabled,
+            "personalization": study.personalization.method,
+        },
+    }
 
 
 def run_server(
@@ -150,6 +176,7 @@ def run_server(
                 start_round=start_round,
                 close=False,
             )
+            recorder.record_result(RunId(run_id), "context", _context(study, cfg))  # what `fedcare report` shows
             audit.append("finished", run_id=run_id, rounds=study.rounds)
             channel.finish(f"completed {study.rounds} rounds")  # sites stop reconnecting to this run
             return ServerOutcome(run_id, "completed", start_round, result)

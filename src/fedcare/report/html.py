@@ -7,43 +7,89 @@ from collections.abc import Mapping
 from typing import Any
 
 from fedcare.report.clinical import clinical_section
-from fedcare.report.plots import round_curves_svg, setting_bars_svg
+from fedcare.report.plots import forest_svg, round_curves_svg, setting_dots_svg
 from fedcare.report.reference import FLAMBY, METRIC
 
 __all__ = ["render_report"]
 
 _CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1000px;color:#222}
-h1{font-size:1.5rem}h2{font-size:1.15rem;margin-top:2rem;border-bottom:1px solid #ddd}
-table{border-collapse:collapse;margin:.5rem 0;font-size:.9rem}
-th,td{border:1px solid #ccc;padding:.25rem .6rem;text-align:right}th{background:#f3f3f3}
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#222;
+padding:0 1rem}
+h1{font-size:1.5rem}h2{font-size:1.15rem;margin-top:2rem;border-bottom:1px solid #ddd}h3{font-size:1rem}
+table{border-collapse:collapse;margin:.5rem 0;font-size:.85rem}
+th,td{border:1px solid #ccc;padding:.2rem .5rem;text-align:right;white-space:nowrap}th{background:#f3f3f3}
 td:first-child,th:first-child{text-align:left}.note{color:#555;font-size:.85rem}
-.figs{display:flex;flex-wrap:wrap;gap:1rem}.figs svg{max-width:100%;height:auto}
+tr.sum td{background:#fafafa;font-weight:600}.ci{color:#666;font-size:.8em}
+.scroll{overflow-x:auto;max-width:100%}
+.figs{display:flex;flex-wrap:wrap;gap:1rem;align-items:flex-start}.figs svg{max-width:100%;height:auto}
+details summary{cursor:pointer;color:#135}
+code{white-space:pre-wrap;word-break:break-word}
 """
+
+#: Metrics shown, in order, when present.
+METRICS = ("auc", "c_index", "accuracy")
 
 
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return "—" if value != value else f"{value:.3f}"
+    if value is None:
+        return "—"
     return html.escape(str(value))
 
 
+def _ci(interval: Mapping[str, Any] | None) -> str:
+    """`` (lo–hi)`` of an interval, or nothing when there is none."""
+    if not interval:
+        return ""
+    lo, hi = interval.get("lo"), interval.get("hi")
+    if lo is None or hi is None or lo != lo or hi != hi:
+        return ""
+    return f" <span class='ci'>({lo:.2f}–{hi:.2f})</span>"
+
+
+def _value(res: Mapping[str, Any], site: str | None, metric: str) -> tuple[Any, Mapping[str, Any] | None]:
+    unc = res.get("uncertainty", {})
+    if site is None:
+        return res["pooled_test"].get(metric), unc.get("pooled_test", {}).get(metric)
+    return res["per_site"].get(site, {}).get(metric), unc.get("per_site", {}).get(site, {}).get(metric)
+
+
 def _settings_table(summary: Mapping[str, Any], metric: str) -> str:
+    """Sites as rows, settings as columns: value with its 95 % CI; then the summary rows."""
     sites = list(summary["sites"])
-    head = "".join(f"<th>{html.escape(summary['sites'][s])}</th>" for s in sites)
+    settings = summary["settings"]
+    head = "".join(f"<th>{html.escape(name)}</th>" for name in settings)
     rows = []
-    for name, res in summary["settings"].items():
-        cells = "".join(f"<td>{_fmt(res['per_site'].get(s, {}).get(metric, float('nan')))}</td>" for s in sites)
-        rows.append(
-            f"<tr><td>{html.escape(name)}</td>{cells}"
-            f"<td>{_fmt(res['site_mean'].get(metric, float('nan')))}</td>"
-            f"<td>{_fmt(res['pooled_test'].get(metric, float('nan')))}</td></tr>"
+    for site in sites:
+        n = next((r["per_site"].get(site, {}).get("n_test") for r in settings.values() if site in r["per_site"]), None)
+        cells = "".join(
+            f"<td>{_fmt(_value(r, site, metric)[0])}{_ci(_value(r, site, metric)[1])}</td>" for r in settings.values()
         )
-    return (
-        f"<table><tr><th>setting</th>{head}<th>mean over sites</th><th>pooled test</th></tr>"
-        + "".join(rows)
-        + "</table>"
+        rows.append(
+            f"<tr><td>{html.escape(summary['sites'][site])}</td><td>{_fmt(int(n)) if n else '—'}</td>{cells}</tr>"
+        )
+    mean = "".join(f"<td>{_fmt(r['site_mean'].get(metric, float('nan')))}</td>" for r in settings.values())
+    rows.append(f"<tr class='sum'><td>mean over sites</td><td></td>{mean}</tr>")
+    meta_cells = []
+    for r in settings.values():
+        meta = r.get("uncertainty", {}).get("meta", {}).get(metric)
+        if meta and meta.get("k"):
+            i2 = meta.get("i2")
+            meta_cells.append(
+                f"<td>{_fmt(meta['random'])}{_ci(meta)}"
+                + (f" <span class='ci'>I² {100 * i2:.0f} %</span>" if i2 is not None else "")
+                + "</td>"
+            )
+        else:
+            meta_cells.append("<td>—</td>")
+    rows.append(f"<tr class='sum'><td>pooled estimate (random effects)</td><td></td>{''.join(meta_cells)}</tr>")
+    pooled = "".join(
+        f"<td>{_fmt(_value(r, None, metric)[0])}{_ci(_value(r, None, metric)[1])}</td>" for r in settings.values()
     )
+    total = sum(int(m.get("n_test", 0)) for m in next(iter(settings.values()))["per_site"].values()) if settings else 0
+    rows.append(f"<tr class='sum'><td>pooled test set</td><td>{total or '—'}</td>{pooled}</tr>")
+    return f"<div class='scroll'><table><tr><th>site</th><th>n test</th>{head}</tr>" + "".join(rows) + "</table></div>"
 
 
 def _reference_table(summary: Mapping[str, Any]) -> str:
@@ -133,33 +179,65 @@ def _traffic_table(summary: Mapping[str, Any]) -> str:
     )
 
 
+def _uncertainty_note(summary: Mapping[str, Any]) -> str:
+    methods = sorted(
+        {
+            iv.get("method", "")
+            for r in summary["settings"].values()
+            for ivs in r.get("uncertainty", {}).get("per_site", {}).values()
+            for iv in ivs.values()
+        }
+    )
+    if not methods:
+        return "<p class='note'>No confidence intervals were recorded for this run.</p>"
+    return (
+        "<p class='note'>In brackets: 95 % confidence intervals (AUC: DeLong, on the logit scale; accuracy, "
+        "sensitivity, specificity: Wilson; C-index: bootstrap over patients). The pooled estimate combines the "
+        "sites as a random-effects meta-analysis (DerSimonian–Laird on the logit scale); I² is the share of the "
+        "variation between sites beyond chance (above 50 %: the sites differ). Local: each site's own model on its "
+        "own test set; Pooled: one model on all training rows in one place. Mean over sites is unweighted "
+        "(FLamby's figure value).</p>"
+    )
+
+
 def render_report(summary: Mapping[str, Any]) -> str:
     """Return the full HTML page for an experiment summary (see summary.json)."""
     sites = list(summary["sites"])
-    metrics = [
-        m for m in ("accuracy", "auc", "c_index") if any(m in r["pooled_test"] for r in summary["settings"].values())
-    ]
-    figs = [setting_bars_svg(summary["settings"], sites, m) for m in metrics]
+    names = summary["sites"]
+    settings = summary["settings"]
+    metrics = [m for m in METRICS if any(m in r["per_site"].get(s, {}) for r in settings.values() for s in sites)]
+    tables = "".join(f"<h3>test {html.escape(m)}</h3>{_settings_table(summary, m)}" for m in metrics)
+    primary = metrics[0] if metrics else None
+    has_ci = any(r.get("uncertainty") for r in settings.values())
+    forests = [forest_svg(settings, sites, names, primary)] if primary and has_ci else []
+    dots = [setting_dots_svg(settings, sites, names, m) for m in metrics]
     curves = []
-    for name, res in summary["settings"].items():
+    for name, res in settings.items():
         history = res.get("history")
         if history:
             for m in [*metrics, "loss"]:
                 curves.append(round_curves_svg(history, m, f"{name}: test {m} of the global model per round"))
-    tables = "".join(f"<h3>{html.escape(m)}</h3>{_settings_table(summary, m)}" for m in metrics)
+    forest_part = (
+        f"<h2 id='forest'>Forest plots: {html.escape(primary or '')} per site with 95 % CI, pooled estimate and I²</h2>"
+        f"<div class='figs'>{''.join(forests)}</div>"
+        if forests
+        else ""
+    )
     cfg = html.escape(str(summary.get("config", {})))
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>fedcare report: {html.escape(summary["dataset"])}</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
 <style>{_CSS}</style></head><body>
 <h1>fedcare: {html.escape(summary["dataset"])}, experiment {html.escape(summary["experiment"])}</h1>
-<p class="note">{html.escape(summary.get("provenance", ""))}. Seed {summary["seed"]}.
+<p class="note">{html.escape(summary.get("provenance", ""))}. {len(sites)} sites. Seed {summary["seed"]}.
 Task {html.escape(summary["task"]["name"])} (hash {html.escape(summary["task"]["hash"][:16])}…).</p>
 <h2>Test metrics per site and setting</h2>
-<p class="note">Local: each site's own model on its own test set (pooled test: mean over the local models).
-Pooled: one model on all training rows in one place. Mean over sites is unweighted (FLamby's figure value).</p>
+{_uncertainty_note(summary)}
 {tables}
-<div class="figs">{"".join(figs)}</div>
-<h2>Per-round metrics (federated)</h2>
+{forest_part}
+<h2 id="settings">Each setting at each site</h2>
+<div class="figs">{"".join(dots)}</div>
+<h2 id="rounds">Per-round metrics (federated)</h2>
 <div class="figs">{"".join(curves)}</div>
 {_traffic_table(summary)}
 {_privacy_table(summary)}

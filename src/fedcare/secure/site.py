@@ -147,6 +147,15 @@ class SecAggSite:
                 raise SecAggError(
                     f"{self.site_id}: threshold {p.threshold} exceeds its {len(p.neighbours) + 1} holders"
                 )
+            if 2 * p.threshold <= len(p.neighbours):
+                # Each neighbour reveals, for this site, either its self-mask share (told it
+                # survived) or its mask-key share (told it dropped), never both. With t <= k/2
+                # a coordinator that tells half the neighbours each could collect t of both,
+                # strip every mask and see this site's update alone.
+                raise SecAggError(
+                    f"{self.site_id}: refused: threshold {p.threshold} is at most half of its "
+                    f"{len(p.neighbours)} neighbours, so a coordinator lying about survivors could unmask it"
+                )
             codec = FixedPointCodec(clip_range=p.clip_range, bits=p.bits, modulus_bits=p.modulus_bits)
             codec.check_capacity(p.num_sites, p.max_site_weight)
         except Exception:

@@ -1,4 +1,4 @@
-"""SQLAlchemy tables: runs, rounds, per-site metrics, site events, checkpoints, privacy ledger."""
+"""SQLAlchemy tables: runs, rounds, per-site metrics, site events, results, checkpoints, privacy ledger."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ __all__ = [
     "ExchangeRow",
     "PrivacyLedgerRow",
     "RoundRow",
+    "RunResultRow",
     "RunRow",
     "SiteEventRow",
     "SiteMetricRow",
@@ -107,6 +108,24 @@ class ExchangeRow(Base):
     failures: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
     details: Mapped[dict[str, object]] = mapped_column(JSON, default=dict)
     duration_s: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class RunResultRow(Base):
+    """A named result of a run that per-site numbers cannot give back (JSON).
+
+    Keys in use: ``context`` (what the experiment was: data set provenance, site
+    names in order, task parameters, the experiment's settings) and ``evaluation``
+    (pooled-test metrics, calibration, subgroups, uncertainty), so that a report is
+    built from the store alone.
+    """
+
+    __tablename__ = "run_results"
+    __table_args__ = (UniqueConstraint("run_id", "key"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), index=True)
+    key: Mapped[str] = mapped_column(String(100))
+    value: Mapped[dict[str, object]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 

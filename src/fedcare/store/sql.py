@@ -9,6 +9,7 @@ on load, so a corrupted or swapped file is detected before it is used.
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -29,6 +30,7 @@ from fedcare.store.models import (
     CheckpointRow,
     ExchangeRow,
     RoundRow,
+    RunResultRow,
     RunRow,
     SiteEventRow,
     SiteMetricRow,
@@ -190,6 +192,15 @@ class SqlStore:
         with self._session.begin() as s:
             self._add_metrics(s, run_id, round_no, phase, metrics)
 
+    def record_result(self, run_id: RunId, key: str, value: Mapping[str, Any]) -> None:
+        """Record (or replace) the run's result ``key``: JSON, NaN/Inf written as null."""
+        with self._session.begin() as s:
+            old = s.scalars(select(RunResultRow).where(RunResultRow.run_id == run_id, RunResultRow.key == key)).first()
+            if old is not None:
+                s.delete(old)
+                s.flush()
+            s.add(RunResultRow(run_id=run_id, key=key, value=_json_safe(value), created_at=_now()))
+
     def finish_run(self, run_id: RunId, *, status: str, message: str = "") -> None:
         """Mark the run ``completed`` or ``failed`` with a message."""
         with self._session.begin() as s:
@@ -295,6 +306,12 @@ class SqlStore:
                 q = q.where(SiteMetricRow.phase == phase)
             return list(s.scalars(q.order_by(SiteMetricRow.round_no, SiteMetricRow.site, SiteMetricRow.name)))
 
+    def results(self, run_id: str) -> dict[str, Any]:
+        """The run's recorded results by key (see :class:`~fedcare.store.models.RunResultRow`)."""
+        with self._session() as s:
+            rows = s.scalars(select(RunResultRow).where(RunResultRow.run_id == run_id).order_by(RunResultRow.id))
+            return {r.key: r.value for r in rows}
+
     def site_events(self, run_id: str) -> list[SiteEventRow]:
         """Refusals and failures recorded for a run."""
         with self._session() as s:
@@ -322,6 +339,17 @@ class SqlStore:
             }
             for r in self.list_runs()
         ]
+
+
+def _json_safe(value: Any) -> Any:
+    """Replace NaN/Inf (not JSON; PostgreSQL refuses them) by None, recursively."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -122,6 +122,9 @@ def load_heart_disease(normalization: Literal["federated", "site"] = "federated"
         provenance="UCI Heart Disease (Janosi, Steinbrunn, Pfisterer, Detrano, 1988), CC BY 4.0; "
         "FLamby Fed-Heart-Disease split",
         groups=groups,
+        preprocessing={**prepared.preprocessing, "target": "num > 0 (angiographic disease)"}
+        if normalization == "federated"
+        else {},
     )
 
 
