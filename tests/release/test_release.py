@@ -163,3 +163,32 @@ def test_predict_and_validate_from_the_command_line(released, tmp_path):
     assert got["per_site"]["hungary"]["brier"] == pytest.approx(np.mean((p - y) ** 2), abs=1e-9)
     assert direct["n"] == got["per_site"]["hungary"]["n"]
     assert set(got["pooled"]["drift"]) == {"smd", "psi", "flagged"}
+
+
+def test_serve_answers_one_patient_and_names_bad_fields(released):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from fedcare.errors import ConfigError
+    from fedcare.release.serve import create_serve_app
+
+    _, path, _, _ = released
+    bundle = load_bundle(path)
+    row = load_raw()["cleveland"].iloc[0]
+    patient = {k: float(row[k]) for k in RECIPE.features}
+    want = predict_rows(bundle, load_raw()["cleveland"].head(1).astype(str)).predictions[0]["risk"]
+    with TestClient(create_serve_app(bundle)) as client:
+        got = client.post("/api/predict", json=patient)
+        assert got.status_code == 200 and got.json()["prediction"]["risk"] == pytest.approx(want, abs=1e-12)
+        bad = client.post("/api/predict", json={**patient, "cp": 9, "age": None})
+        assert bad.status_code == 422
+        assert {p["field"] for p in bad.json()["problems"]} == {"cp", "age"}
+        assert client.get("/api/model").json()["digest"] == bundle.digest
+    with TestClient(create_serve_app(bundle, token="s" * 24)) as client:
+        assert client.post("/api/predict", json=patient).status_code == 401
+        ok = client.post("/api/predict", json=patient, headers={"Authorization": "Bearer " + "s" * 24})
+        assert ok.status_code == 200
+    from fedcare.dashboard.web import check_bind
+
+    with pytest.raises(ConfigError):
+        check_bind("0.0.0.0", None)  # `fedcare serve --host 0.0.0.0` without a token is refused

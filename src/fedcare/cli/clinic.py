@@ -11,7 +11,7 @@ import typer
 from fedcare.cli.app import DbOption, app, console, err_console, fail
 from fedcare.errors import FedcareError, StoreError
 
-__all__ = ["predict", "release", "validate"]
+__all__ = ["predict", "release", "serve", "validate"]
 
 
 def _store_url(db: str | None) -> str:
@@ -184,3 +184,35 @@ def validate(
     if out is not None:
         out.write_text(json.dumps(result, indent=2), encoding="utf-8")
         console.print(f"validation: {out}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def serve(
+    bundle: Annotated[Path, typer.Option("--bundle", help="Release bundle folder (fedcare release).")],
+    host: Annotated[str, typer.Option(help="Address to bind (not loopback: needs --token).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.", min=0, max=65535)] = 8060,
+    token: Annotated[
+        str | None, typer.Option(envvar="FEDCARE_SERVE_TOKEN", help="Token every call must carry.")
+    ] = None,
+) -> None:
+    """Serve one-patient predictions as JSON (POST /api/predict) on 127.0.0.1."""
+    import importlib.util
+
+    from fedcare.errors import ConfigError
+
+    try:
+        missing = [m for m in ("fastapi", "uvicorn") if importlib.util.find_spec(m) is None]
+        if missing:
+            raise ConfigError(f"{' and '.join(missing)} not installed: pip install 'fedcare[clinic]'")
+        from fedcare.dashboard.web import check_bind
+        from fedcare.release.bundle import load_bundle
+        from fedcare.release.serve import create_serve_app
+
+        check_bind(host, token)
+        app_ = create_serve_app(load_bundle(bundle), token=token)
+    except FedcareError as exc:
+        raise fail(exc) from None
+    import uvicorn
+
+    console.print(f"serving {bundle} on http://{host}:{port}/api/predict", highlight=False, soft_wrap=True)
+    uvicorn.run(app_, host=host, port=port, log_level="warning")
