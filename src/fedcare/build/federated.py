@@ -50,10 +50,10 @@ def run_federated(
     """Run (or resume, with ``state`` and ``start_round``) ``plan`` over ``channel``; close it after."""
     stamped = StudyChannel(channel, plan.study)
     try:
-        stats = combine_statistics(plan, stamped, run_id=run_id)
+        coordinator = make_coordinator(plan, stamped, recorder=recorder, on_round=on_round)
+        stats = combine_statistics(plan, coordinator.exchanger, run_id=run_id)
         if stats is not None:
             stamped.set_prep(stats)
-        coordinator = make_coordinator(plan, stamped, recorder=recorder, on_round=on_round)
         return coordinator.run(plan.initial_model(), spec=spec, state=state, start_round=start_round)
     finally:
         if close:

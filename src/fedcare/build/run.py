@@ -24,6 +24,7 @@ from fedcare.privacy.ledger import LedgerBackend, MemoryLedgerBackend, PrivacyLe
 from fedcare.privacy.setup import PrivacySettings, PrivateRun, prepare_private_run
 from fedcare.protocols import Recorder, RoundReport, RunSpec
 from fedcare.runtime.coordinator import Coordinator, FitWorkflow
+from fedcare.runtime.exchange import Exchange
 from fedcare.runtime.policy import SitePolicy
 from fedcare.secure.encoding import FixedPointCodec
 from fedcare.secure.workflow import SecAggPlusWorkflow
@@ -235,23 +236,21 @@ def run_spec(plan: RunPlan, run_id: RunId, *, dataset: str = "", experiment: str
     )
 
 
-def combine_statistics(plan: RunPlan, channel: Channel, *, run_id: RunId) -> Standardizer | None:
-    """Ask the sites for their Moments and combine them, when the study standardises federatedly.
+def combine_statistics(plan: RunPlan, exchange: Exchange, *, run_id: RunId) -> Standardizer | None:
+    """Ask the sites for their Moments through the Coordinator's exchange and combine them.
 
-    Returns None for built-in data sets (prepared by their loader) and for
-    ``normalization = "site"``.
+    Recorded in the store and audited like every exchange. Returns None for built-in data
+    sets (prepared by their loader) and for ``normalization = "site"``.
     """
     data = plan.study.data
     if data.schema is None or data.normalization != "federated":
         return None
-    fed = plan.study.federation
     combined, _per_site, failures = query_moments(
-        channel,
+        exchange,
         run_id=run_id,
         task_name=plan.task.name,
         task_hash=plan.task_hash,
-        timeout_s=fed.round_timeout_s,
-        min_sites=fed.min_sites,
+        min_sites=plan.study.federation.min_sites,
     )
     if failures:
         detail = "; ".join(f"{s}: {why}" for s, why in sorted(failures.items()))
