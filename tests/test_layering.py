@@ -104,3 +104,10 @@ def test_mypy_checks_exactly_the_core_layer():
     assert checked == expected, (
         "keep [tool.mypy] files in pyproject.toml in step with the core in src/fedcare/_layers.py"
     )
+
+
+def test_an_entry_declared_twice_is_reported(monkeypatch):
+    import fedcare._layers as layers
+
+    monkeypatch.setattr(layers, "LAYERS", (("core", ("fedcare.types",)), ("apps", ("fedcare.cli", "fedcare.types"))))
+    assert layers.duplicates() == ["fedcare.types"]

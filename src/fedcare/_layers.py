@@ -68,7 +68,6 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "fedcare.demos",
             "fedcare.runconfig",
             "fedcare.deploy",
-            "fedcare.testing",  # check_task: runs a task author's task through real simulations
             # Wires the in-process transport to the runtime; its callers move to the run
             # builder (fedcare.build).
             "fedcare.runtime.simulation",
@@ -109,6 +108,12 @@ class Edge:
     source: str
     target: str
     line: int
+
+
+def duplicates() -> list[str]:
+    """Return the entries declared more than once in :data:`LAYERS` (each belongs in one place)."""
+    seen: list[str] = [entry for _, entries in LAYERS for entry in entries]
+    return sorted({entry for entry in seen if seen.count(entry) > 1})
 
 
 def layer_of(module: str) -> str | None:
@@ -312,6 +317,8 @@ def report(src: Path) -> tuple[list[str], list[str]]:
     edges = import_edges(src)
     problems: list[str] = []
     where = "fedcare._layers.LAYERS (src/fedcare/_layers.py)"
+    for entry in duplicates():
+        problems.append(f"{entry} is declared more than once in {where}")
     for module in undeclared(module_names(src)):
         problems.append(f"undeclared module {module}: add it (or its package) to a layer in {where}")
     for edge in violations(edges):

@@ -59,7 +59,6 @@ def build_store(root: Path) -> tuple[str, Path]:
 def add_heart_demo_run(url: str, rounds: int = 5) -> str:
     """The heart-disease demo's FedAvg setting (real data, logreg, the demo's fit config) into ``url``."""
     from fedcare.demos import DEMOS
-
     from fedcare.strategies.registry import make_strategy
 
     recipe = DEMOS["heart-disease"]

@@ -557,6 +557,29 @@ def _load_data_site(path: Path) -> object:
     return check_site(load_site_config(path)).report
 
 
+def _study_seed(workdir: Path) -> bytes:
+    return (Path(__file__).resolve().parents[2] / "examples" / "heart-study" / "study.toml").read_bytes()
+
+
+def _load_study(path: Path) -> object:
+    from fedcare.study.spec import load_study
+
+    return load_study(path)
+
+
+def _site_seed(workdir: Path) -> bytes:
+    folder = Path(__file__).resolve().parents[2] / "examples" / "heart-study"
+    for name in ("cleveland.csv",):
+        shutil.copy(folder / name, workdir / name)
+    return (folder / "sites" / "cleveland.toml").read_bytes()
+
+
+def _load_site(path: Path) -> object:
+    from fedcare.study.site import load_site
+
+    return load_site(path)
+
+
 # -- connectors: FHIR, DICOM, npz --------------------------------------------------------
 
 _FHIR_SITE = """\
@@ -770,6 +793,8 @@ TARGETS: dict[str, Target] = {
         Target("config.server_toml", _toml_seed(_SERVER_TOML), _toml_decoder(_load_server), _toml_tree),
         Target("config.node_toml", _toml_seed(_NODE_TOML), _toml_decoder(_load_node), _toml_tree),
         Target("config.data_site_toml", _toml_seed(_DATA_SITE_TOML), _toml_decoder(_load_data_site), _toml_tree),
+        Target("config.study_toml", _study_seed, _toml_decoder(_load_study), _toml_tree),
+        Target("config.site_toml", _site_seed, _toml_decoder(_load_site), _toml_tree),
         Target("data.fhir", _fhir_seed, _decode_fhir, _json_tree),
         Target("data.dicom", _dicom_seed, _decode_dicom),
         Target("data.npz", _npz_seed, _decode_npz),

@@ -10,11 +10,11 @@ import pytest
 from typer.testing import CliRunner
 
 import fedcare.cli.deploy  # noqa: F401  (registers the commands)
-from fedcare.cli import demo, simulate  # noqa: F401  (registers the commands)
+from fedcare.cli import demo, study  # noqa: F401  (registers the commands)
 from fedcare.cli.app import INTERNAL_ERROR_EXIT, app, main
 from fedcare.store import SqlStore
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "byo"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "heart-study"
 runner = CliRunner()
 
 

@@ -14,6 +14,7 @@ from tests.transport.grpc_helpers import Deployment, open_channel
 from fedcare.deploy.config import load_server_config
 from fedcare.deploy.server import run_server
 from fedcare.errors import ConfigError, NotEnoughSitesError, TransportError
+from fedcare.study.builtin import resolve_study
 from fedcare.transport.grpc_node import Backoff, GrpcNodeAgent
 from fedcare.transport.tls import TlsFiles
 
@@ -64,7 +65,7 @@ def test_a_failed_run_sends_its_sites_the_finished_frame_with_the_reason(tmp_pat
             rounds=2,
             sites=("cleveland",),
             min_sites=1,
-            round_timeout_s=20.0,
+            federation={"round_timeout_s": 20.0},
         )
     )
     certs = study.certs
@@ -88,7 +89,7 @@ def test_a_failed_run_sends_its_sites_the_finished_frame_with_the_reason(tmp_pat
     # Execute
     try:
         with pytest.raises(NotEnoughSitesError):
-            run_server(cfg)
+            run_server(cfg, resolve_study(cfg.study_path))
         # Assert: the node was told the run is over (with the reason) and exited on its own
         assert done.wait(10), "the site kept waiting for a coordinator that is gone"
     finally:

@@ -28,7 +28,7 @@ CASES = int(os.environ.get("FEDCARE_FUZZ_EXAMPLES", "10000"))
 BATCH = 10
 #: Decoders at well under 1 ms a case; the others parse with heavy third-party code (fhir.resources,
 #: pydicom, zipfile) or write files, and are marked slow.
-FAST = {"serde.decode_state", "transport.frames", "config.simulate_toml", "config.node_toml"}
+FAST = {"serde.decode_state", "transport.frames", "config.simulate_toml", "config.node_toml", "config.study_toml"}
 
 
 @pytest.fixture(scope="module")

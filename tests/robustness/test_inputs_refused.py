@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from fedcare.cli import simulate  # noqa: F401  (registers the command)
+from fedcare.cli import study  # noqa: F401  (registers the simulate command)
 from fedcare.cli.app import app
 from fedcare.data.config import load_site_config
 from fedcare.data.connect import check_site
 from fedcare.data.tabular import split_indices, split_sizes
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "byo"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "heart-study"
 PYDICOM_FILES = Path(__import__("pydicom").__file__).parent / "data" / "test_files"
 runner = CliRunner()
 

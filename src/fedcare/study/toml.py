@@ -32,8 +32,8 @@ def read_toml(path: Path, what: str = "config file") -> dict[str, Any]:
         raise ConfigError(f"{path}: cannot read the {what} ({exc})") from None
     try:
         return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: invalid TOML: {' '.join(str(exc).split())}") from None
+    except (tomllib.TOMLDecodeError, RecursionError) as exc:  # RecursionError: nesting too deep
+        raise ConfigError(f"{path}: invalid TOML: {' '.join(str(exc).split())[:200]}") from None
 
 
 class Checker:
