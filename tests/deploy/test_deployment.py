@@ -56,7 +56,7 @@ def test_site_killed_mid_round_is_dropped_and_a_restarted_site_rejoins(
     run_id = f"dropout-{backend}"
     victim = "va-long-beach"
     config = study.server_config(
-        run_id=run_id, store_url=url, rounds=3, sites=(*SITES, victim), fit_config={**FIT_CONFIG, "local_epochs": 300}
+        run_id=run_id, store_url=url, rounds=3, sites=(*SITES, victim), fit_config={**FIT_CONFIG, "local_epochs": 150}
     )
     audit = study.root / f"audit-{victim}.jsonl"
     nodes = study.nodes  # type: ignore[attr-defined]
