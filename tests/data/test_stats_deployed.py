@@ -139,13 +139,23 @@ def test_fedcare_stats_against_deployed_nodes_suppresses_charges_records_and_aud
                 "wait_timeout_s": 30.0,
                 "audit_log": str(tmp_path / "server-audit.jsonl"),
             },
-            "study": {"name": "heart-stats", "task": "logreg", "rounds": 1, "min_sites": 3, "round_timeout_s": 30.0},
             "store": {"url": f"sqlite:///{tmp_path / 'hub.db'}"},
+        },
+    )
+    study = write_toml(
+        tmp_path / "study.toml",
+        {
+            "study": {"name": "heart-stats"},
+            "task": {"name": "logreg"},
+            "data": {"dataset": "heart-disease"},  # the sites' own [schema] says what the statistics cover
+            "federation": {"rounds": 1, "min_sites": 3, "round_timeout_s": 30.0},
         },
     )
     out = tmp_path / "stats.json"
     result = CliRunner().invoke(
-        app, ["stats", "--server", str(server_toml), "--config", str(tmp_path / "cleveland.toml"), "--json", str(out)]
+        app,
+        ["stats", "--server", str(server_toml), "--study", str(study), "--config", str(tmp_path / "cleveland.toml")]
+        + ["--json", str(out)],
     )
     assert result.exit_code == 0, result.output
     assert "3 site(s)" in result.output and "laplace epsilon=1" in result.output

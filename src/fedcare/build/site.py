@@ -15,6 +15,7 @@ from typing import Any
 
 from fedcare.build.prep import StudySite, TabularSource
 from fedcare.build.run import build_task
+from fedcare.data.cohort import StatsQuery
 from fedcare.data.connect import LoadedSite, load_site
 from fedcare.data.tabular import split_indices
 from fedcare.datasets import load_builtin
@@ -149,6 +150,12 @@ def build_site(
         raise PolicyError(f"{spec.where}: {refusal}")
     inputs = inputs or load_site_data(spec, study)
     task = task or build_task(study, n_features=inputs.n_features)
+    queries = []
+    if inputs.loaded is not None and inputs.loaded.images is None:  # cohort statistics under the site's own rules
+        loaded = inputs.loaded
+        queries.append(
+            StatsQuery(site_id=spec.site_id, frame=loaded.frame, schema=loaded.config.schema, spec=loaded.config.stats)
+        )
     node = SiteNode(
         site_id=spec.site_id,
         task=task,
@@ -156,6 +163,7 @@ def build_site(
         policy=policy or spec.policy,
         ledger=ledger,
         memory_files=memory_files,
+        queries=queries,
     )
     return BuiltSite(spec=spec, inputs=inputs, node=node, study_site=StudySite(node, study, inputs.source))
 

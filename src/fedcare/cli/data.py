@@ -188,10 +188,15 @@ def _deployed_stats(
         raise ConfigError(
             "with --server, give exactly one --config: the site.toml whose [schema] and [stats] the query asks for"
         )
+    from fedcare.study.builtin import resolve_study
+
+    if study is None:
+        raise ConfigError("with --server, give --study STUDY: the study whose schema the sites are asked about")
     cfg = load_server_config(server)
+    spec = resolve_study(study)
     asked = site_data_config(config[0], study)  # only its schema and release rules are used; no data is read
     console.print(
-        f"[bold]fedcare stats[/] · study {escape(cfg.study)} · {cfg.listen} · "
+        f"[bold]fedcare stats[/] · study {escape(spec.name)} · {cfg.listen} · "
         f"sites {escape(', '.join(cfg.allowed_sites))}",
         highlight=False,
         soft_wrap=True,
@@ -200,16 +205,17 @@ def _deployed_stats(
         listen=cfg.listen,
         tls=cfg.tls,
         allowed_sites=cfg.allowed_sites,
-        study=cfg.study,
+        study=spec.name,
         schema=asked.schema,
         spec=asked.stats,
         store_url=cfg.store_url,
         audit_log=cfg.audit_log,
         wait_for_sites=cfg.wait_for_sites,
         wait_timeout_s=cfg.wait_timeout_s,
-        timeout_s=timeout_s if timeout_s is not None else cfg.round_timeout_s,
-        min_sites=cfg.min_sites,
+        timeout_s=timeout_s if timeout_s is not None else spec.federation.round_timeout_s,
+        min_sites=spec.federation.min_sites,
         on_listening=lambda port: console.print(f"listening on port {port}"),
+        announce=spec,
     )
     return asked.stats, outcome.result, outcome.run_id
 

@@ -19,13 +19,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedcare.build.prep import StudyChannel
 from fedcare.data.cohort import STATS_QUERY, CohortResult, collect_cohort_stats
 from fedcare.data.schema import StudySchema
 from fedcare.data.stats import StatsSpec
 from fedcare.errors import NotEnoughSitesError
+from fedcare.protocols import Channel
 from fedcare.runtime.exchange import Exchange
 from fedcare.store.audit import AuditLog
 from fedcare.store.sql import SqlStore
+from fedcare.study.spec import StudySpec
 from fedcare.transport.grpc_server import GrpcChannel, StudyInfo
 from fedcare.transport.tls import TlsFiles
 from fedcare.types import RunId
@@ -59,8 +62,13 @@ def serve_cohort_stats(
     min_sites: int = 1,
     run_id: str | None = None,
     on_listening: Callable[[int], None] | None = None,
+    announce: StudySpec | None = None,
 ) -> StatsOutcome:
     """Serve the sites, run one cohort-statistics query, record it; return the combined result.
+
+    With ``announce`` the query carries the study (as every training instruction does), so a
+    node started from its site file (``fedcare node``) builds its part of the study and
+    answers with its own release rules.
 
     Raises
     ------
@@ -88,7 +96,8 @@ def serve_cohort_stats(
                 raise NotEnoughSitesError(
                     f"{len(joined)} site(s) joined within {wait_timeout_s:g} s, at least {min_sites} required"
                 )
-            exchange = Exchange(channel=channel, timeout_s=timeout_s, recorder=store)
+            reach: Channel = StudyChannel(channel, announce) if announce is not None else channel
+            exchange = Exchange(channel=reach, timeout_s=timeout_s, recorder=store)
             try:
                 result = collect_cohort_stats(exchange, schema, spec, run_id=run, min_sites=min_sites)
             except NotEnoughSitesError as exc:
