@@ -150,9 +150,8 @@ def test_simulate_and_up_give_the_same_model(case: str, tmp_path: Path):
         np.testing.assert_allclose(rehearsed[name], simulated[name], rtol=1e-5, atol=1e-6, err_msg=name)
     if "privacy" in CASES[case]:
         sim_ledger = _ledger(sim_db)
-        up_ledger = [
-            e for s in SITES for e in _ledger(f"sqlite:///{tmp_path / 'up' / 'rehearsal' / f'privacy-{s}.db'}")
-        ]
-        assert len(sim_ledger) == len(up_ledger) == 2 * len(SITES)
+        rehearsal = tmp_path / "up" / "rehearsal"
+        up_ledger = [e for s in sorted(names) for e in _ledger(f"sqlite:///{rehearsal / f'privacy-{s}.db'}")]
+        assert len(sim_ledger) == len(up_ledger) == 2 * len(names)
         for (s1, r1, e1), (s2, r2, e2) in zip(sim_ledger, up_ledger, strict=True):
             assert (s1, r1) == (s2, r2) and e1 == pytest.approx(e2, rel=1e-9)
