@@ -243,6 +243,8 @@ def run_experiment(
         "config": _jsonable(asdict(cfg)),
         "preprocessing": dict(dataset.preprocessing),
     }
+    if study is not None:  # a study file's run: its name, content hash and file
+        context["study"] = {"name": study.name, "hash": study.hash, "file": str(study.path) if study.path else None}
 
     def baseline(name: str, models: Mapping[SiteId, ModelState], view: Mapping[SiteId, SiteData], local: bool) -> None:
         run_id = RunId(f"{exp}-{name}")
@@ -344,6 +346,8 @@ def run_experiment(
     }
     if privacy_summary is not None:
         out["privacy"] = privacy_summary
+    if "study" in context:
+        out["study"] = context["study"]
     return out
 
 

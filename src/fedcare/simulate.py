@@ -163,5 +163,4 @@ def simulate_study(
         study=study,
         site_files=files,
     )
-    summary["study"] = {"name": study.name, "hash": study.hash, "file": str(study.path) if study.path else None}
     return summary

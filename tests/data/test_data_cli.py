@@ -47,7 +47,7 @@ def test_check_lists_every_problem_and_exits_non_zero_without_touching_the_file(
 def test_check_bad_config_is_one_line_exit_2(write_config):
     cfg = write_config('[site]\nid = "a"\n[source]\nkind = "csv"\n')
     result = runner.invoke(app, ["data", "check", "--config", str(cfg)])
-    assert result.exit_code == 2 and "[source] needs path" in result.output
+    assert result.exit_code == 2 and "data.kind = 'csv' needs data.path" in result.output
 
 
 def test_stats_by_site_column_and_per_site_configs_agree(tmp_path):

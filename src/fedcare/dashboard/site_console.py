@@ -242,7 +242,7 @@ class SiteView:
             "coordinator": self.cfg.address,
             "studies": list(self.cfg.studies),
             "approved_task_hashes": list(self.cfg.approved_task_hashes),
-            "task": self.cfg.task,
+            "approved_study_hashes": sorted(p.approved_study_hashes or ()),
             "policy": {
                 "max_epsilon": p.max_epsilon,
                 "delta": p.delta,

@@ -177,6 +177,8 @@ def summary_from_store(store: SqlStore, ref: str) -> dict[str, Any]:
     privacy = _privacy(store, runs[0].experiment or name, runs, {**config, "_sites": list(sites)})
     if privacy is not None:
         summary["privacy"] = privacy
+    if "study" in context:
+        summary["study"] = context["study"]
     summary["store"] = store.url.split("@")[-1]
     return summary
 

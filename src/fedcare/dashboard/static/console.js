@@ -38,7 +38,7 @@
   async function load() {
     const [site, ins, out, runs, priv] = await Promise.all(["site", "instructions", "outgoing", "runs", "privacy"].map((p) => getJSON(`/api/${p}`)));
     $("#title").textContent = `site console · ${site.site}`;
-    $("#subtitle").textContent = `coordinator ${site.coordinator} · studies ${site.studies.join(", ")} · task ${site.task} · local view from this site's own audit log and ledger`;
+    $("#subtitle").textContent = `coordinator ${site.coordinator} · studies ${site.studies.join(", ")} · local view from this site's own audit log and ledger`;
 
     const refused = ins.instructions.filter((i) => i.outcome === "refused").length;
     const executed = ins.instructions.filter((i) => i.outcome === "executed").length;
