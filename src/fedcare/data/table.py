@@ -54,7 +54,11 @@ def read_csv(
     path: Path, report: CheckReport, *, delimiter: str = ",", na_values: Sequence[str] = DEFAULT_NA
 ) -> pd.DataFrame | None:
     """Read a CSV file as text cells; an unreadable file is a problem named in ``report``."""
-    problem = csv_shape_problem(path, delimiter=delimiter) if path.is_file() else None
+    try:
+        is_file = path.is_file()
+    except OSError:  # e.g. a name too long for the file system: reported by the reader below
+        is_file = False
+    problem = csv_shape_problem(path, delimiter=delimiter) if is_file else None
     if problem is not None:
         report.add(path.name, "", f"cannot be read as CSV: {problem}")
         return None
