@@ -11,7 +11,7 @@ ratio. Flower runs in its own venv (it pins protobuf/typer versions fedcare does
 BENCHMARKS.md are printed instead. Last line: JSON.
 
     PYTHONPATH=src python benchmarks/secagg.py [--sites 10 50 100] [--params 100000 1000000]
-        [--rounds 3] [--flower-python /work/venv-flwr/bin/python | --flower-json FILE | --no-flower]
+        [--rounds 3] [--flower-python PATH (or $FEDCARE_FLOWER_PYTHON) | --flower-json FILE | --no-flower]
 """
 
 from __future__ import annotations
@@ -212,13 +212,19 @@ def main() -> None:
     ap.add_argument("--sites", type=int, nargs="+", default=[10, 50, 100])
     ap.add_argument("--params", type=int, nargs="+", default=[100_000, 1_000_000])
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--flower-python", default="/work/venv-flwr/bin/python")
+    ap.add_argument(
+        "--flower-python",
+        default=os.environ.get("FEDCARE_FLOWER_PYTHON", ""),
+        help="python of a side environment with flwr (default: $FEDCARE_FLOWER_PYTHON)",
+    )
     ap.add_argument("--flower-json", help="JSON lines from secagg_flower.py (taken earlier on this machine)")
     ap.add_argument("--no-flower", action="store_true")
     ap.add_argument("--markdown", help="also write the table to this Markdown file")
     args = ap.parse_args()
 
     flower: dict[tuple[int, int], dict] = {}
+    flower_live = not args.flower_json and not args.no_flower and bool(args.flower_python)
+    flower_live = flower_live and Path(args.flower_python).exists()
     flower_source = "published (BENCHMARKS.md, flwr 1.42.0)"
     if args.flower_json:
         for line in Path(args.flower_json).read_text().splitlines():
@@ -226,7 +232,7 @@ def main() -> None:
                 rec = json.loads(line)
                 flower[(rec["sites"], rec["params"])] = rec
         flower_source = f"measured earlier with secagg_flower.py ({args.flower_json})"
-    elif not args.no_flower and Path(args.flower_python).exists():
+    elif flower_live:
         flower_source = f"measured now with {args.flower_python} (subprocess)"
     elif args.no_flower:
         print("Flower run skipped (--no-flower): printing Flower's published figures (BENCHMARKS.md)")
@@ -250,7 +256,13 @@ def main() -> None:
             floor = mask_floor(p, neighbours=2)
             isolated = isolated_site_cpu(p)
             fl = flower.get((n, p))
-            if fl is None and not args.flower_json and not args.no_flower and Path(args.flower_python).exists():
+            if (
+                fl is None
+                and not args.flower_json
+                and not args.no_flower
+                and args.flower_python
+                and Path(args.flower_python).exists()
+            ):
                 fl = run_flower(args.flower_python, n, p, args.rounds)
             if fl is not None:
                 rs = fl["round_s"]
