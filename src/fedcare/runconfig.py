@@ -44,8 +44,6 @@ folder of the config file. The keys are documented in ``docs/simulate.md``::
 
 from __future__ import annotations
 
-import difflib
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +58,7 @@ from fedcare.data.federated import FederatedDataset
 from fedcare.errors import ConfigError
 from fedcare.experiment import ExperimentConfig
 from fedcare.strategies.registry import available_strategies, make_strategy
+from fedcare.study.toml import Checker, read_toml
 from fedcare.task import ArrayDataset, Task
 from fedcare.tasks import BUILTIN_TASKS
 from fedcare.types import ConfigValue, SiteId
@@ -117,113 +116,7 @@ class SimulateConfig:
         return {"config_file": str(self.path), "task": self.task, "data": self.table.describe()}
 
 
-class _Checker:
-    """Collects unknown keys and bad values, then raises them as one line each."""
-
-    def __init__(self, where: str) -> None:
-        self.where = where
-        self.unknown: list[str] = []
-        self.bad: list[str] = []
-
-    def keys(self, table: Mapping[str, Any], allowed: set[str] | frozenset[str], prefix: str) -> None:
-        for key in table:
-            if key not in allowed:
-                hint = difflib.get_close_matches(key, sorted(allowed), n=1)
-                if hint:
-                    self.unknown.append(f"'{prefix}{key}' (did you mean '{hint[0]}'?)")
-                    continue
-                # a key that belongs in another table (say rounds under [federated])
-                where = {f"{p}{k}": k for p, keys in _PLACES.items() if p != prefix for k in keys}
-                near = difflib.get_close_matches(key, sorted(set(where.values())), n=1)
-                elsewhere = [full for full, k in where.items() if near and k == near[0]]
-                self.unknown.append(f"'{prefix}{key}'" + (f" (did you mean '{elsewhere[0]}'?)" if elsewhere else ""))
-
-    def table(self, parent: Mapping[str, Any], key: str, name: str) -> dict[str, Any]:
-        value = parent.get(key, {})
-        if not isinstance(value, dict):
-            self.bad.append(f"{name} must be a table")
-            return {}
-        return value
-
-    def raise_unknown(self) -> None:
-        if self.unknown:
-            word = "key" if len(self.unknown) == 1 else "keys"
-            raise ConfigError(f"{self.where}: unknown {word} {', '.join(self.unknown)}")
-
-    def raise_bad(self) -> None:
-        if self.bad:
-            raise ConfigError(f"{self.where}: " + "; ".join(self.bad))
-
-    # typed getters: record a problem and return the default when the value is wrong
-    def string(self, table: Mapping[str, Any], key: str, name: str, default: str | None = None) -> str | None:
-        value = table.get(key, default)
-        if value is not None and (not isinstance(value, str) or not value.strip()):
-            self.bad.append(f"{name} must be a non-empty string, got {value!r}")
-            return default
-        return value
-
-    def integer(self, table: Mapping[str, Any], key: str, name: str, default: int, minimum: int | None = None) -> int:
-        value = table.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
-            bound = f" >= {minimum}" if minimum is not None else ""
-            self.bad.append(f"{name} must be an integer{bound}, got {value!r}")
-            return default
-        return value
-
-    def fraction(self, table: Mapping[str, Any], key: str, name: str, default: float, *, closed: bool) -> float:
-        value = table.get(key, default)
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
-        if ok and not (0 < value < 1 or (closed and value == 1)):
-            ok = False
-        if not ok:
-            interval = "(0, 1]" if closed else "(0, 1)"
-            self.bad.append(f"{name} must be a number in {interval}, got {value!r}")
-            return default
-        return float(value)
-
-    def names(self, table: Mapping[str, Any], key: str, name: str) -> tuple[str, ...] | None:
-        value = table.get(key)
-        if value is None:
-            return None
-        if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
-            self.bad.append(f"{name} must be a list of column names, got {value!r}")
-            return None
-        return tuple(v.strip() for v in value)
-
-    def scalars(self, table: Mapping[str, Any], key: str, name: str) -> tuple[str | int | float, ...] | None:
-        value = table.get(key)
-        if value is None:
-            return None
-        items = value if isinstance(value, list) else [value]
-        if not items or not all(isinstance(v, str | int | float) and not isinstance(v, bool) for v in items):
-            self.bad.append(f"{name} must be a value or a list of values (strings or numbers), got {value!r}")
-            return None
-        return tuple(items)
-
-    def config(self, table: Mapping[str, Any], name: str) -> dict[str, ConfigValue]:
-        out: dict[str, ConfigValue] = {}
-        for key, value in table.items():
-            if not isinstance(value, bool | int | float | str):
-                self.bad.append(f"{name}.{key} must be a string, number or boolean, got {value!r}")
-            else:
-                out[key] = value
-        return out
-
-
-def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read the config file ({exc})") from None
-    try:
-        return tomllib.loads(text)
-    except (tomllib.TOMLDecodeError, RecursionError) as exc:  # RecursionError: nesting too deep
-        raise ConfigError(f"{path}: invalid TOML: {' '.join(str(exc).split())[:200]}") from None
-
-
-def _compression(c: _Checker, value: Any) -> dict[str, ConfigValue]:
+def _compression(c: Checker, value: Any) -> dict[str, ConfigValue]:
     """The fit-config keys of ``[federated] compression`` (a codec name or a table)."""
     table = {"codec": value} if isinstance(value, str) else value
     if not isinstance(table, Mapping) or not set(table) <= {"codec", "fraction", "error_feedback"}:
@@ -252,9 +145,9 @@ def load_simulate_config(path: Path) -> SimulateConfig:
         One line starting with ``path``: unknown keys (with a hint), wrong types or
         values, an unknown task or strategy, strategy parameters it does not accept.
     """
-    raw = _read_toml(path)
+    raw = read_toml(path)
     where = str(path)
-    c = _Checker(where)
+    c = Checker(where, _PLACES)
     c.keys(raw, _TOP, "")
     data = c.table(raw, "data", "[data]")
     task_t = c.table(raw, "task", "[task]")
@@ -358,7 +251,7 @@ def load_simulate_config(path: Path) -> SimulateConfig:
 
 
 def _sources(
-    c: _Checker, path: Path, sites: Mapping[str, Any], file: str | None, site_column: str | None
+    c: Checker, path: Path, sites: Mapping[str, Any], file: str | None, site_column: str | None
 ) -> tuple[CsvSource, ...]:
     base = path.parent
 

@@ -228,8 +228,8 @@ def test_unknown_keys_are_reported_together_with_hints(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_simulate_config(path)
     assert str(info.value) == (
-        f"{path}: unknown keys 'colour', 'data.tagret' (did you mean 'target'?), "
-        "'federated.round' (did you mean 'rounds'?), 'federated.fit.lrr' (did you mean 'lr'?)"
+        f"{path}: unknown keys 'colour', 'data.tagret' (did you mean 'data.target'?), "
+        "'federated.round' (did you mean 'rounds'?), 'federated.fit.lrr' (did you mean 'federated.fit.lr'?)"
     )
 
 
