@@ -22,12 +22,21 @@ otherwise), ``age`` (completed years at the reference date, or at death), ``sex`
 (``Patient.gender``), one 0/1 column per declared condition (recorded with onset on or
 before the reference date, or without onset) and one column per declared observation
 (the latest value on or before the reference date).
+
+References are resolved as FHIR R4 says for a Bundle (bundle.html#references): a
+reference equal to an entry's ``fullUrl`` (``urn:uuid:…``, ``urn:oid:…`` or an absolute
+URL) is that entry; a relative ``Patient/<id>`` is looked up against the base of the
+referring entry's RESTful ``fullUrl`` and otherwise by type and id; a conditional
+``Organization?identifier=system|value`` by identifier; a version (``/_history/<v>``)
+is ignored. A patient's id is its ``Patient.id``, or the uuid of its ``urn:uuid:``
+``fullUrl`` when a transaction bundle leaves the id out.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -154,19 +163,73 @@ def _matches(codes: list[tuple[str | None, str]], wanted: tuple[str, ...]) -> bo
     return False
 
 
-def _subject_key(reference: Any) -> str | None:
-    """``urn:uuid:<id>`` / ``Patient/<id>`` -> ``<id>``."""
-    ref = getattr(reference, "reference", None)
-    if not ref:
-        return None
-    return ref.rsplit(":", 1)[-1].rsplit("/", 1)[-1]
+_ABSOLUTE = re.compile(r"^(?:[A-Za-z][A-Za-z0-9+.-]*://|urn:)")
+_RESTFUL = re.compile(r"^(?P<base>.+)/(?P<type>[A-Z][A-Za-z]+)/(?P<id>[A-Za-z0-9\-.]{1,64})$")
+_RELATIVE = re.compile(r"^(?P<type>[A-Z][A-Za-z]+)/(?P<id>[A-Za-z0-9\-.]{1,64})$")
+_HISTORY = re.compile(r"/_history/[^/]*$")
+
+
+class _BundleIndex:
+    """Where a ``Reference.reference`` points inside one Bundle (FHIR R4 bundle.html#references)."""
+
+    def __init__(self, entries: list[Any]) -> None:
+        self.urls: dict[str, int] = {}
+        self.typed: dict[tuple[str, str], int] = {}
+        self.identified: dict[tuple[str, str, str], int] = {}
+        self.full_urls: list[str | None] = []
+        for i, entry in enumerate(entries):
+            res, url = entry.resource, entry.fullUrl
+            self.full_urls.append(url)
+            if url:
+                self.urls.setdefault(_HISTORY.sub("", url), i)
+            kind = res.get_resource_type()
+            if res.id:
+                self.typed.setdefault((kind, res.id), i)
+            idents = getattr(res, "identifier", None) or []
+            for ident in idents if isinstance(idents, list) else [idents]:  # 0..1 in some resources
+                if getattr(ident, "value", None):
+                    self.identified.setdefault((kind, ident.system or "", ident.value), i)
+
+    def resolve(self, reference: Any, referrer: int) -> int | None:
+        """The entry index ``reference`` (a Reference) points to from entry ``referrer``; None if not in the bundle."""
+        ref = getattr(reference, "reference", None)
+        if not ref:
+            return None
+        ref = _HISTORY.sub("", ref)
+        if _ABSOLUTE.match(ref):  # urn:uuid, urn:oid or an absolute URL: only an entry with that fullUrl
+            return self.urls.get(ref)
+        if "?" in ref:  # a conditional reference of a transaction: Type?identifier=system|value
+            kind, _, query = ref.partition("?")
+            key, _, value = query.partition("=")
+            if key != "identifier" or not value:
+                return None
+            system, _, code = value.rpartition("|")
+            return self.identified.get((kind, system, code))
+        relative = _RELATIVE.match(ref)
+        if relative is None:
+            return None
+        base = _RESTFUL.match(self.full_urls[referrer] or "")
+        if base is not None:  # relative to the RESTful base of the referring entry
+            found = self.urls.get(f"{base['base']}/{ref}")
+            if found is not None:
+                return found
+        return self.typed.get((relative["type"], relative["id"]))
+
+
+def _patient_id(res: Any, url: str | None, name: str, i: int) -> str:
+    """``Patient.id``; else the uuid of a ``urn:uuid:`` fullUrl, the fullUrl itself, or bundle and entry."""
+    if res.id:
+        return str(res.id)
+    if url:
+        return url[len("urn:uuid:") :] if url.startswith("urn:uuid:") else url
+    return f"{name}#{i}"
 
 
 @dataclass
 class _Patient:
     row: dict[str, Any]
     obs_dates: dict[str, dt.date]
-    providers: Counter[str]
+    providers: Counter[int]
 
 
 def _parse_bundle(path: Path, report: CheckReport) -> Any | None:
@@ -257,15 +320,17 @@ def read_bundles(folder: Path, mapping: FhirMapping, report: CheckReport, *, nee
 def _patients_of(
     bundle: Any, name: str, mapping: FhirMapping, ref: dt.date, report: CheckReport, needs: frozenset[str]
 ) -> list[dict[str, Any]]:
-    resources = [e.resource for e in bundle.entry or [] if e.resource is not None]
-    organizations: dict[str, str] = {}
-    patients: dict[str, _Patient] = {}
-    for i, res in enumerate(resources):
+    entries = [e for e in bundle.entry or [] if e.resource is not None]
+    index = _BundleIndex(entries)
+    organizations: dict[int, str] = {}
+    patients: dict[int, _Patient] = {}
+    for i, entry in enumerate(entries):
+        res = entry.resource
         kind = res.get_resource_type()
         if kind == "Organization":
-            organizations[res.id or f"#{i}"] = res.name or res.id or ""
+            organizations[i] = res.name or res.id or ""
         elif kind == "Patient":
-            pid = res.id or f"{name}#{i}"
+            pid = _patient_id(res, entry.fullUrl, name, i)
             born = _as_date(res.birthDate)
             died = _as_date(res.deceasedDateTime)
             if born is None and "age" in needs:
@@ -282,23 +347,25 @@ def _patients_of(
             }
             row.update(dict.fromkeys(mapping.conditions, 0))
             row.update(dict.fromkeys(mapping.observations, np.nan))
-            patients[pid] = _Patient(row, {}, Counter())
+            patients[i] = _Patient(row, {}, Counter())
     if not patients:
         report.add(name, "", "holds no Patient resource")
         return []
     only = next(iter(patients)) if len(patients) == 1 else None
-    for i, res in enumerate(resources):
+    for i, entry in enumerate(entries):
+        res = entry.resource
         kind = res.get_resource_type()
         if kind not in ("Condition", "Observation", "Encounter"):
             continue
-        key = _subject_key(res.subject) or only
-        patient = patients.get(key or "")
+        subject = getattr(res.subject, "reference", None)
+        target = index.resolve(res.subject, i) if subject else only
+        patient = patients.get(target) if target is not None else None
         if patient is None:
-            report.add(name, f"entry.{i} ({kind} {res.id})", f"refers to unknown patient {key!r}")
+            report.add(name, _where(i, kind, res, entry), f"refers to unknown patient {subject!r}")
             continue
         if kind == "Encounter":
-            org = _subject_key(res.serviceProvider)
-            if org:
+            org = index.resolve(res.serviceProvider, i)
+            if org in organizations:
                 patient.providers[org] += 1
         elif kind == "Condition":
             onset = _as_date(res.onsetDateTime)
@@ -309,17 +376,22 @@ def _patients_of(
                 if _matches(codes, wanted):
                     patient.row[col] = 1
         else:
-            _observation(res, i, name, mapping, ref, patient, report)
+            _observation(res, _where(i, kind, res, entry), name, mapping, ref, patient, report)
     out = []
     for patient in patients.values():
-        named = [organizations[o] for o, _ in patient.providers.most_common() if o in organizations]
+        named = [organizations[o] for o, _ in patient.providers.most_common()]
         patient.row["organization"] = named[0] if named else next(iter(organizations.values()), None)
         out.append(patient.row)
     return out
 
 
+def _where(i: int, kind: str, res: Any, entry: Any) -> str:
+    """``entry.13 (Observation <id or fullUrl>)``: where in a bundle a problem is."""
+    return f"entry.{i} ({kind} {res.id or entry.fullUrl or '(no id)'})"
+
+
 def _observation(
-    res: Any, i: int, name: str, mapping: FhirMapping, ref: dt.date, patient: _Patient, report: CheckReport
+    res: Any, where: str, name: str, mapping: FhirMapping, ref: dt.date, patient: _Patient, report: CheckReport
 ) -> None:
     when = _as_date(res.effectiveDateTime) or _as_date(getattr(res.effectivePeriod, "start", None))
     when = when or _as_date(res.issued)
@@ -333,14 +405,12 @@ def _observation(
             ):
                 continue
             if quantity is None or quantity.value is None:
-                report.add(
-                    name, f"entry.{i} (Observation {res.id})", f"code {spec.code} for {col!r} has no valueQuantity"
-                )
+                report.add(name, where, f"code {spec.code} for {col!r} has no valueQuantity")
                 continue
             if spec.unit is not None and quantity.code not in (spec.unit, None) and quantity.unit != spec.unit:
                 report.add(
                     name,
-                    f"entry.{i} (Observation {res.id})",
+                    where,
                     f"{col!r} in unit {quantity.code or quantity.unit!r}, the study expects {spec.unit!r}",
                 )
                 continue
