@@ -99,7 +99,18 @@ def study_dataset(
         feature_names=recipe.encoded_names(),
         display_names={SiteId(s): spec.display_name for s, spec in specs.items()},
         provenance="; ".join(str(spec.path) for spec in specs.values()),
+        # how a new patient's row becomes a model input: shipped in a release bundle
+        preprocessing={**prepared.preprocessing, **_outcome(study)},
     )
+
+
+def _outcome(study: StudySpec) -> dict[str, Any]:
+    """The outcome column and its positive values, for the model card and ``fedcare validate``."""
+    assert study.data.schema is not None
+    out: dict[str, Any] = {"target": study.data.schema.target}
+    if study.data.positive is not None:
+        out["positive"] = list(study.data.positive)
+    return out
 
 
 def check_training(study: StudySpec, task: Task, dataset: FederatedDataset) -> None:

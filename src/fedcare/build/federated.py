@@ -6,20 +6,25 @@ deployed one (gRPC channel of dialled-in nodes); only the channel differs.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from fedcare.build.prep import StudyChannel
 from fedcare.build.run import RunPlan, combine_statistics, make_coordinator
-from fedcare.errors import ConfigError
+from fedcare.errors import ConfigError, FedcareError
 from fedcare.protocols import Recorder, RoundReport, RunSpec
 from fedcare.runtime.coordinator import RunResult
+from fedcare.runtime.exchange import Exchange
+from fedcare.runtime.recalibration import describe_fit, fit_platt
 from fedcare.strategies.base import ServerState
 from fedcare.transport.base import Channel
 from fedcare.transport.inprocess import InProcessChannel
 from fedcare.types import RunId, SiteId
 
 __all__ = ["run_federated", "site_channel"]
+
+log = logging.getLogger(__name__)
 
 
 def site_channel(sites: Mapping[SiteId, Any], *, backend: str = "inprocess", ray_address: str | None = None) -> Channel:
@@ -33,6 +38,18 @@ def site_channel(sites: Mapping[SiteId, Any], *, backend: str = "inprocess", ray
             raise ConfigError("backend 'ray' needs the ray extra: pip install 'fedcare[ray]'") from None
         return RayChannel(sites, address=ray_address)
     raise ConfigError(f"backend must be 'inprocess' or 'ray', got {backend!r}")
+
+
+def _platt(plan: RunPlan, exchange: Exchange, run_id: RunId, result: RunResult) -> dict[str, Any]:
+    """Fit Platt scaling of the final model over the sites' training rows (a failure is recorded, not raised)."""
+    try:
+        fit, used, failures = fit_platt(
+            exchange, run_id=run_id, model=result.state.model, min_sites=plan.study.federation.min_sites
+        )
+    except FedcareError as exc:
+        log.warning("run %s: Platt scaling not fitted: %s", run_id, exc)
+        return {"method": "platt", "error": str(exc)}
+    return describe_fit(fit, used, failures)
 
 
 def run_federated(
@@ -54,7 +71,10 @@ def run_federated(
         stats = combine_statistics(plan, coordinator.exchanger, run_id=run_id)
         if stats is not None:
             stamped.set_prep(stats)
-        return coordinator.run(plan.initial_model(), spec=spec, state=state, start_round=start_round)
+        result = coordinator.run(plan.initial_model(), spec=spec, state=state, start_round=start_round)
+        if plan.study.evaluation.recalibration == "platt" and recorder is not None:
+            recorder.record_result(run_id, "recalibration", _platt(plan, coordinator.exchanger, run_id, result))
+        return result
     finally:
         if close:
             channel.close()

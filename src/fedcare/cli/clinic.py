@@ -79,12 +79,17 @@ def predict(
     except FedcareError as exc:
         raise fail(exc) from None
     table = Table(title=f"{len(report.predictions)} patient(s) scored", title_justify="left")
-    for col in ("row", "risk", "pushed up", "pushed down"):
-        table.add_column(col, justify="right" if col in ("row", "risk") else "left")
+    calibrated = any(p["calibrated_risk"] is not None for p in report.predictions)
+    numeric = ("row", "risk", "calibrated") if calibrated else ("row", "risk")
+    for col in (*numeric, "pushed up", "pushed down"):
+        table.add_column(col, justify="right" if col in numeric else "left")
     for p in report.predictions:
         up = ", ".join(f"{k} +{v:.2f}" for k, v in p["contributions"].items() if v > 0)
         down = ", ".join(f"{k} {v:.2f}" for k, v in p["contributions"].items() if v < 0)
-        table.add_row(str(p["row"]), f"{p['risk']:.3f}", up or "—", down or "—")
+        cells = [str(p.get("patient") or p["row"]), f"{p['risk']:.3f}"]
+        if calibrated:
+            cells.append(f"{p['calibrated_risk']:.3f}")
+        table.add_row(*cells, up or "—", down or "—")
     console.print(table)
     for problem in report.problems:
         err_console.print(

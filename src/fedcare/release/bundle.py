@@ -28,6 +28,7 @@ from fedcare import __version__
 from fedcare.errors import ConfigError, StoreError
 from fedcare.release.card import model_card, render_card
 from fedcare.release.onnx_export import export_onnx, torch_module
+from fedcare.release.sharing import what_was_shared
 from fedcare.report.from_store import resolve_runs, summary_from_store
 from fedcare.serde import decode_state, encode_state
 from fedcare.store.sql import SqlStore
@@ -79,6 +80,25 @@ def _federated_run(store: SqlStore, ref: str) -> Any:
     return run
 
 
+def _study_of(run: Any, summary: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The study a run trained: name, content hash, file, and the study itself (its describe()).
+
+    The run row's config holds what the run builder recorded (hash and the canonical
+    study); the summary's ``study`` (from the run's context) adds the file it was read from.
+    """
+    config = run.config or {}
+    named = dict(summary.get("study") or {})
+    digest = config.get("study_hash") or named.get("hash")
+    if digest is None:
+        return None
+    return {
+        "name": config.get("study") or named.get("name"),
+        "hash": digest,
+        "file": named.get("file"),
+        "spec": config.get("study_spec"),
+    }
+
+
 def build_bundle(store: SqlStore, ref: str, out_dir: Path, *, audit_head: str | None = None) -> dict[str, Any]:
     """Write the release bundle of run or experiment ``ref`` into ``out_dir``; return its manifest."""
     run = _federated_run(store, ref)
@@ -109,6 +129,15 @@ def build_bundle(store: SqlStore, ref: str, out_dir: Path, *, audit_head: str | 
         "kind": "survival" if run.task == "cox" else "binary",
         "preprocessing": dict(context.get("preprocessing") or {}),
     }
+    study = _study_of(run, summary)
+    if study is not None:
+        meta["study"] = study
+    results = store.results(run.id)
+    if "recalibration" in results:  # a failed fit is kept with its reason; predict then shows no calibrated risk
+        meta["calibration"] = dict(results["recalibration"])
+    if "reference" in results:
+        meta["reference"] = dict(results["reference"])
+    meta["sharing"] = what_was_shared(store, run.id, task, state.model, (study or {}).get("spec"))
     onnx_blob = None
     width = len(meta["preprocessing"].get("encoded", [])) or int(summary["task"]["params"].get("n_features", 0))
     if width and torch_module(task, state.model) is not None:

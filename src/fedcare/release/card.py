@@ -62,7 +62,11 @@ def model_card(
     pre = meta.get("preprocessing", {})
     privacy = summary.get("privacy")
     config = summary.get("config", {})
-    secagg = bool(config.get("secure_aggregation") or config.get("secagg"))
+    sharing = meta.get("sharing") or {}
+    study = meta.get("study") or {}
+    secagg = bool(config.get("secure_aggregation") or config.get("secagg")) or any(
+        r.get("secure_aggregation") for r in sharing.get("rounds", [])
+    )
     sites = [
         {
             "id": s,
@@ -132,10 +136,14 @@ def model_card(
             },
             "secure_aggregation": secagg,
         },
+        "sharing": sharing,
+        "recalibration": meta.get("calibration"),
         "lineage": {
             "experiment": summary.get("experiment"),
             "run": meta["run"],
-            "study_hash": config.get("study_hash"),
+            "study": study.get("name"),
+            "study_hash": study.get("hash") or config.get("study_hash"),
+            "study_file": study.get("file"),
             "task_hash": meta["task"]["hash"],
             "rounds": meta["round"],
             "checkpoint_sha256": meta["checkpoint_sha256"],
@@ -163,6 +171,55 @@ def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.3f}"
     return "—" if v is None else str(v)
+
+
+def _sharing_html(sharing: Mapping[str, Any], names: Mapping[str, str]) -> str:
+    """Parameters that travelled / stayed / were frozen, and each round's protection."""
+    if not sharing:
+        return "<p>Not recorded for this run.</p>"
+    esc = html.escape
+    params = sharing.get("parameters", {})
+    what = {
+        "shared": "sent to the coordinator each round",
+        "local": "stayed at every site (personalised / local)",
+        "frozen": "never trained nor sent (rebuilt at every site)",
+    }
+    prow = "".join(
+        _row([k, what[k], params[k]["values"], ", ".join(params[k]["entries"]) or "—"])
+        for k in ("shared", "local", "frozen")
+        if k in params
+    )
+    summary = sharing.get("summary", {})
+    rows = []
+    for r in sharing.get("rounds", []):
+        dp = r.get("differential_privacy") or {}
+        eps = [v["epsilon_round"] for v in dp.values()]
+        dp_text = (
+            f"{next(iter(dp.values()))['mechanism']}, σ {next(iter(dp.values()))['noise_multiplier']:.3f}, "
+            f"ε round ≤ {max(eps):.3f}"
+            if dp
+            else "none"
+        )
+        rows.append(
+            _row(
+                [
+                    r["round"],
+                    ", ".join(names.get(s, s) for s in r["sites"]) or "—",
+                    "sum only (SecAgg+)" if r["secure_aggregation"] else "each update",
+                    dp_text,
+                ]
+            )
+        )
+    return (
+        f"<p>Personalisation: {esc(str(sharing.get('personalization')))} · compression: "
+        f"{esc(str(sharing.get('compression')))} · secure aggregation: "
+        f"{esc(str(summary.get('secure_aggregation')))} · differential privacy: "
+        f"{esc(str(summary.get('differential_privacy')))}.</p>"
+        "<table><tr><th>entries</th><th>what happened</th><th>values</th><th>names</th></tr>" + prow + "</table>"
+        "<table><tr><th>round</th><th>sites aggregated</th><th>coordinator saw</th><th>DP</th></tr>"
+        + "".join(rows)
+        + "</table>"
+    )
 
 
 def render_card(card: Mapping[str, Any]) -> str:
@@ -205,6 +262,17 @@ def render_card(card: Mapping[str, Any]) -> str:
     priv = card["privacy"]
     priv_rows = [_row([names.get(s, s), _fmt(p["epsilon"]), p["delta"]]) for s, p in priv["per_site"].items()]
     lin = card["lineage"]
+    sharing_html = _sharing_html(card.get("sharing") or {}, names)
+    recal = card.get("recalibration")
+    recal_html = (
+        f"<p>Recalibrated ({html.escape(str(recal.get('method')))}, fitted federatedly on the sites' training rows): "
+        f"p = σ({recal['a']:.4f} · logit(risk) + {recal['b']:.4f}); "
+        f"{html.escape(str(recal.get('n')))} rows, {html.escape(str(recal.get('iterations')))} Newton steps.</p>"
+        if recal and "a" in recal
+        else f"<p>Platt scaling was asked for but not fitted: {html.escape(str(recal['error']))}.</p>"
+        if recal
+        else "<p>No recalibration was fitted: the risk is the model's own.</p>"
+    )
     style = (
         "body{font-family:system-ui,sans-serif;max-width:980px;margin:2rem auto;padding:0 1rem;color:#222}"
         "table{border-collapse:collapse;font-size:.85rem;margin:.4rem 0}"
@@ -237,10 +305,11 @@ def render_card(card: Mapping[str, Any]) -> str:
 Predictors: {esc(", ".join(card["data"]["predictors"]) or "—")}.</p>
 <p class="k">{esc(card["data"]["provenance"])}</p>
 <h2>Performance per site and pooled (95 % CI)</h2>{perf_table}
-<h2>Calibration</h2>{cal_table}
+<h2>Calibration</h2>{cal_table}{recal_html}
 <h2>Subgroups</h2><p>{subgroups} (tables in model_card.json).</p>
 <h2>Privacy</h2><p>Differential privacy: <code>{dp}</code>.
 Secure aggregation: {"yes" if priv["secure_aggregation"] else "no"}.</p>{priv_table}
+<h2>What was shared</h2>{sharing_html}
 <h2>Lineage</h2><table>{li(_row([k, v if v is not None else "—"]) for k, v in lin.items())}</table>
 <h2>Limitations</h2><ul>{li(f"<li>{esc(x)}</li>" for x in card["limitations"])}</ul>
 <h2>Ethical considerations</h2><ul>{li(f"<li>{esc(x)}</li>" for x in card["ethical_considerations"])}</ul>

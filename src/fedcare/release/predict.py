@@ -22,6 +22,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from fedcare.errors import ConfigError, DataError
+from fedcare.evaluation.recalibration import apply_platt
 from fedcare.release.bundle import Bundle
 from fedcare.release.onnx_export import torch_module
 
@@ -160,12 +161,15 @@ def predict_rows(bundle: Bundle, frame: pd.DataFrame, *, top: int = 5, first_row
     contrib, method = contributions(bundle, x)
     names = list(pre.get("encoded", [])) or [f"x{j}" for j in range(x.shape[1])]
     bias = float(bundle.model["bias"].ravel()[0]) if _linear(bundle.model) else None
+    recal = bundle.meta.get("calibration") or {}
+    calibrated = apply_platt(risk, float(recal["a"]), float(recal["b"])) if "a" in recal else None
     for k, i in enumerate(good):
         order = np.argsort(-np.abs(contrib[k]))[:top]
         entry: dict[str, Any] = {
             "row": first_row + i,
             "risk": float(risk[k]),
-            "calibrated_risk": None,  # the study fitted no recalibration: the risk is the model's own
+            # Platt scaling fitted federatedly after the last round, where the study asked for it
+            "calibrated_risk": float(calibrated[k]) if calibrated is not None else None,
             "contributions": {names[j]: float(contrib[k, j]) for j in order},
             "method": method,
         }

@@ -15,7 +15,7 @@ import numpy as np
 
 from fedcare.compression import COMPRESSED_RECORD, Compression, compress_update, strip_config
 from fedcare.errors import FedcareError, PolicyError
-from fedcare.personal.site import model_for, shared_part
+from fedcare.personal.site import LOCAL_RECORD, model_for, shared_part
 from fedcare.privacy.guard import Admission, SitePrivacyGuard
 from fedcare.privacy.ledger import PrivacyLedger
 from fedcare.privacy.plan import PrivacyPlan
@@ -23,6 +23,7 @@ from fedcare.protocols import SiteMemory
 from fedcare.runtime.pipeline import FitRequest, site_fit
 from fedcare.runtime.policy import SitePolicy
 from fedcare.runtime.queries import MomentsQuery, SiteQueries, SiteQuery
+from fedcare.runtime.recalibration import PlattQuery
 from fedcare.secure.handler import SecAggSiteHandler
 from fedcare.serde import check_state, spec_of
 from fedcare.task import SiteData, Task
@@ -96,7 +97,9 @@ class SiteNode:
         )
         self._secagg: SecAggSiteHandler | None = None
         #: QUERY instructions: moments, cohort statistics (DP releases charged to ``ledger``).
-        self.queries = SiteQueries(site_id=site_id, queries=[MomentsQuery(data), *queries], privacy=self.privacy)
+        self.queries = SiteQueries(
+            site_id=site_id, queries=[MomentsQuery(data), PlattQuery(self), *queries], privacy=self.privacy
+        )
 
     def handle(self, message: Message) -> Message:
         """Check the instruction against policy, run it, and build the reply."""
@@ -142,6 +145,12 @@ class SiteNode:
             raise FedcareError("instruction carries no 'model' record")
         check_state(model, self._spec, where=f"{message.kind.value} instruction at {self.site_id}", reuse_frozen=True)
         return dict(model)
+
+    def query_model(self, message: Message) -> ModelState:
+        """A query instruction's model, checked like a fit's, with this site's local entries of the run."""
+        model = self._model(message)
+        local = self._run_state(message.run_id).get(LOCAL_RECORD)
+        return {**model, **local} if local else model
 
     def fit_update(self, message: Message, *, check: Callable[[Admission], None] | None = None) -> SiteUpdate:
         """The one site pipeline (admit, merge local state, fit, release): plain fit and SecAgg+ both call it."""

@@ -29,6 +29,7 @@ from fedcare.store.models import (
     Base,
     CheckpointRow,
     ExchangeRow,
+    PrivacyLedgerRow,
     RoundRow,
     RunResultRow,
     RunRow,
@@ -324,6 +325,12 @@ class SqlStore:
             if kind is not None:
                 q = q.where(ExchangeRow.kind == kind)
             return list(s.scalars(q.order_by(ExchangeRow.id)))
+
+    def ledger_rows(self, run_id: str) -> list[PrivacyLedgerRow]:
+        """Every site's privacy-ledger charges for one run, in order (the model card's per-round DP)."""
+        with self._session() as s:
+            q = select(PrivacyLedgerRow).where(PrivacyLedgerRow.run_id == run_id)
+            return list(s.scalars(q.order_by(PrivacyLedgerRow.round_no, PrivacyLedgerRow.site, PrivacyLedgerRow.id)))
 
     def summary_rows(self) -> list[dict[str, Any]]:
         """One dict per run for listings."""

@@ -66,6 +66,8 @@ __all__ = [
 ]
 
 PERSONALIZATIONS = ("none", "fedbn", "fedper", "ditto", "finetune")
+#: Recalibrations ``[evaluation] calibration`` may name (fitted federatedly after the last round).
+RECALIBRATIONS = ("platt",)
 PRIVACY_LEVELS = ("none", "record", "client", "client-distributed")
 
 _TOP = {
@@ -235,6 +237,9 @@ class EvaluationSpec:
     metrics: tuple[str, ...] | None = None
     subgroups: tuple[str, ...] = ()
     calibration: bool = True
+    #: ``"platt"``: after the last round, fit Platt scaling federatedly (``calibration = "platt"``);
+    #: the release bundle ships it and ``fedcare predict`` shows the calibrated probability.
+    recalibration: str = "none"
 
 
 @dataclass(frozen=True)
@@ -293,7 +298,9 @@ class StudySpec:
         secagg = {k: v for k, v in asdict(self.secure_aggregation).items() if v is not None}
         evaluation: dict[str, Any] = {
             "subgroups": list(self.evaluation.subgroups),
-            "calibration": self.evaluation.calibration,
+            "calibration": self.evaluation.recalibration
+            if self.evaluation.recalibration != "none"
+            else self.evaluation.calibration,
         }
         if self.evaluation.metrics is not None:
             evaluation["metrics"] = list(self.evaluation.metrics)
@@ -407,10 +414,23 @@ def parse_study(raw: Mapping[str, Any], *, where: str = "study", path: Path | No
     secagg = _secagg(c, t["secure_aggregation"])
     personal = _personal(c, t["personalization"])
     ev = t["evaluation"]
+    recalibration = "none"
+    if isinstance(ev.get("calibration"), str):  # a method: assess calibration and recalibrate
+        recalibration = str(ev["calibration"])
+        if recalibration not in RECALIBRATIONS:
+            c.bad.append(
+                f"evaluation.calibration must be true, false or one of {', '.join(map(repr, RECALIBRATIONS))}, "
+                f"got {recalibration!r}"
+            )
+            recalibration = "none"
+        calibration = True
+    else:
+        calibration = c.boolean(ev, "calibration", "evaluation.calibration", True)
     evaluation = EvaluationSpec(
         metrics=c.names(ev, "metrics", "evaluation.metrics"),
         subgroups=c.names(ev, "subgroups", "evaluation.subgroups") or (),
-        calibration=c.boolean(ev, "calibration", "evaluation.calibration", True),
+        calibration=calibration,
+        recalibration=recalibration,
     )
     compression = dict(t["compression"])
     if compression:

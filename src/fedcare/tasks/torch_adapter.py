@@ -241,6 +241,11 @@ class TorchTask:
         """Entries that travel each round (trainable and not local)."""
         return [n for n in self._trainable if n not in self._local]
 
+    def frozen_keys(self) -> dict[str, tuple[int, ...]]:
+        """Entries outside ``trainable`` (name -> shape): never trained, never sent, rebuilt at each site."""
+        keep = set(self._trainable)
+        return {n: tuple(v.shape) for n, v in self._base_state().items() if n not in keep}
+
     def init_model(self, rng: np.random.Generator) -> ModelState:
         """The trainable entries, freshly initialised from ``rng`` (or the weights file)."""
         if self.weights is not None:
