@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck bench clean proto
+.PHONY: demo test lint typecheck bench clean proto openfhe-env
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,9 +32,23 @@ typecheck: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/overhead.py
 
+# Threshold CKKS runs OpenFHE in a side interpreter: PyPI's openfhe wheels hold a CPython 3.10
+# extension (Ubuntu 22.04 build), none for fedcare's 3.11. `fedcare` finds .venv-openfhe/bin/python
+# in the working directory, or the interpreter named by FEDCARE_OPENFHE_PYTHON (docs/he.md).
+OPENFHE_BASE ?= $(shell for p in $$(ls -d $$(pyenv root 2>/dev/null)/versions/3.10*/bin/python 2>/dev/null) python3.10; do \
+	$$p -c '' 2>/dev/null && { command -v $$p || echo $$p; } && break; done)
+openfhe-env: .venv-openfhe/.installed
+
+.venv-openfhe/.installed:
+	@test -n "$(OPENFHE_BASE)" || { echo "openfhe-env: no CPython 3.10 found (set OPENFHE_BASE)"; exit 1; }
+	$(OPENFHE_BASE) -m venv .venv-openfhe
+	.venv-openfhe/bin/python -m pip install -q 'openfhe==1.6.1.0.22.4' 'numpy<3'
+	.venv-openfhe/bin/python -c "import openfhe"
+	touch $@
+
 # Regenerate the committed protobuf/gRPC modules from src/fedcare/transport/proto/fedcare.proto.
 proto: $(STAMP)
 	PYTHON=$(PY) scripts/gen_proto.sh
 
 clean:
-	rm -rf $(VENV) fedcare-out .pytest_cache
+	rm -rf $(VENV) .venv-openfhe fedcare-out .pytest_cache

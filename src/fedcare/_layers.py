@@ -55,6 +55,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "fedcare.data",
             "fedcare.datasets",
             "fedcare.tasks",
+            # OpenFHE engine process (threshold CKKS) behind fedcare.secure.ckks.CkksBackend
+            "fedcare.he",
         ),
     ),
     (

@@ -247,11 +247,20 @@ def _packages_distributions(path: tuple[str, ...]) -> Mapping[str, list[str]]:
     return metadata.packages_distributions()  # keyed by sys.path: a package installed later is seen
 
 
+#: (top-level name, sys.path) found in no distribution even after a fresh scan: not scanned
+#: again (a task defined outside any package, e.g. in a test, would rescan on every node).
+_NO_DISTRIBUTION: set[tuple[str, tuple[str, ...]]] = set()
+
+
 def _distribution_of(top: str) -> tuple[str, str]:
-    found = _packages_distributions(tuple(sys.path)).get(top)
-    if found is None:  # perhaps installed since the cache was filled: look again once
+    path = tuple(sys.path)
+    found = _packages_distributions(path).get(top)
+    if found is None and (top, path) not in _NO_DISTRIBUTION:  # perhaps installed since: look again once
         _packages_distributions.cache_clear()
-        found = _packages_distributions(tuple(sys.path)).get(top, [])
+        found = _packages_distributions(path).get(top)
+        if found is None:
+            _NO_DISTRIBUTION.add((top, path))
+    found = found or []
     for dist in found:
         try:
             return dist, metadata.version(dist)

@@ -24,6 +24,7 @@ from fedcare.runtime.pipeline import FitRequest, site_fit
 from fedcare.runtime.policy import SitePolicy
 from fedcare.runtime.queries import MomentsQuery, SiteQueries, SiteQuery
 from fedcare.runtime.recalibration import PlattQuery
+from fedcare.secure.ckks import CkksBackend, CkksSiteHandler
 from fedcare.secure.handler import SecAggSiteHandler
 from fedcare.serde import check_state, spec_of
 from fedcare.task import SiteData, Task
@@ -63,6 +64,8 @@ class SiteNode:
     memory_files : SiteMemory or None (default: None)
         Where the per-run site memory is kept on disk (a deployed node), so a restart
         keeps SCAFFOLD's ``c_i`` and Ditto's personal model; ``None`` keeps it in memory.
+    ckks_backend : CkksBackend or None (default: None)
+        The site's OpenFHE engine for threshold CKKS rounds; ``None`` refuses them.
     """
 
     def __init__(
@@ -75,8 +78,10 @@ class SiteNode:
         queries: Iterable[SiteQuery] = (),
         ledger: PrivacyLedger | None = None,
         memory_files: SiteMemory | None = None,
+        ckks_backend: CkksBackend | None = None,
     ) -> None:
         self.site_id = site_id
+        self.ckks_backend = ckks_backend
         self.task = task
         self.data = data
         self.policy = policy or SitePolicy()
@@ -96,6 +101,7 @@ class SiteNode:
             ledger=ledger,
         )
         self._secagg: SecAggSiteHandler | None = None
+        self._ckks: CkksSiteHandler | None = None
         #: QUERY instructions: moments, cohort statistics (DP releases charged to ``ledger``).
         self.queries = SiteQueries(
             site_id=site_id, queries=[MomentsQuery(data), PlattQuery(self), *queries], privacy=self.privacy
@@ -122,6 +128,10 @@ class SiteNode:
                     return message.reply(error=exposure)
                 return self._kept(self._fit(message))
             if message.kind is MessageKind.SECAGG:
+                if str(message.payload.config.get("secagg.stage", "")).startswith("ckks."):
+                    return self._kept(self._ckks_handler().handle(message))
+                if self.policy.require_encryption:
+                    return message.reply(error=_ENCRYPTION_REQUIRED)
                 return self._kept(self._secagg_handler().handle(message))
             if message.kind is MessageKind.EVALUATE:
                 return self._evaluate(message)
@@ -133,6 +143,13 @@ class SiteNode:
             return message.reply(error=str(exc))
         except FedcareError as exc:
             return message.reply(error=f"{type(exc).__name__}: {exc}")
+
+    def _ckks_handler(self) -> CkksSiteHandler:
+        if self._ckks is None:
+            self._ckks = CkksSiteHandler(
+                site_id=self.site_id, fit=self.fit_update, backend=self.ckks_backend, min_peers=self.policy.min_peers
+            )
+        return self._ckks
 
     def _secagg_handler(self) -> SecAggSiteHandler:
         if self._secagg is None:
@@ -213,6 +230,9 @@ class SiteNode:
         result = self.task.evaluate(model, self.data.test)
         metrics = {"loss": result.loss, "num_examples": float(result.num_examples), **result.metrics}
         return message.reply(Payload(metrics=metrics))
+
+
+_ENCRYPTION_REQUIRED = "refused: this site sends its update only encrypted under threshold CKKS (not masked, not plain)"
 
 
 def _plain_fit_refusal(plan: PrivacyPlan) -> str | None:

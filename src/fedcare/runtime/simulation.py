@@ -17,6 +17,7 @@ from fedcare.protocols import Channel, Recorder, RoundReport, RunSpec
 from fedcare.runtime.coordinator import Coordinator, FitWorkflow, RunResult
 from fedcare.runtime.node import SiteNode
 from fedcare.runtime.policy import SitePolicy
+from fedcare.secure.ckks import CkksBackend, CkksWorkflow
 from fedcare.strategies.base import Strategy
 from fedcare.task import SiteData, Task, task_hash
 from fedcare.transport.inprocess import InProcessChannel
@@ -30,12 +31,24 @@ def build_nodes(
     task: Task,
     policies: Mapping[SiteId, SitePolicy] | None = None,
     ledgers: Mapping[SiteId, PrivacyLedger] | None = None,
+    ckks_backend: CkksBackend | None = None,
 ) -> dict[SiteId, SiteNode]:
-    """One SiteNode per site, each holding only its own data (and its own ledger)."""
+    """One SiteNode per site, each holding only its own data (and its own ledger).
+
+    ``ckks_backend`` is the OpenFHE engine the simulated sites use for threshold CKKS
+    (one process for the simulation; each site's key share is its own handle in it).
+    """
     policies = policies or {}
     ledgers = ledgers or {}
     return {
-        site: SiteNode(site_id=site, task=task, data=data, policy=policies.get(site), ledger=ledgers.get(site))
+        site: SiteNode(
+            site_id=site,
+            task=task,
+            data=data,
+            policy=policies.get(site),
+            ledger=ledgers.get(site),
+            ckks_backend=ckks_backend,
+        )
         for site, data in sites.items()
     }
 
@@ -72,7 +85,8 @@ def run_simulation(
     ``backend="ray"`` hosts the sites on Ray actors (:class:`~fedcare.transport.ray_channel.RayChannel`,
     a local Ray, or the cluster at ``ray_address``); the nodes then live in the actors.
     """
-    nodes = nodes if nodes is not None else build_nodes(sites, task, policies, ledgers)
+    ckks = fit_workflow.backend if isinstance(fit_workflow, CkksWorkflow) else None
+    nodes = nodes if nodes is not None else build_nodes(sites, task, policies, ledgers, ckks_backend=ckks)
     channel: Channel
     if backend == "inprocess":
         channel = InProcessChannel({s: n.handle for s, n in nodes.items()}, max_workers=max_workers)

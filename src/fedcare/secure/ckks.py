@@ -1,0 +1,524 @@
+"""Threshold CKKS aggregation: the coordinator adds ciphertexts it cannot decrypt.
+
+Each round runs three ``secagg`` exchanges (stages ``ckks.keys``, ``ckks.encrypt``,
+``ckks.decrypt``) through the Coordinator's public ``exchange``:
+
+1. **keys** — the coordinator makes a fresh key share and sends its public key (which
+   fixes the common random polynomial); every sampled site makes its own secret key share
+   on it (OpenFHE ``MultipartyKeyGen``, star topology) and returns only the public key.
+2. **encrypt** — every site receives the list of public keys, checks that its own is in
+   it and that the list is long enough for its policy (``min_peers``), sums them itself
+   into the joint public key (``MultiAddPubKeys``), trains (the same pipeline as a plain
+   fit: DP noise is added before encryption) and returns ``w * (trained - global)`` and
+   ``w`` encrypted, ``slots`` values per ciphertext. The coordinator adds the ciphertexts.
+3. **decrypt** — every key holder returns its decryption share of the *sum* once
+   (``MultipartyDecryptMain``; the coordinator's own share is ``MultipartyDecryptLead``);
+   ``MultipartyDecryptFusion`` of all shares yields the weighted sum, handed to the
+   strategy's fold with ``add_sum`` (FedAvg, FedProx, FedOpt family).
+
+The secret key is additively shared among the coordinator and the round's sites: no one
+party, and no set missing any one share, can decrypt (n-out-of-n; the round is keyed
+afresh, so a site that drops before the keys stage is simply not in it). Threat model,
+parameters and limits: ``docs/he.md``. OpenFHE itself runs behind :class:`CkksBackend`
+(:class:`fedcare.he.engine.OpenFheEngine`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import secrets
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from fedcare.errors import ConfigError, FedcareError, NotEnoughSitesError, PolicyError
+from fedcare.protocols import FitPhase, RoundDriver
+from fedcare.secure.handler import flat_delta
+from fedcare.types import Message, MessageKind, Metrics, ModelState, Payload, SiteId, SiteUpdate
+
+__all__ = [
+    "CKKS_STAGES",
+    "CkksBackend",
+    "CkksEngineError",
+    "CkksParams",
+    "CkksSiteHandler",
+    "CkksWorkflow",
+    "pack_blobs",
+    "unpack_blobs",
+]
+
+log = logging.getLogger(__name__)
+
+#: The ``secagg.stage`` values of a CKKS round, in order.
+CKKS_STAGES = ("ckks.keys", "ckks.encrypt", "ckks.decrypt")
+_MAX_BLOBS = 1 << 16
+_MAX_BLOB_BYTES = 1 << 24  # one ciphertext or key: 16 MiB is far above any 128-bit parameter set used here
+_MAX_SESSIONS = 16
+
+
+class CkksEngineError(FedcareError):
+    """A CKKS operation failed (engine error, malformed ciphertext, missing decryption share)."""
+
+
+@dataclass(frozen=True)
+class CkksParams:
+    """CKKS parameters every party derives the same context from.
+
+    Attributes
+    ----------
+    security_bits : int (default: 128)
+        HE standard classical security level (128, 192 or 256); OpenFHE picks the ring
+        dimension that meets it (8192 for the defaults).
+    scale_bits : int (default: 45)
+        log2 of the CKKS scale: the absolute error of a decrypted sum is about
+        ``1e-3 * 2^(40 - scale_bits)`` with a handful of parties (OpenFHE smudges each
+        decryption share with 20-bit noise; docs/he.md).
+    first_mod_bits : int (default: 60)
+        The one ciphertext modulus (depth 0: the aggregate needs additions only). Values
+        must stay below ``2^(first_mod_bits - scale_bits - 1)`` in magnitude.
+    """
+
+    security_bits: int = 128
+    scale_bits: int = 45
+    first_mod_bits: int = 60
+
+    def __post_init__(self) -> None:
+        """Validate the bounds (OpenFHE would otherwise fail late, at a site)."""
+        if self.security_bits not in (128, 192, 256):
+            raise ConfigError(f"CKKS security_bits must be 128, 192 or 256, got {self.security_bits}")
+        if not 20 <= self.scale_bits <= 55:
+            raise ConfigError(f"CKKS scale_bits must be in [20, 55], got {self.scale_bits}")
+        if not self.scale_bits + 4 <= self.first_mod_bits <= 60:
+            raise ConfigError(
+                f"CKKS first_mod_bits must be in [scale_bits + 4, 60], got {self.first_mod_bits} "
+                f"(scale_bits {self.scale_bits})"
+            )
+
+    @property
+    def bound(self) -> float:
+        """The largest magnitude a decrypted sum may have (values beyond it wrap)."""
+        return float(2 ** (self.first_mod_bits - self.scale_bits - 1))
+
+    def to_engine(self) -> dict[str, int]:
+        """The parameters as the engine takes them."""
+        return {
+            "security_bits": self.security_bits,
+            "scale_bits": self.scale_bits,
+            "first_mod_bits": self.first_mod_bits,
+        }
+
+
+class CkksBackend(Protocol):
+    """Threshold CKKS primitives on bytes (OpenFHE's serialisation); secret shares stay inside."""
+
+    @property
+    def slots(self) -> int:
+        """Values per ciphertext."""
+        ...
+
+    def keygen(self, lead_public_key: bytes | None = None) -> tuple[str, bytes]:
+        """A new secret key share (handle) and its public key; on the lead's ``a`` if given."""
+        ...
+
+    def join(self, public_keys: Sequence[bytes]) -> bytes:
+        """The joint public key of all shares."""
+        ...
+
+    def encrypt(self, public_key: bytes, values: npt.NDArray[np.float64]) -> list[bytes]:
+        """``values`` packed and encrypted, ``slots`` per ciphertext."""
+        ...
+
+    def add(self, ciphertexts: Sequence[Sequence[bytes]]) -> list[bytes]:
+        """Slot-wise sum of the parties' ciphertext lists."""
+        ...
+
+    def partial_decrypt(self, handle: str, ciphertexts: Sequence[bytes], *, lead: bool) -> list[bytes]:
+        """One party's decryption shares."""
+        ...
+
+    def fuse(self, partials: Sequence[Sequence[bytes]], length: int) -> npt.NDArray[np.float64]:
+        """All parties' decryption shares combined into plaintext values."""
+        ...
+
+    def forget(self, handle: str) -> None:
+        """Drop a secret key share."""
+        ...
+
+
+# -- ciphertexts on the wire: a uint8 blob and an int64 size vector --------------------------
+
+
+def pack_blobs(blobs: Sequence[bytes]) -> ModelState:
+    """Several byte strings as one ``{"blob": uint8, "sizes": int64}`` record."""
+    sizes = np.array([len(b) for b in blobs], dtype=np.int64)
+    data = np.frombuffer(b"".join(blobs), dtype=np.uint8) if blobs else np.zeros(0, dtype=np.uint8)
+    return {"blob": data, "sizes": sizes}
+
+
+def unpack_blobs(record: ModelState | None, where: str, *, count: int | None = None) -> list[bytes]:
+    """Validate and split a :func:`pack_blobs` record (sizes, total, count)."""
+    if record is None or set(record) != {"blob", "sizes"}:
+        raise CkksEngineError(f"{where}: expected a record with 'blob' and 'sizes'")
+    blob, sizes = record["blob"], record["sizes"]
+    if blob.dtype != np.uint8 or blob.ndim != 1 or sizes.dtype != np.int64 or sizes.ndim != 1:
+        raise CkksEngineError(f"{where}: 'blob' must be uint8[n] and 'sizes' int64[k]")
+    if not 0 < sizes.size <= _MAX_BLOBS or (count is not None and sizes.size != count):
+        raise CkksEngineError(f"{where}: {sizes.size} ciphertext(s), expected {count if count is not None else '>= 1'}")
+    lengths = np.asarray(sizes, dtype=np.int64)
+    if np.any(lengths <= 0) or np.any(lengths > _MAX_BLOB_BYTES) or int(lengths.sum()) != blob.size:
+        raise CkksEngineError(f"{where}: blob sizes do not add up to the {blob.size} bytes sent")
+    raw = blob.tobytes()
+    out, offset = [], 0
+    for n in lengths.tolist():
+        out.append(raw[offset : offset + n])
+        offset += n
+    return out
+
+
+def _stage_payload(stage: str, session: str, records: Mapping[str, ModelState], **config: Any) -> Payload:
+    return Payload(arrays=dict(records), config={"secagg.stage": stage, "ckks.session": session, **config})
+
+
+# -- the coordinator's side ----------------------------------------------------------------
+
+
+@dataclass
+class CkksWorkflow:
+    """Threshold CKKS aggregation of the fit phase (the coordinator adds ciphertexts it cannot read).
+
+    Attributes
+    ----------
+    backend : CkksBackend
+        The coordinator's engine (it holds one key share per round, the "lead" share).
+    params : CkksParams (default: CkksParams())
+        Announced to the sites with every round (they refuse other parameters).
+    """
+
+    backend: CkksBackend
+    params: CkksParams = field(default_factory=CkksParams)
+
+    #: Recorded with each round: what protected the updates on the wire.
+    protection = "ckks-threshold"
+
+    def run_fit(self, coordinator: RoundDriver, ctx: FitPhase) -> Metrics:
+        """Run the keys, encrypt and decrypt stages for ``ctx``'s sites and fold the decrypted sum."""
+        compressed = sorted({str(p.config.get("compression")) for p in ctx.payloads.values()} - {"none", "None"})
+        if compressed:
+            raise ConfigError(
+                f"compression {', '.join(compressed)} cannot run under CKKS: ciphertexts do not compress; "
+                "use compression without encryption"
+            )
+        add_sum = getattr(ctx.fold, "add_sum", None)
+        if add_sum is None:
+            raise ConfigError(
+                f"strategy {coordinator.strategy.name!r} needs individual updates (as median, trimmed mean and Krum "
+                "do); CKKS aggregation reveals only the sum, so it runs only with strategies whose fold accepts a "
+                "weighted sum (FedAvg, FedProx, FedAdam/FedYogi/FedAdagrad)"
+            )
+        names = list(ctx.state.model)
+        shapes = {k: v.shape for k, v in ctx.state.model.items()}
+        size = int(sum(int(np.prod(s)) for s in shapes.values())) + 1  # + the weight
+        slots = self.backend.slots
+        per_site = math.ceil(size / slots)
+        session = secrets.token_hex(8)
+        needed = max(coordinator.min_sites, 1)
+        params = self.params.to_engine()
+        run_id, round_no = ctx.run_id, ctx.round_no
+
+        def stage(name: str, payloads: Mapping[SiteId, Payload]) -> dict[SiteId, Message]:
+            failures: dict[SiteId, str] = {}
+            got = {r.site: r for r in coordinator.exchange(MessageKind.SECAGG, run_id, round_no, payloads, failures)}
+            for site, error in failures.items():
+                ctx.failures.setdefault(site, f"{name}: {error}")
+                log.warning("round %d: %s failed %s: %s", round_no, site, name, error)
+            return got
+
+        def fail(site: SiteId, name: str, why: str) -> None:
+            ctx.failures.setdefault(site, f"{name}: {why}")
+            log.warning("round %d: %s failed %s: %s", round_no, site, name, why)
+
+        lead_handle, lead_pk = self.backend.keygen()
+        try:
+            # 1. keys
+            keys_payload = _stage_payload(
+                "ckks.keys",
+                session,
+                {"keys": pack_blobs([lead_pk])},
+                **{f"ckks.{k}": v for k, v in params.items()},
+                **{"ckks.sampled": len(ctx.payloads)},
+            )
+            shares: dict[SiteId, bytes] = {}
+            for site, reply in stage("ckks.keys", dict.fromkeys(sorted(ctx.payloads), keys_payload)).items():
+                try:
+                    shares[site] = unpack_blobs(
+                        reply.payload.arrays.get("key"), f"ckks.keys reply from {site}", count=1
+                    )[0]
+                except CkksEngineError as exc:
+                    fail(site, "ckks.keys", str(exc))
+            keyed = sorted(shares)
+            if len(keyed) < needed:
+                raise NotEnoughSitesError(
+                    f"round {round_no}: {len(keyed)} site(s) made a CKKS key share, {needed} needed"
+                )
+            public_keys = [lead_pk] + [shares[s] for s in keyed]
+            keys_record = pack_blobs(public_keys)
+            # 2. encrypt (the fit instruction travels with the public keys)
+            encrypt_payloads = {
+                s: Payload(
+                    arrays={**ctx.payloads[s].arrays, "secagg_ckks_keys": keys_record},
+                    config={
+                        **ctx.payloads[s].config,
+                        "secagg.stage": "ckks.encrypt",
+                        "ckks.session": session,
+                        "ckks.index": i + 1,
+                        "ckks.size": size,
+                    },
+                )
+                for i, s in enumerate(keyed)
+            }
+            cts: dict[SiteId, list[bytes]] = {}
+            site_metrics: dict[SiteId, dict[str, float]] = {}
+            for site, reply in stage("ckks.encrypt", encrypt_payloads).items():
+                try:
+                    cts[site] = unpack_blobs(
+                        reply.payload.arrays.get("ct"), f"ckks.encrypt reply from {site}", count=per_site
+                    )
+                except CkksEngineError as exc:
+                    fail(site, "ckks.encrypt", str(exc))
+                    continue
+                site_metrics[site] = {k: float(v) for k, v in reply.payload.metrics.items() if math.isfinite(v)}
+            contributors = sorted(cts)
+            if len(contributors) < needed:
+                raise NotEnoughSitesError(
+                    f"round {round_no}: {len(contributors)} encrypted update(s), at least {needed} required"
+                )
+            try:
+                total = self.backend.add([cts[s] for s in contributors])
+            except CkksEngineError as exc:
+                raise CkksEngineError(f"round {round_no}: adding the ciphertexts failed: {exc}") from None
+            # 3. decrypt: every key holder's share is needed (n-out-of-n)
+            decrypt_payload = _stage_payload(
+                "ckks.decrypt", session, {"ct": pack_blobs(total)}, **{"ckks.contributors": len(contributors)}
+            )
+            partials: dict[SiteId, list[bytes]] = {}
+            for site, reply in stage("ckks.decrypt", dict.fromkeys(keyed, decrypt_payload)).items():
+                try:
+                    partials[site] = unpack_blobs(
+                        reply.payload.arrays.get("partial"), f"ckks.decrypt reply from {site}", count=per_site
+                    )
+                except CkksEngineError as exc:
+                    fail(site, "ckks.decrypt", str(exc))
+            missing = sorted(set(keyed) - set(partials))
+            if missing:
+                raise NotEnoughSitesError(
+                    f"round {round_no}: threshold CKKS needs every key holder's decryption share and "
+                    f"{', '.join(missing)} sent none; the sum stays encrypted"
+                )
+            lead_partial = self.backend.partial_decrypt(lead_handle, total, lead=True)
+            try:
+                flat = self.backend.fuse([lead_partial] + [partials[s] for s in keyed], size)
+            except CkksEngineError as exc:
+                raise CkksEngineError(f"round {round_no}: fusing the decryption shares failed: {exc}") from None
+        finally:
+            self.backend.forget(lead_handle)
+        weight = float(flat[-1])
+        if abs(weight - round(weight)) < 1e-3:  # weights are example counts: snap the CKKS error away
+            weight = float(round(weight))
+        if not np.all(np.isfinite(flat)) or weight <= 0:
+            raise CkksEngineError(f"round {round_no}: the decrypted sum is not usable (total weight {weight:g})")
+        sums: ModelState = {}
+        offset = 0
+        for name in names:
+            n = int(np.prod(shapes[name]))
+            block = flat[offset : offset + n].reshape(shapes[name]).copy()
+            block += weight * np.asarray(ctx.state.model[name], dtype=np.float64)
+            sums[name] = block
+            offset += n
+        keys = sorted({k for s in contributors for k in site_metrics.get(s, {})})
+        means = {
+            k: float(np.mean([site_metrics[s][k] for s in contributors if k in site_metrics.get(s, {})])) for k in keys
+        }
+        add_sum(sums, weight, count=len(contributors), metrics=means)
+        for s in contributors:
+            ctx.site_fit[s] = site_metrics.get(s, {})
+        return {
+            "ckks_sites": float(len(contributors)),
+            "ckks_key_holders": float(len(keyed) + 1),
+            "ckks_ciphertexts_per_site": float(per_site),
+            "ckks_dropped": float(len(ctx.payloads) - len(contributors)),
+        }
+
+
+# -- the site's side -----------------------------------------------------------------------
+
+
+@dataclass
+class _Session:
+    session: str
+    handle: str
+    public_key: bytes
+    params: dict[str, int]
+    encrypted: bool = False
+    decrypted: bool = False
+
+
+#: The site's fit pipeline (``SiteNode.fit_update``).
+SiteFit = Callable[..., SiteUpdate]
+
+
+class CkksSiteHandler:
+    """A site's CKKS sessions keyed by (run, round): one key share, one encryption, one decryption share each.
+
+    Parameters
+    ----------
+    site_id : SiteId
+        This site.
+    fit : SiteFit
+        The site's fit pipeline (``SiteNode.fit_update``): personalisation, DP and the ledger.
+    backend : CkksBackend or None
+        The site's OpenFHE engine; ``None`` refuses CKKS rounds with a clear message.
+    params : CkksParams (default: CkksParams())
+        The parameters this site accepts (a round announcing others is refused).
+    min_peers : int (default: 1)
+        Policy: the fewest sites (this one included) its update may be summed with.
+    """
+
+    def __init__(
+        self,
+        *,
+        site_id: SiteId,
+        fit: SiteFit,
+        backend: CkksBackend | None,
+        params: CkksParams | None = None,
+        min_peers: int = 1,
+    ) -> None:
+        self.site_id = site_id
+        self.fit = fit
+        self.backend = backend
+        self.params = params or CkksParams()
+        self.min_peers = min_peers
+        self._sessions: OrderedDict[tuple[str, int], _Session] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def handle(self, message: Message) -> Message:
+        """Run one CKKS stage; refusals and protocol errors become error replies."""
+        try:
+            if self.backend is None:
+                raise PolicyError(f"refused: {self.site_id} has no CKKS engine (OpenFHE) configured")
+            stage = message.payload.config.get("secagg.stage")
+            if stage == "ckks.keys":
+                return message.reply(self._keys(message))
+            if stage == "ckks.encrypt":
+                return message.reply(self._encrypt(message))
+            if stage == "ckks.decrypt":
+                return message.reply(self._decrypt(message))
+            raise CkksEngineError(f"unknown CKKS stage {stage!r}")
+        except PolicyError as exc:
+            return message.reply(error=str(exc))
+        except FedcareError as exc:
+            return message.reply(error=f"{type(exc).__name__}: {exc}")
+
+    def _session(self, message: Message) -> _Session:
+        key = (str(message.run_id), int(message.round_no))
+        with self._lock:
+            session = self._sessions.get(key)
+        if session is None or session.session != message.payload.config.get("ckks.session"):
+            raise CkksEngineError(f"{self.site_id}: no CKKS session for round {message.round_no}")
+        return session
+
+    def _keys(self, message: Message) -> Payload:
+        assert self.backend is not None
+        config = message.payload.config
+        mine = self.params.to_engine()
+        announced = {k: config.get(f"ckks.{k}") for k in mine}
+        if announced != mine:
+            raise PolicyError(f"refused: CKKS parameters {announced} differ from this site's {mine}")
+        sampled = config.get("ckks.sampled")
+        if not isinstance(sampled, int) or sampled < self.min_peers:
+            # refuse before holding a key share, so the others' sum can still be decrypted
+            raise PolicyError(f"refused: {sampled} site(s) asked, this site requires at least {self.min_peers}")
+        session_id = config.get("ckks.session")
+        if not isinstance(session_id, str) or not session_id:
+            raise CkksEngineError("ckks.keys instruction names no session")
+        key = (str(message.run_id), int(message.round_no))
+        with self._lock:
+            if key in self._sessions:
+                raise CkksEngineError(f"{self.site_id}: round {message.round_no} already has a CKKS key (replay)")
+        (lead,) = unpack_blobs(message.payload.arrays.get("keys"), "ckks.keys instruction", count=1)
+        handle, public_key = self.backend.keygen(lead)
+        with self._lock:
+            self._sessions[key] = _Session(session_id, handle, public_key, mine)
+            while len(self._sessions) > _MAX_SESSIONS:
+                _, old = self._sessions.popitem(last=False)
+                self.backend.forget(old.handle)
+        return Payload(arrays={"key": pack_blobs([public_key])})
+
+    def _encrypt(self, message: Message) -> Payload:
+        assert self.backend is not None
+        session = self._session(message)
+        if session.encrypted:
+            raise CkksEngineError(f"{self.site_id}: round {message.round_no} already encrypted an update (replay)")
+        config = message.payload.config
+        public_keys = unpack_blobs(message.payload.arrays.get("secagg_ckks_keys"), "ckks.encrypt instruction")
+        index = config.get("ckks.index")
+        if not isinstance(index, int) or not 0 < index < len(public_keys) or public_keys[index] != session.public_key:
+            raise PolicyError("refused: this site's CKKS public key is not in the joint key it was asked to use")
+        if len(set(public_keys)) != len(public_keys):
+            raise PolicyError("refused: the joint CKKS key lists a public key twice")
+        parties = len(public_keys) - 1  # the coordinator's lead share is not a site
+        if parties < self.min_peers:
+            raise PolicyError(
+                f"refused: {parties} site(s) in the aggregate, this site requires at least {self.min_peers}"
+            )
+        session.encrypted = True
+        update = self.fit(message)
+        if update.extras:
+            raise CkksEngineError(
+                f"{self.site_id}: CKKS aggregation carries only the model, not {sorted(update.extras)}"
+            )
+        if set(update.state) != set(update.reference):
+            raise CkksEngineError(f"{self.site_id}: trained model entries differ from the global model's")
+        names = list(update.reference)
+        weight = float(update.weight)
+        values = np.empty(int(sum(update.reference[n].size for n in names)) + 1, dtype=np.float64)
+        values[:-1] = flat_delta(update.state, update.reference, names)
+        values[:-1] *= weight
+        values[-1] = weight
+        size = config.get("ckks.size")
+        if size != values.size:
+            raise CkksEngineError(f"{self.site_id}: update has {values.size} values, the round expects {size}")
+        peak = float(np.max(np.abs(values))) * parties
+        if not math.isfinite(peak) or peak >= self.params.bound:
+            raise CkksEngineError(
+                f"{self.site_id}: weighted update too large for the CKKS parameters ({parties} x max |w*delta| = "
+                f"{peak:.3g} >= {self.params.bound:g}); raise first_mod_bits - scale_bits or clip the update"
+            )
+        joint = self.backend.join(public_keys)
+        cts = self.backend.encrypt(joint, values)
+        # the example count stays inside the ciphertext (the weight slot), as under SecAgg+
+        metrics = {k: float(v) for k, v in update.metrics.items() if k != "num_examples"}
+        return Payload(arrays={"ct": pack_blobs(cts)}, metrics=metrics)
+
+    def _decrypt(self, message: Message) -> Payload:
+        assert self.backend is not None
+        session = self._session(message)
+        if session.decrypted:
+            raise PolicyError(f"refused: {self.site_id} already gave its decryption share for round {message.round_no}")
+        contributors = message.payload.config.get("ckks.contributors")
+        if not isinstance(contributors, int) or contributors < self.min_peers:
+            raise PolicyError(
+                f"refused: the sum holds {contributors} update(s), this site requires at least {self.min_peers}"
+            )
+        total = unpack_blobs(message.payload.arrays.get("ct"), "ckks.decrypt instruction")
+        session.decrypted = True
+        try:
+            partial = self.backend.partial_decrypt(session.handle, total, lead=False)
+        finally:
+            self.backend.forget(session.handle)
+        return Payload(arrays={"partial": pack_blobs(partial)})

@@ -1,0 +1,214 @@
+"""Threshold CKKS aggregation with OpenFHE (engine in a side interpreter; skipped without one)."""
+
+import numpy as np
+import pytest
+from tests.conftest import ShiftTask, shift_sites
+
+from fedcare.errors import ConfigError, NotEnoughSitesError
+from fedcare.he import OpenFheEngine, find_openfhe_python
+from fedcare.runtime.policy import SitePolicy
+from fedcare.runtime.simulation import build_nodes, run_simulation
+from fedcare.secure.ckks import CkksEngineError, CkksParams, CkksWorkflow, pack_blobs, unpack_blobs
+from fedcare.strategies import CoordinateMedian, FedAdam, FedAvg
+from fedcare.transport import InProcessChannel
+from fedcare.types import Message, MessageKind, RunId, SiteId
+
+pytestmark = pytest.mark.skipif(
+    find_openfhe_python() is None, reason="no Python with OpenFHE's bindings (FEDCARE_OPENFHE_PYTHON, make openfhe-env)"
+)
+
+
+@pytest.fixture(scope="module")
+def engine():
+    e = OpenFheEngine()
+    yield e
+    e.close()
+
+
+def _run(engine, n=4, rounds=1, strategy=None, policies=None, size=16, **kw):
+    return run_simulation(
+        sites=shift_sites(n),
+        task=ShiftTask(size=size),
+        strategy=strategy or FedAvg(),
+        rounds=rounds,
+        seed=0,
+        run_id=RunId("r"),
+        fit_workflow=CkksWorkflow(backend=engine) if engine is not None else None,
+        policies=policies,
+        max_workers=2,
+        **kw,
+    )
+
+
+def test_parameters_meet_128_bit_security_and_pack_4096_values(engine):
+    assert engine.slots == 4096
+    assert engine.info["ring_dim"] == 8192
+    # HE standard, 128-bit classical, ring 8192: log2 Q <= 218
+    assert engine.info["log_q"] <= 218
+
+
+def test_decrypted_sum_equals_plain_sum_within_precision_and_fewer_shares_cannot_decrypt(engine):
+    rng = np.random.default_rng(0)
+    lead, lead_pk = engine.keygen()
+    parties = [engine.keygen(lead_pk) for _ in range(3)]
+    joint = engine.join([lead_pk] + [pk for _, pk in parties])
+    xs = [rng.normal(size=5000) * 10 for _ in range(3)]  # two ciphertexts each
+    cts = [engine.encrypt(joint, x) for x in xs]
+    assert all(len(c) == 2 for c in cts)
+    total = engine.add(cts)
+    shares = [engine.partial_decrypt(lead, total, lead=True)]
+    shares += [engine.partial_decrypt(h, total, lead=False) for h, _ in parties]
+    got = engine.fuse(shares, 5000)
+    np.testing.assert_allclose(got, sum(xs), atol=1e-3)  # documented: |error| < 1e-3 at scale 2^40
+    # all but one share: OpenFHE refuses to decode (or the values are noise)
+    for missing in range(4):
+        fewer = shares[:missing] + shares[missing + 1 :]
+        try:
+            wrong = engine.fuse(fewer, 5000)
+        except CkksEngineError as exc:
+            assert "approximation error is too high" in str(exc)
+        else:
+            assert np.abs(wrong - sum(xs)).max() > 1e3
+    # an individual ciphertext decrypted with the shares of the sum's parties but one: no
+    single = engine.add([cts[0]])
+    partial = [engine.partial_decrypt(lead, single, lead=True)] + [
+        engine.partial_decrypt(h, single, lead=False) for h, _ in parties[1:]
+    ]
+    with pytest.raises(CkksEngineError):
+        engine.fuse(partial, 5000)
+    for h, _ in [(lead, None), *parties]:
+        engine.forget(h)
+
+
+def test_ciphertext_bytes_look_uniform(engine):
+    """The coordinator's view: the serialized ciphertext's payload bytes have no byte bias (chi-square)."""
+    from scipy.stats import chisquare
+
+    _, pk = engine.keygen()
+    (ct,) = engine.encrypt(pk, np.zeros(100))  # an all-zero update
+    body = np.frombuffer(ct[-60000:], dtype=np.uint8)  # coefficients mod a 60-bit prime: low 7 bytes uniform
+    words = body[: len(body) // 8 * 8].reshape(-1, 8)[:, :7].ravel()
+    counts = np.bincount(words, minlength=256)
+    assert chisquare(counts).pvalue > 1e-4
+
+
+def test_ckks_fedavg_matches_plain_fedavg(engine):
+    plain = _run(None, n=5, rounds=2)
+    enc = _run(engine, n=5, rounds=2)
+    np.testing.assert_allclose(enc.state.model["w"], plain.state.model["w"], atol=1e-5)
+    r = enc.rounds[-1]
+    assert r.fit_metrics["ckks_sites"] == 5 and r.fit_metrics["ckks_key_holders"] == 6 and not r.failures
+    assert r.fit_metrics["num_examples"] == sum(range(1, 6))  # total weight, never one site's
+    assert all("num_examples" not in m for m in r.site_fit.values())
+
+
+def test_ckks_with_fedadam_runs_and_median_is_refused(engine):
+    plain = _run(None, n=3, strategy=FedAdam(server_lr=0.1))
+    enc = _run(engine, n=3, strategy=FedAdam(server_lr=0.1))
+    np.testing.assert_allclose(enc.state.model["w"], plain.state.model["w"], atol=1e-5)
+    with pytest.raises(ConfigError, match="median, trimmed mean and Krum"):
+        _run(engine, n=3, strategy=CoordinateMedian())
+
+
+def test_site_dropping_before_its_key_share_is_left_out(engine):
+    sites = shift_sites(4)
+    task = ShiftTask(size=8)
+    nodes = build_nodes(sites, task, ckks_backend=engine)
+    gone = sorted(sites)[1]
+
+    def offline(msg: Message) -> Message:
+        raise RuntimeError("link down")
+
+    handlers = {s: (offline if s == gone else n.handle) for s, n in nodes.items()}
+    from fedcare.runtime.coordinator import Coordinator
+    from fedcare.runtime.recorder import RunSpec
+    from fedcare.task import task_hash
+
+    channel = InProcessChannel(handlers, max_workers=2)
+    coord = Coordinator(
+        channel=channel,
+        strategy=FedAvg(),
+        task_name=task.name,
+        task_hash=task_hash(task),
+        rounds=1,
+        fit_workflow=CkksWorkflow(backend=engine),
+        evaluate=False,
+    )
+    spec = RunSpec(
+        run_id=RunId("d"), name="d", dataset="", strategy="fedavg", task="shift", task_hash="", seed=0, rounds=1
+    )
+    result = coord.run(task.init_model(np.random.default_rng(0)), spec=spec)
+    channel.close()
+    r = result.rounds[0]
+    assert r.fit_metrics["ckks_sites"] == 3 and gone in r.failures
+    kept = [k for k, s in enumerate(sorted(sites)) if s != gone]
+    expected = np.linspace(-1, 1, 8) + sum((k + 1) * 1e-3 * (k + 1) for k in kept) / sum(k + 1 for k in kept)
+    np.testing.assert_allclose(result.state.model["w"], expected, atol=1e-5)
+
+
+def test_site_dropping_before_decryption_leaves_the_sum_encrypted(engine):
+    sites = shift_sites(3)
+    task = ShiftTask(size=8)
+    nodes = build_nodes(sites, task, ckks_backend=engine)
+    gone = sorted(sites)[0]
+
+    def drops_at_decrypt(msg: Message) -> Message:
+        if msg.payload.config.get("secagg.stage") == "ckks.decrypt":
+            raise RuntimeError("link down")
+        return nodes[gone].handle(msg)
+
+    handlers = {s: (drops_at_decrypt if s == gone else n.handle) for s, n in nodes.items()}
+    with pytest.raises(NotEnoughSitesError, match="every key holder's decryption share"):
+        run_simulation(
+            sites=sites,
+            task=task,
+            strategy=FedAvg(),
+            rounds=1,
+            seed=0,
+            run_id=RunId("x"),
+            fit_workflow=CkksWorkflow(backend=engine),
+            nodes={s: _Handler(h) for s, h in handlers.items()},
+            max_workers=2,
+        )
+
+
+class _Handler:
+    def __init__(self, fn):
+        self.handle = fn
+
+
+def test_site_policy_min_peers_and_require_encryption(engine):
+    policies = {SiteId("site-00"): SitePolicy(min_peers=5)}
+    with pytest.raises(NotEnoughSitesError):
+        _run(engine, n=3, policies=policies, min_sites=3)
+    r = _run(engine, n=3, policies={SiteId("site-00"): SitePolicy(min_peers=5)}).rounds[0]
+    assert "at least 5" in r.failures[SiteId("site-00")]
+    # a site that requires encryption refuses plain rounds and takes CKKS ones
+    strict = {SiteId("site-00"): SitePolicy(require_encryption=True)}
+    assert SiteId("site-00") in _run(None, n=3, policies=strict).rounds[0].failures
+    assert not _run(engine, n=3, policies=strict).rounds[0].failures
+
+
+def test_bad_ciphertext_records_are_named_errors():
+    with pytest.raises(CkksEngineError, match="do not add up"):
+        unpack_blobs({"blob": np.zeros(10, np.uint8), "sizes": np.array([4, 4], np.int64)}, "reply from a")
+    with pytest.raises(CkksEngineError, match="expected 3"):
+        unpack_blobs(pack_blobs([b"ab", b"cd"]), "reply from a", count=3)
+    with pytest.raises(ConfigError, match="scale_bits"):
+        CkksParams(scale_bits=58)
+    assert unpack_blobs(pack_blobs([b"ab", b"c"]), "x") == [b"ab", b"c"]
+
+
+def test_site_without_engine_refuses(engine):
+    nodes = build_nodes(shift_sites(2), ShiftTask(size=4))  # no backend
+    msg = Message(
+        kind=MessageKind.SECAGG,
+        run_id=RunId("r"),
+        round_no=1,
+        site=SiteId("site-00"),
+        payload=__import__("fedcare.types", fromlist=["Payload"]).Payload(
+            config={"secagg.stage": "ckks.keys", "task": "shift", "task_hash": nodes[SiteId("site-00")].task_hash}
+        ),
+    )
+    reply = nodes[SiteId("site-00")].handle(msg)
+    assert reply.error and "no CKKS engine" in reply.error
