@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from fedcare.cli.app import DbOption, app, console, err_console, fail
 from fedcare.errors import FedcareError, StoreError
@@ -57,7 +58,14 @@ def release(
 @app.command()
 def predict(
     bundle: Annotated[Path, typer.Option("--bundle", help="Release bundle folder (fedcare release).")],
-    input: Annotated[Path, typer.Option("--input", help="CSV of patients, one row each, the model's predictors.")],
+    input: Annotated[
+        Path,
+        typer.Option(
+            "--input",
+            help="CSV of patients (one row each, the model's predictors), or a FHIR Bundle JSON file or folder "
+            "of bundles (read with the study's [data.fhir] mapping kept in the bundle).",
+        ),
+    ],
     out: Annotated[Path | None, typer.Option("--out", help="Write predictions and problems as JSON here.")] = None,
     top: Annotated[int, typer.Option(help="Features shown per patient.", min=1)] = 3,
 ) -> None:
@@ -67,15 +75,18 @@ def predict(
 
     from fedcare.errors import DataError
     from fedcare.release.bundle import load_bundle
-    from fedcare.release.predict import predict_rows
+    from fedcare.release.predict import predict_fhir, predict_rows
 
     try:
         loaded = load_bundle(bundle)
-        try:
-            frame = pd.read_csv(input, dtype=str, keep_default_na=False)
-        except (OSError, ValueError) as exc:
-            raise DataError(f"{input}: cannot read CSV: {exc}") from None
-        report = predict_rows(loaded, frame, top=top)
+        if input.is_dir() or input.suffix.lower() == ".json":
+            report = predict_fhir(loaded, input, top=top)
+        else:
+            try:
+                frame = pd.read_csv(input, dtype=str, keep_default_na=False)
+            except (OSError, ValueError) as exc:
+                raise DataError(f"{input}: cannot read CSV: {exc}") from None
+            report = predict_rows(loaded, frame, top=top)
     except FedcareError as exc:
         raise fail(exc) from None
     table = Table(title=f"{len(report.predictions)} patient(s) scored", title_justify="left")
@@ -86,14 +97,17 @@ def predict(
     for p in report.predictions:
         up = ", ".join(f"{k} +{v:.2f}" for k, v in p["contributions"].items() if v > 0)
         down = ", ".join(f"{k} {v:.2f}" for k, v in p["contributions"].items() if v < 0)
-        cells = [str(p.get("patient") or p["row"]), f"{p['risk']:.3f}"]
+        cells = [str(p["row"]), f"{p['risk']:.3f}"]
         if calibrated:
             cells.append(f"{p['calibrated_risk']:.3f}")
         table.add_row(*cells, up or "—", down or "—")
     console.print(table)
     for problem in report.problems:
+        where = f"row {problem.row}" if isinstance(problem.row, int) else str(problem.row)
         err_console.print(
-            f"[yellow]row {problem.row}[/]: {problem.field}: {problem.reason} (not scored)", highlight=False
+            f"[yellow]{escape(where)}[/]: {escape(problem.field)}: {escape(problem.reason)} (not scored)",
+            highlight=False,
+            soft_wrap=True,
         )
     if out is not None:
         out.write_text(json.dumps(report.as_dict(), indent=2), encoding="utf-8")

@@ -13,27 +13,31 @@ its row, field and reason, and the other rows are still scored. Contributions:
 from __future__ import annotations
 
 import math
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from fedcare.data.fhir import FhirMapping, read_bundles
+from fedcare.data.schema import CheckReport
 from fedcare.errors import ConfigError, DataError
 from fedcare.evaluation.recalibration import apply_platt
 from fedcare.release.bundle import Bundle
 from fedcare.release.onnx_export import torch_module
 
-__all__ = ["PredictionReport", "RowProblem", "encode_rows", "predict_rows"]
+__all__ = ["PredictionReport", "RowProblem", "encode_rows", "predict_fhir", "predict_rows", "study_ranges"]
 
 
 @dataclass(frozen=True)
 class RowProblem:
-    """Why one input row was not scored."""
+    """Why one input row (a CSV row number, or a FHIR bundle and patient) was not scored."""
 
-    row: int
+    row: int | str
     field: str
     reason: str
 
@@ -69,11 +73,18 @@ def _category(value: Any, categories: Sequence[Any]) -> Any:
 
 
 def encode_rows(
-    frame: pd.DataFrame, pre: Mapping[str, Any], *, first_row: int = 1
+    frame: pd.DataFrame,
+    pre: Mapping[str, Any],
+    *,
+    first_row: int = 1,
+    labels: Sequence[str] | None = None,
+    ranges: Mapping[str, tuple[float | None, float | None]] | None = None,
 ) -> tuple[npt.NDArray[np.float32], list[int], list[RowProblem]]:
     """Check and encode raw rows: ``(x, indices of the good rows, problems)``.
 
-    Rows are numbered from ``first_row`` (1 = the first data row of a CSV).
+    Rows are numbered from ``first_row`` (1 = the first data row of a CSV), or named by
+    ``labels`` (one per row: a FHIR bundle and patient). ``ranges`` (the study schema's
+    ``min``/``max`` per column) names values outside them.
     """
     features: list[str] = list(pre.get("features", []))
     if not features:
@@ -84,6 +95,10 @@ def encode_rows(
         raise DataError(f"input has no column(s) {', '.join(absent)} (the model needs: {', '.join(features)})")
     problems: list[RowProblem] = []
     good: list[int] = []
+
+    def name(i: int) -> int | str:
+        return labels[i] if labels is not None else first_row + i
+
     clean: list[dict[str, Any]] = []
     for i, (_, row) in enumerate(frame.iterrows()):
         values: dict[str, Any] = {}
@@ -91,7 +106,7 @@ def encode_rows(
         for f in features:
             raw = row[f]
             if raw is None or (isinstance(raw, float) and math.isnan(raw)) or str(raw).strip() == "":
-                problems.append(RowProblem(first_row + i, f, "missing value"))
+                problems.append(RowProblem(name(i), f, "missing value"))
                 bad = True
                 continue
             try:
@@ -101,10 +116,15 @@ def encode_rows(
                     number = float(raw)
                     if not math.isfinite(number):
                         raise ValueError(f"{raw!r} is not a finite number")
+                    lo, hi = (ranges or {}).get(f, (None, None))
+                    if (lo is not None and number < lo) or (hi is not None and number > hi):
+                        bounds = ", ".join("" if v is None else f"{v:g}" for v in (lo, hi))
+                        raise ValueError(f"{number:g} is outside the study's range [{bounds}]")
                     values[f] = number
             except (TypeError, ValueError) as exc:
-                reason = str(exc) if f in categorical or "finite" in str(exc) else f"{raw!r} is not a number"
-                problems.append(RowProblem(first_row + i, f, reason))
+                checked = f in categorical or "finite" in str(exc) or "range" in str(exc)
+                reason = str(exc) if checked else f"{raw!r} is not a number"
+                problems.append(RowProblem(name(i), f, reason))
                 bad = True
         if not bad:
             good.append(i)
@@ -150,11 +170,29 @@ def contributions(bundle: Bundle, x: npt.NDArray[np.float32]) -> tuple[npt.NDArr
     return attr.detach().double().numpy(), "integrated gradients (Captum), baseline = training mean"
 
 
-def predict_rows(bundle: Bundle, frame: pd.DataFrame, *, top: int = 5, first_row: int = 1) -> PredictionReport:
-    """Score each valid row of ``frame``; name each invalid row's field and reason."""
+def study_ranges(bundle: Bundle) -> dict[str, tuple[float | None, float | None]]:
+    """The study schema's ``min``/``max`` per column, when the bundle carries the study."""
+    columns = ((bundle.meta.get("study") or {}).get("spec") or {}).get("data", {}).get("columns", {})
+    return {n: (c.get("min"), c.get("max")) for n, c in columns.items() if "min" in c or "max" in c}
+
+
+def predict_rows(
+    bundle: Bundle,
+    frame: pd.DataFrame,
+    *,
+    top: int = 5,
+    first_row: int = 1,
+    labels: Sequence[str] | None = None,
+    problems: Sequence[RowProblem] = (),
+) -> PredictionReport:
+    """Score each valid row of ``frame``; name each invalid row's field and reason.
+
+    ``labels`` name the rows (FHIR: bundle and patient) instead of numbers; ``problems``
+    found before (a FHIR bundle that could not be read) lead the report.
+    """
     pre = bundle.preprocessing
-    x, good, problems = encode_rows(frame, pre, first_row=first_row)
-    report = PredictionReport(problems=problems)
+    x, good, found = encode_rows(frame, pre, first_row=first_row, labels=labels, ranges=study_ranges(bundle))
+    report = PredictionReport(problems=[*problems, *found])
     if not good:
         return report
     risk = np.asarray(bundle.task.predict(bundle.model, x), dtype=np.float64).ravel()
@@ -166,7 +204,7 @@ def predict_rows(bundle: Bundle, frame: pd.DataFrame, *, top: int = 5, first_row
     for k, i in enumerate(good):
         order = np.argsort(-np.abs(contrib[k]))[:top]
         entry: dict[str, Any] = {
-            "row": first_row + i,
+            "row": labels[i] if labels is not None else first_row + i,
             "risk": float(risk[k]),
             # Platt scaling fitted federatedly after the last round, where the study asked for it
             "calibrated_risk": float(calibrated[k]) if calibrated is not None else None,
@@ -178,3 +216,36 @@ def predict_rows(bundle: Bundle, frame: pd.DataFrame, *, top: int = 5, first_row
             entry["bias"] = bias
         report.predictions.append(entry)
     return report
+
+
+def predict_fhir(bundle: Bundle, path: Path, *, top: int = 5) -> PredictionReport:
+    """Score the patients of a FHIR Bundle file or a folder of them, read by the site's FHIR connector.
+
+    The columns come from the study's ``[data.fhir]`` mapping kept in the release bundle.
+    A bundle that cannot be read or fails FHIR validation is reported with its file and
+    location; a patient with a missing, malformed or out-of-range value is reported with
+    bundle, patient, field and reason; every other patient is scored.
+
+    Raises
+    ------
+    ConfigError
+        The bundle's study has no FHIR mapping (it was not trained on FHIR data).
+    """
+    data = ((bundle.meta.get("study") or {}).get("spec") or {}).get("data", {})
+    if not data.get("fhir"):
+        raise ConfigError(
+            "this model's study reads no FHIR data (no [data.fhir] mapping in the bundle): give a CSV of its predictors"
+        )
+    mapping = FhirMapping.from_mapping(data["fhir"])
+    report = CheckReport()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = path
+        if path.is_file():  # one bundle: the connector reads folders
+            folder = Path(tmp)
+            (folder / path.name).symlink_to(path.resolve())
+        elif not path.is_dir():
+            raise DataError(f"{path}: no such FHIR bundle or folder")
+        raw = read_bundles(folder, mapping, report, needs=frozenset(bundle.preprocessing.get("features", [])))
+    before = [RowProblem(p.source, p.location or "bundle", p.message) for p in report.problems]
+    labels = [f"{b} (Patient {p})" for b, p in zip(raw["bundle"], raw["patient_id"], strict=True)]
+    return predict_rows(bundle, raw.reset_index(drop=True), top=top, labels=labels, problems=before)
