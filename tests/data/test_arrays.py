@@ -63,3 +63,10 @@ def test_two_npz_sites_become_a_federated_image_dataset(tmp_path):
     fed = federated_images(sites)
     assert [len(fed.sites[s].train) for s in ("a", "b")] == [10, 11]
     assert fed.sites["b"].test.x.shape == (3, 1, 28, 28) and fed.sites["b"].test.y.dtype == np.int64
+
+
+def test_an_empty_split_is_read_as_no_rows(write_config, tmp_path):
+    arrays = medmnist(np.random.default_rng(2), sizes=(6, 0, 3))
+    np.savez_compressed(tmp_path / "e.npz", **arrays)
+    site = load_site(load_site_config(write_config(SITE.format(name="e.npz"))))
+    assert site.images.shape == (9, 1, 28, 28) and list(site.raw["split"]).count("val") == 0

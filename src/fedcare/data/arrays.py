@@ -89,7 +89,7 @@ def _read_archive(
             if x.dtype != np.uint8 or x.ndim not in (3, 4):
                 report.add(name, ikey, f"must be uint8 (n, h, w[, c]), got {x.dtype} {x.shape}")
                 continue
-            y2 = y.reshape(len(y), -1) if y.ndim >= 1 else y
+            y2 = y.reshape(len(y), int(np.prod(y.shape[1:]))) if y.ndim >= 1 else y  # (0, 1) stays (0, 1)
             if y2.ndim != 2 or y2.shape[1] != 1:
                 report.add(name, lkey, f"must be (n, 1) single labels, got shape {y.shape}")
                 continue
