@@ -79,6 +79,13 @@ def study_dataset(
         )
     if "builtin" in kinds:
         raise ConfigError("a simulation mixes built-in and connector sites; give one kind")
+    streamed = [spec for spec in specs.values() if spec.options.get("stream")]
+    if streamed:
+        raise ConfigError(
+            f"{streamed[0].where}: data.stream = true: fedcare simulate holds every site's images in memory "
+            "(its Local and Pooled baselines pool them); run streamed sites with fedcare up or fedcare node, "
+            "or set stream = false to simulate"
+        )
     loaded = {SiteId(s): i.loaded for s, i in inputs.items()}
     if any(v is None for v in loaded.values()):
         raise ConfigError("internal: connector sites without loaded data")

@@ -240,10 +240,11 @@ def combine_statistics(plan: RunPlan, exchange: Exchange, *, run_id: RunId) -> S
     """Ask the sites for their Moments through the Coordinator's exchange and combine them.
 
     Recorded in the store and audited like every exchange. Returns None for built-in data
-    sets (prepared by their loader) and for ``normalization = "site"``.
+    sets (prepared by their loader), for ``normalization = "site"``, and for images (a
+    schema with no feature column: nothing to standardise, so no pixel moments leave a site).
     """
     data = plan.study.data
-    if data.schema is None or data.normalization != "federated":
+    if data.schema is None or data.normalization != "federated" or n_encoded_features(plan.study) == 0:
         return None
     combined, _per_site, failures = query_moments(
         exchange,

@@ -13,10 +13,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import pandas as pd
+
 from fedcare.build.prep import StudySite, TabularSource
 from fedcare.build.run import build_task
 from fedcare.data.cohort import StatsQuery
 from fedcare.data.connect import LoadedSite, load_site
+from fedcare.data.dicom import DEFAULT_SIZE
+from fedcare.data.schema import CheckReport, check_frame
+from fedcare.data.streaming import DicomFolder
+from fedcare.data.table import read_csv
 from fedcare.data.tabular import split_indices
 from fedcare.datasets import load_builtin
 from fedcare.errors import ConfigError, DataError, FedcareError, PolicyError
@@ -67,7 +73,7 @@ class SiteInputs:
         """Model inputs per row for tabular data (None for images)."""
         if self.source is not None:
             return int(self.source.x_train.shape[1])
-        x = self.data.train.x
+        x = getattr(self.data.train, "x", None)  # a streamed source holds no array
         return int(x.shape[1]) if getattr(x, "ndim", 0) == 2 else None
 
 
@@ -98,6 +104,8 @@ def load_site_data(spec: SiteSpec, study: StudySpec) -> SiteInputs:
             f"{spec.where}: the study trains on the built-in data set {study.data.dataset!r}; "
             f"this site's data ({spec.kind}) needs a study with a [data] schema"
         )
+    if spec.options.get("stream", False) is not False:
+        return SiteInputs(data=_streamed(spec, study))
     loaded = load_site(spec.data_config(study))
     if loaded.images is not None:
         return SiteInputs(data=_images(loaded, study), loaded=loaded)
@@ -117,6 +125,62 @@ def _images(loaded: LoadedSite, study: StudySpec) -> SiteData:
     else:
         tr, te = split_indices(labels, test_fraction=study.data.test_fraction, seed=study.data.split_seed)
     return SiteData(ArrayDataset(loaded.images[tr], labels[tr]), ArrayDataset(loaded.images[te], labels[te]))
+
+
+def _streamed(spec: SiteSpec, study: StudySpec) -> SiteData:
+    """A DICOM folder read a batch at a time (``stream = true``): the label table is checked now, pixels when read.
+
+    The split is the one the in-memory connector makes (the table's ``split`` column, or
+    the study's seeded stratified split), so streamed and in-memory sites train on the
+    same images.
+    """
+    if spec.options.get("stream") is not True:
+        raise ConfigError(f"{spec.where}: data.stream must be true or false, got {spec.options.get('stream')!r}")
+    if spec.kind != "dicom":
+        raise ConfigError(
+            f"{spec.where}: data.stream = true reads a DICOM folder a batch at a time; kind {spec.kind!r} "
+            "is read whole (tables are prepared with statistics combined over all rows)"
+        )
+    config = spec.data_config(study)
+    labels_opt = config.option("labels", None)
+    if not isinstance(labels_opt, str):
+        raise ConfigError(f"{spec.where}: kind = 'dicom' needs data.labels = '<label table CSV>'")
+    file_column = str(config.option("file_column", "file"))
+    size = config.option("size", list(DEFAULT_SIZE))
+    if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)):
+        raise ConfigError(f"{spec.where}: data.size must be [rows, columns] of positive integers, got {size!r}")
+    window = config.option("window", None)
+    if window is not None and not (
+        isinstance(window, list)
+        and len(window) == 2
+        and all(isinstance(w, int | float) and not isinstance(w, bool) for w in window)
+        and window[1] > 0
+    ):
+        raise ConfigError(f"{spec.where}: data.window must be [center, width > 0], got {window!r:.80}")
+    labels_path = config.resolve(labels_opt)
+    report = CheckReport()
+    table = read_csv(labels_path, report)
+    if table is None or file_column not in table.columns:
+        report.raise_if_problems(f"site {spec.site_id} ({labels_path})")
+        raise DataError(f"site {spec.site_id} ({labels_path}): no {file_column!r} column naming the image files")
+    names = [str(f) for f in table[file_column]]
+    frame = check_frame(table, config.schema, source=labels_path.name, report=report, row_label=names)
+    loaded = LoadedSite(config=config, frame=frame, raw=table, images=None, report=report)
+    report.raise_if_problems(f"site {spec.site_id} ({labels_path})")
+    y = loaded.target.astype("int64")
+    if "split" in table.columns:
+        split = table["split"].to_numpy()
+        tr, te = (split == "train").nonzero()[0], (split == "test").nonzero()[0]
+    else:
+        tr, te = split_indices(y, test_fraction=study.data.test_fraction, seed=study.data.split_seed)
+    if len(tr) == 0 or len(te) == 0:
+        raise DataError(f"site {spec.site_id} ({labels_path}): too few images to split ({len(y)})")
+
+    def part(rows: Any) -> Any:
+        labels = pd.DataFrame({"file": [names[i] for i in rows], "label": y[rows]})
+        return DicomFolder(config.path, labels, size=(size[0], size[1]), window=window)
+
+    return SiteData(part(tr), part(te))
 
 
 @dataclass

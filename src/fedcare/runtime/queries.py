@@ -90,7 +90,10 @@ class MomentsQuery:
 
     def answer(self, message: Message) -> Payload:
         """``{"moments": {"count", "sum", "sum_sq"}}`` over the training rows."""
-        x = np.asarray(self.data.train.x, dtype=np.float64)
+        rows = getattr(self.data.train, "x", None)
+        if rows is None:  # a RecordSource: files read a batch at a time, never standardised
+            raise PolicyError("refused: this site streams its records from files; it releases no feature moments")
+        x = np.asarray(rows, dtype=np.float64)
         count, total, total_sq = column_moments(x.reshape(len(x), -1))
         return Payload(arrays={"moments": {"count": count, "sum": total, "sum_sq": total_sq}})
 

@@ -12,6 +12,7 @@ Relative paths resolve against the file's folder. The keys are documented in
     [data]
     kind = "csv"                     # csv | parquet | fhir | dicom | npz | builtin
     path = "patients.csv"
+    # stream = true                  # dicom only: read the images a batch at a time (larger than memory)
 
     [policy]
     studies = ["heart-2026"]         # studies this site opts in to
@@ -66,6 +67,7 @@ _DATA = {
     "window",
     "size",
     "file_column",
+    "stream",
 }
 _POLICY = {
     "studies",

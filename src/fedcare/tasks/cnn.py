@@ -157,6 +157,8 @@ class CnnTask:
     name = "cnn"
     #: The node passes a :class:`~fedcare.task.FitContext` (SCAFFOLD's site state).
     accepts_context = True
+    #: Site data may be a :class:`~fedcare.task.RecordSource` (a DICOM folder read a batch at a time).
+    streams = True
 
     def __init__(
         self,
@@ -263,7 +265,7 @@ class CnnTask:
             torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=target_steps) if schedule == "cosine" else None
         )
         corrections = LocalCorrections(module, cfg, context)
-        x = self._inputs(data.x, "training data")
+        x = self._inputs(data.x, "training data") if isinstance(data, ArrayDataset) else None  # None: streamed
         y = torch.from_numpy(np.ascontiguousarray(data.y, dtype=np.float32).reshape(-1))
         weights = torch.ones(2)
         if class_weight == "balanced":
@@ -272,7 +274,8 @@ class CnnTask:
                 weights = torch.tensor([0.5 / (1.0 - positive), 0.5 / positive])
 
         def batch_loss(index: torch.Tensor) -> torch.Tensor:
-            xb, yb = x[index], y[index]
+            xb = x[index] if x is not None else self._inputs(data.read(index.numpy()), "training data")
+            yb = y[index]
             if augment:
                 xb = _random_affine(xb, generator)
             return F.binary_cross_entropy_with_logits(module(xb, generator), yb, weight=weights[yb.long()])
@@ -308,6 +311,11 @@ class CnnTask:
         return torch.sigmoid(torch.cat(logits)).double().numpy()
 
     def evaluate(self, model: ModelState, data: ArrayDataset) -> EvalResult:
-        """Log loss, accuracy at 0.5 and ROC AUC on ``data``."""
-        metrics = binary_metrics(data.y, self.predict(model, data.x))
+        """Log loss, accuracy at 0.5 and ROC AUC on ``data`` (a streamed source is scored a chunk at a time)."""
+        if isinstance(data, ArrayDataset):
+            scores = self.predict(model, data.x)
+        else:
+            chunks = [np.arange(i, min(i + _EVAL_BATCH, len(data))) for i in range(0, len(data), _EVAL_BATCH)]
+            scores = np.concatenate([self.predict(model, data.read(c)) for c in chunks]) if chunks else np.zeros(0)
+        metrics = binary_metrics(np.asarray(data.y), scores)
         return EvalResult(loss=metrics["loss"], num_examples=len(data), metrics=metrics)
