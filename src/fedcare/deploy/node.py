@@ -37,10 +37,23 @@ def build_gate(cfg: SiteConfig, study: StudySpec | None, audit: AuditLog | None 
     """
 
     def seen(run_id: str, study_hash: str) -> None:
-        if audit is not None:
-            audit.append("study", run_id=run_id, study_hash=study_hash)
+        if audit is None:
+            return
+        built = gate.built.get(study_hash)
+        extra: dict[str, Any] = {}
+        if built is not None:  # the installed task this study runs, and which rule of the site approved it
+            node = built.node
+            digest = node.task_hash
+            extra = {
+                "task": node.task.name,
+                "task_hash": digest,
+                "task_version": node.task_manifest.version,
+                "approved_by": node.policy.approval_rule(digest, installed_hash=digest),
+            }
+        audit.append("study", run_id=run_id, study_hash=study_hash, **extra)
 
-    return deployed_site(cfg.spec, study, on_study=seen)
+    gate = deployed_site(cfg.spec, study, on_study=seen)
+    return gate
 
 
 def site_node(cfg: SiteConfig, study: StudySpec) -> SiteNode:

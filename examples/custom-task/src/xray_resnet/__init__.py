@@ -4,17 +4,20 @@ Three stages of residual blocks (He et al., "Deep Residual Learning for Image
 Recognition", CVPR 2016) with 16, 32 and 64 channels (28 -> 14 -> 7), global average
 pooling and a linear head giving one logit per image. Normalisation is BatchNorm by
 default; ``norm="group"`` uses GroupNorm (Wu & He, ECCV 2018), which DP-SGD accepts.
-Training batches get a random shift of up to 2 pixels and a random horizontal flip.
+Training batches get a random affine transform (rotation, scale, shift; ``augment``).
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F  # noqa: N812
 
+from fedcare.errors import ConfigError
 from fedcare.tasks.torch_adapter import TorchTask
 
-__all__ = ["ResNetSmall", "make_task"]
+__all__ = ["AUGMENTATIONS", "ResNetSmall", "make_task"]
 
 
 def _norm(kind: str, channels: int) -> torch.nn.Module:
@@ -42,22 +45,28 @@ class Block(torch.nn.Module):
 
 
 class ResNetSmall(torch.nn.Module):
-    """Stem, three residual stages (c, 2c, 4c channels), pooling, dropout, linear head."""
+    """Stem, three residual stages (c, 2c, 4c channels), pooling, dropout, linear head.
 
-    def __init__(self, channels: int = 16, norm: str = "batch", dropout: float = 0.2) -> None:
+    ``head="avg"`` averages the last 7x7 map (position-free); ``head="flatten"`` keeps
+    where in the image a feature is (lung fields sit at fixed places on a chest film).
+    """
+
+    def __init__(self, channels: int = 16, norm: str = "batch", dropout: float = 0.2, head: str = "avg") -> None:
         super().__init__()
         c = channels
         self.stem = torch.nn.Sequential(torch.nn.Conv2d(1, c, 3, 1, 1, bias=False), _norm(norm, c), torch.nn.ReLU())
         self.stages = torch.nn.Sequential(Block(c, c, 1, norm), Block(c, 2 * c, 2, norm), Block(2 * c, 4 * c, 2, norm))
         self.dropout = torch.nn.Dropout(dropout)
-        self.head = torch.nn.Linear(4 * c, 1)
+        self.flatten = head == "flatten"
+        self.head = torch.nn.Linear(4 * c * (49 if self.flatten else 1), 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.stages(self.stem((x - 0.5) / 0.5))
-        return self.head(self.dropout(h.mean(dim=(2, 3)))).squeeze(-1)
+        h = h.flatten(1) if self.flatten else h.mean(dim=(2, 3))
+        return self.head(self.dropout(h)).squeeze(-1)
 
 
-def augment(x: torch.Tensor) -> torch.Tensor:
+def shift_flip(x: torch.Tensor) -> torch.Tensor:
     """Random shift (up to 2 pixels, edge padding) and horizontal flip per image."""
     n = x.shape[0]
     padded = F.pad(x, (2, 2, 2, 2), mode="replicate")
@@ -68,24 +77,53 @@ def augment(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def affine(x: torch.Tensor) -> torch.Tensor:
+    """Random rotation (+-10 deg), scale (+-10 %) and shift (+-10 %) per image; no flip (anatomy is not symmetric)."""
+    n = x.shape[0]
+    angle = (torch.rand(n) * 2 - 1) * math.radians(10)
+    scale = 1 + (torch.rand(n) * 2 - 1) * 0.1
+    tx, ty = (torch.rand(2, n) * 2 - 1) * 0.2  # grid coordinates span [-1, 1]: 0.2 is 10 % of the side
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, padding_mode="border", align_corners=False)
+
+
+AUGMENTATIONS = {"affine": affine, "shift-flip": shift_flip, "none": None}
+
+
 def make_task(
     channels: int = 16,
     norm: str = "batch",
     dropout: float = 0.2,
     pos_weight: float = 1.0,
+    augment: str = "affine",
+    head: str = "avg",
     num_threads: int | None = None,
 ) -> TorchTask:
     """The task fedcare builds from the study's ``[task]`` parameters.
 
     ``pos_weight`` weighs the positive (pneumonia) class in the loss; a constant (not the
     site's own label balance), so it is the same at every site and safe under DP-SGD.
+    ``augment`` is one of ``affine``, ``shift-flip``, ``none``; ``head`` is ``avg`` or ``flatten``.
     """
+    if augment not in AUGMENTATIONS:
+        raise ConfigError(f"augment must be one of {', '.join(AUGMENTATIONS)}, got {augment!r}")
+    if head not in ("avg", "flatten"):
+        raise ConfigError(f"head must be 'avg' or 'flatten', got {head!r}")
     return TorchTask(
         name="xray-resnet",
-        model=lambda: ResNetSmall(channels, norm, dropout),
+        model=lambda: ResNetSmall(channels, norm, dropout, head),
         loss=torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(float(pos_weight))),
-        params={"channels": channels, "norm": norm, "dropout": dropout, "pos_weight": pos_weight},
+        params={
+            "channels": channels,
+            "norm": norm,
+            "dropout": dropout,
+            "pos_weight": pos_weight,
+            "augment": augment,
+            "head": head,
+        },
         input_shape=(1, 28, 28),
-        augment=augment,
+        augment=AUGMENTATIONS[augment],
         num_threads=num_threads,
     )

@@ -1,0 +1,127 @@
+"""Choosing the example task's configuration on the validation split (never the test set).
+
+Each variant of ``examples/custom-task`` (given as ``name:key=value,key=value``) trains
+with FedAvg over the demo's three simulated hospitals with the demo's federated recipe
+(15 rounds, one local epoch of Adam per round, lr 1e-3, batch 64); the final global
+model is scored on PneumoniaMNIST's official validation split (524 images, held by no
+site). The built-in CNN is scored the same way as the yardstick. The test split is not
+looked at here: ``benchmarks/custom_task.py`` reports it for the chosen configuration.
+
+Usage::
+
+    PYTHONPATH=src python benchmarks/custom_task_tuning.py --seeds 0 \\
+        --variant base:channels=8,pos_weight=0.35,augment=shift-flip \\
+        --variant affine:channels=8,pos_weight=0.35,augment=affine
+
+Prints one line per run and JSON on its last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "custom-task"
+
+
+def _value(text: str) -> object:
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _variant(text: str) -> tuple[str, dict[str, object]]:
+    name, _, rest = text.partition(":")
+    params = {k: _value(v) for k, v in (kv.split("=", 1) for kv in rest.split(",") if kv)}
+    return name, params
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--variant", action="append", default=[], help="name:key=value,... (example task params)")
+    parser.add_argument("--no-builtin", action="store_true", help="skip the built-in CNN yardstick")
+    args = parser.parse_args()
+
+    target = Path(tempfile.mkdtemp(prefix="fedcare-example-"))
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target", str(target)]
+        + [str(EXAMPLE)],
+        check=True,
+    )
+    sys.path.insert(0, str(target))
+
+    from fedcare.datasets.pneumonia import load_pneumonia, load_validation
+    from fedcare.demos import get_demo
+    from fedcare.runtime.simulation import run_simulation
+    from fedcare.strategies import FedAvg
+    from fedcare.tasks import make_task
+    from fedcare.tasks.logreg import binary_metrics
+    from fedcare.types import RunId
+
+    recipe = get_demo("pneumonia")
+    data = load_pneumonia()
+    val = load_validation()
+    tasks = {} if args.no_builtin else {"built-in cnn": recipe.make_task(data)}
+    for text in args.variant:
+        name, params = _variant(text)
+        tasks[name] = make_task("xray-resnet", num_threads=1, **params)
+    runs: dict[str, list[dict[str, float]]] = {n: [] for n in tasks}
+    load_before = os.getloadavg()[0]
+    for seed in args.seeds:
+        for name, task in tasks.items():
+            started = time.perf_counter()
+            result = run_simulation(
+                sites=data.sites,
+                task=task,
+                strategy=FedAvg(fit_config=dict(recipe.config.fit_config)),
+                rounds=args.rounds,
+                seed=seed,
+                run_id=RunId(f"tune-{name}-{seed}"),
+            )
+            m = binary_metrics(val.y, task.predict(result.state.model, val.x))
+            run = {"accuracy": float(m["accuracy"]), "auc": float(m["auc"]), "seconds": time.perf_counter() - started}
+            runs[name].append(run)
+            print(
+                f"seed {seed} {name}: validation accuracy {run['accuracy']:.3f} auc {run['auc']:.3f} "
+                f"({run['seconds']:.0f} s)",
+                flush=True,
+            )
+    stats = {
+        n: {k: float(np.mean([r[k] for r in rs])) for k in ("accuracy", "auc", "seconds")} for n, rs in runs.items()
+    }
+    for n, s in stats.items():
+        print(f"{n}: validation accuracy {s['accuracy']:.3f}, AUC {s['auc']:.3f}, {s['seconds']:.0f} s per run")
+    print(
+        json.dumps(
+            {
+                "benchmark": "custom_task_tuning",
+                "split": "validation",
+                "seeds": args.seeds,
+                "rounds": args.rounds,
+                "variants": dict(_variant(v) for v in args.variant),
+                "runs": runs,
+                "stats": stats,
+                "load_average_before": load_before,
+                "load_average_after": os.getloadavg()[0],
+                "cpu_count": os.cpu_count(),
+                "note": "shared machine (other jobs running)",
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
