@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from fedcare.cli.app import PANELS
 from fedcare.cli.demo import DEMO_NAMES
 from fedcare.study.builtin import BUILTIN_STUDIES
 
@@ -38,3 +39,16 @@ def test_registering_all_commands_imports_no_heavy_library():
 
 def test_the_help_names_every_demo():
     assert tuple(sorted(BUILTIN_STUDIES)) == DEMO_NAMES
+
+
+def test_help_shows_every_command_in_its_panel_starting_with_the_demo():
+    # As `fedcare --help` prints it (a fresh interpreter: main() registers every module).
+    out = subprocess.run(
+        [sys.executable, "-m", "fedcare", "--help"], capture_output=True, text=True, timeout=120, check=True
+    ).stdout
+    panels = [title for title in PANELS if f"─ {title} " in out]
+    assert panels == list(PANELS)  # every panel, in order
+    assert "─ More " not in out  # a command added without a panel would land there
+    listed = [line.split()[1] for line in out.splitlines() if line.startswith("│ ") and line[2] not in " -"]
+    assert listed[0] == "demo"
+    assert set(listed) == {name for names in PANELS.values() for name in names}

@@ -15,7 +15,7 @@ from rich.markup import escape
 
 from fedcare.errors import FedcareError
 
-__all__ = ["INTERNAL_ERROR_EXIT", "app", "main"]
+__all__ = ["INTERNAL_ERROR_EXIT", "PANELS", "app", "arrange_commands", "main"]
 
 app = typer.Typer(
     name="fedcare",
@@ -62,6 +62,7 @@ def main() -> None:
     import fedcare.cli.tasks  # noqa: F401  (fedcare tasks list/show/keygen/sign/new)
     from fedcare.cli import demo, study  # noqa: F401  (register commands: demo, simulate, study)
 
+    arrange_commands()
     try:
         app()
     except FedcareError as exc:  # pragma: no cover - commands catch their own
@@ -77,6 +78,36 @@ def main() -> None:
             soft_wrap=True,
         )
         sys.exit(INTERNAL_ERROR_EXIT)
+
+
+#: ``fedcare --help`` in the order a new user meets the commands: one panel per stage.
+PANELS: dict[str, tuple[str, ...]] = {
+    "Start here": ("demo", "simulate", "up", "report"),
+    "Across hospitals": ("server", "node", "doctor", "certs", "study", "tasks", "strategies"),
+    "At a site": ("data", "stats", "console", "privacy", "audit"),
+    "To the clinic": ("release", "predict", "validate", "serve"),
+    "Watch": ("dashboard", "export"),
+}
+
+
+def arrange_commands() -> None:
+    """Put every registered command and group in its help panel, panels in :data:`PANELS` order.
+
+    One table here instead of a panel name on each command keeps the help's order in one
+    place; a command missing from the table goes to "More" at the end.
+    """
+    rank = {name: i for i, name in enumerate(n for names in PANELS.values() for n in names)}
+    panel = {name: title for title, names in PANELS.items() for name in names}
+
+    def name_of(info: typer.models.CommandInfo | typer.models.TyperInfo) -> str:
+        if info.name or isinstance(info, typer.models.TyperInfo) or info.callback is None:
+            return str(info.name)
+        return info.callback.__name__.replace("_", "-")  # typer's own default name
+
+    for infos in (app.registered_commands, app.registered_groups):
+        for info in infos:
+            info.rich_help_panel = panel.get(name_of(info), "More")
+        infos.sort(key=lambda info: rank.get(name_of(info), len(rank)))
 
 
 #: Exit code of an unexpected (non-FedcareError) failure: EX_SOFTWARE from sysexits.h.
