@@ -212,3 +212,48 @@ def test_site_without_engine_refuses(engine):
     )
     reply = nodes[SiteId("site-00")].handle(msg)
     assert reply.error and "no CKKS engine" in reply.error
+
+
+def test_study_file_selects_ckks_and_keeps_older_study_hashes():
+    import tomllib
+    from pathlib import Path
+
+    from fedcare.build.run import build_run, build_task, protection_of
+    from fedcare.study.spec import parse_study
+
+    raw = tomllib.loads((Path(__file__).resolve().parents[2] / "examples" / "heart-study" / "study.toml").read_text())
+    plain = parse_study(raw, where="t")
+    secagg = parse_study({**raw, "secure_aggregation": {"enabled": True}}, where="t")
+    ckks = parse_study({**raw, "secure_aggregation": {"enabled": True, "mode": "ckks", "scale_bits": 40}}, where="t")
+    assert "mode" not in secagg.describe()["secure_aggregation"]  # SecAgg+ studies hash as before
+    assert ckks.describe()["secure_aggregation"]["mode"] == "ckks" and ckks.hash != secagg.hash
+    assert parse_study(ckks.describe(), where="t").hash == ckks.hash
+    task = build_task(plain, n_features=14)
+    plan = build_run(ckks, task)
+    assert isinstance(plan.fit_workflow, CkksWorkflow) and plan.fit_workflow.params.scale_bits == 40
+    assert protection_of(plan) == "ckks-threshold" and plan.describe()["protection"] == "ckks-threshold"
+    assert protection_of(build_run(secagg, task)) == "secagg+" and protection_of(build_run(plain, task)) == "none"
+    with pytest.raises(ConfigError, match="secure_aggregation.mode must be one of"):
+        parse_study({**raw, "secure_aggregation": {"mode": "paillier"}}, where="t")
+    with pytest.raises(ConfigError, match="first_mod_bits"):
+        build_run(parse_study({**raw, "secure_aggregation": {"mode": "ckks", "first_mod_bits": 44}}, where="t"), task)
+
+
+def test_report_and_card_name_each_rounds_protection():
+    from fedcare.release.sharing import _protection
+    from fedcare.report.html import round_protection
+
+    assert _protection(["ckks.keys", "ckks.encrypt", "ckks.decrypt"]) == "ckks-threshold"
+    assert _protection(["advertise_keys", "share_keys", "masked_input", "unmask"]) == "secagg+"
+    assert _protection([]) == "none"
+    assert round_protection({"ckks_sites": 3.0}) == "threshold CKKS"
+    assert round_protection({"secagg_survivors": 3.0}) == "SecAgg+"
+    assert round_protection({"num_examples": 3.0}) == "none"
+
+
+def test_site_file_policy_can_require_encryption(tmp_path):
+    from fedcare.study.site import load_site
+
+    path = tmp_path / "a.toml"
+    path.write_text('[site]\nid = "a"\n[data]\nkind = "csv"\npath = "a.csv"\n[policy]\nrequire_encryption = true\n')
+    assert load_site(path).policy.require_encryption

@@ -19,6 +19,7 @@ from fedcare.compression import Compression
 from fedcare.data.moments_query import query_moments
 from fedcare.data.tabular import Standardizer
 from fedcare.errors import ConfigError
+from fedcare.he import OpenFheEngine
 from fedcare.personal.site import local_keys, shared_part
 from fedcare.privacy.ledger import LedgerBackend, MemoryLedgerBackend, PrivacyLedger
 from fedcare.privacy.setup import PrivacySettings, PrivateRun, prepare_private_run
@@ -26,6 +27,7 @@ from fedcare.protocols import Recorder, RoundReport, RunSpec
 from fedcare.runtime.coordinator import Coordinator, FitWorkflow
 from fedcare.runtime.exchange import Exchange
 from fedcare.runtime.policy import SitePolicy
+from fedcare.secure.ckks import CkksParams, CkksWorkflow
 from fedcare.secure.encoding import FixedPointCodec
 from fedcare.secure.workflow import SecAggPlusWorkflow
 from fedcare.strategies.base import Strategy
@@ -37,7 +39,16 @@ from fedcare.tasks import BUILTIN_TASKS, make_task
 from fedcare.transport.base import Channel
 from fedcare.types import ConfigValue, ModelState, RunId, SiteId
 
-__all__ = ["RunPlan", "build_run", "build_task", "combine_statistics", "make_coordinator", "run_spec"]
+__all__ = [
+    "RunPlan",
+    "build_run",
+    "build_task",
+    "ckks_params",
+    "combine_statistics",
+    "make_coordinator",
+    "protection_of",
+    "run_spec",
+]
 
 
 def build_task(study: StudySpec, *, n_features: int | None = None) -> Task:
@@ -123,6 +134,7 @@ class RunPlan:
             "personalization": self.study.personalization.method,
             "personal_config": dict(self.study.personalization.config),
             "secure_aggregation": self.fit_workflow is not None,
+            "protection": protection_of(self),
             "study_spec": self.study.describe(),
         }
 
@@ -175,12 +187,15 @@ def build_run(
                 f"{study.where}: client-level DP with secure_aggregation is not available from a study file yet; "
                 "use record-level DP (privacy.level = 'record') under secure aggregation"
             )
-        workflow = SecAggPlusWorkflow(
-            codec=FixedPointCodec(clip_range=sa.clip, bits=sa.bits),
-            degree=sa.neighbours,
-            threshold=sa.threshold,
-            seed=study.seed if sa.seeded else None,
-        )
+        if sa.is_ckks:
+            workflow = CkksWorkflow(backend=OpenFheEngine(ckks_params(study)), params=ckks_params(study))
+        else:
+            workflow = SecAggPlusWorkflow(
+                codec=FixedPointCodec(clip_range=sa.clip, bits=sa.bits),
+                degree=sa.neighbours,
+                threshold=sa.threshold,
+                seed=study.seed if sa.seeded else None,
+            )
     return RunPlan(
         study=study,
         task=task,
@@ -192,6 +207,23 @@ def build_run(
         policies=dict(private.policies) if private is not None else {},
         ledgers=dict(private.ledgers) if private is not None else {},
     )
+
+
+def ckks_params(study: StudySpec) -> CkksParams:
+    """The study's CKKS parameters (``[secure_aggregation] scale_bits / first_mod_bits``), validated."""
+    sa = study.secure_aggregation
+    given = {k: v for k, v in (("scale_bits", sa.scale_bits), ("first_mod_bits", sa.first_mod_bits)) if v is not None}
+    try:
+        return CkksParams(**given)
+    except ConfigError as exc:
+        raise ConfigError(f"{study.where}: secure_aggregation: {exc}") from None
+
+
+def protection_of(plan: RunPlan) -> str:
+    """What protects the updates on the wire: ``ckks-threshold``, ``secagg+`` or ``none``."""
+    if isinstance(plan.fit_workflow, CkksWorkflow):
+        return CkksWorkflow.protection
+    return "secagg+" if isinstance(plan.fit_workflow, SecAggPlusWorkflow) else "none"
 
 
 def make_coordinator(

@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from fedcare.build.prep import StudySite, TabularSource
-from fedcare.build.run import build_task
+from fedcare.build.run import build_task, ckks_params
 from fedcare.data.cohort import StatsQuery
 from fedcare.data.connect import LoadedSite, load_site
 from fedcare.data.dicom import DEFAULT_SIZE
@@ -26,6 +26,7 @@ from fedcare.data.table import read_csv
 from fedcare.data.tabular import split_indices
 from fedcare.datasets import load_builtin
 from fedcare.errors import ConfigError, DataError, FedcareError, PolicyError
+from fedcare.he import OpenFheEngine
 from fedcare.privacy.ledger import PrivacyLedger
 from fedcare.runtime.node import SiteNode
 from fedcare.runtime.policy import SitePolicy
@@ -228,6 +229,8 @@ def build_site(
         ledger=ledger,
         memory_files=memory_files,
         queries=queries,
+        # the site's own OpenFHE engine (started on the first CKKS stage; its key shares never leave it)
+        ckks_backend=OpenFheEngine(ckks_params(study)) if study.secure_aggregation.is_ckks else None,
     )
     return BuiltSite(spec=spec, inputs=inputs, node=node, study_site=StudySite(node, study, inputs.source))
 

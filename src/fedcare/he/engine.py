@@ -38,7 +38,7 @@ _MAX_BLOB = 1 << 33  # 8 GiB: a corrupt length field must not allocate the machi
 
 
 def find_openfhe_python() -> str | None:
-    """The engine's interpreter: ``$FEDCARE_OPENFHE_PYTHON``, ``./.venv-openfhe``, this one if it has openfhe, or None."""
+    """The engine interpreter: ``$FEDCARE_OPENFHE_PYTHON``, ``./.venv-openfhe``, this one (with openfhe), or None."""
     env = os.environ.get("FEDCARE_OPENFHE_PYTHON", "").strip()
     if env:
         return env

@@ -18,6 +18,12 @@ from typing import Any
 
 __all__ = ["model_card", "render_card"]
 
+#: What the coordinator saw of each update, by the round's protection (release/sharing.py).
+_SEEN = {
+    "secagg+": "sum only (SecAgg+)",
+    "ckks-threshold": "ciphertexts; the sum decrypted by all key holders (threshold CKKS)",
+}
+
 
 def _figures(setting: Mapping[str, Any]) -> dict[str, Any]:
     unc = setting.get("uncertainty", {})
@@ -205,7 +211,9 @@ def _sharing_html(sharing: Mapping[str, Any], names: Mapping[str, str]) -> str:
                 [
                     r["round"],
                     ", ".join(names.get(s, s) for s in r["sites"]) or "—",
-                    "sum only (SecAgg+)" if r["secure_aggregation"] else "each update",
+                    _SEEN.get(str(r.get("protection")), "sum only (SecAgg+)")
+                    if r["secure_aggregation"]
+                    else "each update",
                     dp_text,
                 ]
             )

@@ -31,6 +31,14 @@ __all__ = ["what_was_shared"]
 
 #: SecAgg+ stage whose answering sites are the ones whose masked update entered the sum.
 _MASKED = "masked_input"
+_ENCRYPTED = "ckks.encrypt"  # threshold CKKS (fedcare.secure.ckks)
+
+
+def _protection(stages: list[str]) -> str:
+    """What protected a round's updates: ``ckks-threshold``, ``secagg+`` or ``none``."""
+    if _ENCRYPTED in stages:
+        return "ckks-threshold"
+    return "secagg+" if _MASKED in stages else "none"
 
 
 def _entries(names: list[str], shapes: Mapping[str, tuple[int, ...]]) -> dict[str, Any]:
@@ -74,7 +82,7 @@ def what_was_shared(
         entry = by_round[ex.round_no]
         if ex.kind == "secagg":
             entry["stages"].append(ex.name)
-            if ex.name == _MASKED:
+            if ex.name in (_MASKED, _ENCRYPTED):
                 entry["sites"] = list(ex.answered)
         elif ex.kind == "fit":
             entry["sites"] = sorted({*entry["sites"], *ex.answered})
@@ -93,7 +101,8 @@ def what_was_shared(
             {
                 "round": r.round_no,
                 "sites": entry["sites"],
-                "secure_aggregation": _MASKED in entry["stages"],
+                "secure_aggregation": _MASKED in entry["stages"] or _ENCRYPTED in entry["stages"],
+                "protection": _protection(entry["stages"]),
                 "differential_privacy": dict(sorted(dp.get(r.round_no, {}).items())),
             }
         )

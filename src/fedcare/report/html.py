@@ -179,6 +179,35 @@ def _traffic_table(summary: Mapping[str, Any]) -> str:
     )
 
 
+def round_protection(fit: Mapping[str, Any]) -> str:
+    """What protected a round's updates, read from its fit metrics (the workflow's own counters)."""
+    if "ckks_sites" in fit:
+        return "threshold CKKS"
+    return "SecAgg+" if "secagg_survivors" in fit else "none"
+
+
+def _protection_table(summary: Mapping[str, Any]) -> str:
+    """Which protection each round of each federated setting had (the coordinator saw only the sum, or each update)."""
+    rows = []
+    for name, res in summary["settings"].items():
+        history = res.get("history") or []
+        if not history:
+            continue
+        kinds: dict[str, list[int]] = {}
+        for h in history:
+            kinds.setdefault(round_protection(h.get("fit", {})), []).append(int(h.get("round", 0)))
+        text = "; ".join(f"{k}: rounds {', '.join(map(str, v))}" for k, v in kinds.items())
+        rows.append(f"<tr><td>{html.escape(name)}</td><td>{html.escape(text)}</td></tr>")
+    if not rows:
+        return ""
+    return (
+        "<h2>Protection of the updates</h2>"
+        "<p class='note'>SecAgg+ and threshold CKKS: the coordinator learns only the sum of the updates "
+        "(docs/secure_aggregation.md, docs/he.md); none: it sees each site's update.</p>"
+        "<table><tr><th>setting</th><th>per round</th></tr>" + "".join(rows) + "</table>"
+    )
+
+
 def _uncertainty_note(summary: Mapping[str, Any]) -> str:
     methods = sorted(
         {
@@ -240,6 +269,7 @@ Task {html.escape(summary["task"]["name"])} (hash {html.escape(summary["task"]["
 <h2 id="rounds">Per-round metrics (federated)</h2>
 <div class="figs">{"".join(curves)}</div>
 {_traffic_table(summary)}
+{_protection_table(summary)}
 {_privacy_table(summary)}
 {_reference_table(summary)}
 {clinical_section(summary)}

@@ -37,6 +37,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from fedcare.compression import payload_bytes
 from fedcare.errors import ConfigError, FedcareError, NotEnoughSitesError, PolicyError
 from fedcare.protocols import FitPhase, RoundDriver
 from fedcare.secure.handler import flat_delta
@@ -231,9 +232,13 @@ class CkksWorkflow:
         params = self.params.to_engine()
         run_id, round_no = ctx.run_id, ctx.round_no
 
+        traffic = {"bytes_down": 0.0, "bytes_up": 0.0}
+
         def stage(name: str, payloads: Mapping[SiteId, Payload]) -> dict[SiteId, Message]:
             failures: dict[SiteId, str] = {}
+            traffic["bytes_down"] += float(sum(payload_bytes(p.arrays) for p in payloads.values()))
             got = {r.site: r for r in coordinator.exchange(MessageKind.SECAGG, run_id, round_no, payloads, failures)}
+            traffic["bytes_up"] += float(sum(payload_bytes(r.payload.arrays) for r in got.values()))
             for site, error in failures.items():
                 ctx.failures.setdefault(site, f"{name}: {error}")
                 log.warning("round %d: %s failed %s: %s", round_no, site, name, error)
@@ -352,6 +357,7 @@ class CkksWorkflow:
             "ckks_key_holders": float(len(keyed) + 1),
             "ckks_ciphertexts_per_site": float(per_site),
             "ckks_dropped": float(len(ctx.payloads) - len(contributors)),
+            **traffic,
         }
 
 

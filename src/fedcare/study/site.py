@@ -20,6 +20,7 @@ Relative paths resolve against the file's folder. The keys are documented in
     approved_study_hashes = []       # optional pin of the study file's content hash
     max_epsilon = 3.0                # privacy budget (fail-closed), at delta
     require_secure_aggregation = false
+    require_encryption = false       # only threshold-CKKS rounds (secure_aggregation.mode = "ckks")
 
     [stats]                          # what a cohort-statistics query may release
     min_count = 5
@@ -78,6 +79,7 @@ _POLICY = {
     "trust_central_noise",
     "allow_seeded_noise",
     "require_secure_aggregation",
+    "require_encryption",
     "min_peers",
     "ledger",
     "trusted_reviewer_keys",
@@ -309,7 +311,7 @@ def parse_site(raw: Mapping[str, Any], *, origin: Path | None = None) -> SiteSpe
     min_peers = c.integer(policy, "min_peers", "policy.min_peers", 1, minimum=1)
     flags = {
         k: c.boolean(policy, k, f"policy.{k}", False)
-        for k in ("trust_central_noise", "allow_seeded_noise", "require_secure_aggregation")
+        for k in ("trust_central_noise", "allow_seeded_noise", "require_secure_aggregation", "require_encryption")
     }
     coordinator = _coordinator(c, coord, conn, base) if coord else None
     key_files = {k: c.names(policy, k, f"policy.{k}") or () for k in _SIGNED}

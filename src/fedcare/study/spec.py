@@ -115,7 +115,9 @@ _PRIVACY = {
     "accountant",
     "lr",
 }
-_SECAGG = {"enabled", "neighbours", "threshold", "clip", "bits", "seeded"}
+_SECAGG = {"enabled", "mode", "neighbours", "threshold", "clip", "bits", "seeded", "scale_bits", "first_mod_bits"}
+#: ``[secure_aggregation] mode``: SecAgg+ masking, or threshold CKKS encryption (docs/he.md).
+SECAGG_MODES = ("secagg+", "ckks")
 _PERSONAL = {"method", "ditto_lambda", "ditto_epochs", "local_epochs", "lr", "optimizer", "batch_size"}
 _EVALUATION = {"metrics", "subgroups", "calibration"}
 _COMPRESSION = {"codec", "fraction", "error_feedback"}
@@ -212,7 +214,13 @@ class FederationSpec:
 
 @dataclass(frozen=True)
 class SecureAggregationSpec:
-    """SecAgg+ (Bell et al. 2020): the coordinator learns only the sum of the updates."""
+    """The coordinator learns only the sum of the updates: SecAgg+ (Bell et al. 2020) or threshold CKKS.
+
+    ``mode`` None is SecAgg+ (absent from the study's description, so older study hashes
+    stay valid); ``"ckks"`` encrypts under threshold CKKS (``scale_bits`` and
+    ``first_mod_bits`` then set its parameters; ``neighbours``, ``threshold``, ``clip``,
+    ``bits`` and ``seeded`` are SecAgg+'s).
+    """
 
     enabled: bool = False
     neighbours: int | None = None
@@ -220,6 +228,14 @@ class SecureAggregationSpec:
     clip: float = 1.0
     bits: int = 16
     seeded: bool = False
+    mode: str | None = None
+    scale_bits: int | None = None
+    first_mod_bits: int | None = None
+
+    @property
+    def is_ckks(self) -> bool:
+        """Threshold CKKS rather than SecAgg+."""
+        return self.enabled and self.mode == "ckks"
 
 
 @dataclass(frozen=True)
@@ -550,6 +566,13 @@ def _secagg(c: Checker, s: Mapping[str, Any]) -> SecureAggregationSpec:
         clip=c.number(s, "clip", "secure_aggregation.clip", 1.0, positive=True) or 1.0,
         bits=c.integer(s, "bits", "secure_aggregation.bits", 16, minimum=2),
         seeded=c.boolean(s, "seeded", "secure_aggregation.seeded", False),
+        mode=c.choice(s, "mode", "secure_aggregation.mode", "secagg+", SECAGG_MODES) if "mode" in s else None,
+        scale_bits=c.integer(s, "scale_bits", "secure_aggregation.scale_bits", 45, minimum=20)
+        if "scale_bits" in s
+        else None,
+        first_mod_bits=c.integer(s, "first_mod_bits", "secure_aggregation.first_mod_bits", 60, minimum=24)
+        if "first_mod_bits" in s
+        else None,
     )
 
 
