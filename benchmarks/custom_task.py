@@ -46,6 +46,12 @@ def main() -> None:
         default="both",
         help="which tasks to run (seeds of one task can run as separate processes)",
     )
+    parser.add_argument(
+        "--round-timeout",
+        type=float,
+        default=3600.0,
+        help="seconds a round waits for its sites (long: on a loaded machine a late site would be dropped)",
+    )
     parser.add_argument("--max-train-per-site", type=int, default=None, help="smoke run on a subset")
     args = parser.parse_args()
 
@@ -60,6 +66,7 @@ def main() -> None:
     from fedcare.datasets.pneumonia import load_pneumonia
     from fedcare.demos import get_demo
     from fedcare.experiment import run_experiment
+    from fedcare.study.spec import study_from_experiment
     from fedcare.tasks import make_task, task_entries
 
     assert task_entries()["xray-resnet"].source.startswith("package xray-resnet")
@@ -83,8 +90,13 @@ def main() -> None:
     for seed in args.seeds:
         for name, task in tasks.items():
             cfg = replace(recipe.config, seed=seed, rounds=args.rounds)
+            study = study_from_experiment(cfg, data.name)
+            study = replace(study, federation=replace(study.federation, round_timeout_s=args.round_timeout))
             started = time.perf_counter()
-            summary = run_experiment(data, task, cfg, settings=("federated",))
+            summary = run_experiment(data, task, cfg, settings=("federated",), study=study)
+            failures = sum(len(r.get("failures", {})) for r in summary["settings"]["fedavg"].get("history", []))
+            if failures:
+                raise SystemExit(f"seed {seed} {name}: {failures} site failure(s) in the rounds; not a valid run")
             seconds = time.perf_counter() - started
             res = summary["settings"]["fedavg"]["pooled_test"]
             runs[name]["accuracy"].append(res["accuracy"])
