@@ -21,10 +21,8 @@ sets, each row by its own site's model. Every setting also reports, per site,
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -46,17 +44,12 @@ from fedcare.study.site import SiteSpec
 from fedcare.study.spec import StudySpec, study_from_experiment
 from fedcare.study.spec import setting_name as plan_setting_name
 from fedcare.task import SiteData, Task, task_hash
-from fedcare.types import ConfigValue, Metrics, ModelState, RunId, SiteId
+from fedcare.types import ConfigValue, Metrics, ModelState, RunId, SiteId, new_run_id
 
 __all__ = ["ExperimentConfig", "new_run_id", "run_experiment", "evaluate_setting"]
 
 #: Callback for progress: (setting name, round report or None when a baseline finishes).
 Progress = Callable[[str, RoundReport | None], None]
-
-
-def new_run_id() -> str:
-    """A sortable, unique run id: UTC timestamp plus 6 random hex digits."""
-    return datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,11 @@ validated, serialised with safetensors/JSON and compared in tests. No I/O.
 from __future__ import annotations
 
 import enum
+import secrets
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import NewType, TypeAlias
 
 import numpy as np
@@ -29,6 +31,7 @@ __all__ = [
     "SiteId",
     "SiteUpdate",
     "new_message_id",
+    "new_run_id",
 ]
 
 SiteId = NewType("SiteId", str)
@@ -76,6 +79,11 @@ class Payload:
 def new_message_id() -> str:
     """Return a fresh random message id (hex UUID4)."""
     return uuid.uuid4().hex
+
+
+def new_run_id() -> str:
+    """A sortable, unique run id: UTC timestamp plus 6 random hex digits."""
+    return datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
 
 
 @dataclass(frozen=True)

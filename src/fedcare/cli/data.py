@@ -8,7 +8,6 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
-import numpy as np
 import typer
 from rich.markup import escape
 from rich.table import Table
@@ -177,6 +176,8 @@ def _in_process_stats(
     config: list[Path], by: str | None, seed: int | None, timeout_s: float, study: str | None
 ) -> tuple[Any, Any]:
     """Every site in this process: each answers through the same query path as a SiteNode."""
+    import numpy as np
+
     from fedcare.data.cohort import StatsQuery, collect_cohort_stats
     from fedcare.privacy.guard import SitePrivacyGuard
     from fedcare.privacy.ledger import MemoryLedgerBackend, PrivacyLedger

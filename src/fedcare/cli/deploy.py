@@ -74,13 +74,14 @@ def server(
     config says where (listen address, certificates, allowed sites, store).
     """
     from fedcare.deploy.config import load_server_config
-    from fedcare.deploy.server import run_server
 
     _info_logging()
     web = None
     try:
         cfg = load_server_config(config)
         spec = _study(study, cfg.study_path, config)
+        from fedcare.deploy.server import run_server  # the training stack, once both files are checked
+
         if dashboard:
             from fedcare.cli.dashboard import require_extra
 
@@ -146,7 +147,6 @@ def node(
     study's schema, before it connects.
     """
     from fedcare.deploy.config import load_site_config
-    from fedcare.deploy.node import run_node
 
     _info_logging()
     try:
@@ -167,6 +167,7 @@ def node(
             console.print(f"study {spec.name} {spec.hash}", highlight=False, soft_wrap=True)
             return
         cfg = load_site_config(config)
+        from fedcare.deploy.node import run_node  # the training stack, once the files are checked
 
         def started(info: object) -> None:
             task = ""

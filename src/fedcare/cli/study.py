@@ -50,13 +50,8 @@ def run_simulation_command(
     The output folder, the store, the study, every site's data and a one-step dry run of
     the training configs are checked before any training or write.
     """
-    from fedcare.cli.console import ExperimentProgress, results_table
-    from fedcare.cli.privacy import privacy_table
-    from fedcare.experiment import new_run_id
-    from fedcare.report import write_outputs
-    from fedcare.simulate import simulate_study
-    from fedcare.store import SqlStore
     from fedcare.study.site import load_site
+    from fedcare.types import new_run_id
 
     run_id = new_run_id()
     out_dir = out or Path("fedcare-out") / run_id
@@ -68,6 +63,13 @@ def run_simulation_command(
         check_db_url(db or default_db_url(out_dir))
         study: StudySpec = prepare()
         specs = [load_site(p) for p in sites]
+        # the training stack (torch, opacus, scikit-learn: seconds to import) only once the files are checked
+        from fedcare.cli.console import ExperimentProgress, results_table
+        from fedcare.cli.privacy import privacy_table
+        from fedcare.report import write_outputs
+        from fedcare.simulate import simulate_study
+        from fedcare.store import SqlStore
+
         console.print(
             f"[bold]fedcare {command}[/] · {study.description or study.name} · study hash {study.hash[:12]}…",
             highlight=False,
@@ -146,13 +148,8 @@ def _legacy_simulate(
     config: Path, out: Path | None, db: str | None, *, force: bool, backend: str, address: str | None
 ) -> None:
     """The run file of earlier versions (``[sites]`` of CSVs): still read, checked the same way."""
-    from fedcare.cli.console import ExperimentProgress, results_table
-    from fedcare.data.byo import load_table
-    from fedcare.experiment import new_run_id, run_experiment
-    from fedcare.report import write_outputs
     from fedcare.runconfig import check_training, load_simulate_config
-    from fedcare.store import SqlStore
-    from fedcare.tasks import make_task
+    from fedcare.types import new_run_id
 
     run_id = new_run_id()
     out_dir = out or Path("fedcare-out") / run_id
@@ -163,6 +160,14 @@ def _legacy_simulate(
         cfg = load_simulate_config(config)
         created = check_out_dir(out_dir, force=force)  # before any training or write
         check_db_url(db or default_db_url(out_dir))
+        # the data and training stack only once the run file and the outputs are checked
+        from fedcare.cli.console import ExperimentProgress, results_table
+        from fedcare.data.byo import load_table
+        from fedcare.experiment import run_experiment
+        from fedcare.report import write_outputs
+        from fedcare.store import SqlStore
+        from fedcare.tasks import make_task
+
         data, recipe = load_table(cfg.table)
         task = make_task(cfg.task, n_features=data.n_features)
         check_training(cfg, task, data)
@@ -245,8 +250,8 @@ def up(
     its own.
     """
     from fedcare.deploy.rehearsal import prepare_rehearsal, run_rehearsal
-    from fedcare.experiment import new_run_id
     from fedcare.study.builtin import resolve_study
+    from fedcare.types import new_run_id
 
     if study is None:
         raise fail(ConfigError("give --study STUDY (a study.toml or a built-in study's name) and its --site files"))

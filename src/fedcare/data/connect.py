@@ -16,11 +16,12 @@ import numpy as np
 import pandas as pd
 
 from fedcare.data.arrays import read_medmnist
+from fedcare.data.check import check_frame
 from fedcare.data.config import SiteConfig, SourceKind
 from fedcare.data.dicom import DEFAULT_SIZE, read_dicom_images
 from fedcare.data.federated import FederatedDataset
 from fedcare.data.fhir import read_bundles
-from fedcare.data.schema import CheckReport, ColumnType, check_frame
+from fedcare.data.schema import CheckReport, ColumnType
 from fedcare.data.table import DEFAULT_NA, read_csv, read_parquet
 from fedcare.data.tabular import prepare_sites, split_indices
 from fedcare.errors import ConfigError, DataError

@@ -41,13 +41,15 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from fedcare.data.schema import CheckReport
 from fedcare.errors import ConfigError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["FhirMapping", "ObservationCode", "read_bundles"]
 
@@ -291,6 +293,8 @@ def read_bundles(folder: Path, mapping: FhirMapping, report: CheckReport, *, nee
     pandas.DataFrame
         Columns :meth:`FhirMapping.columns`; patients of unusable bundles are left out.
     """
+    import pandas as pd  # the connector's own library, imported when bundles are read (not with the study file)
+
     ref = mapping.reference_date or dt.datetime.now(dt.UTC).date()
     if not folder.is_dir():
         report.add(folder.name, "", f"is not a folder of FHIR bundles ({folder})")

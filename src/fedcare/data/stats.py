@@ -62,10 +62,9 @@ import math
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from fedcare.data.schema import ColumnType, StudySchema
 from fedcare.data.tabular import Moments
@@ -73,6 +72,9 @@ from fedcare.errors import ConfigError, SerdeError
 from fedcare.privacy.cost import Mechanism as CostMechanism
 from fedcare.privacy.cost import PrivacyCost
 from fedcare.types import ModelState, SiteId
+
+if TYPE_CHECKING:  # the connectors' tables; reading a site file does not import pandas
+    import pandas as pd
 
 __all__ = [
     "DEFAULT_MIN_COUNT",

@@ -2,7 +2,7 @@
 
 CSV cells are read as text (``dtype=str``) so that a value such as ``"forty"`` in a
 numeric column is reported with its row instead of silently turning the column into
-text or NaN; :func:`fedcare.data.schema.check_frame` then coerces each column to its
+text or NaN; :func:`fedcare.data.check.check_frame` then coerces each column to its
 declared type. Parquet keeps its stored types (read with pyarrow) and goes through the
 same check. Files are opened read-only and never written.
 """

@@ -15,16 +15,17 @@ import math
 import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
-from sklearn.model_selection import train_test_split
 
 from fedcare.errors import DataError
-from fedcare.runtime.queries import column_moments
+from fedcare.runtime.moments import column_moments
 from fedcare.task import ArrayDataset, SiteData
 from fedcare.types import SiteId
+
+if TYPE_CHECKING:  # pandas is a second to import: reading a study file does not need it
+    import pandas as pd
 
 __all__ = [
     "Moments",
@@ -60,6 +61,8 @@ def split_indices(y: np.ndarray, *, test_fraction: float, seed: int) -> tuple[np
     Stratified on ``y`` when there are two or more classes and each has more than two
     rows; shuffled with ``random_state=seed``.
     """
+    from sklearn.model_selection import train_test_split  # seconds to import: only when a split is made
+
     n = len(y)
     levels, counts = np.unique(y, return_counts=True)
     stratify = y if len(levels) > 1 and bool((counts > 2).all()) else None
@@ -143,7 +146,7 @@ class TabularRecipe:
                     if cats
                     else np.zeros((len(frame), 0))
                 )
-                block[pd.isna(values)] = np.nan  # a missing category is imputed like any missing value
+                block[frame[col].isna().to_numpy()] = np.nan  # a missing category is imputed like any missing value
                 parts.append(block)
         return np.concatenate(parts, axis=1)
 

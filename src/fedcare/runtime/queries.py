@@ -27,6 +27,7 @@ import numpy as np
 from fedcare.errors import FedcareError, PolicyError
 from fedcare.privacy.cost import PrivacyCost
 from fedcare.privacy.guard import SitePrivacyGuard
+from fedcare.runtime.moments import column_moments
 from fedcare.task import SiteData
 from fedcare.types import Message, MessageKind, Payload, SiteId
 
@@ -36,13 +37,6 @@ log = logging.getLogger(__name__)
 
 #: The ``query`` config value of a Moments query.
 MOMENTS_QUERY = "moments"
-
-
-def column_moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-column count, sum and sum of squares of ``x``, NaN left out of all three."""
-    present = ~np.isnan(x)
-    filled = np.where(present, x, 0.0)
-    return present.sum(axis=0).astype(np.float64), filled.sum(axis=0), (filled**2).sum(axis=0)
 
 
 class SiteQuery(Protocol):

@@ -12,9 +12,8 @@ import ipaddress
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import grpc
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
@@ -22,6 +21,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fedcare.errors import ConfigError
+
+if TYPE_CHECKING:  # grpc (half a second to import) only where credentials are made
+    import grpc
 
 __all__ = [
     "issuer_problem",
@@ -225,12 +227,16 @@ def cert_info(pem: bytes) -> CertInfo:
 
 def server_credentials(files: TlsFiles) -> grpc.ServerCredentials:
     """Server side of mutual TLS: present our certificate, REQUIRE a client cert from the CA."""
+    import grpc
+
     ca, cert, key = files.read()
     return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=True)
 
 
 def client_credentials(files: TlsFiles) -> grpc.ChannelCredentials:
     """Site side of mutual TLS: trust only the study CA, present the site certificate."""
+    import grpc
+
     ca, cert, key = files.read()
     return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
 
