@@ -124,10 +124,12 @@ def _sites(configs: list[Path], by: str | None, study: str | None) -> dict[SiteI
     if len(loaded) != 1:
         raise ConfigError("--by splits one pooled data set: give exactly one --config")
     one = loaded[0]
-    if by not in one.raw.columns:
-        raise DataError(f"--by column {by!r} is not in the data (columns: {list(one.raw.columns)})")
+    table = one.raw if by in one.raw.columns else one.frame  # a CSV's raw holds only its undeclared columns
+    if by not in table.columns:
+        columns = list(dict.fromkeys([*one.frame.columns, *one.raw.columns]))
+        raise DataError(f"--by column {by!r} is not in the data (columns: {columns})")
     out: dict[SiteId, LoadedSite] = {}
-    for value, idx in natural_partition(one.raw[by].tolist()).items():
+    for value, idx in natural_partition(table[by].tolist()).items():
         part = one.frame.iloc[idx].reset_index(drop=True)
         out[SiteId(value)] = LoadedSite(one.config, part, one.raw.iloc[idx], None, one.report)
     return out

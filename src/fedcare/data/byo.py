@@ -16,6 +16,7 @@ rows) would have to leave the sites to agree on them.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,13 +27,15 @@ import numpy as np
 import pandas as pd
 
 from fedcare.data.federated import FederatedDataset
-from fedcare.data.schema import MAX_ABS_VALUE
+from fedcare.data.schema import MANY_CATEGORIES, MAX_ABS_VALUE, many_categories_warning
 from fedcare.data.table import csv_shape_problem
 from fedcare.data.tabular import TabularRecipe, prepare_sites, split_indices
 from fedcare.errors import ConfigError, DataError
 from fedcare.types import SiteId
 
 __all__ = ["CsvSource", "TableSpec", "load_table"]
+
+log = logging.getLogger(__name__)
 
 Scalar = str | int | float
 
@@ -415,4 +418,6 @@ def _categorical(
     for site in sites:
         values = frames[site.site][column].to_numpy()[train[site.site]]
         seen |= {v for v in values.tolist() if not _is_missing(v)}
+    if len(seen) > MANY_CATEGORIES:
+        log.warning(many_categories_warning(column, len(seen), "training rows of all sites: "))
     return tuple(sorted(seen))  # type: ignore[type-var]

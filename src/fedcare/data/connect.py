@@ -22,7 +22,7 @@ from fedcare.data.dicom import DEFAULT_SIZE, read_dicom_images
 from fedcare.data.federated import FederatedDataset
 from fedcare.data.fhir import read_bundles
 from fedcare.data.schema import CheckReport, ColumnType
-from fedcare.data.table import DEFAULT_NA, read_csv, read_parquet
+from fedcare.data.table import DEFAULT_NA, read_csv, read_csv_checked, read_parquet
 from fedcare.data.tabular import prepare_sites, split_indices
 from fedcare.errors import ConfigError, DataError
 from fedcare.task import ArrayDataset, SiteData
@@ -42,7 +42,9 @@ class LoadedSite:
     frame : pandas.DataFrame
         The checked table: the schema's columns, typed (one row per record, patient or image).
     raw : pandas.DataFrame
-        The connector's table before the check (ids, organisation, split, file names).
+        The connector's table before the check (ids, organisation, split, file names);
+        for CSV, which is checked as it is read, the file's columns the schema does not
+        declare (as categoricals), row-aligned with ``frame``.
     images : numpy.ndarray or None
         ``(n, c, h, w)`` float32 in ``[0, 1]`` aligned with ``frame`` rows (image sources).
     report : CheckReport
@@ -128,14 +130,17 @@ def check_site(config: SiteConfig) -> LoadedSite:
     schema = config.schema
     images: np.ndarray | None = None
     raw: pd.DataFrame | None
+    frame: pd.DataFrame | None = None
     source = config.path.name
-    if config.kind is SourceKind.CSV:
-        raw = read_csv(
+    if config.kind is SourceKind.CSV:  # read and checked in chunks: memory holds the typed table, not the text
+        checked = read_csv_checked(
             config.path,
+            schema,
             report,
             delimiter=_text(config, "delimiter", ","),
             na_values=_texts(config, "na_values", list(DEFAULT_NA)),
         )
+        frame, raw = checked if checked is not None else (None, None)
     elif config.kind is SourceKind.PARQUET:
         raw = read_parquet(config.path, report)
     elif config.kind is SourceKind.FHIR:
@@ -174,7 +179,7 @@ def check_site(config: SiteConfig) -> LoadedSite:
     if raw is None:
         raw = pd.DataFrame(columns=list(schema.names))
         frame = pd.DataFrame(columns=list(schema.names))
-    else:
+    elif frame is None:
         names = _row_names(config, raw)
         frame = check_frame(raw, schema, source=source, report=report, row_label=names)
     return LoadedSite(config=config, frame=frame, raw=raw.reset_index(drop=True), images=images, report=report)

@@ -12,6 +12,7 @@ module holds the declarations only (no pandas), so reading a study file stays fa
 from __future__ import annotations
 
 import enum
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,13 +21,31 @@ from fedcare.data.tabular import TabularRecipe
 from fedcare.errors import ConfigError, DataError
 
 __all__ = [
+    "MANY_CATEGORIES",
     "MAX_ABS_VALUE",
     "CheckReport",
     "ColumnSpec",
     "ColumnType",
     "Problem",
     "StudySchema",
+    "many_categories_warning",
 ]
+
+
+log = logging.getLogger(__name__)
+
+#: A categorical column with more distinct values than this is warned about: each value
+#: is a one-hot feature (model width, memory, and cells too small to release in statistics).
+MANY_CATEGORIES = 50
+
+
+def many_categories_warning(column: str, count: int, where: str) -> str:
+    """The one-line warning for a categorical column with ``count`` distinct values (and the cap to try)."""
+    return (
+        f"{where}column {column!r} has {count} categories -> {count - 1} one-hot features; "
+        f"cap it (keep the most frequent {MANY_CATEGORIES // 2} or so and group the rest as 'other') "
+        "or leave the column out"
+    )
 
 
 class ColumnType(enum.Enum):
@@ -144,6 +163,8 @@ class ColumnSpec:
         codes = raw.get("codes")
         if codes is not None and not isinstance(codes, list):
             raise ConfigError(f"schema column {name!r}: codes must be a list, got {codes!r}")
+        if codes is not None and len(codes) > MANY_CATEGORIES:
+            log.warning(many_categories_warning(name, len(codes), "schema: "))
         return cls(
             name=name,
             type=kind,

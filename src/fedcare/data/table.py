@@ -3,8 +3,10 @@
 CSV cells are read as text (``dtype=str``) so that a value such as ``"forty"`` in a
 numeric column is reported with its row instead of silently turning the column into
 text or NaN; :func:`fedcare.data.check.check_frame` then coerces each column to its
-declared type. Parquet keeps its stored types (read with pyarrow) and goes through the
-same check. Files are opened read-only and never written.
+declared type. :func:`read_csv_checked` does both a chunk of rows at a time, so a large
+export never sits in memory as text (Python strings cost ~16 times the file's bytes):
+what is kept is the typed table. Parquet keeps its stored types (read with pyarrow) and
+goes through the same check. Files are opened read-only and never written.
 """
 
 from __future__ import annotations
@@ -15,13 +17,18 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
+from pandas.api.types import union_categoricals
 
-from fedcare.data.schema import CheckReport
+from fedcare.data.check import FrameChecker
+from fedcare.data.schema import CheckReport, StudySchema
 
-__all__ = ["DEFAULT_NA", "csv_shape_problem", "read_csv", "read_parquet"]
+__all__ = ["CHUNK_CELLS", "DEFAULT_NA", "csv_shape_problem", "read_csv", "read_csv_checked", "read_parquet"]
 
 #: Cell texts read as missing values in CSV files (``[source] na_values`` overrides).
 DEFAULT_NA: tuple[str, ...] = ("", "NA", "N/A", "NaN", "nan", "null", "NULL", "?")
+
+#: Cells read as text at a time by :func:`read_csv_checked` (~60 MB of Python strings).
+CHUNK_CELLS = 1_000_000
 
 
 def csv_shape_problem(path: Path, *, delimiter: str = ",") -> str | None:
@@ -72,6 +79,78 @@ def read_csv(
         return None
     report.sources[path.name] = len(frame)
     return frame
+
+
+def _width(path: Path, delimiter: str) -> int:
+    """Fields in the header line (1 when it cannot be read: the reader proper reports why)."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            return max(1, len(next(csv.reader(fh, delimiter=delimiter), [])))
+    except (OSError, UnicodeDecodeError, csv.Error, ValueError):
+        return 1
+
+
+def read_csv_checked(
+    path: Path,
+    schema: StudySchema,
+    report: CheckReport,
+    *,
+    delimiter: str = ",",
+    na_values: Sequence[str] = DEFAULT_NA,
+    chunk_cells: int = CHUNK_CELLS,
+) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """Read a CSV file and check it against ``schema`` a chunk of rows at a time.
+
+    Memory holds one chunk as text plus the typed result, so it grows with the parsed
+    numbers, not with the file's text. Problems are counted over the whole file and
+    quoted with their first rows, exactly as :func:`fedcare.data.check.check_frame` on
+    the whole table would report them.
+
+    Returns
+    -------
+    (frame, extra) or None
+        The checked table (schema columns, typed) and the file's other columns (as
+        pandas categoricals, row-aligned with ``frame``); None when the file cannot be
+        read, with the reason in ``report``.
+    """
+    try:
+        is_file = path.is_file()
+    except OSError:  # e.g. a name too long for the file system: reported by the reader below
+        is_file = False
+    problem = csv_shape_problem(path, delimiter=delimiter) if is_file else None
+    if problem is not None:
+        report.add(path.name, "", f"cannot be read as CSV: {problem}")
+        return None
+    rows = max(64, chunk_cells // _width(path, delimiter)) if is_file else 64
+    checker = FrameChecker(schema, source=path.name, report=report)
+    clean: list[pd.DataFrame] = []
+    extra: dict[str, list[pd.Categorical]] = {}
+    try:
+        with pd.read_csv(
+            path, dtype=str, sep=delimiter, keep_default_na=False, na_values=list(na_values), chunksize=rows
+        ) as chunks:
+            for chunk in chunks:
+                clean.append(checker.check(chunk))
+                for name in chunk.columns:
+                    if name not in schema.names:
+                        extra.setdefault(str(name), []).append(pd.Categorical(chunk[name]))
+    except FileNotFoundError:
+        report.add(path.name, "", f"does not exist ({path})")
+        return None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError, ValueError) as exc:
+        report.add(path.name, "", f"cannot be read as CSV: {str(exc).splitlines()[0]}")
+        return None
+    if not clean:  # a header and no rows: one empty chunk, checked as such
+        clean.append(checker.check(pd.read_csv(path, dtype=str, sep=delimiter, nrows=0)))
+    checker.finish()
+    frame = pd.concat(clean, ignore_index=True) if len(clean) > 1 else clean[0]
+    del clean
+    others = pd.DataFrame(
+        {name: union_categoricals(parts) if len(parts) > 1 else parts[0] for name, parts in extra.items()},
+        index=pd.RangeIndex(len(frame)),
+    )
+    report.sources[path.name] = len(frame)
+    return frame, others
 
 
 def read_parquet(path: Path, report: CheckReport) -> pd.DataFrame | None:
