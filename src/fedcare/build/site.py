@@ -17,10 +17,11 @@ import pandas as pd
 
 from fedcare.build.prep import StudySite, TabularSource
 from fedcare.build.run import build_task, ckks_params
+from fedcare.data.check import check_frame
 from fedcare.data.cohort import StatsQuery
 from fedcare.data.connect import LoadedSite, load_site
 from fedcare.data.dicom import DEFAULT_SIZE
-from fedcare.data.schema import CheckReport, check_frame
+from fedcare.data.schema import CheckReport
 from fedcare.data.streaming import DicomFolder
 from fedcare.data.table import read_csv
 from fedcare.data.tabular import split_indices
