@@ -233,6 +233,9 @@ def test_study_file_selects_ckks_and_keeps_older_study_hashes():
     assert isinstance(plan.fit_workflow, CkksWorkflow) and plan.fit_workflow.params.scale_bits == 40
     assert protection_of(plan) == "ckks-threshold" and plan.describe()["protection"] == "ckks-threshold"
     assert protection_of(build_run(secagg, task)) == "secagg+" and protection_of(build_run(plain, task)) == "none"
+    sel = parse_study({**raw, "secure_aggregation": {"mode": "ckks", "encrypt": ["weight"]}}, where="t")
+    assert parse_study(sel.describe(), where="t").hash == sel.hash
+    assert build_run(sel, task).fit_workflow.encrypted == ("weight",)
     with pytest.raises(ConfigError, match="secure_aggregation.mode must be one of"):
         parse_study({**raw, "secure_aggregation": {"mode": "paillier"}}, where="t")
     with pytest.raises(ConfigError, match="first_mod_bits"):
@@ -257,3 +260,46 @@ def test_site_file_policy_can_require_encryption(tmp_path):
     path = tmp_path / "a.toml"
     path.write_text('[site]\nid = "a"\n[data]\nkind = "csv"\npath = "a.csv"\n[policy]\nrequire_encryption = true\n')
     assert load_site(path).policy.require_encryption
+
+
+class _TwoEntries(ShiftTask):
+    name = "shift2"
+
+    def init_model(self, rng):
+        return {"w": np.linspace(-1, 1, self.size, dtype=np.float32), "b": np.zeros(2, dtype=np.float32)}
+
+    def fit(self, model, data, config, rng):
+        res = super().fit({"w": model["w"]}, data, config, rng)
+        return type(res)(
+            state={**res.state, "b": model["b"] + np.float32(2 * data.x[0, 0])},
+            num_examples=res.num_examples,
+            metrics=res.metrics,
+        )
+
+
+def test_selective_encryption_sends_the_undeclared_entries_in_clear(engine):
+    def run(workflow, policies=None):
+        return run_simulation(
+            sites=shift_sites(3),
+            task=_TwoEntries(size=8),
+            strategy=FedAvg(),
+            rounds=1,
+            seed=0,
+            run_id=RunId("s"),
+            fit_workflow=workflow,
+            policies=policies,
+            max_workers=2,
+        )
+
+    plain = run(None)
+    selective = run(CkksWorkflow(backend=engine, encrypted=("w",)))
+    for name in ("w", "b"):
+        np.testing.assert_allclose(selective.state.model[name], plain.state.model[name], atol=1e-5)
+    r = selective.rounds[0]
+    assert r.fit_metrics["ckks_clear_values"] == 2 and not r.failures
+    # a site that requires encryption refuses a round that would send "b" in clear
+    strict = {SiteId("site-01"): SitePolicy(require_encryption=True)}
+    r = run(CkksWorkflow(backend=engine, encrypted=("w",)), strict).rounds[0]
+    assert "no model entry in clear" in r.failures[SiteId("site-01")]
+    with pytest.raises(ConfigError, match="not in the model"):
+        run(CkksWorkflow(backend=engine, encrypted=("nope",)))

@@ -188,7 +188,9 @@ def build_run(
                 "use record-level DP (privacy.level = 'record') under secure aggregation"
             )
         if sa.is_ckks:
-            workflow = CkksWorkflow(backend=OpenFheEngine(ckks_params(study)), params=ckks_params(study))
+            workflow = CkksWorkflow(
+                backend=OpenFheEngine(ckks_params(study)), params=ckks_params(study), encrypted=sa.encrypt
+            )
         else:
             workflow = SecAggPlusWorkflow(
                 codec=FixedPointCodec(clip_range=sa.clip, bits=sa.bits),

@@ -222,7 +222,13 @@ def _sharing_html(sharing: Mapping[str, Any], names: Mapping[str, str]) -> str:
         f"<p>Personalisation: {esc(str(sharing.get('personalization')))} · compression: "
         f"{esc(str(sharing.get('compression')))} · secure aggregation: "
         f"{esc(str(summary.get('secure_aggregation')))} · differential privacy: "
-        f"{esc(str(summary.get('differential_privacy')))}.</p>"
+        f"{esc(str(summary.get('differential_privacy')))}."
+        + (
+            f" Sent in clear (selective encryption): {esc(', '.join(sharing['sent_in_clear']))}."
+            if sharing.get("sent_in_clear")
+            else ""
+        )
+        + "</p>"
         "<table><tr><th>entries</th><th>what happened</th><th>values</th><th>names</th></tr>" + prow + "</table>"
         "<table><tr><th>round</th><th>sites aggregated</th><th>coordinator saw</th><th>DP</th></tr>"
         + "".join(rows)

@@ -106,8 +106,12 @@ def what_was_shared(
                 "differential_privacy": dict(sorted(dp.get(r.round_no, {}).items())),
             }
         )
+    secagg = study.get("secure_aggregation") or {}
+    selected = secagg.get("encrypt") if secagg.get("mode") == "ckks" else None
     return {
         "parameters": _parameters(task, model),
+        # selective CKKS: the shared entries that travelled as plain weighted updates
+        "sent_in_clear": [n for n in model if n not in set(selected)] if selected is not None else [],
         "personalization": personal,
         "privacy_level": privacy_level,
         "compression": compression,

@@ -147,7 +147,11 @@ class SiteNode:
     def _ckks_handler(self) -> CkksSiteHandler:
         if self._ckks is None:
             self._ckks = CkksSiteHandler(
-                site_id=self.site_id, fit=self.fit_update, backend=self.ckks_backend, min_peers=self.policy.min_peers
+                site_id=self.site_id,
+                fit=self.fit_update,
+                backend=self.ckks_backend,
+                min_peers=self.policy.min_peers,
+                require_all=self.policy.require_encryption,
             )
         return self._ckks
 

@@ -199,10 +199,15 @@ class CkksWorkflow:
         The coordinator's engine (it holds one key share per round, the "lead" share).
     params : CkksParams (default: CkksParams())
         Announced to the sites with every round (they refuse other parameters).
+    encrypted : tuple[str, ...] or None (default: None)
+        Selective encryption: only these model entries are encrypted, the others travel
+        as plain weighted updates (the card lists them; a site with
+        ``require_encryption`` refuses such rounds). ``None`` encrypts everything.
     """
 
     backend: CkksBackend
     params: CkksParams = field(default_factory=CkksParams)
+    encrypted: tuple[str, ...] | None = None
 
     #: Recorded with each round: what protected the updates on the wire.
     protection = "ckks-threshold"
@@ -224,7 +229,12 @@ class CkksWorkflow:
             )
         names = list(ctx.state.model)
         shapes = {k: v.shape for k, v in ctx.state.model.items()}
-        size = int(sum(int(np.prod(s)) for s in shapes.values())) + 1  # + the weight
+        unknown = sorted(set(self.encrypted or ()) - set(names))
+        if unknown or any("," in n for n in names):
+            raise ConfigError(f"secure_aggregation.encrypt names {unknown} not in the model's entries {names}")
+        secret = names if self.encrypted is None else [n for n in names if n in set(self.encrypted)]
+        clear = [n for n in names if n not in secret]
+        size = int(sum(int(np.prod(shapes[n])) for n in secret)) + 1  # + the weight
         slots = self.backend.slots
         per_site = math.ceil(size / slots)
         session = secrets.token_hex(8)
@@ -283,18 +293,22 @@ class CkksWorkflow:
                         "ckks.session": session,
                         "ckks.index": i + 1,
                         "ckks.size": size,
+                        "ckks.encrypted": "*" if not clear else ",".join(secret),
                     },
                 )
                 for i, s in enumerate(keyed)
             }
             cts: dict[SiteId, list[bytes]] = {}
+            plain: dict[SiteId, ModelState] = {}
             site_metrics: dict[SiteId, dict[str, float]] = {}
             for site, reply in stage("ckks.encrypt", encrypt_payloads).items():
+                where = f"ckks.encrypt reply from {site}"
                 try:
-                    cts[site] = unpack_blobs(
-                        reply.payload.arrays.get("ct"), f"ckks.encrypt reply from {site}", count=per_site
-                    )
+                    cts[site] = unpack_blobs(reply.payload.arrays.get("ct"), where, count=per_site)
+                    if clear:
+                        plain[site] = _clear_part(reply.payload.arrays.get("clear"), clear, shapes, where)
                 except CkksEngineError as exc:
+                    cts.pop(site, None)
                     fail(site, "ckks.encrypt", str(exc))
                     continue
                 site_metrics[site] = {k: float(v) for k, v in reply.payload.metrics.items() if math.isfinite(v)}
@@ -339,12 +353,17 @@ class CkksWorkflow:
             raise CkksEngineError(f"round {round_no}: the decrypted sum is not usable (total weight {weight:g})")
         sums: ModelState = {}
         offset = 0
-        for name in names:
+        for name in secret:
             n = int(np.prod(shapes[name]))
-            block = flat[offset : offset + n].reshape(shapes[name]).copy()
-            block += weight * np.asarray(ctx.state.model[name], dtype=np.float64)
-            sums[name] = block
+            sums[name] = flat[offset : offset + n].reshape(shapes[name]).copy()
             offset += n
+        for name in clear:  # summed in site order: arrival order changes nothing
+            sums[name] = np.zeros(shapes[name], dtype=np.float64)
+            for site in contributors:
+                sums[name] += plain[site][name]
+        for name in names:
+            sums[name] += weight * np.asarray(ctx.state.model[name], dtype=np.float64)
+        sums = {name: sums[name] for name in names}
         keys = sorted({k for s in contributors for k in site_metrics.get(s, {})})
         means = {
             k: float(np.mean([site_metrics[s][k] for s in contributors if k in site_metrics.get(s, {})])) for k in keys
@@ -357,8 +376,24 @@ class CkksWorkflow:
             "ckks_key_holders": float(len(keyed) + 1),
             "ckks_ciphertexts_per_site": float(per_site),
             "ckks_dropped": float(len(ctx.payloads) - len(contributors)),
+            "ckks_clear_values": float(sum(int(np.prod(shapes[n])) for n in clear)),
             **traffic,
         }
+
+
+def _clear_part(
+    record: ModelState | None, clear: list[str], shapes: Mapping[str, tuple[int, ...]], where: str
+) -> ModelState:
+    """The plain weighted entries of a selectively encrypted reply, checked (names, shapes, finite)."""
+    if record is None or sorted(record) != sorted(clear):
+        raise CkksEngineError(f"{where}: expected plain entries {sorted(clear)}")
+    out: ModelState = {}
+    for name in clear:
+        arr = np.asarray(record[name])
+        if arr.shape != shapes[name] or arr.dtype != np.float64 or not np.all(np.isfinite(arr)):
+            raise CkksEngineError(f"{where}: plain entry {name!r} must be finite float64 of shape {shapes[name]}")
+        out[name] = arr
+    return out
 
 
 # -- the site's side -----------------------------------------------------------------------
@@ -393,6 +428,8 @@ class CkksSiteHandler:
         The parameters this site accepts (a round announcing others is refused).
     min_peers : int (default: 1)
         Policy: the fewest sites (this one included) its update may be summed with.
+    require_all : bool (default: False)
+        Policy (``require_encryption``): refuse selective encryption (entries in clear).
     """
 
     def __init__(
@@ -403,12 +440,14 @@ class CkksSiteHandler:
         backend: CkksBackend | None,
         params: CkksParams | None = None,
         min_peers: int = 1,
+        require_all: bool = False,
     ) -> None:
         self.site_id = site_id
         self.fit = fit
         self.backend = backend
         self.params = params or CkksParams()
         self.min_peers = min_peers
+        self.require_all = require_all
         self._sessions: OrderedDict[tuple[str, int], _Session] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -482,6 +521,11 @@ class CkksSiteHandler:
             raise PolicyError(
                 f"refused: {parties} site(s) in the aggregate, this site requires at least {self.min_peers}"
             )
+        selected = config.get("ckks.encrypted", "*")
+        if not isinstance(selected, str) or not selected:
+            raise CkksEngineError("ckks.encrypt instruction names no encrypted entries")
+        if selected != "*" and self.require_all:
+            raise PolicyError("refused: this site sends no model entry in clear (selective encryption was asked)")
         session.encrypted = True
         update = self.fit(message)
         if update.extras:
@@ -491,11 +535,17 @@ class CkksSiteHandler:
         if set(update.state) != set(update.reference):
             raise CkksEngineError(f"{self.site_id}: trained model entries differ from the global model's")
         names = list(update.reference)
+        secret = names if selected == "*" else [n for n in selected.split(",") if n in update.reference]
+        clear = [n for n in names if n not in secret]
         weight = float(update.weight)
-        values = np.empty(int(sum(update.reference[n].size for n in names)) + 1, dtype=np.float64)
-        values[:-1] = flat_delta(update.state, update.reference, names)
+        values = np.empty(int(sum(update.reference[n].size for n in secret)) + 1, dtype=np.float64)
+        values[:-1] = flat_delta(update.state, update.reference, secret)
         values[:-1] *= weight
         values[-1] = weight
+        plain = {
+            n: weight * (np.asarray(update.state[n], np.float64) - np.asarray(update.reference[n], np.float64))
+            for n in clear
+        }
         size = config.get("ckks.size")
         if size != values.size:
             raise CkksEngineError(f"{self.site_id}: update has {values.size} values, the round expects {size}")
@@ -509,7 +559,7 @@ class CkksSiteHandler:
         cts = self.backend.encrypt(joint, values)
         # the example count stays inside the ciphertext (the weight slot), as under SecAgg+
         metrics = {k: float(v) for k, v in update.metrics.items() if k != "num_examples"}
-        return Payload(arrays={"ct": pack_blobs(cts)}, metrics=metrics)
+        return Payload(arrays={"ct": pack_blobs(cts), **({"clear": plain} if plain else {})}, metrics=metrics)
 
     def _decrypt(self, message: Message) -> Payload:
         assert self.backend is not None

@@ -115,7 +115,18 @@ _PRIVACY = {
     "accountant",
     "lr",
 }
-_SECAGG = {"enabled", "mode", "neighbours", "threshold", "clip", "bits", "seeded", "scale_bits", "first_mod_bits"}
+_SECAGG = {
+    "enabled",
+    "mode",
+    "neighbours",
+    "threshold",
+    "clip",
+    "bits",
+    "seeded",
+    "scale_bits",
+    "first_mod_bits",
+    "encrypt",
+}
 #: ``[secure_aggregation] mode``: SecAgg+ masking, or threshold CKKS encryption (docs/he.md).
 SECAGG_MODES = ("secagg+", "ckks")
 _PERSONAL = {"method", "ditto_lambda", "ditto_epochs", "local_epochs", "lr", "optimizer", "batch_size"}
@@ -218,8 +229,9 @@ class SecureAggregationSpec:
 
     ``mode`` None is SecAgg+ (absent from the study's description, so older study hashes
     stay valid); ``"ckks"`` encrypts under threshold CKKS (``scale_bits`` and
-    ``first_mod_bits`` then set its parameters; ``neighbours``, ``threshold``, ``clip``,
-    ``bits`` and ``seeded`` are SecAgg+'s).
+    ``first_mod_bits`` then set its parameters, ``encrypt`` lists the model entries to
+    encrypt when not all are — the others travel in clear; ``neighbours``, ``threshold``,
+    ``clip``, ``bits`` and ``seeded`` are SecAgg+'s).
     """
 
     enabled: bool = False
@@ -231,6 +243,7 @@ class SecureAggregationSpec:
     mode: str | None = None
     scale_bits: int | None = None
     first_mod_bits: int | None = None
+    encrypt: tuple[str, ...] | None = None
 
     @property
     def is_ckks(self) -> bool:
@@ -311,7 +324,11 @@ class StudySpec:
         This is what the content hash covers and what travels to sites with every instruction.
         """
         fed = {k: v for k, v in asdict(self.federation).items() if v is not None}
-        secagg = {k: v for k, v in asdict(self.secure_aggregation).items() if v is not None}
+        secagg = {
+            k: list(v) if isinstance(v, tuple) else v
+            for k, v in asdict(self.secure_aggregation).items()
+            if v is not None
+        }
         evaluation: dict[str, Any] = {
             "subgroups": list(self.evaluation.subgroups),
             "calibration": self.evaluation.recalibration
@@ -573,6 +590,7 @@ def _secagg(c: Checker, s: Mapping[str, Any]) -> SecureAggregationSpec:
         first_mod_bits=c.integer(s, "first_mod_bits", "secure_aggregation.first_mod_bits", 60, minimum=24)
         if "first_mod_bits" in s
         else None,
+        encrypt=c.names(s, "encrypt", "secure_aggregation.encrypt"),
     )
 
 
