@@ -351,18 +351,19 @@ class CkksWorkflow:
             weight = float(round(weight))
         if not np.all(np.isfinite(flat)) or weight <= 0:
             raise CkksEngineError(f"round {round_no}: the decrypted sum is not usable (total weight {weight:g})")
-        sums: ModelState = {}
+        sums: dict[str, npt.NDArray[np.float64]] = {}
         offset = 0
         for name in secret:
             n = int(np.prod(shapes[name]))
             sums[name] = flat[offset : offset + n].reshape(shapes[name]).copy()
             offset += n
         for name in clear:  # summed in site order: arrival order changes nothing
-            sums[name] = np.zeros(shapes[name], dtype=np.float64)
+            total_clear = np.zeros(shapes[name], dtype=np.float64)
             for site in contributors:
-                sums[name] += plain[site][name]
+                total_clear += np.asarray(plain[site][name], dtype=np.float64)
+            sums[name] = total_clear
         for name in names:
-            sums[name] += weight * np.asarray(ctx.state.model[name], dtype=np.float64)
+            sums[name] = sums[name] + weight * np.asarray(ctx.state.model[name], dtype=np.float64)
         sums = {name: sums[name] for name in names}
         keys = sorted({k for s in contributors for k in site_metrics.get(s, {})})
         means = {
@@ -542,7 +543,7 @@ class CkksSiteHandler:
         values[:-1] = flat_delta(update.state, update.reference, secret)
         values[:-1] *= weight
         values[-1] = weight
-        plain = {
+        plain: ModelState = {
             n: weight * (np.asarray(update.state[n], np.float64) - np.asarray(update.reference[n], np.float64))
             for n in clear
         }
