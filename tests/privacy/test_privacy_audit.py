@@ -104,3 +104,18 @@ def test_clipping_switched_off_is_caught_too(included, monkeypatch):
     monkeypatch.setattr(client_dp, "clip_l2", lambda update, clip_norm: (dict(update), client_dp.l2_norm(update)))
     bound, claimed = _client(included, ClientDPMode.CENTRAL)
     assert bound > claimed
+
+
+def test_fedcare_privacy_audit_reports_the_bound_beside_the_accountant():
+    from typer.testing import CliRunner
+
+    import fedcare.cli.privacy  # noqa: F401  (registers the command)
+    from fedcare.cli.app import app
+
+    argv = ["privacy", "audit", "--epsilon", "1", "--level", "client-central", "--steps", "2"]
+    result = CliRunner().invoke(app, [*argv, "--canaries", "100", "--seed", "1"])
+    assert result.exit_code == 0, result.output
+    assert "client-central: noise multiplier" in result.output and "audit lower bound" in result.output
+    assert "ok" in result.output
+    bad = CliRunner().invoke(app, ["privacy", "audit", "--epsilon", "1", "--level", "sample"])
+    assert bad.exit_code == 2 and "audit level must be one of" in bad.output

@@ -30,14 +30,18 @@ import torch
 from scipy import stats
 
 from fedcare.errors import ConfigError
+from fedcare.privacy.accounting import calibrate_noise_multiplier, epsilon_of
 from fedcare.privacy.client_dp import ClientLevelDP, privatize_update
+from fedcare.privacy.cost import Mechanism, PrivacyCost
 from fedcare.privacy.dpsgd import noise_generator, train_dpsgd
 from fedcare.privacy.plan import ClientDPMode
 from fedcare.strategies.fedavg import FedAvg
 from fedcare.types import FitResult, RoundInfo, RunId, SiteId
 
 __all__ = [
+    "LEVELS",
     "AuditResult",
+    "audit_mechanism",
     "audit_scores",
     "client_dp_canary_scores",
     "dpsgd_canary_scores",
@@ -259,3 +263,50 @@ def client_dp_canary_scores(
         state, _ = strategy.finish_round(state, fold)
         scores += n * (state.model["w"][:m] - reference[:m])
     return scores
+
+
+#: The mechanisms :func:`audit_mechanism` runs, by name.
+LEVELS: dict[str, Mechanism] = {
+    "record": Mechanism.DPSGD,
+    "client-central": Mechanism.CLIENT_CENTRAL,
+    "client-distributed": Mechanism.CLIENT_DISTRIBUTED,
+}
+
+
+def audit_mechanism(
+    level: str,
+    *,
+    epsilon: float,
+    delta: float = 1e-5,
+    sample_rate: float = 1.0,
+    steps: int = 4,
+    canaries: int = 1000,
+    seed: int | None = None,
+) -> tuple[AuditResult, float, float]:
+    """Calibrate ``level``'s noise to ``epsilon``, run it once on canaries and audit it.
+
+    ``steps`` are DP-SGD steps (record level, Poisson rate ``sample_rate``) or rounds
+    (client level, every site in every round). Returns the audit, the accountant's ε
+    (Opacus RDP) and the noise multiplier used.
+    """
+    if level not in LEVELS:
+        raise ConfigError(f"audit level must be one of {sorted(LEVELS)}, got {level!r}")
+    if canaries < 10:
+        raise ConfigError(f"an audit needs at least 10 canaries, got {canaries}")
+    mechanism = LEVELS[level]
+    q = sample_rate if mechanism is Mechanism.DPSGD else 1.0
+    noise = calibrate_noise_multiplier(target_epsilon=epsilon, delta=delta, sample_rate=q, steps=steps)
+    accounted = epsilon_of([PrivacyCost(mechanism, noise, q, steps)], delta=delta)
+    rng = np.random.default_rng(seed)
+    included = rng.random(canaries) < 0.5
+    run_seed = int(rng.integers(2**62))
+    if mechanism is Mechanism.DPSGD:
+        scores = dpsgd_canary_scores(
+            included, noise_multiplier=noise, max_grad_norm=1.0, sample_rate=q, steps=steps, seed=run_seed
+        )
+    else:
+        mode = ClientDPMode.CENTRAL if mechanism is Mechanism.CLIENT_CENTRAL else ClientDPMode.DISTRIBUTED
+        scores = client_dp_canary_scores(
+            included, noise_multiplier=noise, clip_norm=1.0, rounds=steps, delta=delta, mode=mode, seed=run_seed
+        )
+    return audit_scores(scores, included, delta=delta), accounted, noise
