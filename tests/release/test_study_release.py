@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import tomllib
 from pathlib import Path
 
@@ -11,11 +12,15 @@ import pandas as pd
 import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
+from typer.testing import CliRunner
 
+import fedcare.cli.clinic  # noqa: F401  (registers release, predict, validate)
+from fedcare.cli.app import app
 from fedcare.errors import ConfigError
 from fedcare.evaluation.recalibration import apply_platt, newton_platt, platt_terms, risk_logit
+from fedcare.evaluation.validation import HIST_EDGES, feature_histograms, population_stability
 from fedcare.release.bundle import build_bundle, load_bundle
-from fedcare.release.predict import predict_rows
+from fedcare.release.predict import encode_rows, predict_rows
 from fedcare.release.sharing import what_was_shared
 from fedcare.simulate import load_study_sites, simulate_study, study_dataset
 from fedcare.store import SqlStore
@@ -56,7 +61,7 @@ def test_the_card_names_the_study_hash_and_each_rounds_protection(secagg_release
     assert bundle.meta["study"]["spec"] == study.describe()  # the study itself travels in the bundle
     sharing = bundle.card["sharing"]
     assert [r["round"] for r in sharing["rounds"]] == [1, 2]
-    assert all(r["secure_aggregation"] and r["sites"] == list(SITES) for r in sharing["rounds"])
+    assert all(r["secure_aggregation"] and r["protection"] == "secagg+" and r["sites"] == list(SITES) for r in sharing["rounds"])
     assert all(r["differential_privacy"] == {} for r in sharing["rounds"])
     assert sharing["summary"] == {"secure_aggregation": "every round", "differential_privacy": "none"}
     assert sharing["parameters"]["shared"]["entries"] == ["weight", "bias"]
@@ -97,6 +102,35 @@ def test_federated_platt_scaling_equals_the_pooled_fit_and_predict_shows_it(seca
         [p["calibrated_risk"] for p in report.predictions], apply_platt(risks, recal["a"], recal["b"]), atol=1e-12
     )
     assert "Recalibrated (platt" in (path / "model_card.html").read_text()
+
+
+def test_validate_gives_psi_for_numeric_inputs_against_the_training_cohorts_histograms(secagg_release, tmp_path):
+    study, _, path, _ = secagg_release
+    bundle = load_bundle(path)
+    ref = bundle.meta["reference"]
+    pre = bundle.preprocessing
+    # the reference: each site's standardised training rows binned (small cells suppressed there), summed
+    by_id, inputs = load_study_sites(study, [load_site(HEART / "sites" / f"{s}.toml") for s in SITES])
+    data = study_dataset(study, by_id, inputs)
+    direct = np.sum([feature_histograms(data.sites[s].train.x, min_cell=5)[0] for s in SITES], axis=0)
+    assert ref["histograms"] == dict(zip(pre["encoded"], direct.tolist(), strict=True))
+    assert ref["sites"] == list(SITES) and ref["edges"] == list(HIST_EDGES)
+    # a new hospital (VA Long Beach) validates: PSI of each numeric input against that reference
+    out = tmp_path / "v.json"
+    va = HEART / "va-long-beach.csv"
+    args = ["validate", "--bundle", str(path), "--site", f"va={va}", "--outcome", "num>0", "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    drift = json.loads(out.read_text())["per_site"]["va"]["drift"]
+    x, _, _ = encode_rows(pd.read_csv(va, dtype=str, keep_default_na=False), pre)
+    hist, _ = feature_histograms(x, min_cell=5)
+    numeric = [f for f in pre["features"] if f not in pre["categorical"]]
+    assert numeric == pre["encoded"][: len(numeric)] and "chol" in numeric
+    for j, name in enumerate(numeric):
+        assert drift["psi"][name] == pytest.approx(population_stability(ref["histograms"][name], hist[j]), abs=1e-12)
+    flagged = {flag.split(":")[0] for flag in drift["flagged"] if "PSI" in flag}
+    assert {"age", "thalach"} <= flagged and "trestbps" not in flagged  # VA's patients are older (SMD +0.9)
+    assert "cp" in drift["psi"]  # categorical inputs keep their PSI
 
 
 def test_a_bad_calibration_method_is_named():

@@ -17,6 +17,7 @@ from fedcare.protocols import Recorder, RoundReport, RunSpec
 from fedcare.runtime.coordinator import RunResult
 from fedcare.runtime.exchange import Exchange
 from fedcare.runtime.recalibration import describe_fit, fit_platt
+from fedcare.runtime.reference import collect_reference
 from fedcare.strategies.base import ServerState
 from fedcare.transport.base import Channel
 from fedcare.transport.inprocess import InProcessChannel
@@ -52,6 +53,15 @@ def _platt(plan: RunPlan, exchange: Exchange, run_id: RunId, result: RunResult) 
     return describe_fit(fit, used, failures)
 
 
+def _reference(plan: RunPlan, exchange: Exchange, run_id: RunId) -> dict[str, Any]:
+    """The training cohort's input histograms (drift checks at new sites); a failure is recorded, not raised."""
+    try:
+        return collect_reference(exchange, run_id=run_id, min_sites=plan.study.federation.min_sites)
+    except FedcareError as exc:  # images and streamed records have no table to compare
+        log.info("run %s: no reference histograms: %s", run_id, exc)
+        return {"error": str(exc)}
+
+
 def run_federated(
     plan: RunPlan,
     channel: Channel,
@@ -72,8 +82,10 @@ def run_federated(
         if stats is not None:
             stamped.set_prep(stats)
         result = coordinator.run(plan.initial_model(), spec=spec, state=state, start_round=start_round)
-        if plan.study.evaluation.recalibration == "platt" and recorder is not None:
-            recorder.record_result(run_id, "recalibration", _platt(plan, coordinator.exchanger, run_id, result))
+        if recorder is not None:
+            if plan.study.evaluation.recalibration == "platt":
+                recorder.record_result(run_id, "recalibration", _platt(plan, coordinator.exchanger, run_id, result))
+            recorder.record_result(run_id, "reference", _reference(plan, coordinator.exchanger, run_id))
         return result
     finally:
         if close:

@@ -171,7 +171,7 @@ def validate(
             y = np.asarray(_labels(frame.iloc[good], outcome))
             p = loaded.task.predict(loaded.model, x)
             stats[name] = score_statistics(y, p, x, categorical=dummies, min_cell=min_cell)  # computed at the site
-        result = summarise_validation(stats, pre)
+        result = summarise_validation(stats, pre, reference=loaded.meta.get("reference"))
     except FedcareError as exc:
         raise fail(exc) from None
     table = Table(title="external validation (95 % CI)", title_justify="left")

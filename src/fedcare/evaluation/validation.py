@@ -6,8 +6,10 @@ A new site scores its own patients with the released model and shares only:
 * calibration bins (rows, sum of predicted risk, events per 10 equal-width bins),
 * the sums that give the Brier score exactly (``sum p^2``, ``sum p*y``, ``sum y``),
 * per encoded feature: count, sum and sum of squares (for standardised mean
-  differences), and for categorical columns the count of each category (for the
-  population stability index).
+  differences), its histogram over :data:`HIST_EDGES` on the standardised scale (for the
+  population stability index of numeric inputs, against the training cohort's histograms
+  that the sites sent after training: :mod:`fedcare.runtime.reference`), and for
+  categorical columns the count of each category (for their PSI).
 
 Cells under ``min_cell`` are suppressed at the site (set to 0 and flagged) before
 anything leaves. The coordinator adds the sites' statistics and computes AUC (with a
@@ -34,9 +36,12 @@ from fedcare.evaluation.calibration import _bins
 from fedcare.evaluation.uncertainty import LEVEL, logit_interval, meta_of
 
 __all__ = [
+    "HIST_EDGES",
     "PSI_THRESHOLD",
     "SMD_THRESHOLD",
     "combine_statistics",
+    "feature_histograms",
+    "population_stability",
     "score_statistics",
     "summarise_validation",
 ]
@@ -84,6 +89,9 @@ def score_statistics(
         out["feat_n"] = int(len(x_arr))
         out["feat_sum"] = x_arr.sum(axis=0).tolist()
         out["feat_sum2"] = (x_arr**2).sum(axis=0).tolist()
+        out["feat_hist"], hidden = feature_histograms(x_arr, min_cell=min_cell)
+        if hidden:
+            out["suppressed"].append(f"feature histograms: {hidden} cell(s)")
         out["categories"] = {
             col: [int(len(x_arr) - sum(int(np.sum(x_arr[:, j] > 0)) for j in cols))]
             + [int(np.sum(x_arr[:, j] > 0)) for j in cols]
@@ -155,7 +163,7 @@ def combine_statistics(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     for key in ("n", "sum_p2", "sum_py", "sum_y", "feat_n"):
         if all(key in p for p in parts):
             out[key] = sum(p[key] for p in parts)
-    for key in ("pos_counts", "neg_counts", "cal_n", "cal_sum_p", "cal_events", "feat_sum", "feat_sum2"):
+    for key in ("pos_counts", "neg_counts", "cal_n", "cal_sum_p", "cal_events", "feat_sum", "feat_sum2", "feat_hist"):
         if all(key in p for p in parts):
             out[key] = np.sum([np.asarray(p[key], dtype=np.float64) for p in parts], axis=0).tolist()
     if all("categories" in p for p in parts):
@@ -209,8 +217,15 @@ def _metrics(stats: Mapping[str, Any], level: float) -> dict[str, Any]:
     }
 
 
-def _drift(stats: Mapping[str, Any], pre: Mapping[str, Any]) -> dict[str, Any]:
-    """SMD per encoded feature (training: mean 0, sd 1 after standardisation) and PSI per categorical."""
+def _drift(
+    stats: Mapping[str, Any], pre: Mapping[str, Any], reference: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Drift per input: SMD, and PSI for categorical and (with ``reference``) numeric inputs.
+
+    SMD per encoded feature (training: mean 0, sd 1 after standardisation); PSI of a
+    categorical input against the training frequencies, of a numeric input against the
+    training cohort's histograms in ``reference``, when the bundle has them.
+    """
     out: dict[str, Any] = {"smd": {}, "psi": {}, "flagged": []}
     n = stats.get("feat_n", 0)
     if not n:
@@ -234,20 +249,77 @@ def _drift(stats: Mapping[str, Any], pre: Mapping[str, Any]) -> dict[str, Any]:
         out["psi"][col] = psi
         if psi > PSI_THRESHOLD:
             out["flagged"].append(f"{col}: PSI {psi:.2f}")
+    train_hist = (reference or {}).get("histograms", {})
+    hist = stats.get("feat_hist")
+    if hist is not None:
+        categorical = set(pre.get("categorical", {}))
+        for j, name in enumerate(names):
+            if name in categorical or name not in train_hist or j >= len(hist) or name in out["psi"]:
+                continue
+            if any(name.startswith(f"{c}_") for c in categorical):
+                continue  # a dummy column: its category's PSI is above
+            value = population_stability(train_hist[name], hist[j])
+            out["psi"][name] = value
+            if value > PSI_THRESHOLD:
+                out["flagged"].append(f"{name}: PSI {value:.2f}")
     return out
 
 
 def summarise_validation(
-    sites: Mapping[str, Mapping[str, Any]], pre: Mapping[str, Any], *, level: float = LEVEL
+    sites: Mapping[str, Mapping[str, Any]],
+    pre: Mapping[str, Any],
+    *,
+    level: float = LEVEL,
+    reference: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Per-site and pooled validation metrics with CIs, a meta-analysis of AUC, and drift flags."""
-    per_site = {s: {**_metrics(st, level), "drift": _drift(st, pre)} for s, st in sites.items()}
+    """Per-site and pooled validation metrics with CIs, a meta-analysis of AUC, and drift flags.
+
+    ``reference`` (a release bundle's ``reference``: the training cohort's numeric-input
+    histograms) adds PSI for numeric inputs.
+    """
+    per_site = {s: {**_metrics(st, level), "drift": _drift(st, pre, reference)} for s, st in sites.items()}
     pooled = combine_statistics(list(sites.values()))
     return {
         "level": level,
         "thresholds": {"smd": SMD_THRESHOLD, "psi": PSI_THRESHOLD},
         "per_site": per_site,
-        "pooled": {**_metrics(pooled, level), "drift": _drift(pooled, pre)},
+        "pooled": {**_metrics(pooled, level), "drift": _drift(pooled, pre, reference)},
         "meta": {"auc": meta_of([{**m["auc"], "n": m["n"]} for m in per_site.values()])},
         "suppressed": pooled["suppressed"],
     }
+
+
+#: Bin edges of the numeric-input histograms on the standardised scale (the deciles of
+#: N(0, 1)): training and validation rows are binned alike, so PSI compares like with like.
+HIST_EDGES = (-1.2816, -0.8416, -0.5244, -0.2533, 0.0, 0.2533, 0.5244, 0.8416, 1.2816)
+
+
+def feature_histograms(x: npt.ArrayLike, *, min_cell: int = 0) -> tuple[list[list[int]], int]:
+    """Per column of standardised inputs, the row count in each :data:`HIST_EDGES` bin.
+
+    Cells of 1..``min_cell``-1 rows are set to 0 (small-cell suppression at the site);
+    returns ``(counts, cells suppressed)``.
+    """
+    arr = np.asarray(x, dtype=np.float64)
+    arr = arr.reshape(len(arr), -1)
+    counts = [
+        np.bincount(np.searchsorted(HIST_EDGES, arr[:, j], side="right"), minlength=len(HIST_EDGES) + 1).tolist()
+        for j in range(arr.shape[1])
+    ]
+    suppressed = 0
+    if min_cell > 0:
+        for col in counts:
+            for i, c in enumerate(col):
+                if 0 < c < min_cell:
+                    col[i] = 0
+                    suppressed += 1
+    return counts, suppressed
+
+
+def population_stability(expected: npt.ArrayLike, actual: npt.ArrayLike) -> float:
+    """Population stability index of two count vectors (shares clipped at 1e-4)."""
+    e = np.asarray(expected, dtype=np.float64)
+    a = np.asarray(actual, dtype=np.float64)
+    e = np.clip(e / max(e.sum(), 1.0), 1e-4, None)
+    a = np.clip(a / max(a.sum(), 1.0), 1e-4, None)
+    return float(np.sum((a - e) * np.log(a / e)))

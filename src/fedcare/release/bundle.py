@@ -135,8 +135,13 @@ def build_bundle(store: SqlStore, ref: str, out_dir: Path, *, audit_head: str | 
     results = store.results(run.id)
     if "recalibration" in results:  # a failed fit is kept with its reason; predict then shows no calibrated risk
         meta["calibration"] = dict(results["recalibration"])
-    if "reference" in results:
-        meta["reference"] = dict(results["reference"])
+    reference = results.get("reference") or {}
+    encoded = list(meta["preprocessing"].get("encoded", []))
+    if len(reference.get("counts", [])) == len(encoded) and encoded:  # the training cohort's input histograms
+        meta["reference"] = {
+            **{k: v for k, v in reference.items() if k != "counts"},
+            "histograms": dict(zip(encoded, reference["counts"], strict=True)),
+        }
     meta["sharing"] = what_was_shared(store, run.id, task, state.model, (study or {}).get("spec"))
     onnx_blob = None
     width = len(meta["preprocessing"].get("encoded", [])) or int(summary["task"]["params"].get("n_features", 0))

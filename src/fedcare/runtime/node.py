@@ -24,6 +24,7 @@ from fedcare.runtime.pipeline import FitRequest, site_fit
 from fedcare.runtime.policy import SitePolicy
 from fedcare.runtime.queries import MomentsQuery, SiteQueries, SiteQuery
 from fedcare.runtime.recalibration import PlattQuery
+from fedcare.runtime.reference import ReferenceQuery
 from fedcare.secure.ckks import CkksBackend, CkksSiteHandler
 from fedcare.secure.handler import SecAggSiteHandler
 from fedcare.serde import check_state, spec_of
@@ -103,9 +104,8 @@ class SiteNode:
         self._secagg: SecAggSiteHandler | None = None
         self._ckks: CkksSiteHandler | None = None
         #: QUERY instructions: moments, cohort statistics (DP releases charged to ``ledger``).
-        self.queries = SiteQueries(
-            site_id=site_id, queries=[MomentsQuery(data), PlattQuery(self), *queries], privacy=self.privacy
-        )
+        builtin: list[SiteQuery] = [MomentsQuery(data), PlattQuery(self), ReferenceQuery(self)]
+        self.queries = SiteQueries(site_id=site_id, queries=[*builtin, *queries], privacy=self.privacy)
 
     def handle(self, message: Message) -> Message:
         """Check the instruction against policy, run it, and build the reply."""
