@@ -17,6 +17,7 @@ import pandas as pd
 
 from fedcare.build.prep import StudySite, TabularSource
 from fedcare.build.run import build_task, ckks_params
+from fedcare.build.validation import VALIDATE_QUERY, ValidateQuery
 from fedcare.data.check import check_frame
 from fedcare.data.cohort import StatsQuery
 from fedcare.data.connect import LoadedSite, load_site
@@ -233,6 +234,11 @@ def build_site(
         # the site's own OpenFHE engine (started on the first CKKS stage; its key shares never leave it)
         ckks_backend=OpenFheEngine(ckks_params(study)) if study.secure_aggregation.is_ckks else None,
     )
+    if inputs.loaded is not None and inputs.loaded.images is None:  # external validation of a released model
+        loaded = inputs.loaded
+        node.queries.queries[VALIDATE_QUERY] = ValidateQuery(
+            node, loaded, study.data.positive, min_cell=loaded.config.stats.min_count
+        )
     return BuiltSite(spec=spec, inputs=inputs, node=node, study_site=StudySite(node, study, inputs.source))
 
 

@@ -132,46 +132,80 @@ def _labels(frame: object, outcome: str) -> object:
 def validate(
     bundle: Annotated[Path, typer.Option("--bundle", help="Release bundle folder (fedcare release).")],
     site: Annotated[
-        list[str], typer.Option("--site", help="NAME=patients.csv: one validating site and its rows (repeatable).")
-    ],
-    outcome: Annotated[str, typer.Option(help="Outcome column (0/1), or COLUMN>THRESHOLD.")],
+        list[str] | None,
+        typer.Option("--site", help="NAME=patients.csv: one validating site and its rows (repeatable)."),
+    ] = None,
+    outcome: Annotated[
+        str | None, typer.Option(help="Outcome column (0/1), or COLUMN>THRESHOLD (with --site).")
+    ] = None,
+    server: Annotated[
+        Path | None,
+        typer.Option(
+            "--server",
+            help="Validate at deployed nodes: listen as this server.toml's coordinator (mTLS), announce the "
+            "bundle's study and ask each node for its statistics (the outcome is the study's).",
+        ),
+    ] = None,
     min_cell: Annotated[int, typer.Option(help="Cells under this many rows are suppressed at the site.", min=0)] = 5,
+    timeout_s: Annotated[
+        float | None, typer.Option("--timeout", help="With --server: seconds to wait for the sites' answers.")
+    ] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Write the validation as JSON here.")] = None,
 ) -> None:
-    """External validation: each site shares only binned score counts and sums; AUC, Brier, ECE, drift combined."""
+    """External validation: each site shares only binned score counts and sums; AUC, Brier, ECE, drift combined.
+
+    With ``--site NAME=rows.csv`` every site is computed in this process (a rehearsal);
+    with ``--server server.toml`` the new sites are deployed nodes (``fedcare node``
+    with their own site file) that compute the same statistics behind their policy.
+    """
     import numpy as np
     import pandas as pd
     from rich.table import Table
 
+    from fedcare.data.encode import categorical_dummies
     from fedcare.errors import ConfigError, DataError
     from fedcare.evaluation.validation import score_statistics, summarise_validation
     from fedcare.release.bundle import load_bundle
     from fedcare.release.predict import encode_rows
 
+    run_id = ""
     try:
         loaded = load_bundle(bundle)
         pre = loaded.preprocessing
-        encoded = list(pre.get("encoded", []))
-        dummies = {
-            col: [encoded.index(f"{col}_{v}") for v in list(cats)[1:] if f"{col}_{v}" in encoded]
-            for col, cats in pre.get("categorical", {}).items()
-        }
-        stats = {}
-        for spec in site:
-            name, sep, path = spec.partition("=")
-            if not sep or not name or not path:
-                raise ConfigError(f"--site {spec!r}: expected NAME=patients.csv")
-            try:
-                frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-            except (OSError, ValueError) as exc:
-                raise DataError(f"{path}: cannot read CSV: {exc}") from None
-            x, good, problems = encode_rows(frame, pre)
-            for problem in problems:
-                err_console.print(f"[yellow]{name} row {problem.row}[/]: {problem.field}: {problem.reason} (left out)")
-            y = np.asarray(_labels(frame.iloc[good], outcome))
-            p = loaded.task.predict(loaded.model, x)
-            stats[name] = score_statistics(y, p, x, categorical=dummies, min_cell=min_cell)  # computed at the site
+        stats: dict[str, dict[str, object]] = {}
+        if server is not None:
+            if site or outcome:
+                raise ConfigError("with --server the sites' nodes read their own rows: no --site or --outcome")
+            stats, left_out, failures, run_id = _deployed_validation(loaded, server, min_cell, timeout_s)
+            for name, n in left_out.items():
+                if n:
+                    err_console.print(f"[yellow]{escape(name)}[/]: {n} row(s) left out at the site (bad predictors)")
+            for name, why in failures.items():
+                err_console.print(f"[yellow]{escape(name)}[/]: {escape(why)}", highlight=False, soft_wrap=True)
+        else:
+            if not site or outcome is None:
+                raise ConfigError("give --site NAME=rows.csv (repeatable) and --outcome, or --server server.toml")
+            for spec in site:
+                name, sep, path = spec.partition("=")
+                if not sep or not name or not path:
+                    raise ConfigError(f"--site {spec!r}: expected NAME=patients.csv")
+                try:
+                    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+                except (OSError, ValueError) as exc:
+                    raise DataError(f"{path}: cannot read CSV: {exc}") from None
+                x, good, problems = encode_rows(frame, pre)
+                for problem in problems:
+                    err_console.print(
+                        f"[yellow]{name} row {problem.row}[/]: {problem.field}: {problem.reason} (left out)"
+                    )
+                y = np.asarray(_labels(frame.iloc[good], outcome))
+                p = loaded.task.predict(loaded.model, x)
+                stats[name] = score_statistics(  # computed at the site
+                    y, p, x, categorical=categorical_dummies(pre), min_cell=min_cell
+                )
         result = summarise_validation(stats, pre, reference=loaded.meta.get("reference"))
+        if run_id:
+            result["run_id"] = run_id
     except FedcareError as exc:
         raise fail(exc) from None
     table = Table(title="external validation (95 % CI)", title_justify="left")
@@ -203,6 +237,50 @@ def validate(
     if out is not None:
         out.write_text(json.dumps(result, indent=2), encoding="utf-8")
         console.print(f"validation: {out}", highlight=False, soft_wrap=True)
+
+
+def _deployed_validation(
+    loaded: object, server: Path, min_cell: int, timeout_s: float | None
+) -> tuple[dict[str, dict[str, object]], dict[str, int], dict[str, str], str]:
+    """Listen as the coordinator of ``server``, announce the bundle's study, ask the nodes."""
+    from fedcare.deploy.config import load_server_config
+    from fedcare.deploy.validation import serve_validation
+    from fedcare.release.bundle import Bundle, BundleError
+    from fedcare.study.spec import study_from_json
+
+    assert isinstance(loaded, Bundle)
+    named = loaded.meta.get("study") or {}
+    if not named.get("spec"):
+        raise BundleError(f"{loaded.path}: this bundle records no study, so no node can check its data against it")
+    study = study_from_json(json.dumps(named["spec"]), where=f"{loaded.path} study")
+    if study.hash != named.get("hash"):
+        raise BundleError(f"{loaded.path}: the bundle's study hashes to {study.hash}, it records {named.get('hash')}")
+    cfg = load_server_config(server)
+    console.print(
+        f"[bold]fedcare validate[/] · study {escape(study.name)} ({study.hash[:12]}) · {cfg.listen} · "
+        f"sites {escape(', '.join(cfg.allowed_sites))}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    outcome = serve_validation(
+        listen=cfg.listen,
+        tls=cfg.tls,
+        allowed_sites=cfg.allowed_sites,
+        study=study,
+        model=loaded.model,
+        preprocessing=loaded.preprocessing,
+        task=loaded.meta["task"]["name"],
+        task_hash=loaded.meta["task"]["hash"],
+        min_cell=min_cell,
+        store_url=cfg.store_url,
+        audit_log=cfg.audit_log,
+        wait_for_sites=cfg.wait_for_sites,
+        wait_timeout_s=cfg.wait_timeout_s,
+        timeout_s=timeout_s if timeout_s is not None else study.federation.round_timeout_s,
+        min_sites=1,
+        on_listening=lambda port: console.print(f"listening on port {port}"),
+    )
+    return outcome.statistics, outcome.left_out, dict(outcome.failures), outcome.run_id
 
 
 @app.command()

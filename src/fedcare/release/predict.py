@@ -12,7 +12,6 @@ its row, field and reason, and the other rows are still scored. Contributions:
 
 from __future__ import annotations
 
-import math
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from fedcare.data.encode import RowProblem, encode_rows
 from fedcare.data.fhir import FhirMapping, read_bundles
 from fedcare.data.schema import CheckReport
 from fedcare.errors import ConfigError, DataError
@@ -31,19 +31,6 @@ from fedcare.release.bundle import Bundle
 from fedcare.release.onnx_export import torch_module
 
 __all__ = ["PredictionReport", "RowProblem", "encode_rows", "predict_fhir", "predict_rows", "study_ranges"]
-
-
-@dataclass(frozen=True)
-class RowProblem:
-    """Why one input row (a CSV row number, or a FHIR bundle and patient) was not scored."""
-
-    row: int | str
-    field: str
-    reason: str
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-ready mapping."""
-        return {"row": self.row, "field": self.field, "reason": self.reason}
 
 
 @dataclass
@@ -56,93 +43,6 @@ class PredictionReport:
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready mapping."""
         return {"predictions": self.predictions, "problems": [p.as_dict() for p in self.problems]}
-
-
-def _category(value: Any, categories: Sequence[Any]) -> Any:
-    """The category ``value`` names (numeric categories accept '2', '2.0', 2), or raise ValueError."""
-    for c in categories:
-        if isinstance(c, int | float) and not isinstance(c, bool):
-            try:
-                if float(value) == float(c):
-                    return c
-            except (TypeError, ValueError):
-                continue
-        elif str(value) == str(c):
-            return c
-    raise ValueError(f"{value!r} is not one of {', '.join(str(c) for c in categories)}")
-
-
-def encode_rows(
-    frame: pd.DataFrame,
-    pre: Mapping[str, Any],
-    *,
-    first_row: int = 1,
-    labels: Sequence[str] | None = None,
-    ranges: Mapping[str, tuple[float | None, float | None]] | None = None,
-) -> tuple[npt.NDArray[np.float32], list[int], list[RowProblem]]:
-    """Check and encode raw rows: ``(x, indices of the good rows, problems)``.
-
-    Rows are numbered from ``first_row`` (1 = the first data row of a CSV), or named by
-    ``labels`` (one per row: a FHIR bundle and patient). ``ranges`` (the study schema's
-    ``min``/``max`` per column) names values outside them.
-    """
-    features: list[str] = list(pre.get("features", []))
-    if not features:
-        raise ConfigError("this bundle records no preprocessing: it cannot score raw patient rows")
-    categorical: Mapping[str, Sequence[Any]] = pre.get("categorical", {})
-    absent = [f for f in features if f not in frame.columns]
-    if absent:
-        raise DataError(f"input has no column(s) {', '.join(absent)} (the model needs: {', '.join(features)})")
-    problems: list[RowProblem] = []
-    good: list[int] = []
-
-    def name(i: int) -> int | str:
-        return labels[i] if labels is not None else first_row + i
-
-    clean: list[dict[str, Any]] = []
-    for i, (_, row) in enumerate(frame.iterrows()):
-        values: dict[str, Any] = {}
-        bad = False
-        for f in features:
-            raw = row[f]
-            if raw is None or (isinstance(raw, float) and math.isnan(raw)) or str(raw).strip() == "":
-                problems.append(RowProblem(name(i), f, "missing value"))
-                bad = True
-                continue
-            try:
-                if f in categorical:
-                    values[f] = _category(raw, categorical[f])
-                else:
-                    number = float(raw)
-                    if not math.isfinite(number):
-                        raise ValueError(f"{raw!r} is not a finite number")
-                    lo, hi = (ranges or {}).get(f, (None, None))
-                    if (lo is not None and number < lo) or (hi is not None and number > hi):
-                        bounds = ", ".join("" if v is None else f"{v:g}" for v in (lo, hi))
-                        raise ValueError(f"{number:g} is outside the study's range [{bounds}]")
-                    values[f] = number
-            except (TypeError, ValueError) as exc:
-                checked = f in categorical or "finite" in str(exc) or "range" in str(exc)
-                reason = str(exc) if checked else f"{raw!r} is not a number"
-                problems.append(RowProblem(name(i), f, reason))
-                bad = True
-        if not bad:
-            good.append(i)
-            clean.append(values)
-    width = len(pre.get("encoded", []))
-    if not clean:
-        return np.zeros((0, width), dtype=np.float32), good, problems
-    table = pd.DataFrame(clean, columns=features)
-    numeric = [c for c in features if c not in categorical]
-    parts = [table[numeric].to_numpy(dtype=np.float64)]
-    for col in features:
-        if col in categorical:
-            cats = list(categorical[col])[1:]
-            parts.append(np.stack([table[col].to_numpy() == c for c in cats], axis=1).astype(np.float64))
-    x = np.concatenate(parts, axis=1)
-    if pre.get("standardize", True):
-        x = (x - np.asarray(pre["mean"])) / (np.asarray(pre["std"]) + 1e-9)  # as fedcare.data.tabular.Standardizer
-    return x.astype(np.float32), good, problems
 
 
 def _linear(model: Mapping[str, npt.NDArray[Any]]) -> bool:
