@@ -19,6 +19,7 @@ from fedcare.runtime.exchange import Exchange
 from fedcare.runtime.recalibration import describe_fit, fit_platt
 from fedcare.runtime.reference import collect_reference
 from fedcare.strategies.base import ServerState
+from fedcare.study.prep_stats import n_encoded_features
 from fedcare.transport.base import Channel
 from fedcare.transport.inprocess import InProcessChannel
 from fedcare.types import RunId, SiteId
@@ -85,7 +86,8 @@ def run_federated(
         if recorder is not None:
             if plan.study.evaluation.recalibration == "platt":
                 recorder.record_result(run_id, "recalibration", _platt(plan, coordinator.exchanger, run_id, result))
-            recorder.record_result(run_id, "reference", _reference(plan, coordinator.exchanger, run_id))
+            if plan.study.data.schema is None or n_encoded_features(plan.study) > 0:  # not for image studies
+                recorder.record_result(run_id, "reference", _reference(plan, coordinator.exchanger, run_id))
         return result
     finally:
         if close:

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from fedcare.errors import ConfigError, NotEnoughSitesError, SerdeError
+from fedcare.errors import ConfigError, NotEnoughSitesError, PolicyError, SerdeError
 from fedcare.evaluation.recalibration import PlattFit, PlattTerms, newton_platt, platt_terms, risk_logit
 from fedcare.privacy.cost import PrivacyCost
 from fedcare.runtime.exchange import Exchange
@@ -65,6 +65,8 @@ class PlattQuery:
         key = digest.hexdigest()
         if self._scores is None or self._scores[0] != key:  # the same model on every Newton step: score once
             train = self.node.data.train
+            if getattr(train, "x", None) is None:  # a RecordSource: records read from files a batch at a time
+                raise PolicyError("refused: this site streams its records from files; Platt needs them in memory")
             p = self.node.task.predict(model, np.asarray(train.x))
             self._scores = (key, risk_logit(p), np.asarray(train.y, dtype=np.float64).ravel())
         return self._scores[1], self._scores[2]
