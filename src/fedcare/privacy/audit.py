@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -35,6 +35,7 @@ from fedcare.privacy.client_dp import ClientLevelDP, privatize_update
 from fedcare.privacy.cost import Mechanism, PrivacyCost
 from fedcare.privacy.dpsgd import noise_generator, train_dpsgd
 from fedcare.privacy.plan import ClientDPMode
+from fedcare.strategies.base import Strategy
 from fedcare.strategies.fedavg import FedAvg
 from fedcare.types import FitResult, RoundInfo, RunId, SiteId
 
@@ -200,7 +201,8 @@ def dpsgd_canary_scores(
         steps=steps,
         generator=noise_generator(seed),
     )
-    return module.weight.detach()[0, :m].numpy().astype(np.float64)
+    weights: np.ndarray = module.weight.detach()[0, :m].numpy().astype(np.float64)
+    return weights
 
 
 def client_dp_canary_scores(
@@ -230,7 +232,7 @@ def client_dp_canary_scores(
     width = m + 8
     rng = np.random.default_rng(seed)
     strategy = ClientLevelDP(
-        FedAvg(),
+        cast(Strategy, FedAvg()),  # FedAvg's fold is the weighted-mean Fold the protocol names
         noise_multiplier=noise_multiplier,
         clip_norm=clip_norm,
         delta=delta,
@@ -242,7 +244,7 @@ def client_dp_canary_scores(
     scores = np.zeros(m)
     site_rng = np.random.default_rng([seed, 2])
     for t in range(1, rounds + 1):
-        reference = state.model["w"]
+        reference = np.asarray(state.model["w"], dtype=np.float64)
         updates: dict[str, np.ndarray] = {}
         for i in canaries:
             step = np.zeros(width)
@@ -261,7 +263,7 @@ def client_dp_canary_scores(
             fold.add(SiteId(site), FitResult(state=sent, num_examples=1))
         n = fold.count
         state, _ = strategy.finish_round(state, fold)
-        scores += n * (state.model["w"][:m] - reference[:m])
+        scores += n * (np.asarray(state.model["w"], dtype=np.float64)[:m] - reference[:m])
     return scores
 
 
