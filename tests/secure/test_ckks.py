@@ -236,6 +236,8 @@ def test_study_file_selects_ckks_and_keeps_older_study_hashes():
     sel = parse_study({**raw, "secure_aggregation": {"mode": "ckks", "encrypt": ["weight"]}}, where="t")
     assert parse_study(sel.describe(), where="t").hash == sel.hash
     assert build_run(sel, task).fit_workflow.encrypted == ("weight",)
+    ver = parse_study({**raw, "secure_aggregation": {"mode": "ckks", "verify_sum": True}}, where="t")
+    assert build_run(ver, task).fit_workflow.verify_sum and not plan.fit_workflow.verify_sum
     with pytest.raises(ConfigError, match="secure_aggregation.mode must be one of"):
         parse_study({**raw, "secure_aggregation": {"mode": "paillier"}}, where="t")
     with pytest.raises(ConfigError, match="first_mod_bits"):
@@ -303,3 +305,54 @@ def test_selective_encryption_sends_the_undeclared_entries_in_clear(engine):
     assert "no model entry in clear" in r.failures[SiteId("site-01")]
     with pytest.raises(ConfigError, match="not in the model"):
         run(CkksWorkflow(backend=engine, encrypted=("nope",)))
+
+
+def test_verified_sum_stops_a_coordinator_that_asks_to_decrypt_one_update(engine):
+    from dataclasses import replace
+
+    from fedcare.types import Payload
+
+    sites = shift_sites(3)
+    task = ShiftTask(size=8)
+    plain = _run(None, n=3, size=8)
+    verified = run_simulation(
+        sites=sites,
+        task=task,
+        strategy=FedAvg(),
+        rounds=1,
+        seed=0,
+        run_id=RunId("v"),
+        fit_workflow=CkksWorkflow(backend=engine, verify_sum=True),
+        max_workers=2,
+    )
+    np.testing.assert_allclose(verified.state.model["w"], plain.state.model["w"], atol=1e-5)
+
+    # a deviating relay: site-01 is asked to decrypt the set holding site-00's ciphertexts only
+    nodes = build_nodes(sites, task, ckks_backend=engine)
+    seen: dict[str, object] = {}
+
+    def cheat(msg: Message) -> Message:
+        arrays = msg.payload.arrays
+        if msg.payload.config.get("secagg.stage") == "ckks.decrypt" and "secagg_ckks_all" in arrays:
+            every = unpack_blobs(arrays["secagg_ckks_all"], "t")
+            per = int(msg.payload.config["ckks.per_site"])
+            config = {**msg.payload.config, "ckks.contributors": 1}
+            msg = replace(msg, payload=Payload(arrays={"secagg_ckks_all": pack_blobs(every[:per])}, config=config))
+        reply = nodes[SiteId("site-01")].handle(msg)
+        seen[str(msg.payload.config.get("secagg.stage"))] = reply.error
+        return reply
+
+    handlers = {s: (cheat if s == SiteId("site-01") else n.handle) for s, n in nodes.items()}
+    with pytest.raises(NotEnoughSitesError, match="site-01"):
+        run_simulation(
+            sites=sites,
+            task=task,
+            strategy=FedAvg(),
+            rounds=1,
+            seed=0,
+            run_id=RunId("c"),
+            fit_workflow=CkksWorkflow(backend=engine, verify_sum=True),
+            nodes={s: _Handler(h) for s, h in handlers.items()},
+            max_workers=2,
+        )
+    assert "own ciphertexts are not in the sum" in str(seen["ckks.decrypt"])

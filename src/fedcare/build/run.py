@@ -189,7 +189,10 @@ def build_run(
             )
         if sa.is_ckks:
             workflow = CkksWorkflow(
-                backend=OpenFheEngine(ckks_params(study)), params=ckks_params(study), encrypted=sa.encrypt
+                backend=OpenFheEngine(ckks_params(study)),
+                params=ckks_params(study),
+                encrypted=sa.encrypt,
+                verify_sum=bool(sa.verify_sum),
             )
         else:
             workflow = SecAggPlusWorkflow(

@@ -203,11 +203,16 @@ class CkksWorkflow:
         Selective encryption: only these model entries are encrypted, the others travel
         as plain weighted updates (the card lists them; a site with
         ``require_encryption`` refuses such rounds). ``None`` encrypts everything.
+    verify_sum : bool (default: False)
+        Every key holder gets all contributors' ciphertexts (N times the download), checks
+        that its own is among them, adds them itself and gives a decryption share of *its*
+        sum only: a coordinator that deviates cannot have one site's update decrypted alone.
     """
 
     backend: CkksBackend
     params: CkksParams = field(default_factory=CkksParams)
     encrypted: tuple[str, ...] | None = None
+    verify_sum: bool = False
 
     #: Recorded with each round: what protected the updates on the wire.
     protection = "ckks-threshold"
@@ -322,8 +327,12 @@ class CkksWorkflow:
             except CkksEngineError as exc:
                 raise CkksEngineError(f"round {round_no}: adding the ciphertexts failed: {exc}") from None
             # 3. decrypt: every key holder's share is needed (n-out-of-n)
+            if self.verify_sum:  # the sites add the ciphertexts themselves
+                record = {"secagg_ckks_all": pack_blobs([b for s in contributors for b in cts[s]])}
+            else:
+                record = {"ct": pack_blobs(total)}
             decrypt_payload = _stage_payload(
-                "ckks.decrypt", session, {"ct": pack_blobs(total)}, **{"ckks.contributors": len(contributors)}
+                "ckks.decrypt", session, record, **{"ckks.contributors": len(contributors), "ckks.per_site": per_site}
             )
             partials: dict[SiteId, list[bytes]] = {}
             for site, reply in stage("ckks.decrypt", dict.fromkeys(keyed, decrypt_payload)).items():
@@ -408,6 +417,7 @@ class _Session:
     params: dict[str, int]
     encrypted: bool = False
     decrypted: bool = False
+    own: tuple[bytes, ...] = ()
 
 
 #: The site's fit pipeline (``SiteNode.fit_update``).
@@ -558,6 +568,7 @@ class CkksSiteHandler:
             )
         joint = self.backend.join(public_keys)
         cts = self.backend.encrypt(joint, values)
+        session.own = tuple(cts)
         # the example count stays inside the ciphertext (the weight slot), as under SecAgg+
         metrics = {k: float(v) for k, v in update.metrics.items() if k != "num_examples"}
         return Payload(arrays={"ct": pack_blobs(cts), **({"clear": plain} if plain else {})}, metrics=metrics)
@@ -572,7 +583,20 @@ class CkksSiteHandler:
             raise PolicyError(
                 f"refused: the sum holds {contributors} update(s), this site requires at least {self.min_peers}"
             )
-        total = unpack_blobs(message.payload.arrays.get("ct"), "ckks.decrypt instruction")
+        arrays = message.payload.arrays
+        if "secagg_ckks_all" in arrays:  # verified sum: this site adds the ciphertexts itself
+            per_site = message.payload.config.get("ckks.per_site")
+            every = unpack_blobs(arrays.get("secagg_ckks_all"), "ckks.decrypt instruction")
+            if not isinstance(per_site, int) or per_site < 1 or len(every) != per_site * contributors:
+                raise CkksEngineError(f"ckks.decrypt instruction: {len(every)} ciphertexts are not {contributors} sets")
+            parties = [tuple(every[i : i + per_site]) for i in range(0, len(every), per_site)]
+            if session.own and session.own not in parties:
+                raise PolicyError("refused: this site's own ciphertexts are not in the sum it was asked to decrypt")
+            if len(set(parties)) != len(parties):
+                raise PolicyError("refused: the sum lists one site's ciphertexts twice")
+            total = self.backend.add(parties)
+        else:
+            total = unpack_blobs(arrays.get("ct"), "ckks.decrypt instruction")
         session.decrypted = True
         try:
             partial = self.backend.partial_decrypt(session.handle, total, lead=False)

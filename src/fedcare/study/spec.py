@@ -126,6 +126,7 @@ _SECAGG = {
     "scale_bits",
     "first_mod_bits",
     "encrypt",
+    "verify_sum",
 }
 #: ``[secure_aggregation] mode``: SecAgg+ masking, or threshold CKKS encryption (docs/he.md).
 SECAGG_MODES = ("secagg+", "ckks")
@@ -230,7 +231,8 @@ class SecureAggregationSpec:
     ``mode`` None is SecAgg+ (absent from the study's description, so older study hashes
     stay valid); ``"ckks"`` encrypts under threshold CKKS (``scale_bits`` and
     ``first_mod_bits`` then set its parameters, ``encrypt`` lists the model entries to
-    encrypt when not all are — the others travel in clear; ``neighbours``, ``threshold``,
+    encrypt when not all are — the others travel in clear, ``verify_sum`` has every site add
+    the ciphertexts itself before decrypting; ``neighbours``, ``threshold``,
     ``clip``, ``bits`` and ``seeded`` are SecAgg+'s).
     """
 
@@ -244,6 +246,7 @@ class SecureAggregationSpec:
     scale_bits: int | None = None
     first_mod_bits: int | None = None
     encrypt: tuple[str, ...] | None = None
+    verify_sum: bool | None = None
 
     @property
     def is_ckks(self) -> bool:
@@ -591,6 +594,7 @@ def _secagg(c: Checker, s: Mapping[str, Any]) -> SecureAggregationSpec:
         if "first_mod_bits" in s
         else None,
         encrypt=c.names(s, "encrypt", "secure_aggregation.encrypt"),
+        verify_sum=c.boolean(s, "verify_sum", "secure_aggregation.verify_sum", False) if "verify_sum" in s else None,
     )
 
 
