@@ -90,7 +90,10 @@ def main() -> None:
                 rounds=args.rounds,
                 seed=seed,
                 run_id=RunId(f"tune-{name}-{seed}"),
+                round_timeout_s=3600.0,  # a loaded machine slows rounds; a dropped site would change the run
             )
+            if any(r.failures for r in result.rounds):
+                raise SystemExit(f"seed {seed} {name}: a site failed in some round; not a valid run")
             m = binary_metrics(val.y, task.predict(result.state.model, val.x))
             run = {"accuracy": float(m["accuracy"]), "auc": float(m["auc"]), "seconds": time.perf_counter() - started}
             runs[name].append(run)
