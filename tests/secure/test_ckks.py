@@ -356,3 +356,39 @@ def test_verified_sum_stops_a_coordinator_that_asks_to_decrypt_one_update(engine
             max_workers=2,
         )
     assert "own ciphertexts are not in the sum" in str(seen["ckks.decrypt"])
+
+
+def test_malformed_ciphertexts_fail_their_sender_only(engine):
+    from dataclasses import replace
+
+    from fedcare.types import Payload
+
+    sites = shift_sites(3)
+    task = ShiftTask(size=8)
+    nodes = build_nodes(sites, task, ckks_backend=engine)
+    bad = SiteId("site-02")
+
+    def garbles(msg: Message) -> Message:
+        reply = nodes[bad].handle(msg)
+        if msg.payload.config.get("secagg.stage") == "ckks.encrypt" and not reply.has_error:
+            rec = reply.payload.arrays["ct"]
+            junk = {"blob": np.random.default_rng(0).integers(0, 256, rec["blob"].size, dtype=np.uint8)}
+            reply = replace(reply, payload=Payload(arrays={"ct": {**junk, "sizes": rec["sizes"]}}))
+        return reply
+
+    handlers = {s: (garbles if s == bad else n.handle) for s, n in nodes.items()}
+    result = run_simulation(
+        sites=sites,
+        task=task,
+        strategy=FedAvg(),
+        rounds=1,
+        seed=0,
+        run_id=RunId("g"),
+        fit_workflow=CkksWorkflow(backend=engine),
+        nodes={s: _Handler(h) for s, h in handlers.items()},
+        max_workers=2,
+    )
+    r = result.rounds[0]
+    assert r.fit_metrics["ckks_sites"] == 2 and "ckks.encrypt reply from site-02" in r.failures[bad]
+    expected = np.linspace(-1, 1, 8) + (1 * 1e-3 + 2 * 2e-3) / 3  # sites 0 and 1 only
+    np.testing.assert_allclose(result.state.model["w"], expected, atol=1e-5)

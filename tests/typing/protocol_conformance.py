@@ -4,8 +4,10 @@ The core declares the protocols (``fedcare.protocols``) and the adapters impleme
 without naming them; a method renamed or retyped on one side fails this file.
 """
 
+from fedcare.he.engine import OpenFheEngine
 from fedcare.protocols import AuditSink, Channel, FitWorkflow, Recorder, SiteMemory
 from fedcare.runtime.coordinator import PlainFit
+from fedcare.secure.ckks import CkksBackend, CkksWorkflow
 from fedcare.secure.workflow import SecAggPlusWorkflow
 from fedcare.store.audit import AuditLog
 from fedcare.store.site_memory import SiteMemoryFiles
@@ -30,5 +32,9 @@ def site_memory(files: SiteMemoryFiles) -> SiteMemory:
     return files
 
 
-def fit_workflows(plain: PlainFit, secagg: SecAggPlusWorkflow) -> list[FitWorkflow]:
-    return [plain, secagg]
+def fit_workflows(plain: PlainFit, secagg: SecAggPlusWorkflow, ckks: CkksWorkflow) -> list[FitWorkflow]:
+    return [plain, secagg, ckks]
+
+
+def ckks_backend(engine: OpenFheEngine) -> CkksBackend:
+    return engine

@@ -187,6 +187,10 @@ class OpenFheEngine:
             raise CkksEngineError("add: every party must send the same number of ciphertexts")
         return self._call({"op": "add", "per_party": m}, [b for c in ciphertexts for b in c])[1]
 
+    def check(self, ciphertexts: Sequence[bytes]) -> None:
+        """Raise CkksEngineError unless every blob is a fresh ciphertext of this context."""
+        self._call({"op": "check"}, list(ciphertexts))
+
     def partial_decrypt(self, handle: str, ciphertexts: Sequence[bytes], *, lead: bool) -> list[bytes]:
         """The decryption shares of ``ciphertexts`` by the holder of ``handle`` (OpenFHE smudges them)."""
         return self._call({"op": "partial", "handle": handle, "lead": lead}, list(ciphertexts))[1]

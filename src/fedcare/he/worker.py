@@ -117,6 +117,13 @@ def handle(header: dict, blobs: list[bytes]) -> tuple[dict, list[bytes]]:
             for j in range(m):
                 sums[j] = cc.EvalAdd(sums[j], _ct(blobs[start + j]))
         return {}, [_ser(c) for c in sums]
+    if op == "check":
+        # each blob must be a ciphertext of this context's ring (a malformed reply is the sender's failure)
+        for i, blob in enumerate(blobs):
+            ct = _ct(blob)
+            if ct.NumberCiphertextElements() != 2 or ct.GetLevel() != 0 or ct.GetSlots() != _slots:
+                raise ValueError(f"ciphertext {i} is not a fresh {_slots}-slot ciphertext of this context")
+        return {}, []
     if op == "partial":
         key = _keys.get(header.get("handle"))
         if key is None:

@@ -139,6 +139,10 @@ class CkksBackend(Protocol):
         """Slot-wise sum of the parties' ciphertext lists."""
         ...
 
+    def check(self, ciphertexts: Sequence[bytes]) -> None:
+        """Raise :class:`CkksEngineError` unless each blob is a fresh ciphertext of this context."""
+        ...
+
     def partial_decrypt(self, handle: str, ciphertexts: Sequence[bytes], *, lead: bool) -> list[bytes]:
         """One party's decryption shares."""
         ...
@@ -310,6 +314,10 @@ class CkksWorkflow:
                 where = f"ckks.encrypt reply from {site}"
                 try:
                     cts[site] = unpack_blobs(reply.payload.arrays.get("ct"), where, count=per_site)
+                    try:  # a malformed ciphertext is its sender's failure, not the round's
+                        self.backend.check(cts[site])
+                    except CkksEngineError as exc:
+                        raise CkksEngineError(f"{where}: {exc}") from None
                     if clear:
                         plain[site] = _clear_part(reply.payload.arrays.get("clear"), clear, shapes, where)
                 except CkksEngineError as exc:
