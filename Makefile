@@ -35,7 +35,7 @@ bench: $(STAMP)
 # Threshold CKKS runs OpenFHE in a side interpreter: PyPI's openfhe wheels hold a CPython 3.10
 # extension (Ubuntu 22.04 build), none for fedcare's 3.11. `fedcare` finds .venv-openfhe/bin/python
 # in the working directory, or the interpreter named by FEDCARE_OPENFHE_PYTHON (docs/he.md).
-OPENFHE_BASE ?= $(shell for p in $$(ls -d $$(pyenv root 2>/dev/null)/versions/3.10*/bin/python 2>/dev/null) python3.10; do \
+OPENFHE_BASE ?= $(shell for p in $$(ls -d $$(pyenv root 2>/dev/null || echo $$HOME/.pyenv)/versions/3.10*/bin/python 2>/dev/null) python3.10; do \
 	$$p -c '' 2>/dev/null && { command -v $$p || echo $$p; } && break; done)
 openfhe-env: .venv-openfhe/.installed
 
