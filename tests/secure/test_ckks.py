@@ -11,7 +11,7 @@ from fedcare.runtime.simulation import build_nodes, run_simulation
 from fedcare.secure.ckks import CkksEngineError, CkksParams, CkksWorkflow, pack_blobs, unpack_blobs
 from fedcare.strategies import CoordinateMedian, FedAdam, FedAvg
 from fedcare.transport import InProcessChannel
-from fedcare.types import Message, MessageKind, RunId, SiteId
+from fedcare.types import Message, MessageKind, Payload, RunId, SiteId
 
 pytestmark = pytest.mark.skipif(
     find_openfhe_python() is None, reason="no Python with OpenFHE's bindings (FEDCARE_OPENFHE_PYTHON, make openfhe-env)"
@@ -206,7 +206,7 @@ def test_site_without_engine_refuses(engine):
         run_id=RunId("r"),
         round_no=1,
         site=SiteId("site-00"),
-        payload=__import__("fedcare.types", fromlist=["Payload"]).Payload(
+        payload=Payload(
             config={"secagg.stage": "ckks.keys", "task": "shift", "task_hash": nodes[SiteId("site-00")].task_hash}
         ),
     )
@@ -310,8 +310,6 @@ def test_selective_encryption_sends_the_undeclared_entries_in_clear(engine):
 def test_verified_sum_stops_a_coordinator_that_asks_to_decrypt_one_update(engine):
     from dataclasses import replace
 
-    from fedcare.types import Payload
-
     sites = shift_sites(3)
     task = ShiftTask(size=8)
     plain = _run(None, n=3, size=8)
@@ -360,8 +358,6 @@ def test_verified_sum_stops_a_coordinator_that_asks_to_decrypt_one_update(engine
 
 def test_malformed_ciphertexts_fail_their_sender_only(engine):
     from dataclasses import replace
-
-    from fedcare.types import Payload
 
     sites = shift_sites(3)
     task = ShiftTask(size=8)
