@@ -3,13 +3,18 @@
 N sites x P float32 parameters; site k returns ``x + 1e-3*(k+1)`` with ``num_examples =
 k+1``; FedAvg over all N sites, no evaluation, R rounds; the final model is checked
 against the closed form ``x_R = x0 + R*1e-3*(2N+1)/3``. fedcare runs the real Coordinator
-over :class:`fedcare.transport.ray_channel.RayChannel` (two actors on a local Ray with
-2 CPUs, each hosting half of the sites and only their data; every instruction and reply
-crosses the actor boundary in fedcare's wire encoding). Flower runs
+over :class:`fedcare.transport.ray_channel.RayChannel` with its defaults on a local Ray
+with 2 CPUs: a pool of two actors, each hosting half of the sites (each site's node
+holding only its own data), instructions sent in batches and every site's reply
+streamed back in fedcare's wire encoding and folded as it arrives. Flower runs
 ``benchmarks/secagg_flower.py`` (plain FedAvg, its ``run_simulation`` on Ray, 1 CPU per
 client actor) in its own environment, found through ``--flower-python`` or the
 ``FEDCARE_FLOWER_PYTHON`` environment variable (a venv with ``flwr[simulation]``);
 without one only fedcare's figures are printed.
+
+Both frameworks' Ray workers run at the driver's priority (``RAY_worker_niceness=0``
+for both: Ray renices workers to 19 by default, which on a shared machine starves the
+simulated clients of both while the driver waits).
 
 Each (N, P) point runs in a fresh subprocess per framework, so each driver's peak RSS
 is its own (``ru_maxrss`` of the process that runs the server/Coordinator; Ray's worker
@@ -19,14 +24,13 @@ the first (Ray start-up and actor creation are excluded for both).
 Usage::
 
     PYTHONPATH=src python benchmarks/scale.py [--sites 10 100 1000 5000] [--params 100000 1000000]
-        [--rounds 3] [--flower-python PATH] [--max-flower-bytes 4e9]
+        [--rounds 3] [--flower-python PATH] [--max-flower-bytes 4e9] [--flower-max-sites 1000]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import resource
 import statistics
@@ -73,8 +77,6 @@ class OffsetTask:
 
 def one_fedcare(n: int, p: int, rounds: int) -> dict[str, Any]:
     """Run one point in this process: fedcare's Coordinator over RayChannel."""
-    import ray
-
     from fedcare.runtime.coordinator import Coordinator
     from fedcare.runtime.recorder import RunSpec
     from fedcare.runtime.simulation import build_nodes
@@ -89,8 +91,7 @@ def one_fedcare(n: int, p: int, rounds: int) -> dict[str, Any]:
         sites[SiteId(f"site-{k:04d}")] = SiteData(train=ds, test=ds)
     task = OffsetTask(p)
     started = time.perf_counter()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    channel = RayChannel(build_nodes(sites, task), sites_per_actor=math.ceil(n / 2))
+    channel = RayChannel(build_nodes(sites, task), num_cpus=2)
     init_s = time.perf_counter() - started
     digest = task_hash(task)
     rounds_s: list[float] = []
@@ -112,7 +113,6 @@ def one_fedcare(n: int, p: int, rounds: int) -> dict[str, Any]:
         )
     finally:
         channel.close()
-        ray.shutdown()
     expected = x0 + rounds * 1e-3 * (2 * n + 1) / 3
     return {
         "framework": "fedcare",
@@ -156,13 +156,16 @@ def main() -> None:
         default=4e9,
         help="skip Flower where its server would hold more than this many bytes of updates (N x P x 4)",
     )
+    ap.add_argument(
+        "--flower-max-sites", type=int, default=None, help="run Flower only up to this many sites (it is the slow side)"
+    )
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per point and framework")
     ap.add_argument("--one", nargs=2, type=int, metavar=("N", "P"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
         print(json.dumps(one_fedcare(args.one[0], args.one[1], args.rounds)))
         return
-    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "RAY_USAGE_STATS_ENABLED": "0", "RAY_worker_niceness": "0"}
     flower = args.flower_python if args.flower_python and Path(args.flower_python).exists() else None
     if flower is None:
         print("no Flower environment (set --flower-python or FEDCARE_FLOWER_PYTHON): fedcare only")
@@ -176,7 +179,8 @@ def main() -> None:
                 [sys.executable, __file__, "--one", str(n), str(p), "--rounds", str(args.rounds)], env, args.timeout
             )
             theirs = None
-            if flower is not None and n * p * 4 <= args.max_flower_bytes:
+            skip_flower = args.flower_max_sites is not None and n > args.flower_max_sites
+            if flower is not None and n * p * 4 <= args.max_flower_bytes and not skip_flower:
                 theirs = _subprocess(
                     [
                         flower,
@@ -202,7 +206,13 @@ def main() -> None:
             print(f"{n:>5} {p:>8} {a:>14.3f} {b:>13.3f} {speed:>9} {rss_a:>15.0f} {rss_b:>14.0f}", flush=True)
     print(
         json.dumps(
-            {"load_average_before": load, "rounds": args.rounds, "flower_python_found": bool(flower), "rows": rows}
+            {
+                "load_average_before": load,
+                "load_average_after": os.getloadavg()[0],
+                "rounds": args.rounds,
+                "flower_python_found": bool(flower),
+                "rows": rows,
+            }
         )
     )
 

@@ -22,7 +22,7 @@ from fedcare.transport.ray_channel import RayChannel  # noqa: E402
 from fedcare.transport.wire import message_from_parts, message_parts  # noqa: E402
 from fedcare.types import Message, MessageKind, Payload, RunId, SiteId  # noqa: E402
 
-pytestmark = pytest.mark.slow  # starts Ray and two actor processes that import torch
+pytestmark = pytest.mark.slow  # starts Ray and actor processes (the heart tests' import torch)
 
 FIT = {"optimizer": "sgd", "lr": 0.05, "batch_size": 16, "local_epochs": 1}
 
@@ -103,6 +103,74 @@ def test_an_actor_killed_mid_round_is_a_recorded_site_failure_and_the_round_comp
     assert set(report.failures) == set(victims), report.failures
     assert all("site actor failed" in report.failures[s] for s in victims)
     assert set(report.site_fit) == set(data.site_ids()[2:])
+
+
+def test_many_sites_share_a_pool_of_actors_and_every_update_is_folded(local_ray):
+    from fedcare.task import ArrayDataset, SiteData
+
+    class ShiftTask:  # defined here so Ray ships it by value to the actors
+        """Workload 1 of BENCHMARKS.md: a site returns ``x + its offset``; numpy only (no torch in the actors)."""
+
+        name = "shift"
+
+        def params(self):
+            return {}
+
+        def init_model(self, rng):
+            return {"x": np.linspace(-1, 1, 64, dtype=np.float32)}
+
+        def fit(self, model, data, config, rng):
+            from fedcare.types import FitResult
+
+            return FitResult(state={"x": model["x"] + data.x[0, 0]}, num_examples=len(data))
+
+        def evaluate(self, model, data):
+            from fedcare.types import EvalResult
+
+            return EvalResult(loss=0.0, num_examples=len(data))
+
+        def predict(self, model, x):
+            return np.zeros(len(x))
+
+    n, rounds = 60, 2
+    sites = {}
+    for k in range(n):
+        ds = ArrayDataset(x=np.full((k + 1, 1), 1e-3 * (k + 1), dtype=np.float32), y=np.zeros(k + 1))
+        sites[SiteId(f"site-{k:03d}")] = SiteData(train=ds, test=ds)
+    task = ShiftTask()
+    # small batches: each actor streams several batches per round, replies decoded one by one
+    channel = RayChannel(build_nodes(sites, task), max_batch_bytes=2_000)
+    assert channel.actors == 2  # one per CPU, not one per site
+    coordinator = Coordinator(
+        channel=channel,
+        strategy=make_strategy("fedavg"),
+        task_name=task.name,
+        task_hash=task_hash(task),
+        rounds=rounds,
+        evaluate=False,
+        round_timeout_s=120.0,
+    )
+    x0 = task.init_model(None)["x"]
+    try:
+        spec = RunSpec(RunId("pool"), "pool", "", "fedavg", task.name, task_hash(task), 0, rounds)
+        result = coordinator.run(task.init_model(None), spec=spec)
+    finally:
+        channel.close()
+    assert all(len(r.site_fit) == n and not r.failures for r in result.rounds)
+    np.testing.assert_allclose(result.state.model["x"], x0 + rounds * 1e-3 * (2 * n + 1) / 3, atol=1e-5)
+
+
+def test_pool_options_are_checked_with_one_line_errors(local_ray, heart):
+    data, task = heart
+    from fedcare.errors import ConfigError
+
+    nodes = build_nodes(data.sites, task)
+    with pytest.raises(ConfigError, match="actors or sites_per_actor, not both"):
+        RayChannel(nodes, actors=2, sites_per_actor=2)
+    with pytest.raises(ConfigError, match="cpus_per_site must be positive"):
+        RayChannel(nodes, cpus_per_site=0)
+    with pytest.raises(ConfigError, match="memory_per_site"):
+        RayChannel(nodes, memory_per_site=-1)
 
 
 def test_whole_buffer_decoding_refuses_a_tampered_record():

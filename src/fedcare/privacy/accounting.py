@@ -18,10 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-
-from opacus.accountants import PRVAccountant, RDPAccountant
-from opacus.accountants.utils import get_noise_multiplier
-from opacus.version import __version__ as _opacus_version
+from importlib.metadata import version
 
 from fedcare.errors import ConfigError
 from fedcare.privacy.cost import Accountant, Mechanism, PrivacyCost
@@ -56,7 +53,7 @@ RDP_ORDERS: tuple[float, ...] = (
 )
 
 #: Recorded with every ledger entry, so anyone can recompute ε with the same code.
-ACCOUNTANT_VERSION = f"opacus {_opacus_version}; rdp orders fedcare-v1"
+ACCOUNTANT_VERSION = f"opacus {version('opacus')}; rdp orders fedcare-v1"
 
 
 def _check_delta(delta: float) -> None:
@@ -85,6 +82,11 @@ def epsilon_of(costs: Iterable[PrivacyCost], *, delta: float, accountant: Accoun
 
 
 def _gaussian_epsilon(history: list[tuple[float, float, int]], delta: float, accountant: Accountant) -> float:
+    # Opacus is imported where it is used: its package import loads torch (seconds of CPU),
+    # which a numpy-only site that never spends budget (e.g. thousands of simulated sites
+    # in a few Ray actors) must not pay just for having a privacy guard.
+    from opacus.accountants import PRVAccountant, RDPAccountant
+
     if accountant is Accountant.RDP:
         rdp = RDPAccountant()
         rdp.history = history
@@ -121,6 +123,8 @@ def calibrate_noise_multiplier(
         raise ConfigError(f"sample_rate must be in (0, 1], got {sample_rate}")
     if steps < 1:
         raise ConfigError(f"steps must be at least 1, got {steps}")
+    from opacus.accountants.utils import get_noise_multiplier  # loads torch: see _gaussian_epsilon
+
     extra = {"alphas": list(RDP_ORDERS)} if accountant is Accountant.RDP else {}
     try:
         return float(

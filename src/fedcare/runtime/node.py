@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -27,17 +28,35 @@ from fedcare.runtime.recalibration import PlattQuery
 from fedcare.runtime.reference import ReferenceQuery
 from fedcare.secure.ckks import CkksBackend, CkksSiteHandler
 from fedcare.secure.handler import SecAggSiteHandler
-from fedcare.serde import check_state, spec_of
+from fedcare.serde import ArraySpec, check_state, spec_of
 from fedcare.task import SiteData, Task
-from fedcare.task_manifest import task_manifest
+from fedcare.task_manifest import TaskManifest, task_manifest
 from fedcare.types import Message, MessageKind, ModelState, Payload, RunId, SiteId, SiteUpdate
 
-__all__ = ["SiteNode"]
+__all__ = ["SiteNode", "TaskIdentity"]
 
 log = logging.getLogger(__name__)
 
 #: Runs whose site state (``FitContext.state``) a node keeps in memory, newest last.
 MAX_RUNS_WITH_STATE = 4
+
+
+@dataclass(frozen=True)
+class TaskIdentity:
+    """What a node derives from its installed task once: its manifest (hash) and model spec.
+
+    Computing them reads the task's module tree and builds its model; simulated sites
+    of one task share one identity (:func:`fedcare.runtime.simulation.build_nodes`), so
+    thousands of sites cost one computation, not thousands.
+    """
+
+    manifest: TaskManifest
+    spec: dict[str, ArraySpec]
+
+    @classmethod
+    def of(cls, task: Task) -> TaskIdentity:
+        """The manifest and shared-model spec of ``task``."""
+        return cls(task_manifest(task), spec_of(shared_part(task, task.init_model(np.random.default_rng(0)))))
 
 
 class SiteNode:
@@ -67,6 +86,8 @@ class SiteNode:
         keeps SCAFFOLD's ``c_i`` and Ditto's personal model; ``None`` keeps it in memory.
     ckks_backend : CkksBackend or None (default: None)
         The site's OpenFHE engine for threshold CKKS rounds; ``None`` refuses them.
+    identity : TaskIdentity or None (default: None)
+        ``TaskIdentity.of(task)`` computed already (shared by many simulated sites).
     """
 
     def __init__(
@@ -80,15 +101,17 @@ class SiteNode:
         ledger: PrivacyLedger | None = None,
         memory_files: SiteMemory | None = None,
         ckks_backend: CkksBackend | None = None,
+        identity: TaskIdentity | None = None,
     ) -> None:
         self.site_id = site_id
         self.ckks_backend = ckks_backend
         self.task = task
         self.data = data
         self.policy = policy or SitePolicy()
-        self.task_manifest = task_manifest(task)
+        identity = identity or TaskIdentity.of(task)
+        self.task_manifest = identity.manifest
         self.task_hash = self.task_manifest.digest
-        self._spec = spec_of(shared_part(task, task.init_model(np.random.default_rng(0))))
+        self._spec = identity.spec
         #: Per-run site memory (SCAFFOLD's c_i, FedBN/FedPer local entries, Ditto's personal
         #: model); handed to tasks that accept a FitContext and never leaves the site.
         self.site_state: dict[RunId, dict[str, ModelState]] = {}

@@ -15,7 +15,7 @@ from fedcare.personal.site import shared_part
 from fedcare.privacy.ledger import PrivacyLedger
 from fedcare.protocols import Channel, Recorder, RoundReport, RunSpec
 from fedcare.runtime.coordinator import Coordinator, FitWorkflow, RunResult
-from fedcare.runtime.node import SiteNode
+from fedcare.runtime.node import SiteNode, TaskIdentity
 from fedcare.runtime.policy import SitePolicy
 from fedcare.secure.ckks import CkksBackend, CkksWorkflow
 from fedcare.strategies.base import Strategy
@@ -40,6 +40,7 @@ def build_nodes(
     """
     policies = policies or {}
     ledgers = ledgers or {}
+    identity = TaskIdentity.of(task)  # once for all sites: one task, one manifest
     return {
         site: SiteNode(
             site_id=site,
@@ -48,6 +49,7 @@ def build_nodes(
             policy=policies.get(site),
             ledger=ledgers.get(site),
             ckks_backend=ckks_backend,
+            identity=identity,
         )
         for site, data in sites.items()
     }

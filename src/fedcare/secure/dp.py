@@ -19,9 +19,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import dp_accounting
-from dp_accounting.rdp import RdpAccountant
-
 from fedcare.errors import ConfigError
 
 __all__ = ["DistributedDp", "DistributedDpEntry", "DistributedDpLedger", "effective_noise_multiplier"]
@@ -81,12 +78,18 @@ class DistributedDpLedger:
     entries: list[DistributedDpEntry] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        # dp-accounting is imported where it is used: its package import loads scipy.stats
+        # (seconds of CPU), which a site that never runs distributed DP must not pay.
+        from dp_accounting.rdp import RdpAccountant
+
         self._accountant = RdpAccountant()
 
     def charge(self, round_no: int, *, planned: int, survived: int) -> DistributedDpEntry:
         """Compose one Gaussian release with the noise that actually arrived; return the entry."""
+        from dp_accounting import GaussianDpEvent  # see __post_init__
+
         z = effective_noise_multiplier(self.dp.noise_multiplier, planned, survived)
-        self._accountant.compose(dp_accounting.GaussianDpEvent(z))
+        self._accountant.compose(GaussianDpEvent(z))
         entry = DistributedDpEntry(round_no, planned, survived, z, float(self._accountant.get_epsilon(self.dp.delta)))
         self.entries.append(entry)
         return entry

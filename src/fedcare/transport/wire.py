@@ -403,12 +403,20 @@ def build_message(header: pb.MessageHeader, buffers: Sequence[Any], *, where: st
 
 
 def message_from_parts(
-    header: bytes, records: Sequence[Any], *, where: str, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    header: bytes,
+    records: Sequence[Any],
+    *,
+    where: str,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    verified: set[tuple[int, bytes]] | None = None,
 ) -> Message:
     """Decode a message moved as whole buffers (a protobuf header, one safetensors blob per record).
 
     For transports that carry complete buffers instead of frames (Ray): the same checks
     as :class:`MessageAssembler` (sizes, BLAKE3 digests, dtypes, finite values).
+    ``verified`` remembers (buffer identity, digest) pairs already checked, so a record
+    shared by many messages decoded together (one model, many sites) is hashed once;
+    the caller keeps the buffers alive while the set is in use.
     """
     try:
         parsed = pb.MessageHeader.FromString(bytes(header))
@@ -422,8 +430,12 @@ def message_from_parts(
         view = memoryview(buf).cast("B")
         if len(view) != rec.size_bytes:
             raise ProtocolError(f"{where}: record {rec.name[:40]!r} is {len(view)} bytes, declared {rec.size_bytes}")
-        if rec.blake3 and digest_of([view]) != rec.blake3:
+        if not rec.blake3 or (verified is not None and (id(buf), rec.blake3) in verified):
+            continue
+        if digest_of([view]) != rec.blake3:
             raise ProtocolError(f"{where}: record {rec.name[:40]!r} does not match its declared BLAKE3 digest")
+        if verified is not None:
+            verified.add((id(buf), rec.blake3))
     return build_message(parsed, records, where=where)
 
 
