@@ -21,7 +21,9 @@ sets, each row by its own site's model. Every setting also reports, per site,
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -197,6 +199,19 @@ def evaluate_setting(
     return out
 
 
+def baseline_workers(task: Task) -> int:
+    """Baseline trainings run at once: cores / the task's torch threads, or 1 when it declares none.
+
+    A task that leaves torch's intra-op pool at its default already uses every core per
+    training; running several would oversubscribe them.
+    """
+    threads = getattr(task, "num_threads", None)
+    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // threads)
+
+
 def _train_alone(task: Task, data: SiteData, cfg: ExperimentConfig, salt: int) -> ModelState:
     rng = np.random.default_rng([cfg.seed, salt])
     model = task.init_model(np.random.default_rng(cfg.seed))
@@ -262,14 +277,24 @@ def run_experiment(
         if progress is not None:
             progress(name, None)
 
-    if "local" in settings:
-        models = {s: _train_alone(task, dataset.local_view[s], cfg, i) for i, s in enumerate(sites)}
-        baseline("local", models, dataset.local_view, True)
-    if "pooled" in settings:
-        view = dataset.pooled_view
-        pooled_data = SiteData(concat([view[s].train for s in sites]), concat([view[s].test for s in sites]))
-        model = _train_alone(task, pooled_data, cfg, len(sites))
-        baseline("pooled", dict.fromkeys(sites, model), view, False)
+    # The baselines' trainings are independent (each its own seed): they run side by side,
+    # one per core when the task trains on a declared number of torch threads, and are
+    # recorded in the usual order. Each model is the one a sequential run gives.
+    with ThreadPoolExecutor(max_workers=baseline_workers(task), thread_name_prefix="fedcare-baseline") as pool:
+        pooled_job = None
+        if "pooled" in settings:  # the longest job first
+            view = dataset.pooled_view
+            pooled_data = SiteData(concat([view[s].train for s in sites]), concat([view[s].test for s in sites]))
+            pooled_job = pool.submit(_train_alone, task, pooled_data, cfg, len(sites))
+        local_jobs = {}
+        if "local" in settings:
+            local_jobs = {
+                s: pool.submit(_train_alone, task, dataset.local_view[s], cfg, i) for i, s in enumerate(sites)
+            }
+        if local_jobs:
+            baseline("local", {s: job.result() for s, job in local_jobs.items()}, dataset.local_view, True)
+        if pooled_job is not None:
+            baseline("pooled", dict.fromkeys(sites, pooled_job.result()), dataset.pooled_view, False)
     if "federated" in settings:
         study = study or study_from_experiment(cfg, dataset.name)
         name = cfg.label or plan_setting_name(study)

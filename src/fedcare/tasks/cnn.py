@@ -47,6 +47,7 @@ from fedcare.tasks.torch_common import (
     module_state,
     read_int,
     train_steps,
+    use_threads,
 )
 from fedcare.types import ConfigValue, EvalResult, FitResult, ModelState
 
@@ -204,10 +205,6 @@ class CnnTask:
             side=self.image_shape[1],
         )
 
-    def _threads(self) -> None:
-        if self.num_threads is not None and torch.get_num_threads() != self.num_threads:
-            torch.set_num_threads(self.num_threads)
-
     def _inputs(self, x: npt.NDArray[Any], where: str) -> torch.Tensor:
         if x.ndim == 2 and x.shape[1] == math.prod(self.image_shape):
             x = x.reshape(-1, *self.image_shape)
@@ -245,7 +242,7 @@ class CnnTask:
         """Minibatch training with (class-weighted) BCE, augmentation, optional FedProx/SCAFFOLD."""
         if len(data) == 0:
             raise DataError("cannot fit on an empty training set")
-        self._threads()
+        use_threads(self.num_threads)
         cfg = {"optimizer": "adam", "lr": 0.001, **config}
         batch_size = read_int(cfg, "batch_size", 64)
         epochs = read_int(cfg, "local_epochs", 1)
@@ -299,7 +296,7 @@ class CnnTask:
 
     def predict(self, model: ModelState, x: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
         """Probability of the positive class for each image (evaluation mode, batches of 1024)."""
-        self._threads()
+        use_threads(self.num_threads)
         module = self._module()
         load_state(module, model)
         module.eval()

@@ -40,6 +40,7 @@ from fedcare.tasks.torch_common import (
     module_state,
     read_int,
     train_steps,
+    use_threads,
 )
 from fedcare.types import ConfigValue, EvalResult, FitResult, Metrics, ModelState
 
@@ -99,6 +100,9 @@ class CoxTask:
     name = "cox"
     #: The node passes a :class:`~fedcare.task.FitContext` (SCAFFOLD's site state).
     accepts_context = True
+    #: torch intra-op threads while training (process-wide, see
+    #: :func:`fedcare.tasks.torch_common.use_threads`): a small model gains nothing from more.
+    num_threads: int | None = 1
 
     def __init__(self, *, n_features: int) -> None:
         if n_features < 1:
@@ -125,6 +129,7 @@ class CoxTask:
         """Minibatch training on the Cox loss; optional FedProx term and SCAFFOLD correction."""
         if len(data) == 0:
             raise ConfigError("cannot fit on an empty training set")
+        use_threads(self.num_threads)
         if data.y.ndim != 2 or data.y.shape[1] != 2:
             raise DataError(f"cox task needs y of shape (n, 2) = (time, event), got {data.y.shape}")
         module = torch.nn.Linear(self.n_features, 1)

@@ -32,6 +32,7 @@ from fedcare.tasks.torch_common import (
     module_state,
     read_int,
     train_steps,
+    use_threads,
 )
 from fedcare.types import ConfigValue, EvalResult, FitResult, Metrics, ModelState
 
@@ -63,6 +64,9 @@ class LogisticRegressionTask:
     name = "logreg"
     #: The node passes a :class:`~fedcare.task.FitContext` (SCAFFOLD's site state).
     accepts_context = True
+    #: torch intra-op threads while training (process-wide, see
+    #: :func:`fedcare.tasks.torch_common.use_threads`): a small model gains nothing from more.
+    num_threads: int | None = 1
     #: Keys ``fit`` reads from its config; run files are checked against them for typos.
     fit_config_keys = frozenset(
         {"lr", "optimizer", "momentum", "batch_size", "local_epochs", "local_steps", "proximal_mu"}
@@ -96,6 +100,7 @@ class LogisticRegressionTask:
         """Minibatch training with BCE loss; optional FedProx term and SCAFFOLD correction."""
         if len(data) == 0:
             raise ConfigError("cannot fit on an empty training set")
+        use_threads(self.num_threads)
         module = self._module()
         load_state(module, model)
         if dp_requested(config):

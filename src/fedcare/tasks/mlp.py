@@ -35,7 +35,15 @@ from fedcare.errors import ConfigError, DataError
 from fedcare.task import ArrayDataset
 from fedcare.tasks.cox import cox_partial_likelihood_loss, survival_metrics
 from fedcare.tasks.logreg import binary_metrics
-from fedcare.tasks.torch_common import batches, load_state, make_optimizer, module_state, read_float, read_int
+from fedcare.tasks.torch_common import (
+    batches,
+    load_state,
+    make_optimizer,
+    module_state,
+    read_float,
+    read_int,
+    use_threads,
+)
 from fedcare.types import ConfigValue, EvalResult, FitResult, ModelState
 
 __all__ = ["MLPTask"]
@@ -84,6 +92,9 @@ class MLPTask:
     """
 
     name = "mlp"
+    #: torch intra-op threads while training (process-wide, see
+    #: :func:`fedcare.tasks.torch_common.use_threads`): a small model gains nothing from more.
+    num_threads: int | None = 1
 
     def __init__(
         self,
@@ -193,6 +204,7 @@ class MLPTask:
         """
         if len(data) == 0:
             raise ConfigError("cannot fit on an empty training set")
+        use_threads(self.num_threads)
         net = self._net()
         load_state(net, model)
         net.train()

@@ -25,7 +25,20 @@ __all__ = [
     "read_float",
     "read_int",
     "train_steps",
+    "use_threads",
 ]
+
+
+def use_threads(n: int | None) -> None:
+    """Set torch's process-wide intra-op pool to ``n`` threads (``None`` leaves it as it is).
+
+    Simulated sites and the Local/Pooled baselines train in parallel threads, one per core;
+    a second level of threads inside each op then only adds synchronisation (for the
+    small tabular models, whose ops are far below torch's parallel grain, a training step
+    was 5x slower with 2 intra-op threads than with 1 on a busy 2-core machine).
+    """
+    if n is not None and torch.get_num_threads() != n:
+        torch.set_num_threads(n)
 
 
 def load_state(module: torch.nn.Module, state: ModelState) -> None:

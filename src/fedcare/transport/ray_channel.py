@@ -40,7 +40,7 @@ import ray
 from ray.exceptions import RayError
 
 from fedcare.errors import ConfigError, FedcareError
-from fedcare.transport.wire import DEFAULT_MAX_MESSAGE_BYTES, Record, message_from_parts, message_parts
+from fedcare.transport.wire import DEFAULT_MAX_MESSAGE_BYTES, Record, message_arrays, message_from_parts
 from fedcare.types import Message, SiteId
 
 __all__ = ["RayChannel"]
@@ -62,7 +62,7 @@ class SiteHost:
         """The sites this actor hosts."""
         return sorted(self.nodes)
 
-    def handle(self, header: bytes, *records: Any) -> tuple[bytes, list[bytes]]:
+    def handle(self, header: bytes, *records: Any) -> tuple[bytes, list[Any]]:
         """Decode and validate one instruction, let its site answer, encode the reply."""
         return self._answer(header, list(records), set())
 
@@ -76,7 +76,7 @@ class SiteHost:
         for header, slot in zip(headers, slots, strict=True):
             yield self._answer(header, [records[k] for k in slot], verified)
 
-    def _answer(self, header: bytes, records: list[Any], verified: set[tuple[int, bytes]]) -> tuple[bytes, list[bytes]]:
+    def _answer(self, header: bytes, records: list[Any], verified: set[tuple[int, bytes]]) -> tuple[bytes, list[Any]]:
         try:
             message = message_from_parts(
                 header,
@@ -95,7 +95,7 @@ class SiteHost:
                 reply = node.handle(message)
             except Exception as exc:  # a crashing site is data, as in the in-process channel
                 reply = message.reply(error=f"{type(exc).__name__}: {exc}")
-        return message_parts(reply)
+        return message_arrays(reply)  # uint8 arrays: the driver reads them in place from the object store
 
 
 @dataclass
@@ -230,7 +230,7 @@ class RayChannel:
             if actor is None:
                 self._errors.append(message.reply(error=f"unknown site {message.site!r}"))
                 continue
-            header, records = message_parts(message, cache=cache)
+            header, records = message_arrays(message, cache=cache)
             refs = []
             for name, blob in zip(message.payload.arrays, records, strict=True):
                 key = id(message.payload.arrays[name])
@@ -306,7 +306,7 @@ class RayChannel:
         for message in batch.messages[batch.answered :]:
             self._errors.append(message.reply(error=error or "site actor ended the batch without answering"))
 
-    def _reply(self, message: Message, parts: tuple[bytes, list[bytes]]) -> Message:
+    def _reply(self, message: Message, parts: tuple[bytes, list[Any]]) -> Message:
         header, records = parts
         if not header:  # the actor could not decode the instruction
             return message.reply(error=bytes(records[0]).decode(errors="replace")[:500])

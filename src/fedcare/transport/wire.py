@@ -45,6 +45,7 @@ __all__ = [
     "digest_of",
     "encode_message",
     "header_of",
+    "message_arrays",
     "message_from_parts",
     "message_parts",
 ]
@@ -443,3 +444,21 @@ def message_parts(message: Message, *, cache: dict[int, Record] | None = None) -
     """Encode ``message`` as whole buffers: its protobuf header and one safetensors blob per record."""
     encoded = encode_message(message, cache=cache)
     return encoded.header.SerializeToString(), [b"".join(r.parts) for r in encoded.records]
+
+
+def message_arrays(message: Message, *, cache: dict[int, Record] | None = None) -> tuple[bytes, list[np.ndarray]]:
+    """As :func:`message_parts`, each record as one uint8 array (one copy of the parts).
+
+    An object store that shares numpy buffers (Ray's) then hands the receiver a view of
+    the record instead of a private copy of it.
+    """
+    encoded = encode_message(message, cache=cache)
+    out = []
+    for record in encoded.records:
+        buf = np.empty(record.size, dtype=np.uint8)
+        at = 0
+        for part in record.parts:
+            buf[at : at + len(part)] = np.frombuffer(part, dtype=np.uint8)
+            at += len(part)
+        out.append(buf)
+    return encoded.header.SerializeToString(), out
