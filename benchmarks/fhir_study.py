@@ -55,11 +55,21 @@ def fedcare(*args: str, timeout: float) -> tuple[float, str]:
 
 
 def scores(summary: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """Pooled-test AUC and accuracy of every setting in a summary.json."""
-    return {
-        name: {k: round(float(v), 4) for k, v in s["pooled_test"].items() if k in ("auc", "accuracy")}
-        for name, s in summary["settings"].items()
-    }
+    """AUC and accuracy of every setting in a summary.json: on the pooled test set, and the sites' mean.
+
+    A deployed run (``fedcare up``) has no pooled AUC: only the sites' own metrics leave them.
+    """
+    out = {}
+    for name, s in summary["settings"].items():
+        row = {f"pooled_{k}": round(float(v), 4) for k, v in s["pooled_test"].items() if k in ("auc", "accuracy")}
+        row |= {f"site_mean_{k}": round(float(v), 4) for k, v in s["site_mean"].items() if k in ("auc", "accuracy")}
+        out[name] = row
+    return out
+
+
+def site_metrics(summary: dict[str, Any], setting: str) -> dict[str, dict[str, float]]:
+    """The sites' own test metrics of one setting."""
+    return summary["settings"][setting]["per_site"]
 
 
 def main() -> None:
@@ -148,7 +158,8 @@ def main() -> None:
         timeout=3600,
     )
     result["simulate_s"] = round(seconds, 1)
-    result["simulate"] = scores(json.loads((out / "summary.json").read_text()))
+    simulated = json.loads((out / "summary.json").read_text())
+    result["simulate"] = scores(simulated)
     print(f"fedcare simulate ({args.rounds} rounds) in {result['simulate_s']} s: {result['simulate']}")
 
     if args.up:
@@ -167,8 +178,16 @@ def main() -> None:
             timeout=2400,
         )
         result["up_s"] = round(seconds, 1)
-        result["up"] = scores(json.loads((out / "summary.json").read_text()))
+        up = json.loads((out / "summary.json").read_text())
+        result["up"] = scores(up)
+        # the same study by simulate and by up: the sites' own metrics agree
+        sim = site_metrics(simulated, "fedavg")
+        dep = site_metrics(up, next(iter(up["settings"])))
+        result["up_vs_simulate_max_diff"] = max(
+            abs(float(sim[site][k]) - float(dep[site][k])) for site in sim for k in ("auc", "accuracy", "loss")
+        )
         print(f"fedcare up ({args.rounds} rounds, real processes, mTLS) in {result['up_s']} s: {result['up']}")
+        print(f"largest difference of a site's metric between simulate and up: {result['up_vs_simulate_max_diff']:.2e}")
     print(json.dumps(result, sort_keys=True))
     if tmp is not None:
         tmp.cleanup()
