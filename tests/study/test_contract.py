@@ -51,7 +51,7 @@ CKKS = {"enabled": True, "mode": "ckks"}
 
 CASES = {
     "fedavg": {},
-    # SecAgg+ over gRPC is the fedbn-secagg case; this one runs record-level DP under threshold CKKS
+    "secagg-record-dp": {"secure_aggregation": SECAGG, "privacy": RECORD_DP},
     "ckks-record-dp": {"secure_aggregation": CKKS, "privacy": RECORD_DP},
     "fedbn": {"task": MLP_NORM, "personalization": {"method": "fedbn"}},
     "fedbn-secagg": {"task": MLP_NORM, "personalization": {"method": "fedbn"}, "secure_aggregation": SECAGG},
