@@ -55,6 +55,9 @@ DEFAULT_CHUNK_BYTES = 4 * 1024 * 1024
 #: Largest whole message (all records) accepted by default: 2 GiB.
 DEFAULT_MAX_MESSAGE_BYTES = 2 * 1024**3
 _MAX_RECORDS = 64
+#: Records smaller than this are hashed on the calling thread: for them BLAKE3's thread
+#: pool costs more than it saves when the cores are busy (many small replies at once).
+_THREADED_DIGEST_BYTES = 4 * 1024 * 1024
 Frame = TypeVar("Frame", pb.SiteFrame, pb.ServerFrame)
 _MAX_CONFIG_ENTRIES = 256
 _MAX_STRING = 4096
@@ -155,7 +158,8 @@ def audit_records(header: pb.MessageHeader) -> list[dict[str, object]]:
 
 def digest_of(parts: list[memoryview]) -> str:
     """Hex BLAKE3 digest of the concatenated parts (several GB/s; the audit trail's hash)."""
-    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+    threads = blake3.blake3.AUTO if sum(len(p) for p in parts) >= _THREADED_DIGEST_BYTES else 1
+    hasher = blake3.blake3(max_threads=threads)
     for part in parts:
         hasher.update(part)
     return hasher.hexdigest()
