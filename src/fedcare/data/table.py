@@ -57,17 +57,25 @@ def csv_shape_problem(path: Path, *, delimiter: str = ",") -> str | None:
     return None
 
 
-def read_csv(
-    path: Path, report: CheckReport, *, delimiter: str = ",", na_values: Sequence[str] = DEFAULT_NA
-) -> pd.DataFrame | None:
-    """Read a CSV file as text cells; an unreadable file is a problem named in ``report``."""
+def _shape_checked(path: Path, report: CheckReport, delimiter: str) -> bool | None:
+    """Whether ``path`` is a file; None (the reason in ``report``) when its shape refuses it."""
     try:
         is_file = path.is_file()
-    except OSError:  # e.g. a name too long for the file system: reported by the reader below
+    except OSError:  # e.g. a name too long for the file system: reported by the reader proper
         is_file = False
     problem = csv_shape_problem(path, delimiter=delimiter) if is_file else None
     if problem is not None:
         report.add(path.name, "", f"cannot be read as CSV: {problem}")
+        return None
+    return is_file
+
+
+def read_csv(
+    path: Path, report: CheckReport, *, delimiter: str = ",", na_values: Sequence[str] = DEFAULT_NA
+) -> pd.DataFrame | None:
+    """Read a CSV file as text cells; an unreadable file is a problem named in ``report``."""
+    is_file = _shape_checked(path, report, delimiter)
+    if is_file is None:
         return None
     try:
         frame = pd.read_csv(path, dtype=str, sep=delimiter, keep_default_na=False, na_values=list(na_values))
@@ -113,13 +121,8 @@ def read_csv_checked(
         pandas categoricals, row-aligned with ``frame``); None when the file cannot be
         read, with the reason in ``report``.
     """
-    try:
-        is_file = path.is_file()
-    except OSError:  # e.g. a name too long for the file system: reported by the reader below
-        is_file = False
-    problem = csv_shape_problem(path, delimiter=delimiter) if is_file else None
-    if problem is not None:
-        report.add(path.name, "", f"cannot be read as CSV: {problem}")
+    is_file = _shape_checked(path, report, delimiter)
+    if is_file is None:
         return None
     rows = max(64, chunk_cells // _width(path, delimiter)) if is_file else 64
     checker = FrameChecker(schema, source=path.name, report=report)

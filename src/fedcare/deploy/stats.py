@@ -33,9 +33,28 @@ from fedcare.transport.grpc_server import GrpcChannel, StudyInfo
 from fedcare.transport.tls import TlsFiles
 from fedcare.types import RunId
 
-__all__ = ["StatsOutcome", "serve_cohort_stats"]
+__all__ = ["StatsOutcome", "await_sites", "serve_cohort_stats"]
 
 log = logging.getLogger(__name__)
+
+
+def await_sites(
+    channel: GrpcChannel,
+    wait_for: int,
+    timeout_s: float,
+    min_sites: int,
+    on_listening: Callable[[int], None] | None = None,
+) -> None:
+    """Wait for ``wait_for`` sites to dial in; NotEnoughSitesError when fewer than ``min_sites`` came.
+
+    The start of every deployed query (statistics, external validation): report the
+    bound port, then hold the query until its sites have joined.
+    """
+    if on_listening is not None:
+        on_listening(channel.port)
+    joined = channel.wait_for_sites(wait_for, timeout_s=timeout_s)
+    if len(joined) < min_sites:
+        raise NotEnoughSitesError(f"{len(joined)} site(s) joined within {timeout_s:g} s, at least {min_sites} required")
 
 
 @dataclass(frozen=True)
@@ -89,13 +108,7 @@ def serve_cohort_stats(
             audit=audit,
         )
         try:
-            if on_listening is not None:
-                on_listening(channel.port)
-            joined = channel.wait_for_sites(wait_for_sites, timeout_s=wait_timeout_s)
-            if len(joined) < min_sites:
-                raise NotEnoughSitesError(
-                    f"{len(joined)} site(s) joined within {wait_timeout_s:g} s, at least {min_sites} required"
-                )
+            await_sites(channel, wait_for_sites, wait_timeout_s, min_sites, on_listening)
             reach: Channel = StudyChannel(channel, announce) if announce is not None else channel
             exchange = Exchange(channel=reach, timeout_s=timeout_s, recorder=store)
             try:

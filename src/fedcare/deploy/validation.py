@@ -19,6 +19,7 @@ from typing import Any
 
 from fedcare.build.prep import StudyChannel
 from fedcare.build.validation import VALIDATE_QUERY, collect_validation
+from fedcare.deploy.stats import await_sites
 from fedcare.errors import NotEnoughSitesError
 from fedcare.runtime.exchange import Exchange
 from fedcare.store.audit import AuditLog
@@ -82,13 +83,7 @@ def serve_validation(
             audit=audit,
         )
         try:
-            if on_listening is not None:
-                on_listening(channel.port)
-            joined = channel.wait_for_sites(wait_for_sites, timeout_s=wait_timeout_s)
-            if len(joined) < min_sites:
-                raise NotEnoughSitesError(
-                    f"{len(joined)} site(s) joined within {wait_timeout_s:g} s, at least {min_sites} required"
-                )
+            await_sites(channel, wait_for_sites, wait_timeout_s, min_sites, on_listening)
             exchange = Exchange(channel=StudyChannel(channel, study), timeout_s=timeout_s, recorder=store)
             try:
                 stats, left_out, failures = collect_validation(
