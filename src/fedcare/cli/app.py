@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import shutil
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
 
@@ -15,7 +17,7 @@ from rich.markup import escape
 
 from fedcare.errors import FedcareError
 
-__all__ = ["INTERNAL_ERROR_EXIT", "PANELS", "app", "arrange_commands", "main"]
+__all__ = ["COMMAND_MODULES", "INTERNAL_ERROR_EXIT", "PANELS", "app", "arrange_commands", "main", "register_commands"]
 
 app = typer.Typer(
     name="fedcare",
@@ -50,18 +52,7 @@ def fail(exc: FedcareError, created: Path | None = None) -> typer.Exit:
 def main() -> None:
     """Console-script entry point."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    # Each module registers its commands; they import their heavy libraries (torch, opacus,
-    # scikit-learn) inside the commands, so --help and the deployment commands start fast.
-    import fedcare.cli.clinic  # noqa: F401  (fedcare release, predict)
-    import fedcare.cli.dashboard  # noqa: F401  (fedcare dashboard, console, export)
-    import fedcare.cli.data  # noqa: F401  (fedcare data check, fedcare stats)
-    import fedcare.cli.deploy  # noqa: F401  (server, node, doctor, certs, audit)
-    import fedcare.cli.privacy  # noqa: F401  (fedcare privacy ledger/calibrate)
-    import fedcare.cli.report  # noqa: F401  (fedcare report)
-    import fedcare.cli.strategies  # noqa: F401  (fedcare strategies list/run)
-    import fedcare.cli.tasks  # noqa: F401  (fedcare tasks list/show/keygen/sign/new)
-    from fedcare.cli import demo, study  # noqa: F401  (register commands: demo, simulate, study)
-
+    register_commands(sys.argv[1:])
     arrange_commands()
     try:
         app()
@@ -78,6 +69,44 @@ def main() -> None:
             soft_wrap=True,
         )
         sys.exit(INTERNAL_ERROR_EXIT)
+
+
+#: The module that registers each top-level command or group. Running one command imports only
+#: its module (the others cost a third of a second of typer's set-up); ``--help`` and unknown
+#: names import them all. Each module imports its heavy libraries (torch, opacus, scikit-learn)
+#: inside the commands, so the deployment commands and configuration errors stay fast.
+COMMAND_MODULES: dict[str, str] = {
+    "demo": "fedcare.cli.demo",
+    "simulate": "fedcare.cli.study",
+    "up": "fedcare.cli.study",
+    "study": "fedcare.cli.study",
+    "report": "fedcare.cli.report",
+    "server": "fedcare.cli.deploy",
+    "node": "fedcare.cli.deploy",
+    "doctor": "fedcare.cli.deploy",
+    "certs": "fedcare.cli.deploy",
+    "audit": "fedcare.cli.deploy",
+    "tasks": "fedcare.cli.tasks",
+    "strategies": "fedcare.cli.strategies",
+    "data": "fedcare.cli.data",
+    "stats": "fedcare.cli.data",
+    "console": "fedcare.cli.dashboard",
+    "dashboard": "fedcare.cli.dashboard",
+    "export": "fedcare.cli.dashboard",
+    "privacy": "fedcare.cli.privacy",
+    "release": "fedcare.cli.clinic",
+    "predict": "fedcare.cli.clinic",
+    "validate": "fedcare.cli.clinic",
+    "serve": "fedcare.cli.clinic",
+}
+
+
+def register_commands(argv: Sequence[str]) -> None:
+    """Import the module of the command ``argv`` names, or every command module when it names none."""
+    name = next((arg for arg in argv if not arg.startswith("-")), None)
+    modules = [COMMAND_MODULES[name]] if name in COMMAND_MODULES else sorted(set(COMMAND_MODULES.values()))
+    for module in modules:
+        importlib.import_module(module)
 
 
 #: ``fedcare --help`` in the order a new user meets the commands: one panel per stage.

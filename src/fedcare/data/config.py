@@ -33,7 +33,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from fedcare.data.fhir import FhirMapping
+from fedcare.data.fhir_mapping import FhirMapping
 from fedcare.data.schema import StudySchema
 from fedcare.data.stats import StatsSpec
 from fedcare.errors import ConfigError

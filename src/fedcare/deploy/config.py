@@ -16,7 +16,7 @@ from typing import Any
 from fedcare.errors import ConfigError
 from fedcare.runtime.policy import SitePolicy
 from fedcare.study.site import SiteSpec, load_site
-from fedcare.transport.tls import TlsFiles
+from fedcare.transport.tls_files import TlsFiles
 from fedcare.types import ConfigValue
 
 __all__ = ["ServerConfig", "SiteConfig", "load_server_config", "load_site_config", "site_config"]

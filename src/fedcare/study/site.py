@@ -46,7 +46,7 @@ from fedcare.runtime.approval import load_task_approvals
 from fedcare.runtime.policy import SitePolicy
 from fedcare.study.spec import StudySpec
 from fedcare.study.toml import Checker, read_toml, resolve_path
-from fedcare.transport.tls import TlsFiles
+from fedcare.transport.tls_files import TlsFiles
 from fedcare.types import SiteId
 
 __all__ = ["BUILTIN", "CoordinatorSpec", "SiteSpec", "load_site", "parse_site"]

@@ -46,7 +46,7 @@ from typing import Any
 
 import fedcare.strategies  # noqa: F401  (registers the built-in strategies)
 from fedcare.compression import Compression
-from fedcare.data.fhir import FhirMapping
+from fedcare.data.fhir_mapping import FhirMapping
 from fedcare.data.schema import ColumnType, StudySchema
 from fedcare.errors import ConfigError
 from fedcare.strategies.registry import available_strategies, make_strategy

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fedcare.errors import ConfigError
+from fedcare.transport.tls_files import TlsFiles
 
 if TYPE_CHECKING:  # grpc (half a second to import) only where credentials are made
     import grpc
@@ -37,25 +38,6 @@ __all__ = [
 ]
 
 CertKind = Literal["server", "site"]
-
-
-@dataclass(frozen=True)
-class TlsFiles:
-    """Paths of the CA certificate, this party's certificate and its private key."""
-
-    ca: Path
-    cert: Path
-    key: Path
-
-    def read(self) -> tuple[bytes, bytes, bytes]:
-        """Return (ca, cert, key) PEM bytes; a missing file is a ConfigError naming it."""
-        out = []
-        for label, path in (("ca", self.ca), ("cert", self.cert), ("key", self.key)):
-            try:
-                out.append(Path(path).read_bytes())
-            except OSError as exc:
-                raise ConfigError(f"TLS {label} file {path}: {exc.strerror or exc}") from None
-        return out[0], out[1], out[2]
 
 
 def _write_private(path: Path, data: bytes) -> None:
