@@ -62,8 +62,7 @@ def test_each_command_is_registered_by_the_module_the_table_names():
     register_commands([])  # every module, as for --help
     registered = {info.name or info.callback.__name__: info.callback.__module__ for info in app.registered_commands}
     registered |= {
-        str(info.name): info.typer_instance.registered_commands[0].callback.__module__
-        for info in app.registered_groups
+        str(info.name): info.typer_instance.registered_commands[0].callback.__module__ for info in app.registered_groups
     }
     assert registered == COMMAND_MODULES
     assert set(COMMAND_MODULES) == {name for names in PANELS.values() for name in names}
