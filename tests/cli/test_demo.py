@@ -39,6 +39,9 @@ def test_demo_writes_summary_and_report_with_sane_values(demo_run):
     assert html.count("<svg") >= 3
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html), "report must open offline"
     assert "test accuracy" in result.output and "fedavg" in result.output
+    # CliRunner's 80 columns, as in a CI log: the interval cells leave the site names readable
+    assert "Cleveland Clinic" in result.output and "VA Long Beach" in result.output
+    assert "heterogeneity I²" in result.output
 
 
 def test_demo_run_is_recorded_in_the_store(demo_run):

@@ -60,8 +60,9 @@ def results_table(summary: Mapping[str, Any], metric: str) -> Table:
     sites = list(summary["sites"])
     settings = summary["settings"]
     table = Table(title=f"test {metric} (95 % CI)", title_justify="left")
-    table.add_column("site", overflow="fold", max_width=32)
-    table.add_column("n", justify="right")
+    # In an 80-column log the settings' cells must leave room for the site names (min widths).
+    table.add_column("site", overflow="fold", min_width=13, max_width=32)
+    table.add_column("n", justify="right", min_width=3)
     for name in settings:
         table.add_column(name, justify="right", no_wrap=True)
 
@@ -71,7 +72,7 @@ def results_table(summary: Mapping[str, Any], metric: str) -> Table:
         text = f"{value:.3f}"
         lo, hi = (interval or {}).get("lo"), (interval or {}).get("hi")
         if lo is not None and hi is not None and lo == lo and hi == hi:
-            text += f" [dim]({lo:.2f}–{hi:.2f})[/]"
+            text += f" [dim]({lo:.2f}–{hi:.2f})[/]".replace("0.", ".")  # (.68–.84): fits 80 columns
         return text
 
     def unc(res: Mapping[str, Any], site: str) -> Mapping[str, Any] | None:
@@ -86,16 +87,13 @@ def results_table(summary: Mapping[str, Any], metric: str) -> Table:
         )
     table.add_section()
     table.add_row("mean over sites", "", *(cell(r["site_mean"].get(metric)) for r in settings.values()))
-    metas = []
-    for r in settings.values():
-        meta = r.get("uncertainty", {}).get("meta", {}).get(metric)
-        if meta and meta.get("k"):
-            metas.append(
-                cell(meta.get("random"), meta) + (f" I² {100 * meta['i2']:.0f}%" if meta.get("i2") is not None else "")
-            )
-        else:
-            metas.append("—")
-    table.add_row("pooled (random effects)", "", *metas)
+    metas = [r.get("uncertainty", {}).get("meta", {}).get(metric) or {} for r in settings.values()]
+    table.add_row("pooled (random effects)", "", *(cell(m.get("random"), m) if m.get("k") else "—" for m in metas))
+    table.add_row(
+        "heterogeneity I²",
+        "",
+        *(f"{100 * m['i2']:.0f} %" if m.get("k") and m.get("i2") is not None else "—" for m in metas),
+    )
     table.add_row(
         "pooled test set",
         "",
