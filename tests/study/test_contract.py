@@ -48,11 +48,14 @@ SECAGG = {"enabled": True, "seeded": True, "clip": 4.0, "bits": 20}
 RECORD_DP = {"level": "record", "epsilon": 3.0, "seeded_noise": True, "batch_size": 100000}
 #: Threshold CKKS (docs/he.md); the sites' policy requires it (require_encryption).
 CKKS = {"enabled": True, "mode": "ckks"}
+#: Peer-to-peer rounds (docs/p2p.md); the sites' policy requires them (require_peer_to_peer).
+P2P = {"enabled": True, "mode": "p2p", "seeded": True, "clip": 4.0, "bits": 20}
 
 CASES = {
     "fedavg": {},
     "secagg-record-dp": {"secure_aggregation": SECAGG, "privacy": RECORD_DP},
     "ckks-record-dp": {"secure_aggregation": CKKS, "privacy": RECORD_DP},
+    "p2p-record-dp": {"secure_aggregation": P2P, "privacy": RECORD_DP},
     "fedbn": {"task": MLP_NORM, "personalization": {"method": "fedbn"}},
     "fedbn-secagg": {"task": MLP_NORM, "personalization": {"method": "fedbn"}, "secure_aggregation": SECAGG},
     "scaffold": {"strategy": {"name": "scaffold"}},
@@ -82,7 +85,13 @@ def _write_study(folder: Path, name: str, extra: dict) -> Path:
 
 
 def _write_sites(
-    folder: Path, study_name: str, *, budget: bool, sites: tuple[str, ...] = SITES, encrypted: bool = False
+    folder: Path,
+    study_name: str,
+    *,
+    budget: bool,
+    sites: tuple[str, ...] = SITES,
+    encrypted: bool = False,
+    peer_to_peer: bool = False,
 ) -> list[Path]:
     paths = []
     policy: dict = {"studies": [study_name]}
@@ -90,6 +99,8 @@ def _write_sites(
         policy.update(max_epsilon=10.0, allow_seeded_noise=True)
     if encrypted:
         policy.update(require_encryption=True)
+    if peer_to_peer:
+        policy.update(require_peer_to_peer=True)
     for site in sites:
         path = folder / f"{site}.toml"
         path.write_text(
@@ -115,6 +126,10 @@ def _final_model(db: str, prefix: str) -> dict[str, np.ndarray]:
         assert latest is not None and latest[0] == 2
         if "ckks" in prefix:  # every round was encrypted (the coordinator saw ciphertexts only)
             assert all("ckks_sites" in r.fit_metrics for r in store.rounds(runs[0]))
+        if "p2p" in prefix:  # every round ran at the sites; they agreed on the model's digest each round
+            assert all(r.fit_metrics.get("p2p_sites") == 3 for r in store.rounds(runs[0]))
+            results = store.results(runs[0])
+            assert [results[f"p2p_digest_round_{r}"]["round"] for r in (1, 2)] == [1, 2]
         return latest[1].model
     finally:
         store.close()
@@ -136,8 +151,14 @@ def test_simulate_and_up_give_the_same_model(case: str, tmp_path: Path):
         pytest.skip("no Python with OpenFHE's bindings (make openfhe-env)")
     study = _write_study(tmp_path, case, CASES[case])
     names = SECAGG_SITES if "secure_aggregation" in CASES[case] else SITES
+    peer_to_peer = CASES[case].get("secure_aggregation", {}).get("mode") == "p2p"
     sites = _write_sites(
-        tmp_path, f"contract-{case}", budget="privacy" in CASES[case], sites=names, encrypted=encrypted
+        tmp_path,
+        f"contract-{case}",
+        budget="privacy" in CASES[case],
+        sites=names,
+        encrypted=encrypted,
+        peer_to_peer=peer_to_peer,
     )
     site_args = [arg for p in sites for arg in ("--site", str(p))]
     sim_db = f"sqlite:///{tmp_path / 'sim.db'}"

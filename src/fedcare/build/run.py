@@ -29,6 +29,7 @@ from fedcare.runtime.exchange import Exchange
 from fedcare.runtime.policy import SitePolicy
 from fedcare.secure.ckks import CkksParams, CkksWorkflow
 from fedcare.secure.encoding import FixedPointCodec
+from fedcare.secure.p2p import PeerToPeerFit
 from fedcare.secure.workflow import SecAggPlusWorkflow
 from fedcare.strategies.base import Strategy
 from fedcare.strategies.registry import make_strategy
@@ -187,7 +188,18 @@ def build_run(
                 f"{study.where}: client-level DP with secure_aggregation is not available from a study file yet; "
                 "use record-level DP (privacy.level = 'record') under secure aggregation"
             )
-        if sa.is_ckks:
+        if sa.is_p2p:
+            if study.federation.fraction_fit < 1.0:
+                raise ConfigError(
+                    f"{study.where}: secure_aggregation.mode = 'p2p' needs federation.fraction_fit = 1.0: every site "
+                    "keeps its own copy of the model, and a site left out of a round would fall out of sync"
+                )
+            workflow = PeerToPeerFit(
+                codec=FixedPointCodec(clip_range=sa.clip, bits=sa.bits),
+                threshold=sa.threshold,
+                seed=study.seed if sa.seeded else None,
+            )
+        elif sa.is_ckks:
             workflow = CkksWorkflow(
                 backend=OpenFheEngine(ckks_params(study)),
                 params=ckks_params(study),
@@ -225,9 +237,11 @@ def ckks_params(study: StudySpec) -> CkksParams:
 
 
 def protection_of(plan: RunPlan) -> str:
-    """What protects the updates on the wire: ``ckks-threshold``, ``secagg+`` or ``none``."""
+    """What protects the updates on the wire: ``ckks-threshold``, ``p2p-secagg+``, ``secagg+`` or ``none``."""
     if isinstance(plan.fit_workflow, CkksWorkflow):
         return CkksWorkflow.protection
+    if isinstance(plan.fit_workflow, PeerToPeerFit):
+        return PeerToPeerFit.protection
     return "secagg+" if isinstance(plan.fit_workflow, SecAggPlusWorkflow) else "none"
 
 

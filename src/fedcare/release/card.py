@@ -22,6 +22,7 @@ __all__ = ["model_card", "render_card"]
 _SEEN = {
     "secagg+": "sum only (SecAgg+)",
     "ckks-threshold": "ciphertexts; the sum decrypted by all key holders (threshold CKKS)",
+    "p2p-secagg+": "nothing readable: peer-to-peer, SecAgg+ masks, coordinator relay only (the sites aggregated)",
 }
 
 

@@ -32,12 +32,15 @@ __all__ = ["what_was_shared"]
 #: SecAgg+ stage whose answering sites are the ones whose masked update entered the sum.
 _MASKED = "masked_input"
 _ENCRYPTED = "ckks.encrypt"  # threshold CKKS (fedcare.secure.ckks)
+_PEER_TO_PEER = "p2p.aggregate"  # peer-to-peer rounds (fedcare.secure.p2p): the sites aggregated
 
 
 def _protection(stages: list[str]) -> str:
-    """What protected a round's updates: ``ckks-threshold``, ``secagg+`` or ``none``."""
+    """What protected a round's updates: ``ckks-threshold``, ``p2p-secagg+``, ``secagg+`` or ``none``."""
     if _ENCRYPTED in stages:
         return "ckks-threshold"
+    if _PEER_TO_PEER in stages:
+        return "p2p-secagg+"
     return "secagg+" if _MASKED in stages else "none"
 
 

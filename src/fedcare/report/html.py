@@ -183,6 +183,8 @@ def round_protection(fit: Mapping[str, Any]) -> str:
     """What protected a round's updates, read from its fit metrics (the workflow's own counters)."""
     if "ckks_sites" in fit:
         return "threshold CKKS"
+    if "p2p_sites" in fit:
+        return "peer-to-peer, SecAgg+ masks, coordinator relay only"
     return "SecAgg+" if "secagg_survivors" in fit else "none"
 
 
@@ -203,7 +205,9 @@ def _protection_table(summary: Mapping[str, Any]) -> str:
     return (
         "<h2>Protection of the updates</h2>"
         "<p class='note'>SecAgg+ and threshold CKKS: the coordinator learns only the sum of the updates "
-        "(docs/secure_aggregation.md, docs/he.md); none: it sees each site's update.</p>"
+        "(docs/secure_aggregation.md, docs/he.md); peer-to-peer: the sites unmask the sum and average "
+        "themselves, the coordinator relays bytes it cannot read and learns not even the sum (docs/p2p.md); "
+        "none: it sees each site's update.</p>"
         "<table><tr><th>setting</th><th>per round</th></tr>" + "".join(rows) + "</table>"
     )
 

@@ -270,7 +270,9 @@ class Coordinator:
         self, run_id: RunId, round_no: int, state: ServerState, failures: dict[SiteId, str]
     ) -> dict[SiteId, Metrics]:
         sites = sorted(self.channel.sites())
-        payload = Payload(arrays={"model": state.model})
+        # a workflow whose sites hold the model themselves (peer-to-peer) says what to send instead
+        custom = getattr(self.fit_workflow, "evaluate_payload", None)
+        payload = custom(state.model) if callable(custom) else Payload(arrays={"model": state.model})
         out: dict[SiteId, Metrics] = {}
         eval_failures: dict[SiteId, str] = {}
         for reply in self.exchange(

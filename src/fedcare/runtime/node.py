@@ -28,6 +28,8 @@ from fedcare.runtime.recalibration import PlattQuery
 from fedcare.runtime.reference import ReferenceQuery
 from fedcare.secure.ckks import CkksBackend, CkksSiteHandler
 from fedcare.secure.handler import SecAggSiteHandler
+from fedcare.secure.p2p_site import PeerToPeerSiteHandler
+from fedcare.secure.p2p_wire import EVALUATE_KEY, FLAG, MODEL_RECORD
 from fedcare.serde import ArraySpec, check_state, spec_of
 from fedcare.task import SiteData, Task
 from fedcare.task_manifest import TaskManifest, task_manifest
@@ -126,6 +128,7 @@ class SiteNode:
         )
         self._secagg: SecAggSiteHandler | None = None
         self._ckks: CkksSiteHandler | None = None
+        self._p2p: PeerToPeerSiteHandler | None = None
         #: QUERY instructions: moments, cohort statistics (DP releases charged to ``ledger``).
         builtin: list[SiteQuery] = [MomentsQuery(data), PlattQuery(self), ReferenceQuery(self)]
         self.queries = SiteQueries(site_id=site_id, queries=[*builtin, *queries], privacy=self.privacy)
@@ -151,10 +154,15 @@ class SiteNode:
                     return message.reply(error=exposure)
                 return self._kept(self._fit(message))
             if message.kind is MessageKind.SECAGG:
+                peer_to_peer = message.payload.config.get(FLAG) is True
+                if self.policy.require_peer_to_peer and not peer_to_peer:
+                    return message.reply(error=_PEER_TO_PEER_REQUIRED)
                 if str(message.payload.config.get("secagg.stage", "")).startswith("ckks."):
                     return self._kept(self._ckks_handler().handle(message))
                 if self.policy.require_encryption:
                     return message.reply(error=_ENCRYPTION_REQUIRED)
+                if peer_to_peer:
+                    return self._kept(self._p2p_handler().handle(message))
                 return self._kept(self._secagg_handler().handle(message))
             if message.kind is MessageKind.EVALUATE:
                 return self._evaluate(message)
@@ -177,6 +185,13 @@ class SiteNode:
                 require_all=self.policy.require_encryption,
             )
         return self._ckks
+
+    def _p2p_handler(self) -> PeerToPeerSiteHandler:
+        if self._p2p is None:
+            self._p2p = PeerToPeerSiteHandler(
+                site_id=self.site_id, fit=self.fit_update, memory=self._run_state, min_peers=self.policy.min_peers
+            )
+        return self._p2p
 
     def _secagg_handler(self) -> SecAggSiteHandler:
         if self._secagg is None:
@@ -253,12 +268,20 @@ class SiteNode:
         return reply
 
     def _evaluate(self, message: Message) -> Message:
-        model = model_for(self.task, self._model(message), self._run_state(message.run_id))
+        memory = self._run_state(message.run_id)
+        if message.payload.config.get(EVALUATE_KEY) == "site":  # peer-to-peer: the site's own copy
+            own = memory.get(MODEL_RECORD)
+            if own is None:
+                return message.reply(error="no copy of the run's peer-to-peer model at this site (out of sync)")
+            model = model_for(self.task, dict(own), memory)
+        else:
+            model = model_for(self.task, self._model(message), memory)
         result = self.task.evaluate(model, self.data.test)
         metrics = {"loss": result.loss, "num_examples": float(result.num_examples), **result.metrics}
         return message.reply(Payload(metrics=metrics))
 
 
+_PEER_TO_PEER_REQUIRED = "refused: this site takes part only in peer-to-peer rounds (no aggregator sees its update)"
 _ENCRYPTION_REQUIRED = "refused: this site sends its update only encrypted under threshold CKKS (not masked, not plain)"
 
 

@@ -43,6 +43,9 @@ class SitePolicy:
         Send updates only masked (SecAgg+) or encrypted (CKKS); a plain fit instruction is refused.
     require_encryption : bool (default: False)
         Send updates only encrypted under threshold CKKS; plain fits and SecAgg+ are refused.
+    require_peer_to_peer : bool (default: False)
+        Take part only in peer-to-peer rounds (``secure_aggregation.mode = "p2p"``): the
+        site aggregates itself and the coordinator only relays; anything else is refused.
     min_peers : int (default: 1)
         The fewest sites (this one included) the site's update may be summed with.
         Above 1 the update must also be masked: a plain update is seen alone.
@@ -62,6 +65,7 @@ class SitePolicy:
     allow_seeded_noise: bool = False
     require_secure_aggregation: bool = False
     require_encryption: bool = False
+    require_peer_to_peer: bool = False
     min_peers: int = 1
     approved_study_hashes: frozenset[str] | None = field(default=None)
     task_approvals: TaskApprovals | None = None
@@ -83,7 +87,8 @@ class SitePolicy:
 
     def exposure_refusal(self, *, secure: bool, peers: int | None = None) -> str | None:
         """Return why an update may not leave (plain, or summed with too few peers), or ``None``."""
-        if not secure and (self.require_secure_aggregation or self.require_encryption or self.min_peers > 1):
+        strict = self.require_secure_aggregation or self.require_encryption or self.require_peer_to_peer
+        if not secure and (strict or self.min_peers > 1):
             return "refused: this site sends its update only under secure aggregation (it would be seen alone)"
         if peers is not None and peers < self.min_peers:
             return f"refused: {peers} site(s) in the aggregate, this site requires at least {self.min_peers}"

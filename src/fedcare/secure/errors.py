@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from fedcare.errors import FedcareError
 
-__all__ = ["SecAggAbort", "SecAggError"]
+__all__ = ["ModelDivergenceError", "SecAggAbort", "SecAggError"]
 
 
 class SecAggError(FedcareError):
@@ -22,3 +22,7 @@ class SecAggError(FedcareError):
 
 class SecAggAbort(SecAggError):
     """Fewer than the threshold of sites (or neighbours) remain; nothing is revealed."""
+
+
+class ModelDivergenceError(SecAggError):
+    """Peer-to-peer sites disagree on the new model (their digests differ): the run stops."""

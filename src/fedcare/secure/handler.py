@@ -135,6 +135,10 @@ class SecAggSiteHandler:
         except SecAggError as exc:
             return message.reply(error=f"SecAggError: {exc}")
 
+    def _names(self, update: SiteUpdate, message: Message) -> list[str]:
+        """The order in which model entries are flattened into the masked vector."""
+        return list(update.reference)
+
     def _masked_input(self, session: SecAggSite, ins: MaskedInputIns, message: Message) -> Any:
         session.check_masked_input(ins)
 
@@ -150,7 +154,7 @@ class SecAggSiteHandler:
                 )
             if set(update.state) != set(update.reference):
                 raise SecAggError(f"{self.site_id}: trained model entries differ from the global model's")
-            names = list(update.reference)
+            names = self._names(update, message)
             delta = flat_delta(update.state, update.reference, names, reuse=True)
         except Exception:
             session.fail()

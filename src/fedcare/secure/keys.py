@@ -74,8 +74,8 @@ def share_key(own: X25519PrivateKey, peer_public: bytes, session: bytes) -> AESG
     return AESGCM(_hkdf(shared, b"fedcare-secagg/share|" + session, 32))
 
 
-def _aad(run_id: str, round_no: int, session: bytes, sender: str, receiver: str) -> bytes:
-    return f"fedcare-secagg|{run_id}|{round_no}|{session.hex()}|share_keys|{sender}->{receiver}".encode()
+def _aad(run_id: str, round_no: int, session: bytes, sender: str, receiver: str, stage: str) -> bytes:
+    return f"fedcare-secagg|{run_id}|{round_no}|{session.hex()}|{stage}|{sender}->{receiver}".encode()
 
 
 def encrypt_share(
@@ -88,19 +88,28 @@ def encrypt_share(
     sender: str,
     receiver: str,
     rng: np.random.Generator | None,
+    stage: str = "share_keys",
 ) -> bytes:
     """Encrypt ``plaintext`` bound to (run, round, session, stage, sender, receiver): ``nonce || ct``."""
     nonce = random_bytes(_NONCE, rng)
-    return nonce + key.encrypt(nonce, plaintext, _aad(run_id, round_no, session, sender, receiver))
+    return nonce + key.encrypt(nonce, plaintext, _aad(run_id, round_no, session, sender, receiver, stage))
 
 
 def decrypt_share(
-    key: AESGCM, blob: bytes, *, run_id: str, round_no: int, session: bytes, sender: str, receiver: str
+    key: AESGCM,
+    blob: bytes,
+    *,
+    run_id: str,
+    round_no: int,
+    session: bytes,
+    sender: str,
+    receiver: str,
+    stage: str = "share_keys",
 ) -> bytes:
     """Decrypt and authenticate; any change to the bytes or their binding raises :class:`SecAggError`."""
     if len(blob) <= _NONCE:
         raise SecAggError(f"share from {sender}: ciphertext too short")
     try:
-        return key.decrypt(blob[:_NONCE], blob[_NONCE:], _aad(run_id, round_no, session, sender, receiver))
+        return key.decrypt(blob[:_NONCE], blob[_NONCE:], _aad(run_id, round_no, session, sender, receiver, stage))
     except InvalidTag:
         raise SecAggError(f"share from {sender} to {receiver} failed authentication (tampered or misrouted)") from None

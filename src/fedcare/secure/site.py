@@ -121,6 +121,25 @@ class SecAggSite:
             raise SecAggError(f"{self.site_id}: no round parameters yet")
         return self._params
 
+    @property
+    def session(self) -> bytes:
+        """The round's session id (empty before stage 1)."""
+        return self._session
+
+    def peer_mask_key(self, peer: SiteId) -> bytes:
+        """``peer``'s public masking key as received in stage 2 (this site's own for itself)."""
+        if peer == self.site_id and self._mask_key is not None:
+            return public_bytes(self._mask_key)
+        if peer not in self._pk_mask:
+            raise SecAggError(f"{self.site_id}: no masking key of {peer} in this session")
+        return self._pk_mask[peer]
+
+    def peer_box(self, peer: SiteId) -> Any:
+        """The AES-GCM key this site shares with ``peer`` in this session (agreed in stage 2)."""
+        if peer not in self._pk_enc or self._enc_key is None:
+            raise SecAggError(f"{self.site_id}: no share key with {peer} in this session")
+        return self._share_keys.get(peer) or share_key(self._enc_key, self._pk_enc[peer], self._session)
+
     def _enter(self, stage: Stage, session: bytes) -> None:
         if self._next is not stage:
             expected = self._next.value if self._next else "nothing (session closed)"

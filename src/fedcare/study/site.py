@@ -21,6 +21,7 @@ Relative paths resolve against the file's folder. The keys are documented in
     max_epsilon = 3.0                # privacy budget (fail-closed), at delta
     require_secure_aggregation = false
     require_encryption = false       # only threshold-CKKS rounds (secure_aggregation.mode = "ckks")
+    require_peer_to_peer = false     # only peer-to-peer rounds (secure_aggregation.mode = "p2p")
 
     [stats]                          # what a cohort-statistics query may release
     min_count = 5
@@ -80,6 +81,7 @@ _POLICY = {
     "allow_seeded_noise",
     "require_secure_aggregation",
     "require_encryption",
+    "require_peer_to_peer",
     "min_peers",
     "ledger",
     "trusted_reviewer_keys",
@@ -311,7 +313,13 @@ def parse_site(raw: Mapping[str, Any], *, origin: Path | None = None) -> SiteSpe
     min_peers = c.integer(policy, "min_peers", "policy.min_peers", 1, minimum=1)
     flags = {
         k: c.boolean(policy, k, f"policy.{k}", False)
-        for k in ("trust_central_noise", "allow_seeded_noise", "require_secure_aggregation", "require_encryption")
+        for k in (
+            "trust_central_noise",
+            "allow_seeded_noise",
+            "require_secure_aggregation",
+            "require_encryption",
+            "require_peer_to_peer",
+        )
     }
     coordinator = _coordinator(c, coord, conn, base) if coord else None
     key_files = {k: c.names(policy, k, f"policy.{k}") or () for k in _SIGNED}

@@ -128,8 +128,9 @@ _SECAGG = {
     "encrypt",
     "verify_sum",
 }
-#: ``[secure_aggregation] mode``: SecAgg+ masking, or threshold CKKS encryption (docs/he.md).
-SECAGG_MODES = ("secagg+", "ckks")
+#: ``[secure_aggregation] mode``: SecAgg+ masking, threshold CKKS encryption (docs/he.md), or
+#: serverless peer-to-peer rounds with SecAgg+ masks and a relay-only coordinator (docs/p2p.md).
+SECAGG_MODES = ("secagg+", "ckks", "p2p")
 _PERSONAL = {"method", "ditto_lambda", "ditto_epochs", "local_epochs", "lr", "optimizer", "batch_size"}
 _EVALUATION = {"metrics", "subgroups", "calibration"}
 _COMPRESSION = {"codec", "fraction", "error_feedback"}
@@ -232,7 +233,8 @@ class SecureAggregationSpec:
     stay valid); ``"ckks"`` encrypts under threshold CKKS (``scale_bits`` and
     ``first_mod_bits`` then set its parameters, ``encrypt`` lists the model entries to
     encrypt when not all are — the others travel in clear, ``verify_sum`` has every site add
-    the ciphertexts itself before decrypting; ``neighbours``, ``threshold``,
+    the ciphertexts itself before decrypting; ``"p2p"`` runs serverless rounds in which
+    every site unmasks the sum and averages itself; ``neighbours``, ``threshold``,
     ``clip``, ``bits`` and ``seeded`` are SecAgg+'s).
     """
 
@@ -252,6 +254,11 @@ class SecureAggregationSpec:
     def is_ckks(self) -> bool:
         """Threshold CKKS rather than SecAgg+."""
         return self.enabled and self.mode == "ckks"
+
+    @property
+    def is_p2p(self) -> bool:
+        """Peer-to-peer rounds: the sites aggregate, the coordinator only relays."""
+        return self.enabled and self.mode == "p2p"
 
 
 @dataclass(frozen=True)
