@@ -63,6 +63,7 @@ def test_sites_reach_fedavgs_model_and_hold_identical_models_after_every_round()
     for r, digests in workflow.digests.items():
         assert len(digests) == 4 and len(set(digests.values())) == 1, r
         assert p2p.rounds[r - 1].fit_metrics["p2p_sites"] == 4
+        assert p2p.rounds[r - 1].fit_metrics["num_examples"] == masked.rounds[r - 1].fit_metrics["num_examples"] == 10
     # the sites' copies are identical and are the model of the last digest
     copies = [node.site_state[RUN][MODEL_RECORD] for node in nodes.values()]
     assert {model_digest(c) for c in copies} == {workflow.agreed}

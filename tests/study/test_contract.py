@@ -9,6 +9,7 @@ model (float tolerance), same privacy ledgers.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -184,6 +185,10 @@ def test_simulate_and_up_give_the_same_model(case: str, tmp_path: Path):
     assert simulated.keys() == rehearsed.keys()
     for name in simulated:
         np.testing.assert_allclose(rehearsed[name], simulated[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    if peer_to_peer:  # the server's audit log holds the digest the sites agreed on, per round
+        audit = (tmp_path / "up" / "rehearsal" / "server-audit.jsonl").read_text().splitlines()
+        agreed = [json.loads(line) for line in audit if '"p2p_agreed"' in line]
+        assert [e["round"] for e in agreed] == [1, 2] and all(len(e["digest"]) == 64 for e in agreed)
     if "privacy" in CASES[case]:
         sim_ledger = _ledger(sim_db)
         rehearsal = tmp_path / "up" / "rehearsal"

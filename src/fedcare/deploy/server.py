@@ -35,10 +35,14 @@ log = logging.getLogger(__name__)
 
 
 class _ResumingRecorder:
-    """The Store as Recorder, except that a resumed run's row is not inserted again."""
+    """The Store as Recorder, except that a resumed run's row is not inserted again.
 
-    def __init__(self, store: SqlStore, *, exists: bool) -> None:
-        self.store, self.exists = store, exists
+    The digest peer-to-peer sites agreed on each round (``p2p_digest_round_N``) also goes
+    to the server's audit log.
+    """
+
+    def __init__(self, store: SqlStore, *, exists: bool, audit: AuditLog | None = None) -> None:
+        self.store, self.exists, self.audit = store, exists, audit
 
     def start_run(self, spec: RunSpec) -> None:
         if not self.exists:
@@ -49,6 +53,8 @@ class _ResumingRecorder:
 
     def record_result(self, run_id: RunId, key: str, value: Any) -> None:
         self.store.record_result(run_id, key, value)
+        if self.audit is not None and key.startswith("p2p_digest_round_"):
+            self.audit.append("p2p_agreed", run_id=run_id, **dict(value))
 
     def finish_run(self, run_id: RunId, *, status: str, message: str = "") -> None:
         self.store.finish_run(run_id, status=status, message=message)
@@ -163,7 +169,7 @@ def run_server(
                     f"{len(joined)} site(s) joined within {cfg.wait_timeout_s:g} s, at least {fed.min_sites} required"
                 )
             log.info("sites joined: %s", ", ".join(joined))
-            recorder: Recorder = _ResumingRecorder(store, exists=exists)
+            recorder: Recorder = _ResumingRecorder(store, exists=exists, audit=audit)
             spec = run_spec(plan, RunId(run_id), experiment=run_id, name=study.name)
             result = run_federated(
                 plan,

@@ -43,6 +43,7 @@ from fedcare.secure.p2p_wire import (
     EXPECTED_KEY,
     FLAG,
     UNMASK,
+    WEIGHT_KEY,
     AggregateIns,
     model_digest,
     parse_bundles,
@@ -100,6 +101,7 @@ class PeerToPeerFit:
         self.agreed: str | None = None
         self.in_sync: set[SiteId] = set()
         self.digests: dict[int, dict[SiteId, str]] = {}
+        self.total_weight = 0.0  # W of the last round's sum, as the sites report it (SecAgg+'s server learns it too)
 
     def threshold_for(self, n: int) -> int:
         """The reconstruction threshold with ``n`` sites (each secret has ``n`` holders)."""
@@ -210,6 +212,7 @@ class PeerToPeerFit:
         for s in survivors:
             ctx.site_fit[s] = site_metrics.get(s, {})
         return {
+            "num_examples": self.total_weight,
             "p2p_sites": float(len(self.in_sync)),
             "p2p_released": float(released is not None),
             "secagg_survivors": float(len(survivors)),
@@ -298,6 +301,7 @@ class PeerToPeerFit:
         }
         failures: dict[SiteId, str] = {}
         digests: dict[SiteId, str] = {}
+        weights: dict[SiteId, int] = {}
         released: ModelState | None = None
         for reply in coordinator.exchange(MessageKind.SECAGG, ctx.run_id, ctx.round_no, payloads, failures):
             digest = reply.payload.config.get(DIGEST_KEY)
@@ -305,6 +309,9 @@ class PeerToPeerFit:
                 failures[reply.site] = f"p2p aggregate reply from {reply.site} carries no model digest"
                 continue
             digests[reply.site] = digest
+            weight = reply.payload.config.get(WEIGHT_KEY)
+            if isinstance(weight, int) and not isinstance(weight, bool) and weight > 0:
+                weights[reply.site] = weight
             if reply.site == releaser:
                 model = reply.payload.arrays.get("model")
                 try:
@@ -329,6 +336,7 @@ class PeerToPeerFit:
         if not groups:
             raise NotEnoughSitesError(f"round {ctx.round_no}: no site reported its new model's digest")
         agreed = next(iter(groups))
+        self.total_weight = float(max(weights.values(), default=0))
         self.agreed = agreed
         self.in_sync = set(digests)
         recorder = getattr(coordinator, "recorder", None)

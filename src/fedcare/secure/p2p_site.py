@@ -38,6 +38,7 @@ from fedcare.secure.p2p_wire import (
     FLAG,
     MODEL_RECORD,
     UNMASK,
+    WEIGHT_KEY,
     AggregateIns,
     bundles_payload,
     decode_bundle,
@@ -264,7 +265,8 @@ class PeerToPeerSiteHandler(SecAggSiteHandler):
         self.memory(message.run_id)[MODEL_RECORD] = new
         digest = model_digest(new)
         arrays: dict[str, ModelState] = {"model": new} if ins.release else {}
-        return Payload(arrays=arrays, config={STAGE_KEY: AGGREGATE, FLAG: True, DIGEST_KEY: digest})
+        config: dict[str, ConfigValue] = {STAGE_KEY: AGGREGATE, FLAG: True, DIGEST_KEY: digest, WEIGHT_KEY: weight}
+        return Payload(arrays=arrays, config=config)
 
 
 def _combine(shares: list[tuple[int, bytes]], threshold: int, what: str, site: SiteId) -> bytes:

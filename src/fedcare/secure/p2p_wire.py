@@ -37,6 +37,7 @@ __all__ = [
     "MODEL_RECORD",
     "RELEASE_KEY",
     "UNMASK",
+    "WEIGHT_KEY",
     "AggregateIns",
     "decode_bundle",
     "encode_bundle",
@@ -51,6 +52,8 @@ AGGREGATE = "p2p.aggregate"
 EXPECTED_KEY = "p2p.digest"
 #: A site's reply to ``p2p.aggregate``: the digest of its new model.
 DIGEST_KEY = "p2p.digest"
+#: A site's reply to ``p2p.aggregate``: the total weight ``W`` of the sum (as SecAgg+'s server learns it).
+WEIGHT_KEY = "p2p.total_weight"
 #: ``p2p.aggregate``: the site is asked to return its new model (end of the run).
 RELEASE_KEY = "p2p.release"
 #: Per-recipient encrypted share boxes (arrays record).
