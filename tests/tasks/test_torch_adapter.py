@@ -146,3 +146,82 @@ def test_hash_covers_the_user_package_the_adapter_and_a_weights_file(user_task, 
     before = task_hash(first)
     save_file(base.init_model(np.random.default_rng(4)), str(weights))
     assert task_hash(with_weights()) != before
+
+
+def test_an_unknown_fit_config_key_is_refused_naming_it(user_task):
+    task = make_task("user-cnn")
+    model = task.init_model(np.random.default_rng(0))
+    with pytest.raises(
+        ConfigError,
+        match=r"^task 'user-cnn': unknown fit config key\(s\) \['lr_shedule'\]; accepted: batch_size, local_epochs, "
+        r"local_steps, lr, lr_schedule, momentum, optimizer, proximal_mu, weight_decay$",
+    ):
+        task.fit(model, _data().train, {"lr_shedule": "cosine"}, np.random.default_rng(0))
+    stamped = {"lr_schedule": "cosine", "local_steps": 2, "task": "user-cnn", "task_hash": "x", "seed": 3}
+    assert task.fit(model, _data().train, stamped, np.random.default_rng(0)).metrics["train_loss"] > 0
+
+
+class _DropoutNet:
+    """A net with dropout, built through a factory the test hands to TorchTask."""
+
+    @staticmethod
+    def build():
+        import torch
+
+        return torch.nn.Sequential(
+            torch.nn.Conv2d(1, 4, 3, padding=1),
+            torch.nn.ReLU(),
+            torch.nn.Dropout2d(0.2),
+            torch.nn.Flatten(),
+            torch.nn.Dropout(0.5),
+            torch.nn.Linear(4 * 8 * 8, 1),
+            torch.nn.Flatten(0),
+        )
+
+
+def _noise_two_args(x, generator):
+    import torch
+
+    return x + 0.1 * torch.randn(x.shape, generator=generator)
+
+
+def _noise_one_arg(x):
+    import torch
+
+    return x + 0.1 * torch.randn(x.shape)
+
+
+@pytest.mark.parametrize("augment", [_noise_two_args, _noise_one_arg], ids=["augment(x, generator)", "augment(x)"])
+def test_threaded_simulations_with_one_seed_give_one_model(augment):
+    import torch
+
+    from fedcare.runtime.simulation import run_simulation
+    from fedcare.strategies import FedAvg
+    from fedcare.tasks.torch_adapter import TorchTask
+    from fedcare.types import RunId, SiteId
+
+    task = TorchTask(
+        name="dropout-net",
+        model=_DropoutNet.build,
+        loss=torch.nn.BCEWithLogitsLoss(),
+        input_shape=(1, 8, 8),
+        augment=augment,
+        num_threads=1,
+    )
+    sites = {SiteId(f"site-{i}"): _data(n=200, seed=i) for i in range(3)}
+
+    def run():
+        return run_simulation(
+            sites=sites,
+            task=task,
+            strategy=FedAvg(fit_config={"batch_size": 4, "local_epochs": 1}),
+            rounds=2,
+            seed=11,
+            run_id=RunId("threads"),
+            max_workers=3,
+        ).state.model
+
+    first, second = run(), run()
+    assert first.keys() == second.keys()
+    for name in first:
+        np.testing.assert_array_equal(first[name], second[name], err_msg=name)

@@ -41,17 +41,25 @@ Example (a whole task module)::
 
 Fit config keys: ``optimizer`` ("adam" | "sgd", default "adam"), ``lr`` (0.001),
 ``momentum``, ``weight_decay``, ``batch_size`` (64), ``local_epochs`` (1) or
-``local_steps``, ``proximal_mu`` (0), and the ``dp.*`` keys the site's guard sets.
-Randomness (initialisation, batch order, dropout) comes from the generator passed in:
-torch's global generator is seeded from it inside a ``fork_rng`` block and restored
-afterwards (sites trained in parallel threads share that generator, so bit-exact repeats
-need one worker).
+``local_steps``, ``lr_schedule`` ("constant" | "cosine": decay to 0 within the fit call),
+``proximal_mu`` (0), and the keys fedcare itself adds (the instruction's ``task``,
+``task_hash``, ``seed`` and ``study*``; ``dp.*``, ``secagg.*``, ``ckks.*``, ``compression*``,
+``ditto_*``). Any other key is refused, naming it and the accepted ones.
+
+Randomness comes from the numpy generator passed in, through a ``torch.Generator``
+seeded from it: batch order, augmentation (``augment(x, generator)``) and the masks of
+the network's ``torch.nn.Dropout*`` layers (swapped for ones drawing from that
+generator), so sites trained in parallel threads repeat bit for bit. The model factory
+itself draws its initial weights from torch's global generator: it runs seeded, under a
+lock, with the global state restored afterwards.
 """
 
 from __future__ import annotations
 
 import copy
+import inspect
 import math
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -74,12 +82,31 @@ from fedcare.tasks.torch_common import (
 )
 from fedcare.types import ConfigValue, EvalResult, FitResult, ModelState
 
-__all__ = ["TorchTask", "dp_incompatible_layers"]
+__all__ = ["FIT_CONFIG_KEYS", "TorchTask", "dp_incompatible_layers"]
 
 Metrics = Callable[[npt.NDArray[Any], npt.NDArray[np.float64]], Mapping[str, float]]
 OptimizerFactory = Callable[[list[torch.nn.Parameter], Mapping[str, ConfigValue]], torch.optim.Optimizer]
 
 _EVAL_BATCH = 1024
+#: Fit config keys TorchTask reads (besides the ``dp.``/``compression``/``ditto_`` families).
+FIT_CONFIG_KEYS = frozenset(
+    {
+        "optimizer",
+        "lr",
+        "momentum",
+        "weight_decay",
+        "batch_size",
+        "local_epochs",
+        "local_steps",
+        "lr_schedule",
+        "proximal_mu",
+    }
+)
+#: Keys fedcare adds to a fit instruction (its stamp, the study's, DP, SecAgg+/CKKS, compression, Ditto).
+_STAMP_KEYS = frozenset({"task", "task_hash", "seed", "study", "study_hash", "study_spec"})
+_SET_BY_FEDCARE = ("dp.", "compression", "ditto_", "secagg.", "ckks.")
+#: Held while a model factory runs on torch's seeded global generator (threads would interleave draws).
+_GLOBAL_RNG = threading.Lock()
 _DP_REPLACEMENTS = {
     "BatchNorm": "torch.nn.GroupNorm (or LayerNorm / InstanceNorm without running statistics)",
     "InstanceNorm": "InstanceNorm with track_running_stats=False, or torch.nn.GroupNorm",
@@ -146,9 +173,11 @@ class TorchTask:
         Seed of the frozen entries' initialisation (the same at every site).
     weights : str or Path or None (default: None)
         A safetensors file of initial (pretrained) weights; its digest is in the task hash.
-    augment : Callable[[Tensor], Tensor] or None (default: None)
-        Applied to each training batch (random transforms draw from torch's generator,
-        which fit seeds from ``rng``); not used for evaluation or under DP-SGD.
+    augment : Callable[[Tensor, Generator], Tensor] or None (default: None)
+        Applied to each training batch as ``augment(x, generator)`` (draw random
+        transforms from ``generator``, which fit seeds from ``rng``); a one-argument
+        ``augment(x)`` runs on torch's global generator, seeded and under a lock. Not used
+        for evaluation or under DP-SGD.
     num_threads : int or None (default: None)
         torch intra-op threads during fit and predict (not hashed: speed only).
     """
@@ -157,6 +186,8 @@ class TorchTask:
     accepts_context = True
     #: Site data may be a :class:`~fedcare.task.RecordSource` (files read a batch at a time).
     streams = True
+    #: Keys ``fit`` reads from its config: a study's ``[fit]`` is checked against them.
+    fit_config_keys = FIT_CONFIG_KEYS
 
     def __init__(
         self,
@@ -174,7 +205,7 @@ class TorchTask:
         trainable: Sequence[str] | None = None,
         base_seed: int = 0,
         weights: str | Path | None = None,
-        augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        augment: Callable[..., torch.Tensor] | None = None,
         num_threads: int | None = None,
     ) -> None:
         if not name:
@@ -251,9 +282,7 @@ class TorchTask:
         if self.weights is not None:
             base = self._base_state()
             return {n: base[n].copy() for n in self._trainable}
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(rng.integers(0, 2**63 - 1)))
-            module = self._factory()
+        module = self._build(int(rng.integers(0, 2**63 - 1)))
         state = {k: v.detach().cpu().numpy().copy() for k, v in module.state_dict().items()}
         return {n: state[n] for n in self._trainable}
 
@@ -321,9 +350,7 @@ class TorchTask:
         cached = getattr(self, "_base_cache", None)
         if cached is not None:
             return cached  # type: ignore[no-any-return]
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.base_seed)
-            module = self._factory()
+        module = self._build(self.base_seed)
         if not isinstance(module, torch.nn.Module):
             raise ConfigError(f"TorchTask {self.name!r}: model() returned {type(module).__name__}, not a torch Module")
         state = {k: v.detach().cpu().numpy().copy() for k, v in module.state_dict().items()}
@@ -342,9 +369,14 @@ class TorchTask:
         self._base_cache = state
         return state
 
+    def _build(self, seed: int) -> torch.nn.Module:
+        """The factory's module, its initial draws from torch's global generator seeded with ``seed``."""
+        with _GLOBAL_RNG, torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self._factory()
+
     def _module(self, model: ModelState) -> torch.nn.Module:
-        with torch.random.fork_rng(devices=[]):
-            module = self._factory()
+        module = self._build(0)  # every entry is overwritten below
         full = dict(self._base_state())
         missing = [n for n in self._trainable if n not in model]
         if missing:
@@ -404,56 +436,71 @@ class TorchTask:
         if len(data) == 0:
             raise DataError("cannot fit on an empty training set")
         self._threads()
+        unknown = sorted(
+            k for k in config if k not in FIT_CONFIG_KEYS | _STAMP_KEYS | {mu_key} and not k.startswith(_SET_BY_FEDCARE)
+        )
+        if unknown:
+            accepted = ", ".join(sorted(FIT_CONFIG_KEYS))
+            raise ConfigError(f"task {self.name!r}: unknown fit config key(s) {unknown}; accepted: {accepted}")
         cfg = {"optimizer": "adam", "lr": 0.001, **config}
         batch_size = read_int(cfg, "batch_size", 64)
         epochs = read_int(cfg, "local_epochs", 1)
         steps = read_int(cfg, "local_steps", 0)
         if batch_size < 1 or epochs < 1 or steps < 0:
             raise ConfigError("config batch_size and local_epochs must be >= 1, local_steps >= 0")
+        schedule = cfg.get("lr_schedule", "constant")
+        if schedule not in ("constant", "cosine"):
+            raise ConfigError(f"config 'lr_schedule' must be constant or cosine, got {schedule!r}")
         mu = read_float(cfg, mu_key, 0.0)
         if mu < 0:
             raise ConfigError(f"config {mu_key!r} must be non-negative, got {mu}")
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(rng.integers(0, 2**63 - 1)))
-            module = self._module(model)
-            module.train()
-            params = [p for _, p in module.named_parameters() if p.requires_grad]
-            streaming = not isinstance(data, ArrayDataset)
-            x = None if streaming else self._inputs(data.x, "training data")
-            y = self._targets(data.y)
-            if dp_requested(cfg):
-                bad = dp_incompatible_layers(module)
-                if bad:
-                    raise ConfigError(f"task {self.name!r} cannot train with DP-SGD: " + "; ".join(bad))
-                records = None
-                if x is None:  # Poisson sampling reads the sampled records from the files
-                    records = _Records(data, y, lambda a: self._inputs(a, "training data"))
-                metrics = fit_dpsgd(module, x, y if x is not None else None, self._reduced("sum"), cfg, records=records)
-                return FitResult(state=self._state(module), num_examples=len(data), metrics=metrics)
-            optimizer = self._optimizer(params, cfg) if self._optimizer else make_optimizer(iter(params), cfg)
-            corrections = LocalCorrections(module, {**cfg, "proximal_mu": 0.0}, context)
-            named = {n: p for n, p in module.named_parameters() if p.requires_grad}
-            anchors = {n: torch.from_numpy(np.array(anchor[n], dtype=np.float32)) for n in named} if mu > 0 else {}
-            loss_fn = self._reduced("mean")
-            target = steps if steps > 0 else epochs * math.ceil(len(data) / batch_size)
-            total, seen, done = 0.0, 0, 0
-            order = getattr(data, "batch_order", None)
-            for idx in _index_batches(len(data), batch_size, rng, target, order):
-                index = torch.from_numpy(idx)
-                optimizer.zero_grad()
-                xb = x[index] if x is not None else self._inputs(data.read(idx), "training data")
-                if self._augment is not None:
-                    xb = self._augment(xb)
-                loss = loss_fn(module(xb), y[index])
-                objective = loss
-                if mu > 0:
-                    objective = objective + 0.5 * mu * sum(((p - anchors[n]) ** 2).sum() for n, p in named.items())
-                objective.backward()
-                corrections.correct_gradients()
-                optimizer.step()
-                total += float(loss.detach()) * len(idx)
-                seen += len(idx)
-                done += 1
+        generator = torch.Generator().manual_seed(int(rng.integers(0, 2**63 - 1)))
+        module = self._module(model)
+        _seed_dropout(module, generator)
+        module.train()
+        params = [p for _, p in module.named_parameters() if p.requires_grad]
+        streaming = not isinstance(data, ArrayDataset)
+        x = None if streaming else self._inputs(data.x, "training data")
+        y = self._targets(data.y)
+        if dp_requested(cfg):
+            bad = dp_incompatible_layers(module)
+            if bad:
+                raise ConfigError(f"task {self.name!r} cannot train with DP-SGD: " + "; ".join(bad))
+            records = None
+            if x is None:  # Poisson sampling reads the sampled records from the files
+                records = _Records(data, y, lambda a: self._inputs(a, "training data"))
+            metrics = fit_dpsgd(module, x, y if x is not None else None, self._reduced("sum"), cfg, records=records)
+            return FitResult(state=self._state(module), num_examples=len(data), metrics=metrics)
+        optimizer = self._optimizer(params, cfg) if self._optimizer else make_optimizer(iter(params), cfg)
+        corrections = LocalCorrections(module, {**cfg, "proximal_mu": 0.0}, context)
+        named = {n: p for n, p in module.named_parameters() if p.requires_grad}
+        anchors = {n: torch.from_numpy(np.array(anchor[n], dtype=np.float32)) for n in named} if mu > 0 else {}
+        loss_fn = self._reduced("mean")
+        target = steps if steps > 0 else epochs * math.ceil(len(data) / batch_size)
+        scheduler = (
+            torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=target) if schedule == "cosine" else None
+        )
+        augment = _with_generator(self._augment) if self._augment is not None else None
+        total, seen, done = 0.0, 0, 0
+        order = getattr(data, "batch_order", None)
+        for idx in _index_batches(len(data), batch_size, rng, target, order):
+            index = torch.from_numpy(idx)
+            optimizer.zero_grad()
+            xb = x[index] if x is not None else self._inputs(data.read(idx), "training data")
+            if augment is not None:
+                xb = augment(xb, generator)
+            loss = loss_fn(module(xb), y[index])
+            objective = loss
+            if mu > 0:
+                objective = objective + 0.5 * mu * sum(((p - anchors[n]) ** 2).sum() for n, p in named.items())
+            objective.backward()
+            corrections.correct_gradients()
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            total += float(loss.detach()) * len(idx)
+            seen += len(idx)
+            done += 1
         return FitResult(
             state=self._state(module),
             num_examples=len(data),
@@ -480,6 +527,55 @@ def _index_batches(
             done += 1
             if done >= steps:
                 return
+
+
+class _Dropout(torch.nn.Module):
+    """``torch.nn.Dropout`` (``channels=False``) or ``Dropout1d/2d/3d`` with masks drawn from ``generator``."""
+
+    def __init__(self, p: float, channels: bool, generator: torch.Generator) -> None:
+        super().__init__()
+        self.p, self.channels, self.generator = p, channels, generator
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        shape = (*x.shape[:2], *([1] * (x.dim() - 2))) if self.channels else x.shape
+        keep = torch.rand(shape, generator=self.generator) >= self.p
+        return x * keep / (1.0 - self.p)
+
+
+def _seed_dropout(module: torch.nn.Module, generator: torch.Generator) -> None:
+    """Swap each ``torch.nn.Dropout*`` submodule for one drawing its masks from ``generator``."""
+    kinds = {torch.nn.Dropout: False, torch.nn.Dropout1d: True, torch.nn.Dropout2d: True, torch.nn.Dropout3d: True}
+    for name, sub in list(module.named_modules()):
+        channels = kinds.get(type(sub))
+        if channels is None or not name:
+            continue
+        parent_name, _, child = name.rpartition(".")
+        parent = module.get_submodule(parent_name) if parent_name else module
+        setattr(parent, child, _Dropout(float(sub.p), channels, generator))  # type: ignore[arg-type]
+
+
+def _with_generator(
+    augment: Callable[..., torch.Tensor],
+) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor]:
+    """``augment(x, generator)``; a one-argument ``augment(x)`` runs on torch's global generator seeded from it."""
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    try:
+        kinds = [p.kind for p in inspect.signature(augment).parameters.values()]
+    except (TypeError, ValueError):
+        kinds = []
+    takes_generator = sum(k in positional for k in kinds) >= 2 or inspect.Parameter.VAR_POSITIONAL in kinds
+    if takes_generator:
+        return augment
+
+    def seeded(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        with _GLOBAL_RNG, torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return augment(x)
+
+    return seeded
 
 
 def _writable(a: npt.NDArray[Any]) -> npt.NDArray[Any]:

@@ -66,23 +66,25 @@ class ResNetSmall(torch.nn.Module):
         return self.head(self.dropout(h)).squeeze(-1)
 
 
-def shift_flip(x: torch.Tensor) -> torch.Tensor:
+def shift_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Random shift (up to 2 pixels, edge padding) and horizontal flip per image."""
     n = x.shape[0]
     padded = F.pad(x, (2, 2, 2, 2), mode="replicate")
-    dx, dy = torch.randint(0, 5, (2, n)).tolist()
+    dx, dy = torch.randint(0, 5, (2, n), generator=generator).tolist()
     out = torch.stack([padded[i, :, dy[i] : dy[i] + 28, dx[i] : dx[i] + 28] for i in range(n)])
-    flip = torch.rand(n) < 0.5
+    flip = torch.rand(n, generator=generator) < 0.5
     out[flip] = out[flip].flip(-1)
     return out
 
 
-def affine(x: torch.Tensor) -> torch.Tensor:
+def affine(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Random rotation (+-10 deg), scale (+-10 %) and shift (+-10 %) per image; no flip (anatomy is not symmetric)."""
     n = x.shape[0]
-    angle = (torch.rand(n) * 2 - 1) * math.radians(10)
-    scale = 1 + (torch.rand(n) * 2 - 1) * 0.1
-    tx, ty = (torch.rand(2, n) * 2 - 1) * 0.2  # grid coordinates span [-1, 1]: 0.2 is 10 % of the side
+    angle = (torch.rand(n, generator=generator) * 2 - 1) * math.radians(10)
+    scale = 1 + (torch.rand(n, generator=generator) * 2 - 1) * 0.1
+    tx, ty = (
+        torch.rand(2, n, generator=generator) * 2 - 1
+    ) * 0.2  # grid coordinates span [-1, 1]: 0.2 is 10 % of the side
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
