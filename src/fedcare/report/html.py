@@ -118,6 +118,53 @@ def _reference_table(summary: Mapping[str, Any]) -> str:
     )
 
 
+def _comparison_table(summary: Mapping[str, Any]) -> str:
+    """The experiment beside the reference runs (``fedcare report --compare``): per run, then per task over seeds."""
+    comp = summary.get("comparison")
+    if not comp or not comp.get("rows"):
+        return ""
+    rows = comp["rows"]
+    metrics = [m for m in ("accuracy", "auc", "c_index") if any(m in r for r in rows)]
+    head = "".join(f"<th>pooled test {m}</th>" for m in metrics)
+    body = []
+    for r in rows:
+        mine = r["experiment"] == comp["this"]
+        cells = "".join(f"<td>{_fmt(r.get(m))}</td>" for m in metrics)
+        body.append(
+            f"<tr{' class=sum' if mine else ''}><td>{html.escape(r['experiment'])}{' (this report)' if mine else ''}"
+            f"</td><td>{html.escape(r['task'])}</td><td>{html.escape(r['task_hash'][:12])}</td>"
+            f"<td>{html.escape(r['setting'])}</td><td>{r['seed']}</td><td>{r['rounds']}</td>{cells}</tr>"
+        )
+    groups = []
+    for g in comp["by_task"]:
+        cells = "".join(f"<td>{g[m]['mean']:.3f} ± {g[m]['std']:.3f}</td>" if m in g else "<td>—</td>" for m in metrics)
+        groups.append(
+            f"<tr><td>{html.escape(g['task'])}</td><td>{html.escape(g['task_hash'][:12])}</td>"
+            f"<td>{html.escape(g['setting'])}</td><td>{g['runs']}</td>"
+            f"<td>{html.escape(', '.join(map(str, g['seeds'])))}</td>{cells}</tr>"
+        )
+    mixed = (
+        f"<p class='note'><b>The runs are on different data sets ({html.escape(', '.join(comp['datasets']))}): "
+        "their numbers are not comparable.</b></p>"
+        if len(comp["datasets"]) > 1
+        else ""
+    )
+    return (
+        "<h2 id='compare'>Compared with other runs</h2>"
+        "<p class='note'>Federated settings of this experiment and of the runs named with <code>--compare</code>, "
+        "from the same store: the final global model on the pooled test set (the union of the sites' test sets). "
+        "Then, per task and setting, the mean ± standard deviation over the runs (seeds).</p>"
+        + mixed
+        + "<div class='scroll'><table><tr><th>experiment</th><th>task</th><th>task hash</th><th>setting</th>"
+        f"<th>seed</th><th>rounds</th>{head}</tr>" + "".join(body) + "</table></div>"
+        "<div class='scroll'><table><tr><th>task</th><th>task hash</th><th>setting</th><th>runs</th><th>seeds</th>"
+        + "".join(f"<th>{m} mean ± sd</th>" for m in metrics)
+        + "</tr>"
+        + "".join(groups)
+        + "</table></div>"
+    )
+
+
 def _privacy_table(summary: Mapping[str, Any]) -> str:
     privacy = summary.get("privacy")
     if not privacy:
@@ -267,6 +314,7 @@ Task {html.escape(summary["task"]["name"])} (hash {html.escape(summary["task"]["
 <h2>Test metrics per site and setting</h2>
 {_uncertainty_note(summary)}
 {tables}
+{_comparison_table(summary)}
 {forest_part}
 <h2 id="settings">Each setting at each site</h2>
 <div class="figs">{"".join(dots)}</div>
