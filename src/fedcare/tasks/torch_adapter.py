@@ -43,8 +43,9 @@ Fit config keys: ``optimizer`` ("adam" | "sgd", default "adam"), ``lr`` (0.001),
 ``momentum``, ``weight_decay``, ``batch_size`` (64), ``local_epochs`` (1) or
 ``local_steps``, ``lr_schedule`` ("constant" | "cosine": decay to 0 within the fit call),
 ``proximal_mu`` (0), and the keys fedcare itself adds (the instruction's ``task``,
-``task_hash``, ``seed`` and ``study*``; ``dp.*``, ``secagg.*``, ``ckks.*``, ``compression*``,
-``ditto_*``). Any other key is refused, naming it and the accepted ones.
+``task_hash``, ``seed``, ``study*`` and ``p2p``; ``compression*``, ``ditto_*`` and every
+namespaced ``family.key`` such as ``dp.*``, ``secagg.*``). Any other key is refused,
+naming it and the accepted ones.
 
 Randomness comes from the numpy generator passed in, through a ``torch.Generator``
 seeded from it: batch order, augmentation (``augment(x, generator)``) and the masks of
@@ -102,9 +103,10 @@ FIT_CONFIG_KEYS = frozenset(
         "proximal_mu",
     }
 )
-#: Keys fedcare adds to a fit instruction (its stamp, the study's, DP, SecAgg+/CKKS, compression, Ditto).
-_STAMP_KEYS = frozenset({"task", "task_hash", "seed", "study", "study_hash", "study_spec"})
-_SET_BY_FEDCARE = ("dp.", "compression", "ditto_", "secagg.", "ckks.")
+#: Keys fedcare adds to a fit instruction: its stamp, the study's, the peer-to-peer flag, compression,
+#: Ditto; and every namespaced ``family.key`` (``dp.``, ``secagg.``, ``ckks.``, ``p2p.``).
+_STAMP_KEYS = frozenset({"task", "task_hash", "seed", "study", "study_hash", "study_spec", "p2p"})
+_SET_BY_FEDCARE = ("compression", "ditto_")
 #: Held while a model factory runs on torch's seeded global generator (threads would interleave draws).
 _GLOBAL_RNG = threading.Lock()
 _DP_REPLACEMENTS = {
@@ -437,7 +439,9 @@ class TorchTask:
             raise DataError("cannot fit on an empty training set")
         self._threads()
         unknown = sorted(
-            k for k in config if k not in FIT_CONFIG_KEYS | _STAMP_KEYS | {mu_key} and not k.startswith(_SET_BY_FEDCARE)
+            k
+            for k in config
+            if k not in FIT_CONFIG_KEYS | _STAMP_KEYS | {mu_key} and "." not in k and not k.startswith(_SET_BY_FEDCARE)
         )
         if unknown:
             accepted = ", ".join(sorted(FIT_CONFIG_KEYS))
