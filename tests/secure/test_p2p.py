@@ -198,3 +198,29 @@ def test_study_file_selects_peer_to_peer_and_the_report_and_card_name_it(tmp_pat
     path = tmp_path / "a.toml"
     path.write_text('[site]\nid = "a"\n[data]\nkind = "csv"\npath = "a.csv"\n[policy]\nrequire_peer_to_peer = true\n')
     assert load_site(path).policy.require_peer_to_peer
+
+
+def test_a_site_refuses_a_relay_that_alters_its_masked_update_or_a_sealed_box():
+    nodes = _nodes(n=3)
+
+    def altered(message, handle):
+        if _stage(message) == "p2p.aggregate":
+            arrays = {k: dict(v) for k, v in message.payload.arrays.items()}
+            if message.site == "site-00":
+                arrays["p2p.masked"]["site-00"] = arrays["p2p.masked"]["site-00"] + np.uint32(1)
+            else:
+                box = arrays["p2p.bundle"]["site-00"].copy()
+                box[-1] ^= 1
+                arrays["p2p.bundle"]["site-00"] = box
+            message = replace(message, payload=replace(message.payload, arrays=arrays))
+            errors[message.site] = handle(message).error
+            return message.reply(error=errors[message.site])
+        return handle(message)
+
+    errors: dict = {}
+    for node in nodes.values():
+        _intercept(node, altered)
+    with pytest.raises(NotEnoughSitesError, match="no site reported"):
+        _run(PeerToPeerFit(), n=3, nodes=nodes, rounds=1)
+    assert "its own masked update is missing from the relayed ones or altered" in errors["site-00"]
+    assert all("failed authentication" in errors[s] for s in ("site-01", "site-02"))

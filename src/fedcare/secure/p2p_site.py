@@ -20,7 +20,6 @@ which then runs two more stages:
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -30,7 +29,7 @@ import numpy as np
 from fedcare.secure.encoding import FixedPointCodec
 from fedcare.secure.errors import SecAggError
 from fedcare.secure.handler import SecAggSiteHandler, SiteFit
-from fedcare.secure.keys import decrypt_share, encrypt_share, mask_key_from_seed, pairwise_seed, public_bytes
+from fedcare.secure.keys import decrypt_share, encrypt_share
 from fedcare.secure.p2p_wire import (
     AGGREGATE,
     DIGEST_KEY,
@@ -45,10 +44,9 @@ from fedcare.secure.p2p_wire import (
     encode_bundle,
     model_digest,
 )
-from fedcare.secure.prg import MaskExpander
-from fedcare.secure.shamir import combine_secret
-from fedcare.secure.site import SecAggSite, holders_of, mask_sign
+from fedcare.secure.site import SecAggSite, holders_of
 from fedcare.secure.stages import STAGE_KEY, Stage, UnmaskIns, UnmaskRes
+from fedcare.secure.unmask import remove_masks
 from fedcare.types import ConfigValue, Message, ModelState, Payload, RunId, SiteId, SiteUpdate
 
 __all__ = ["PeerToPeerSiteHandler"]
@@ -232,23 +230,24 @@ class PeerToPeerSiteHandler(SecAggSiteHandler):
                 stage=UNMASK,
             )
             collect(sender, *decode_bundle(plain, f"{where}, box from {sender}"))
-        t = p.threshold
         total = np.zeros(p.vector_size + 1, dtype=codec.dtype)
         for u in ins.survivors:
             np.add(total, ins.masked[u], out=total)
-        prg = MaskExpander(total.size, codec.dtype)
-        for u in ins.survivors:
-            b = _combine(b_shares.get(u, []), t, f"{u}'s self-mask seed", self.site_id)
-            if hashlib.sha256(b).digest() != ins.commitments[u]:
-                raise SecAggError(f"{self.site_id}: reconstructed self-mask seed of {u} does not match its commitment")
-            prg.apply(total, b, -1)
-        for d in ins.dropped:
-            seed = _combine(sk_shares.get(d, []), t, f"dropped {d}'s mask key", self.site_id)
-            mask_key = mask_key_from_seed(seed)
-            if public_bytes(mask_key) != session.peer_mask_key(d):
-                raise SecAggError(f"{self.site_id}: reconstructed mask key of {d} does not match its public key")
-            for u in ins.survivors:
-                prg.apply(total, pairwise_seed(mask_key, session.peer_mask_key(u), session.session), -mask_sign(u, d))
+        try:
+            remove_masks(
+                total,
+                survivors=ins.survivors,
+                dropped=ins.dropped,
+                peers_of=lambda d: ins.survivors,  # complete graph: every survivor masked with every dropped site
+                b_shares=b_shares,
+                sk_shares=sk_shares,
+                commitments=ins.commitments,
+                pk_mask=session.peer_mask_key,
+                session=session.session,
+                threshold=p.threshold,
+            )
+        except SecAggError as exc:
+            raise SecAggError(f"{self.site_id}: {exc}: the sum cannot be unmasked") from None
         weighted_sum, weight = codec.decode_sum(total)
         new: ModelState = {}
         offset = 0
@@ -267,11 +266,3 @@ class PeerToPeerSiteHandler(SecAggSiteHandler):
         arrays: dict[str, ModelState] = {"model": new} if ins.release else {}
         config: dict[str, ConfigValue] = {STAGE_KEY: AGGREGATE, FLAG: True, DIGEST_KEY: digest, WEIGHT_KEY: weight}
         return Payload(arrays=arrays, config=config)
-
-
-def _combine(shares: list[tuple[int, bytes]], threshold: int, what: str, site: SiteId) -> bytes:
-    if len(shares) < threshold:
-        raise SecAggError(
-            f"{site}: {len(shares)} share(s) of {what}, threshold {threshold}: the sum cannot be unmasked"
-        )
-    return combine_secret(shares, threshold)

@@ -18,7 +18,6 @@ authenticated and bound to run, round, session, stage, sender and receiver.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,10 +28,8 @@ import numpy.typing as npt
 from fedcare.secure.encoding import FixedPointCodec
 from fedcare.secure.errors import SecAggAbort, SecAggError
 from fedcare.secure.graph import harary_graph
-from fedcare.secure.keys import mask_key_from_seed, pairwise_seed, public_bytes, random_bytes
-from fedcare.secure.prg import MaskExpander
-from fedcare.secure.shamir import combine_secret
-from fedcare.secure.site import holders_of, mask_sign
+from fedcare.secure.keys import random_bytes
+from fedcare.secure.site import holders_of
 from fedcare.secure.stages import (
     AdvertiseKeysIns,
     AdvertiseKeysRes,
@@ -46,6 +43,7 @@ from fedcare.secure.stages import (
     UnmaskIns,
     UnmaskRes,
 )
+from fedcare.secure.unmask import remove_masks
 from fedcare.types import SiteId
 
 __all__ = ["SecAggResult", "SecAggServer"]
@@ -353,35 +351,25 @@ class SecAggServer:
         answering = set(self._answered)
         survivors = sorted(self._alive)
         self._check_reconstructible(answering)
-        prg = MaskExpander(self.vector_size + 1, self.codec.dtype)
         total = self._acc
-        for u in survivors:
-            b = self._combine(self._b_shares.get(u, []), f"{u}'s self-mask seed")
-            if hashlib.sha256(b).digest() != self._commit[u]:
-                self._abort(f"reconstructed self-mask seed of {u} does not match its commitment (bad shares)")
-            prg.apply(total, b, -1)
-        for d in sorted(self._mask_group - self._alive):
-            peers = [u for u in self.graph[d] if u in self._alive]
-            if not peers:
-                continue
-            seed = self._combine(self._sk_shares.get(d, []), f"dropped {d}'s mask key")
-            key = mask_key_from_seed(seed)
-            if public_bytes(key) != self._pk_mask[d]:
-                self._abort(f"reconstructed mask key of {d} does not match its public key (bad shares)")
-            for u in peers:
-                prg.apply(total, pairwise_seed(key, self._pk_mask[u], self.session), -mask_sign(u, d))
+        try:
+            remove_masks(
+                total,
+                survivors=survivors,
+                dropped=sorted(self._mask_group - self._alive),
+                peers_of=lambda d: self.graph[d],
+                b_shares=self._b_shares,
+                sk_shares=self._sk_shares,
+                commitments=self._commit,
+                pk_mask=self._pk_mask.__getitem__,
+                session=self.session,
+                threshold=self.threshold,
+            )
+        except SecAggError as exc:
+            self._abort(str(exc))
         weighted_sum, weight = self.codec.decode_sum(total)
         self._done = True
         self._acc = np.zeros(0, dtype=self.codec.dtype)
         return SecAggResult(
             weighted_sum=weighted_sum, total_weight=weight, survivors=tuple(survivors), dropped=dict(self.dropped)
         )
-
-    def _combine(self, shares: list[tuple[int, bytes]], what: str) -> bytes:
-        if len(shares) < self.threshold:
-            self._abort(f"{len(shares)} share(s) of {what}, threshold {self.threshold}")
-        try:
-            return combine_secret(shares, self.threshold)
-        except SecAggError as exc:
-            self._abort(f"{what}: {exc}")
-            raise  # unreachable: _abort raises
