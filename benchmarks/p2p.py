@@ -9,7 +9,9 @@ so a round is pure protocol cost), R rounds of FedAvg over in-process sites for 
 - ``secagg+``: SecAggPlusWorkflow, default graph (complete up to 4 sites, degree
   ``2 ceil(log2 N)`` above), threshold 1/2, 16-bit fixed point: the coordinator unmasks the sum;
 - ``p2p``: PeerToPeerFit (complete graph, threshold 1/2, same codec): every site unmasks and
-  averages itself; the coordinator relays every masked vector to every site.
+  averages itself; the coordinator relays every masked vector to every site;
+- ``p2p-sum``: the same with ``relay = "sum"``: the coordinator adds the masked vectors it
+  cannot read and relays their sum (one vector down per site).
 
 Per configuration: bytes a site sends (``up``) and receives (``down``) per round (array bytes
 + config, as the in-process channel passes them; the same count as benchmarks/secagg.py;
@@ -44,7 +46,7 @@ from fedcare.transport import InProcessChannel  # noqa: E402
 from fedcare.types import Message, RunId, SiteId  # noqa: E402
 from secagg import Workload1Task, _payload_bytes, _sites  # noqa: E402  (the same workload and byte count)
 
-MODES = ("fedavg", "secagg+", "p2p")
+MODES = ("fedavg", "secagg+", "p2p", "p2p-sum")
 
 
 def run_mode(n: int, p: int, rounds: int, mode: str) -> dict[str, float]:
@@ -71,6 +73,7 @@ def run_mode(n: int, p: int, rounds: int, mode: str) -> dict[str, float]:
         "fedavg": None,
         "secagg+": SecAggPlusWorkflow(codec=codec),
         "p2p": PeerToPeerFit(codec=codec),
+        "p2p-sum": PeerToPeerFit(codec=codec, relay="sum"),
     }[mode]
     coordinator = Coordinator(
         channel=channel,

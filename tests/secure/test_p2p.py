@@ -190,6 +190,11 @@ def test_study_file_selects_peer_to_peer_and_the_report_and_card_name_it(tmp_pat
     plan = build_run(study, build_task(study, n_features=14))
     assert isinstance(plan.fit_workflow, PeerToPeerFit) and plan.fit_workflow.codec.clip_range == 2.0
     assert protection_of(plan) == "p2p-secagg+" == plan.describe()["protection"]
+    assert plan.fit_workflow.relay == "all"
+    summed = parse_study({**raw, "secure_aggregation": {"mode": "p2p", "relay": "sum"}}, where="t")
+    assert build_run(summed, plan.task).fit_workflow.relay == "sum"
+    with pytest.raises(ConfigError, match="relay applies only to mode = 'p2p'"):
+        build_run(parse_study({**raw, "secure_aggregation": {"relay": "sum"}}, where="t"), plan.task)
     sampled = {**raw, "federation": {**raw.get("federation", {}), "fraction_fit": 0.5}}
     with pytest.raises(ConfigError, match="fraction_fit = 1.0"):
         build_run(parse_study({**sampled, "secure_aggregation": {"mode": "p2p"}}, where="t"), plan.task)
@@ -224,3 +229,24 @@ def test_a_site_refuses_a_relay_that_alters_its_masked_update_or_a_sealed_box():
         _run(PeerToPeerFit(), n=3, nodes=nodes, rounds=1)
     assert "its own masked update is missing from the relayed ones or altered" in errors["site-00"]
     assert all("failed authentication" in errors[s] for s in ("site-01", "site-02"))
+
+
+def test_a_relay_that_sends_the_sum_of_the_masked_vectors_gives_the_same_model_with_one_vector_down():
+    def drop(message, handle):  # site-03 drops after sharing in round 2: its masks must still cancel
+        if message.round_no == 2 and _stage(message) == "masked_input":
+            return message.reply(error="gone")
+        return handle(message)
+
+    results, vectors = {}, {}
+    for relay in ("all", "sum"):
+        nodes = _nodes()
+        _intercept(nodes[SiteId("site-03")], drop)
+        seen: list = []
+        for node in nodes.values():
+            _intercept(node, lambda m, h, seen=seen: (seen.append(m), h(m))[1])
+        results[relay] = _run(PeerToPeerFit(relay=relay), nodes=nodes)
+        vectors[relay] = {len(m.payload.arrays["p2p.masked"]) for m in seen if _stage(m) == "p2p.aggregate"}
+    np.testing.assert_array_equal(results["sum"].state.model["w"], results["all"].state.model["w"])
+    assert vectors == {"all": {4, 3}, "sum": {1}}
+    with pytest.raises(ConfigError, match="relay must be"):
+        PeerToPeerFit(relay="gossip")

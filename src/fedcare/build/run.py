@@ -182,6 +182,8 @@ def build_run(
     strategy = private.strategy if private is not None else strategy_for(fit_config)
     workflow: FitWorkflow | None = None
     sa = study.secure_aggregation
+    if sa.relay is not None and not sa.is_p2p:
+        raise ConfigError(f"{study.where}: secure_aggregation.relay applies only to mode = 'p2p'")
     if sa.enabled:
         if settings is not None and settings.level in ("client", "client-distributed"):
             raise ConfigError(
@@ -197,6 +199,7 @@ def build_run(
             workflow = PeerToPeerFit(
                 codec=FixedPointCodec(clip_range=sa.clip, bits=sa.bits),
                 threshold=sa.threshold,
+                relay=sa.relay or "all",
                 seed=study.seed if sa.seeded else None,
             )
         elif sa.is_ckks:

@@ -42,6 +42,7 @@ from fedcare.secure.p2p_wire import (
     EVALUATE_KEY,
     EXPECTED_KEY,
     FLAG,
+    SUM,
     UNMASK,
     WEIGHT_KEY,
     AggregateIns,
@@ -79,6 +80,10 @@ class PeerToPeerFit:
         Encoding of each site's update (trained minus its copy of the model).
     threshold : int or float (default: 0.5)
         Shares to reconstruct a secret: an int, or a fraction of the ``n`` sites (rounded up, >= 2).
+    relay : str (default: "all")
+        ``"all"``: every site receives every survivor's masked vector (N vectors down; it checks
+        that its own is among them); ``"sum"``: the coordinator adds the masked vectors it
+        cannot read and relays one sum (one vector down; the site cannot check its own is in it).
     release_final : bool (default: True)
         In the last round one site returns the agreed model to the coordinator (report, card).
     seed : int or None (default: None)
@@ -87,6 +92,7 @@ class PeerToPeerFit:
 
     codec: FixedPointCodec = field(default_factory=FixedPointCodec)
     threshold: int | float = 0.5
+    relay: str = "all"
     release_final: bool = True
     seed: int | None = None
 
@@ -98,6 +104,8 @@ class PeerToPeerFit:
         t = self.threshold
         if isinstance(t, bool) or not (isinstance(t, int) and t >= 1 or isinstance(t, float) and 0 < t <= 1):
             raise ConfigError(f"PeerToPeerFit.threshold must be an int >= 1 or a fraction in (0, 1], got {t}")
+        if self.relay not in ("all", "sum"):
+            raise ConfigError(f"PeerToPeerFit.relay must be 'all' or 'sum', got {self.relay!r}")
         self.agreed: str | None = None
         self.in_sync: set[SiteId] = set()
         self.digests: dict[int, dict[SiteId, str]] = {}
@@ -287,12 +295,19 @@ class PeerToPeerFit:
         last = isinstance(total_rounds, int) and ctx.round_no >= total_rounds and self.release_final
         aggregators = sorted(boxes)
         releaser = aggregators[0] if last else None
+        vectors: dict[str, Any] = {u: masked[u] for u in survivors}
+        if self.relay == "sum":  # ring addition of masked vectors: the coordinator still reads nothing
+            total = np.zeros_like(masked[survivors[0]])
+            for u in survivors:
+                np.add(total, masked[u], out=total)
+            vectors = {SUM: total}
         payloads = {
             s: AggregateIns(
                 session=session,
                 survivors=tuple(survivors),
                 dropped=tuple(dropped),
-                masked={u: masked[u] for u in survivors},
+                masked=vectors,
+                summed=self.relay == "sum",
                 boxes={v: boxes[v][s] for v in aggregators if v != s},
                 commitments={u: commitments[u] for u in survivors},
                 release=s == releaser,

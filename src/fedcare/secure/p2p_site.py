@@ -11,11 +11,12 @@ which then runs two more stages:
   other survivor with the AES-GCM key they agreed in stage 2; the coordinator relays
   boxes it cannot open.
 * ``p2p.aggregate``: the site checks that its own masked vector is among the relayed
-  ones, opens the boxes addressed to it, reconstructs every secret from ``t`` shares
-  (checking self-mask seeds against their commitments and mask keys against their public
-  keys), removes the masks, decodes ``sum_k w_k delta_k`` and ``sum_k w_k``, and replaces
-  its copy with ``global + sum / W`` (FedAvg's arithmetic, in the same order as the
-  coordinator's fold). It returns the sha256 of the new model.
+  ones (unless the relay sent their sum, ``relay = "sum"``), opens the boxes addressed
+  to it, reconstructs every secret from ``t`` shares (checking self-mask seeds against
+  their commitments and mask keys against their public keys), removes the masks, decodes
+  ``sum_k w_k delta_k`` and ``sum_k w_k``, and replaces its copy with ``global + sum / W``
+  (FedAvg's arithmetic, in the same order as the coordinator's fold). It returns the
+  sha256 of the new model.
 """
 
 from __future__ import annotations
@@ -200,7 +201,7 @@ class PeerToPeerSiteHandler(SecAggSiteHandler):
         if own is None or model is None or ins.session != session.session:
             raise SecAggError(f"{self.site_id}: aggregate before this site's unmask stage (or another session)")
         mine = state.get("masked")
-        if mine is None or self.site_id not in ins.masked or not np.array_equal(ins.masked[self.site_id], mine):
+        if mine is None or not ins.summed and not np.array_equal(ins.masked.get(self.site_id, ()), mine):
             raise SecAggError(f"{self.site_id}: its own masked update is missing from the relayed ones or altered")
         holders = holders_of(self.site_id, p.neighbours)  # complete graph: every site holds every secret
         index = {h: i + 1 for i, h in enumerate(holders)}
@@ -231,8 +232,8 @@ class PeerToPeerSiteHandler(SecAggSiteHandler):
             )
             collect(sender, *decode_bundle(plain, f"{where}, box from {sender}"))
         total = np.zeros(p.vector_size + 1, dtype=codec.dtype)
-        for u in ins.survivors:
-            np.add(total, ins.masked[u], out=total)
+        for vector in ins.masked.values():  # every survivor's, or the one sum the relay made of them
+            np.add(total, vector, out=total)
         try:
             remove_masks(
                 total,

@@ -35,7 +35,9 @@ __all__ = [
     "EXPECTED_KEY",
     "FLAG",
     "MODEL_RECORD",
+    "RELAY_KEY",
     "RELEASE_KEY",
+    "SUM",
     "UNMASK",
     "WEIGHT_KEY",
     "AggregateIns",
@@ -56,6 +58,9 @@ DIGEST_KEY = "p2p.digest"
 WEIGHT_KEY = "p2p.total_weight"
 #: ``p2p.aggregate``: the site is asked to return its new model (end of the run).
 RELEASE_KEY = "p2p.release"
+#: ``p2p.aggregate``: ``"all"`` masked vectors relayed, or their ``"sum"`` (one vector, key :data:`SUM`).
+RELAY_KEY = "p2p.relay"
+SUM = "sum"
 #: Per-recipient encrypted share boxes (arrays record).
 BUNDLE = "p2p.bundle"
 #: Where a site keeps its copy of the run's model (its per-run memory).
@@ -139,10 +144,11 @@ class AggregateIns:
     session: bytes
     survivors: tuple[SiteId, ...]
     dropped: tuple[SiteId, ...]
-    masked: Mapping[SiteId, npt.NDArray[Any]]
+    masked: Mapping[str, npt.NDArray[Any]]  # by survivor, or one entry SUM
     boxes: Mapping[SiteId, bytes]
     commitments: Mapping[SiteId, bytes]
     release: bool = False
+    summed: bool = False  # ``masked`` holds one entry, :data:`SUM`: the relay added the survivors' vectors
 
     def to_payload(self) -> Payload:
         """Encode for the wire."""
@@ -158,6 +164,7 @@ class AggregateIns:
             "p2p.survivors": json.dumps(list(self.survivors)),
             "p2p.dropped": json.dumps(list(self.dropped)),
             RELEASE_KEY: self.release,
+            RELAY_KEY: "sum" if self.summed else "all",
         }
         return Payload(arrays=arrays, config=config)
 
@@ -177,7 +184,10 @@ class AggregateIns:
         for k, v in masked.items():
             if not isinstance(v, np.ndarray) or v.dtype != np.dtype(dtype) or v.shape != (size,):
                 raise SecAggError(f"{where}: masked input of {k} must be {np.dtype(dtype).name}[{size}]")
-        if set(masked) != set(survivors):
+        relay = c.get(RELAY_KEY, "all")
+        if relay not in ("all", "sum"):
+            raise SecAggError(f"{where}: {RELAY_KEY} must be 'all' or 'sum', got {relay!r}")
+        if set(masked) != ({SUM} if relay == "sum" else set(survivors)):
             raise SecAggError(f"{where}: masked inputs of {sorted(masked)} do not match the survivors {survivors}")
         commits = {
             SiteId(k): _blob(v, f"{where}, commitment of {k}") for k, v in payload.arrays.get("p2p.commit", {}).items()
@@ -192,8 +202,9 @@ class AggregateIns:
             session=session,
             survivors=survivors,
             dropped=dropped,
-            masked={SiteId(k): v for k, v in masked.items()},
+            masked={str(k): v for k, v in masked.items()},
             boxes=boxes,
             commitments=commits,
             release=release,
+            summed=relay == "sum",
         )

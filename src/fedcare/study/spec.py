@@ -127,10 +127,13 @@ _SECAGG = {
     "first_mod_bits",
     "encrypt",
     "verify_sum",
+    "relay",
 }
 #: ``[secure_aggregation] mode``: SecAgg+ masking, threshold CKKS encryption (docs/he.md), or
 #: serverless peer-to-peer rounds with SecAgg+ masks and a relay-only coordinator (docs/p2p.md).
 SECAGG_MODES = ("secagg+", "ckks", "p2p")
+#: ``[secure_aggregation] relay`` of peer-to-peer rounds: every masked vector to every site, or their sum.
+P2P_RELAYS = ("all", "sum")
 _PERSONAL = {"method", "ditto_lambda", "ditto_epochs", "local_epochs", "lr", "optimizer", "batch_size"}
 _EVALUATION = {"metrics", "subgroups", "calibration"}
 _COMPRESSION = {"codec", "fraction", "error_feedback"}
@@ -234,7 +237,8 @@ class SecureAggregationSpec:
     ``first_mod_bits`` then set its parameters, ``encrypt`` lists the model entries to
     encrypt when not all are — the others travel in clear, ``verify_sum`` has every site add
     the ciphertexts itself before decrypting; ``"p2p"`` runs serverless rounds in which
-    every site unmasks the sum and averages itself; ``neighbours``, ``threshold``,
+    every site unmasks the sum and averages itself (``relay = "sum"``: the coordinator adds the
+    masked vectors it relays); ``neighbours``, ``threshold``,
     ``clip``, ``bits`` and ``seeded`` are SecAgg+'s).
     """
 
@@ -249,6 +253,7 @@ class SecureAggregationSpec:
     first_mod_bits: int | None = None
     encrypt: tuple[str, ...] | None = None
     verify_sum: bool | None = None
+    relay: str | None = None
 
     @property
     def is_ckks(self) -> bool:
@@ -602,6 +607,7 @@ def _secagg(c: Checker, s: Mapping[str, Any]) -> SecureAggregationSpec:
         else None,
         encrypt=c.names(s, "encrypt", "secure_aggregation.encrypt"),
         verify_sum=c.boolean(s, "verify_sum", "secure_aggregation.verify_sum", False) if "verify_sum" in s else None,
+        relay=c.choice(s, "relay", "secure_aggregation.relay", "all", P2P_RELAYS) if "relay" in s else None,
     )
 
 
