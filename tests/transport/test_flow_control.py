@@ -33,15 +33,26 @@ pytestmark = pytest.mark.grpc
 
 
 class HandSite:
-    """A certified site that answers each instruction as told: "ok", "stall" or "oversized"."""
+    """A certified site that answers each instruction as told.
 
-    def __init__(self, d: Deployment, site: str, version: str, behaviours: list[str]) -> None:
+    Behaviours: "ok", "stall" (the turn, then silence), "oversized" (a header declaring
+    1 TiB), "bad_digest" (the last digest it declares is wrong), "truncate" (the stream
+    closes before the last chunk). Replies have ``reply_floats`` float32 values; sites
+    of 1.3 hash large ones while they stream and declare the digest at the end.
+    """
+
+    def __init__(self, d: Deployment, site: str, version: str, behaviours: list[str], *, reply_floats: int = 8) -> None:
         self.site, self.version, self.behaviours = site, version, list(behaviours)
+        self.reply_floats = reply_floats
         self.received: list[str] = []  # kinds of the frames the server sent, in order
+        self.headers: list[pb.MessageHeader] = []
+        self.ends: list[pb.MessageEnd] = []
         self.proceeds: list[pb.Proceed] = []
         self._go: queue.SimpleQueue[pb.Proceed] = queue.SimpleQueue()
         self.out: queue.SimpleQueue[pb.SiteFrame | bytes | None] = queue.SimpleQueue()
-        self.channel = grpc.secure_channel(d.address, client_credentials(d.pki.files(site)))
+        self.channel = grpc.secure_channel(
+            d.address, client_credentials(d.pki.files(site)), options=[("grpc.max_receive_message_length", 1 << 26)]
+        )
         self.out.put(pb.SiteFrame(hello=pb.Hello(protocol_version=version, site=site)))
         self.out.put(pb.SiteFrame(join=pb.Join(study="study")))
         self.call = connect_stub(self.channel)(iter(self.out.get, None))
@@ -55,10 +66,14 @@ class HandSite:
                 if kind == "proceed":
                     self.proceeds.append(frame.proceed)
                     self._go.put(frame.proceed)
-                elif kind == "header" and frame.header.records and self.behaviours:
-                    header = frame.header
-                    how = self.behaviours.pop(0)
-                    threading.Thread(target=self._reply, args=(header, how), daemon=True).start()
+                elif kind == "header":
+                    self.headers.append(frame.header)
+                elif kind == "end":
+                    self.ends.append(frame.end)
+                    header = self.headers[-1]
+                    if header.records and self.behaviours:
+                        how = self.behaviours.pop(0)
+                        threading.Thread(target=self._reply, args=(header, how), daemon=True).start()
         except grpc.RpcError:
             pass
 
@@ -68,11 +83,12 @@ class HandSite:
             run_id=RunId(instr.run_id),
             round_no=instr.round_no,
             site=SiteId(self.site),
-            payload=Payload(arrays={"model": {"w": np.linspace(-1, 1, 8, dtype=np.float32)}}),
+            payload=Payload(arrays={"model": {"w": np.linspace(-1, 1, self.reply_floats, dtype=np.float32)}}),
             reply_to=instr.message_id,
         )
         reply.payload.metrics["num_examples"] = 1.0
-        frames: Iterator[pb.SiteFrame | bytes] = encode_message(reply).frames(pb.SiteFrame, 16)
+        encoded = encode_message(reply, digest_now=self.version < "1.3")
+        frames: Iterator[pb.SiteFrame | bytes] = encoded.frames(pb.SiteFrame, 16 if self.reply_floats < 64 else 1 << 20)
         header = next(frames)
         if how == "oversized":
             header.header.records[0].size_bytes = 1 << 40
@@ -82,8 +98,15 @@ class HandSite:
             assert go.message_id == reply.message_id
             if go.refusal or how == "stall":
                 return  # refused: send nothing more; stalled: hold the turn and go silent
-        for frame in frames:
+        rest = list(frames)
+        if how == "bad_digest":  # needs a large reply at 1.3: its digest is declared at the end
+            rest[-1].end.blake3[-1] = "0" * 64
+        if how == "truncate":
+            rest = rest[:-2]  # neither the last chunk nor the end
+        for frame in rest:
             self.out.put(frame)
+        if how == "truncate":
+            self.out.put(None)  # the site's side of the stream ends here
 
     def close(self) -> None:
         self.out.put(None)

@@ -145,3 +145,61 @@ def test_a_peer_that_declares_no_digest_gets_the_receivers_own_in_the_audit():
     frames[0].header.records[0].blake3 = ""
     _, header = _received(frames)
     assert header.records[0].blake3 == declared == blake3.blake3(encode_state({"w": w})).hexdigest()
+
+
+def _large(floats: int = 1_200_000) -> Message:
+    """A message whose record (4.8 MB) is large enough to be hashed while it streams (protocol 1.3)."""
+    w = np.linspace(-1, 1, floats, dtype=np.float32)
+    return Message(MessageKind.FIT, RunId("r"), 1, SiteId("s"), Payload(arrays={"model": {"w": w}}))
+
+
+def test_a_record_hashed_while_it_streams_declares_its_digest_in_the_end_frame():
+    message = _large()
+    events: list[str] = []
+    encoded = encode_message(message, digest_now=False)
+    encoded.on_end = lambda sent: events.append(sent.header.records[0].blake3) or "3:" + "a" * 64
+    frames = []
+    for frame in encoded.frames(pb.ServerFrame, 1 << 20):
+        assert not events or frame.WhichOneof("frame") == "end"  # the audit hook runs after the last chunk
+        frames.append(frame)
+    blob = encode_state({"w": message.payload.arrays["model"]["w"]})
+    digest = blake3.blake3(blob).hexdigest()
+    assert frames[0].header.records[0].blake3 == ""  # nothing was hashed before the first byte
+    assert list(frames[-1].end.blake3) == [digest] and events == [digest]
+    assert frames[-1].end.audit_head == "3:" + "a" * 64
+    got, header = _received(frames)
+    np.testing.assert_array_equal(got.payload.arrays["model"]["w"], message.payload.arrays["model"]["w"])
+    assert header.records[0].blake3 == digest and header.audit_head == "3:" + "a" * 64
+
+
+def test_a_digest_declared_at_the_end_is_checked_like_one_in_the_header():
+    message = _large()
+    frames = list(encode_message(message, digest_now=False).frames(pb.ServerFrame, 1 << 20))
+    with pytest.raises(ProtocolError, match=r"record 'model' does not match its declared BLAKE3"):
+        _received(frames, tamper=1)  # bytes changed on the way
+    frames[-1].end.blake3[0] = "0" * 64
+    with pytest.raises(ProtocolError, match=r"record 'model' does not match its declared BLAKE3"):
+        _received(frames)  # the sender declares another digest than that of what it sent
+    frames[-1].end.blake3.append("0" * 64)
+    with pytest.raises(ProtocolError, match=r"declares 2 digest\(s\) for 1 record\(s\)"):
+        _received(frames)
+
+
+def test_a_message_that_ends_early_is_refused_when_its_digest_comes_at_the_end():
+    frames = list(encode_message(_large(), digest_now=False).frames(pb.ServerFrame, 1 << 20))
+    assert len(frames) > 4
+    with pytest.raises(ProtocolError, match=r"record 'model' is truncated \(\d+ of \d+ bytes\)"):
+        _received([*frames[:-2], frames[-1]])  # the last chunk never arrived
+
+
+def test_a_peer_that_must_declare_digests_and_declares_none_is_refused():
+    for floats in (100, 1_200_000):  # hashed on the reader's thread, and on a thread of its own
+        frames = list(encode_message(_large(floats)).frames(pb.ServerFrame, 1 << 20))
+        frames[0].header.records[0].blake3 = ""
+        assembler = MessageAssembler(where="reply from s", require_digest=True)
+        assembler.start(frames[0].header)
+        for frame in frames[1:-1]:
+            assembler.add(parse_server_frame(frame))
+        with pytest.raises(ProtocolError, match=r"reply from s: record 'model' came without a BLAKE3 digest"):
+            assembler.finish(frames[-1].end)
+        assert not assembler.busy  # state intact: the next message can start

@@ -134,9 +134,10 @@ def test_site_not_allow_listed_is_refused_with_a_clear_message(deployment: Deplo
 @pytest.mark.parametrize(
     ("version", "accepted", "text"),
     [
+        ("1.3", True, ""),
         ("1.2", True, ""),
-        ("1.1", True, ""),  # one minor version behind still takes part
-        ("1.0", False, "more than one minor version behind"),
+        ("1.1", True, ""),  # the oldest still taking part (no digests, no Proceed)
+        ("1.0", False, "older than 1.1"),
         ("2.0", False, "incompatible"),
         ("0.9", False, "incompatible"),
         ("x", False, "malformed"),

@@ -15,7 +15,9 @@ protocol) or a study the site did not opt in to ends it with a clear error inste
 
 Audit trail (site side): instruction received (kind, round, sizes, task hash),
 refused (reason), executed (duration), and what left the site (kind, sizes, BLAKE3
-digest of each record; the coordinator's "received" entry names the same digest).
+digest of each record; the coordinator's "received" entry names the same digest). With a
+coordinator at protocol 1.3 a large reply is hashed while it streams and its "sent" entry
+is logged after its last chunk, before the end frame that makes the reply count.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from fedcare.transport.frames import RawChunk, connect_stub, frame_kind
 from fedcare.transport.grpc_server import grpc_options, share_malloc_arena
 from fedcare.transport.proto import fedcare_pb2 as pb
 from fedcare.transport.tls import TlsFiles, client_credentials, issuer_problem
-from fedcare.transport.version import PROTOCOL_VERSION, parse_version
+from fedcare.transport.version import PROTOCOL_VERSION, parse_version, speaks
 from fedcare.transport.wire import (
     DEFAULT_CHUNK_BYTES,
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -308,11 +310,17 @@ class GrpcNodeAgent:
                 if refusal is None:
                     return  # the stream closed while waiting
                 if refusal:
+                    frames.close()
                     log.warning("site %s: the coordinator refused reply %s: %s", self.site, mid, refusal)
                     self._audit("reply_refused", message_id=mid, reason=refusal[:500])
                     item.sent.set()
                     continue
-            yield from frames
+            try:
+                yield from frames
+            except Exception:  # its "sent" entry could not be logged: the end frame must not leave
+                log.exception("site %s: reply %s not completed", self.site, mid)
+                link.close()
+                return
 
     def _session(self, call: Iterator[RawChunk | pb.ServerFrame], link: _Link) -> None:
         timer = threading.Timer(self.connect_timeout_s, call.cancel)  # type: ignore[attr-defined]
@@ -360,6 +368,7 @@ class GrpcNodeAgent:
         # the server's gRPC message limit is its chunk size + 1 MiB: never send larger chunks
         link.chunk_bytes = min(self.chunk_bytes, welcome.chunk_bytes or self.chunk_bytes)
         link.credit = (parse_version(welcome.protocol_version) or (0, 0)) >= (1, 2)
+        link.digest_at_end = speaks(welcome.protocol_version, "1.3") and speaks(PROTOCOL_VERSION, "1.3")
         # Instructions are answered on their own thread, so that this one keeps reading the
         # stream (the coordinator's Proceed for a reply arrives while the next task may run).
         work: queue.SimpleQueue[_Instruction | None] = queue.SimpleQueue()
@@ -385,7 +394,12 @@ class GrpcNodeAgent:
         work: queue.SimpleQueue[_Instruction | None],
     ) -> None:
         """Read frames until the stream ends: instructions to the worker, go-aheads to the sender."""
-        assembler = MessageAssembler(max_message_bytes=self.max_message_bytes, where="instruction", pool=self._pool)
+        assembler = MessageAssembler(
+            max_message_bytes=self.max_message_bytes,
+            where="instruction",
+            pool=self._pool,
+            require_digest=link.credit,
+        )
         skip = ""
         header: pb.MessageHeader | None = None
         for frame in call:
@@ -488,21 +502,27 @@ class GrpcNodeAgent:
                 round_no=message.round_no,
                 duration_s=round(time.perf_counter() - started, 4),
             )
-        encoded = encode_message(reply)
+        encoded = encode_message(reply, digest_now=not link.digest_at_end)
         if encoded.size_bytes > limit:
             reply = message.reply(error=f"reply of {encoded.size_bytes} bytes exceeds the limit of {limit}")
             encoded = encode_message(reply)
-        self._audit(
-            "sent",
-            kind=reply.kind.value,
-            round_no=reply.round_no,
-            reply_to=reply.reply_to,
-            error=reply.error is not None,
-            metrics=sorted(reply.payload.metrics),
-            records=audit_records(encoded.header),
-        )
-        if self.audit is not None:  # the coordinator records where this log stood: an anchor
-            encoded.header.audit_head = self.audit.head
+        fields = {
+            "kind": reply.kind.value,
+            "round_no": reply.round_no,
+            "reply_to": reply.reply_to,
+            "error": reply.error is not None,
+            "metrics": sorted(reply.payload.metrics),
+        }
+
+        def log_sent(sent: EncodedMessage) -> str:
+            """The "sent" entry, with every digest; returns the anchor the coordinator records."""
+            self._audit("sent", **fields, records=audit_records(sent.header))
+            return self.audit.head if self.audit is not None else ""
+
+        if link.digest_at_end:  # logged after the last chunk, the anchor travels in the end frame
+            encoded.on_end = log_sent
+        else:  # logged now, the anchor travels in the header
+            encoded.header.audit_head = log_sent(encoded)
         link.last_reply = encoded
         link.outq.put(encoded)  # expanded into chunks lazily by the request stream
 
@@ -532,6 +552,7 @@ class _Link:
         self.closed = threading.Event()
         self.chunk_bytes = chunk_bytes
         self.credit = False  # the coordinator speaks 1.2+: wait for its Proceed before chunks
+        self.digest_at_end = False  # the coordinator speaks 1.3+: large replies are hashed while they stream
         self.last_reply: EncodedMessage | None = None
         self.finished = ""  # the coordinator's Finished, as one line
         self._answers: dict[str, str | None] = {}  # awaited message id -> refusal ("" = go ahead)

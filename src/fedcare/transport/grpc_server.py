@@ -35,7 +35,7 @@ import queue
 import socket
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -47,7 +47,7 @@ from fedcare.transport.base import freeze
 from fedcare.transport.frames import BadFrame, RawChunk, connect_handler, frame_kind
 from fedcare.transport.proto import fedcare_pb2 as pb
 from fedcare.transport.tls import TlsFiles, server_credentials
-from fedcare.transport.version import PROTOCOL_VERSION, compatibility_problem, parse_version
+from fedcare.transport.version import PROTOCOL_VERSION, compatibility_problem, parse_version, speaks
 from fedcare.transport.wire import (
     DEFAULT_CHUNK_BYTES,
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -170,6 +170,7 @@ class _Session:
     pending: dict[str, _Pending] = field(default_factory=dict)
     alive: bool = True
     credit: bool = False  # the site waits for Proceed before sending chunks (protocol >= 1.2)
+    digest_at_end: bool = False  # the site reads digests from end frames (protocol >= 1.3)
     holding_since: float | None = None  # monotonic time of its last progress while it has the turn
 
 
@@ -274,8 +275,15 @@ class GrpcChannel:
 
         The arrays are streamed from their own memory, so they are made read-only here,
         as the in-process channel does: what the sites receive is what the audit logged.
+        A record sent to one site of protocol 1.3 is hashed while it streams; one sent to
+        several sites is hashed once, here. Each "sent" entry is logged after the
+        instruction's last chunk left, with its digests, before its end frame.
         """
         cache: dict[int, Record] = {}
+        uses: dict[int, int] = {}
+        for message in messages:
+            for state in message.payload.arrays.values():
+                uses[id(state)] = uses.get(id(state), 0) + 1
         for message in messages:
             with self._lock:
                 session = self._sessions.get(message.site)
@@ -283,20 +291,29 @@ class GrpcChannel:
                 self._replies.put((message.reply(error=f"site {message.site} is not connected"), None))
                 continue
             freeze(message)
-            encoded = encode_message(message, cache=cache)
+            alone = all(uses[id(state)] == 1 for state in message.payload.arrays.values())
+            encoded = encode_message(message, cache=cache, digest_now=not (session.digest_at_end and alone))
+            encoded.on_end = self._sent_entry(message)
             with self._lock:
                 session.pending[message.message_id] = _Pending(message.kind, message.run_id, message.round_no)
-            query = message.payload.config.get("query") if message.kind is MessageKind.QUERY else None
-            self._audit(
-                "sent",
-                site=message.site,
-                kind=message.kind.value,
-                round_no=message.round_no,
-                message_id=message.message_id,
-                records=audit_records(encoded.header),
-                **({"query": str(query)[:100]} if query is not None else {}),
-            )
             session.outq.put(encoded)
+
+    def _sent_entry(self, message: Message) -> Callable[[EncodedMessage], str]:
+        """The audit's "sent" entry of an instruction, written once its digests are known (see send)."""
+        query = message.payload.config.get("query") if message.kind is MessageKind.QUERY else None
+        fields = {
+            "site": message.site,
+            "kind": message.kind.value,
+            "round_no": message.round_no,
+            "message_id": message.message_id,
+            **({"query": str(query)[:100]} if query is not None else {}),
+        }
+
+        def log_sent(encoded: EncodedMessage) -> str:
+            self._audit("sent", **fields, records=audit_records(encoded.header))
+            return ""
+
+        return log_sent
 
     def receive(self, *, timeout_s: float) -> Iterator[Message]:
         """Yield complete, validated replies in arrival order until the deadline."""
@@ -405,6 +422,7 @@ class GrpcChannel:
             return
         session = _Session(site=site, context=context)
         session.credit = (parse_version(hello.protocol_version) or (0, 0)) >= (1, 2)
+        session.digest_at_end = speaks(hello.protocol_version, "1.3") and speaks(PROTOCOL_VERSION, "1.3")
         self._register(session, hello.protocol_version)
         reader = threading.Thread(target=self._read, args=(session, requests), daemon=True, name=f"fedcare-rx-{site}")
         reader.start()
@@ -458,7 +476,10 @@ class GrpcChannel:
 
     def _read(self, session: _Session, requests: Iterator[SiteFrame]) -> None:
         assembler = MessageAssembler(
-            max_message_bytes=self.max_message_bytes, where=f"reply from {session.site}", pool=self._pool
+            max_message_bytes=self.max_message_bytes,
+            where=f"reply from {session.site}",
+            pool=self._pool,
+            require_digest=session.credit,
         )
         skip = ""  # id of a rejected message whose remaining frames are dropped
         reply_to = ""  # what the message being assembled answers

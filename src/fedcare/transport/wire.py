@@ -5,10 +5,14 @@ A :class:`~fedcare.types.Message` travels as ``MessageHeader, Chunk*, MessageEnd
 cut into chunks of ``chunk_bytes``. The sending side never builds those bytes in one
 piece: :func:`encode_message` keeps each record as views of the arrays' memory plus its
 BLAKE3 digest, and :meth:`EncodedMessage.frames` copies each slice once, into its chunk
-frame. :class:`MessageAssembler` is the receiving side,
-shared by the server and the node: it checks every declared and received size against
-its limit, writes chunks straight into one preallocated buffer per record, and decodes
-each record into numpy views of that buffer (no second copy), validated with
+frame. For a peer at protocol 1.3 a large record's digest can instead be computed on a
+thread of its own while the chunks leave and declared in the end frame, so the stream
+does not wait for a pass over the whole record. :class:`MessageAssembler` is the
+receiving side, shared by the server and the node: it checks every declared and received
+size against its limit, writes chunks straight into one preallocated buffer per record
+(hashing them as they land, on a thread of its own for large records), checks each
+record against the digest its header or end frame declares, and decodes each record into
+numpy views of that buffer (no second copy), validated with
 :func:`fedcare.serde.check_state` (dtype allow-list, finite values). Anything malformed
 raises :class:`~fedcare.errors.ProtocolError` naming what and where; the caller turns
 that into an error reply, never a crash.
@@ -19,7 +23,7 @@ from __future__ import annotations
 import math
 import sys
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -65,11 +69,77 @@ _MAX_STRING = 4096
 
 @dataclass
 class Record:
-    """One array record ready to send: its safetensors parts, total size and digest."""
+    """One array record ready to send: its safetensors parts, total size and digest ("" until hashed)."""
 
     parts: list[memoryview]
     size: int
     digest: str
+
+
+class _Digester:
+    """BLAKE3 digests of records computed on a thread of its own, following their bytes as they fill in.
+
+    A sender hashes a record while its chunks leave, a receiver while the next chunks
+    arrive (``blake3`` releases the GIL), instead of one more pass over the record before
+    the first byte or after the last: on a link that keeps one core busy with TLS, the
+    other core hashes.
+    """
+
+    def __init__(self, records: list[list[memoryview]], filled: list[int]) -> None:
+        self._records = records
+        self._filled = list(filled)
+        self._cond = threading.Condition()
+        self._cancelled = False
+        self._digests: list[str] = []
+        self._thread = threading.Thread(target=self._run, daemon=True, name="fedcare-blake3")
+        self._thread.start()
+
+    def advance(self, index: int, filled: int) -> None:
+        """Bytes ``[0, filled)`` of record ``index`` are in place and may be hashed."""
+        with self._cond:
+            self._filled[index] = filled
+            self._cond.notify()
+
+    def cancel(self) -> None:
+        """Stop (the message was dropped); the thread lets go of the buffers after its current piece."""
+        with self._cond:
+            self._cancelled = True
+            self._cond.notify()
+
+    def digests(self) -> list[str]:
+        """Hex digests of every record, once all their bytes were hashed (call when all are filled)."""
+        self._thread.join()
+        return self._digests
+
+    def _run(self) -> None:
+        try:
+            for index, parts in enumerate(self._records):
+                hasher = blake3.blake3(max_threads=1)
+                size, done = sum(len(p) for p in parts), 0
+                while done < size:
+                    with self._cond:
+                        while self._filled[index] <= done and not self._cancelled:
+                            self._cond.wait()
+                        if self._cancelled:
+                            return
+                        upto = self._filled[index]
+                    _hash_range(hasher, parts, done, upto)
+                    done = upto
+                self._digests.append(hasher.hexdigest())
+        finally:
+            self._records = []  # hold no buffer once done
+
+
+def _hash_range(hasher: Any, parts: list[memoryview], start: int, end: int) -> None:
+    """Feed bytes ``[start, end)`` of the concatenated ``parts`` to ``hasher``."""
+    at = 0
+    for part in parts:
+        lo, hi = max(start - at, 0), min(end - at, len(part))
+        if lo < hi:
+            hasher.update(part[lo:hi])
+        at += len(part)
+        if at >= end:
+            return
 
 
 @dataclass
@@ -77,12 +147,15 @@ class EncodedMessage:
     """A message ready to send: its header and the safetensors parts of each record.
 
     The parts view the arrays' own memory (see :func:`fedcare.serde.encode_parts`), so the
-    arrays must not change until :attr:`sent` is set.
+    arrays must not change until :attr:`sent` is set. ``on_end`` is called once the last
+    chunk has been taken and every digest is known, before the end frame: the sender's
+    "sent" audit entry; it returns the audit head the end frame carries ("" for none).
     """
 
     header: pb.MessageHeader
     records: list[Record] = field(default_factory=list)
     sent: threading.Event = field(default_factory=threading.Event)
+    on_end: Callable[[EncodedMessage], str] | None = None
 
     @property
     def size_bytes(self) -> int:
@@ -93,28 +166,48 @@ class EncodedMessage:
         """Yield the frames of this message for a stream of ``frame_type`` (SiteFrame or ServerFrame).
 
         Header and end are frame objects; chunks come already serialised (``frames.py``),
-        each a single copy of its slice of the arrays. :attr:`sent` is set once the end
-        has been taken, i.e. when the stream has sent everything before it.
+        each a single copy of its slice of the arrays. Records without a digest yet are
+        hashed on another thread while their chunks go out, and every record's digest is
+        declared in the end frame (protocol 1.3; only for peers that speak it).
+        :attr:`sent` is set once the end has been taken, i.e. when the stream has sent
+        everything before it.
         """
         mid = self.header.message_id
         mid_bytes = mid.encode()
         chunk_field = frame_type.DESCRIPTOR.fields_by_name["chunk"].number
-        yield frame_type(header=self.header)
-        for index, record in enumerate(self.records):
-            pieces: list[memoryview] = []
-            room = chunk_bytes
-            for part in record.parts:
-                while len(part):
-                    take = part[:room]
-                    pieces.append(take)
-                    part = part[len(take) :]
-                    room -= len(take)
-                    if room == 0:
-                        yield chunk_frame(chunk_field, mid_bytes, index, pieces)
-                        pieces, room = [], chunk_bytes
-            if pieces:
-                yield chunk_frame(chunk_field, mid_bytes, index, pieces)
-        yield frame_type(end=pb.MessageEnd(message_id=mid))
+        later = [i for i, r in enumerate(self.records) if not r.digest]
+        digester = (
+            _Digester([self.records[i].parts for i in later], [self.records[i].size for i in later]) if later else None
+        )
+        done = False
+        try:
+            yield frame_type(header=self.header)
+            for index, record in enumerate(self.records):
+                pieces: list[memoryview] = []
+                room = chunk_bytes
+                for part in record.parts:
+                    while len(part):
+                        take = part[:room]
+                        pieces.append(take)
+                        part = part[len(take) :]
+                        room -= len(take)
+                        if room == 0:
+                            yield chunk_frame(chunk_field, mid_bytes, index, pieces)
+                            pieces, room = [], chunk_bytes
+                if pieces:
+                    yield chunk_frame(chunk_field, mid_bytes, index, pieces)
+            done = True
+        finally:
+            if not done and digester is not None:
+                digester.cancel()
+        end = pb.MessageEnd(message_id=mid)
+        if digester is not None:
+            for i, digest in zip(later, digester.digests(), strict=True):
+                self.records[i].digest = self.header.records[i].blake3 = digest
+            end.blake3.extend(r.digest for r in self.records)
+        if self.on_end is not None:
+            end.audit_head = self.on_end(self)
+        yield frame_type(end=end)
         self.sent.set()
 
 
@@ -165,11 +258,15 @@ def digest_of(parts: list[memoryview]) -> str:
     return hasher.hexdigest()
 
 
-def encode_message(message: Message, *, cache: dict[int, Record] | None = None) -> EncodedMessage:
+def encode_message(
+    message: Message, *, cache: dict[int, Record] | None = None, digest_now: bool = True
+) -> EncodedMessage:
     """Encode ``message``: safetensors parts and a BLAKE3 digest per record, no copy of the arrays.
 
     ``cache`` maps a record's identity to its encoding, so a model broadcast to N sites
-    is encoded and hashed once.
+    is encoded and hashed once. ``digest_now=False`` (for a peer at protocol 1.3) leaves
+    the digest of records of 4 MiB and more to :meth:`EncodedMessage.frames`, which
+    computes it while the chunks stream and declares it in the end frame.
     """
     records: dict[str, Record] = {}
     for name, state in message.payload.arrays.items():
@@ -177,7 +274,9 @@ def encode_message(message: Message, *, cache: dict[int, Record] | None = None) 
         record = cache.get(key) if cache is not None else None
         if record is None:
             parts = encode_parts(state)
-            record = Record(parts, sum(len(p) for p in parts), digest_of(parts))
+            size = sum(len(p) for p in parts)
+            later = not digest_now and size >= _THREADED_DIGEST_BYTES
+            record = Record(parts, size, "" if later else digest_of(parts))
             if cache is not None:
                 cache[key] = record
         records[name] = record
@@ -256,6 +355,9 @@ class MessageAssembler:
     pool : BufferPool or None (default: None)
         Where record buffers come from (shared by a server's sessions); a private pool
         of two buffers by default.
+    require_digest : bool (default: False)
+        Refuse a record for which neither the header nor the end frame declares a digest
+        (peers at protocol 1.2 and later always declare one; 1.1 peers never do).
     """
 
     def __init__(
@@ -264,14 +366,17 @@ class MessageAssembler:
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         where: str = "message",
         pool: BufferPool | None = None,
+        require_digest: bool = False,
     ) -> None:
         self.max_message_bytes = max_message_bytes
         self.where = where
         self.pool = pool or BufferPool()
+        self.require_digest = require_digest
         self._header: pb.MessageHeader | None = None
         self._buffers: list[memoryview] = []
         self._filled: list[int] = []
         self._hashers: list[Any] = []
+        self._digester: _Digester | None = None
         self._record = 0
 
     @property
@@ -291,7 +396,9 @@ class MessageAssembler:
 
     def reset(self) -> None:
         """Drop a partial message (after an error)."""
-        self._header = None
+        if self._digester is not None:
+            self._digester.cancel()
+        self._header, self._digester = None, None
         self._buffers, self._filled, self._hashers, self._record = [], [], [], 0
 
     def start(self, header: pb.MessageHeader) -> None:
@@ -318,7 +425,10 @@ class MessageAssembler:
         self._header = header
         self._buffers = [memoryview(self.pool.take(r.size_bytes)) for r in header.records]
         self._filled = [0] * len(header.records)
-        self._hashers = [blake3.blake3() for _ in header.records]
+        if total >= _THREADED_DIGEST_BYTES:  # hash on another thread as the chunks land
+            self._digester = _Digester([[b] for b in self._buffers], self._filled)
+        else:
+            self._hashers = [blake3.blake3() for _ in header.records]
         self._record = 0
 
     def add(self, chunk: pb.Chunk | RawChunk) -> None:
@@ -340,11 +450,19 @@ class MessageAssembler:
                 f"{header.records[index].size_bytes} bytes"
             )
         self._buffers[index][filled:end] = chunk.data
-        self._hashers[index].update(self._buffers[index][filled:end])
         self._filled[index] = end
+        if self._digester is not None:
+            self._digester.advance(index, end)
+        else:
+            self._hashers[index].update(self._buffers[index][filled:end])
 
     def finish(self, end: pb.MessageEnd) -> Message:
-        """Complete the message: sizes must match, arrays decode and validate."""
+        """Complete the message: sizes and digests must match, arrays decode and validate.
+
+        A record's digest is declared in its header (protocol 1.2) or in the end frame
+        (1.3); the header then holds the digest as received, for the audit, and the end
+        frame's audit head, if any.
+        """
         header = self._header
         if header is None or end.message_id != header.message_id:
             self.reset()
@@ -355,14 +473,27 @@ class MessageAssembler:
                     raise ProtocolError(
                         f"{self.where}: record {rec.name!r} is truncated ({filled} of {rec.size_bytes} bytes)"
                     )
-            for rec, hasher in zip(header.records, self._hashers, strict=True):
-                digest = hasher.hexdigest()
-                if rec.blake3 and rec.blake3 != digest:
-                    raise ProtocolError(
-                        f"{self.where}: record {rec.name!r} does not match its declared BLAKE3 digest "
-                        f"(declared {rec.blake3[:16]}…, received {digest[:16]}…)"
-                    )
+            at_end = list(end.blake3)
+            if at_end and len(at_end) != len(header.records):
+                raise ProtocolError(
+                    f"{self.where}: the end of {header.message_id[:32]!r} declares {len(at_end)} digest(s) "
+                    f"for {len(header.records)} record(s)"
+                )
+            digester, self._digester = self._digester, None
+            digests = digester.digests() if digester is not None else [h.hexdigest() for h in self._hashers]
+            for i, (rec, digest) in enumerate(zip(header.records, digests, strict=True)):
+                declared = [d for d in (rec.blake3, at_end[i] if at_end else "") if d]
+                if not declared and self.require_digest:
+                    raise ProtocolError(f"{self.where}: record {rec.name!r} came without a BLAKE3 digest")
+                for expected in declared:
+                    if expected != digest:
+                        raise ProtocolError(
+                            f"{self.where}: record {rec.name!r} does not match its declared BLAKE3 digest "
+                            f"(declared {expected[:16]}…, received {digest[:16]}…)"
+                        )
                 rec.blake3 = digest  # what the receiver's audit logs is what it received (1.1 peers send none)
+            if end.audit_head:
+                header.audit_head = end.audit_head
             return self._message(header)
         finally:
             self.reset()

@@ -125,10 +125,14 @@ class Chunk(_message.Message):
     def __init__(self, message_id: _Optional[str] = ..., record_index: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class MessageEnd(_message.Message):
-    __slots__ = ("message_id",)
+    __slots__ = ("message_id", "blake3", "audit_head")
     MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    BLAKE3_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_HEAD_FIELD_NUMBER: _ClassVar[int]
     message_id: str
-    def __init__(self, message_id: _Optional[str] = ...) -> None: ...
+    blake3: _containers.RepeatedScalarFieldContainer[str]
+    audit_head: str
+    def __init__(self, message_id: _Optional[str] = ..., blake3: _Optional[_Iterable[str]] = ..., audit_head: _Optional[str] = ...) -> None: ...
 
 class Ping(_message.Message):
     __slots__ = ("unix_ms",)
