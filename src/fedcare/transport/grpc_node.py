@@ -179,7 +179,7 @@ class GrpcNodeAgent:
         self.joined = threading.Event()
         self._joins = 0  # sessions joined so far
         self._pool = BufferPool()  # receive buffers kept across rounds and reconnections
-        share_malloc_arena()  # before gRPC starts its threads (see the function)
+        share_malloc_arena(chunk_bytes)  # before gRPC starts its threads (see the function)
 
     def _audit(self, event: str, **fields: object) -> None:
         if self.audit is not None:
