@@ -2,10 +2,12 @@
 
 1. Throughput, each direction, for models of 10 MB, 100 MB, 1 GB and one site in another
    process: download = server encodes, hashes (BLAKE3, audit trail) and streams the model,
-   the site assembles and validates it; upload = the same from the site to the server.
-   Beside it, in the same run: bare grpcio streaming 4 MiB messages one way with the
-   same TLS credentials (no protocol, no validation), and the same without TLS, which
-   shows the ceiling TLS itself sets on this machine.
+   the site assembles, checks the digest and validates it; upload = the same from the
+   site to the server. Beside it, interleaved repeat by repeat in the same run: bare
+   grpcio streaming messages of the same chunk size one way with the same TLS
+   credentials (no protocol, no validation), and the same without TLS, which shows the
+   ceiling TLS itself sets on this machine. Medians, ranges, CPU seconds of both ends
+   per transfer, and fedcare's rate over bare grpcio + TLS's within each repeat.
 2. Server memory while 10 sites (threads of one separate process) each upload a full
    model of ``--rss-mb`` MB, three rounds, folded into a float32 running sum as replies
    arrive (what a streaming strategy does): peak RSS of a fresh server process above
@@ -15,7 +17,8 @@
    P = 1M float32, R = 10 rounds, no evaluation: seconds per round over gRPC (sites in
    one separate process) vs InProcessChannel; checks the closed form.
 
-Prints a table, then one JSON line. Usage: ``python benchmarks/transport.py [--quick]``.
+Prints a table, then one JSON line. Usage: ``python benchmarks/transport.py [--quick]``
+(``--sizes 100 --repeats 9 --skip-rss --skip-rounds`` for the throughput alone).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -39,7 +43,7 @@ from fedcare.runtime.coordinator import Coordinator
 from fedcare.runtime.recorder import RunSpec
 from fedcare.strategies.fedavg import FedAvg
 from fedcare.transport.grpc_node import Backoff, GrpcNodeAgent
-from fedcare.transport.grpc_server import GrpcChannel, StudyInfo
+from fedcare.transport.grpc_server import GrpcChannel, StudyInfo, grpc_options
 from fedcare.transport.inprocess import InProcessChannel
 from fedcare.transport.tls import TlsFiles, create_ca, issue_certificate, server_credentials
 from fedcare.types import FitResult, Message, MessageKind, Payload, RunId, SiteId
@@ -90,7 +94,7 @@ def shift_reply(k: int):
     return handle
 
 
-def run_sites(address: str, root: Path, n: int) -> None:
+def run_sites(address: str, root: Path, n: int, chunk_bytes: int = 4 * MB) -> None:
     agents = []
     for k in range(n):
         agent = GrpcNodeAgent(
@@ -100,6 +104,7 @@ def run_sites(address: str, root: Path, n: int) -> None:
             tls=tls(root, f"site-{k:02d}"),
             studies=["bench"],
             backoff=Backoff(initial_s=0.05, max_s=0.5),
+            chunk_bytes=chunk_bytes,
         )
         threading.Thread(target=agent.run_forever, daemon=True).start()
         agents.append(agent)
@@ -108,24 +113,22 @@ def run_sites(address: str, root: Path, n: int) -> None:
         agent.stop()
 
 
-def spawn_sites(port: int, root: Path, n: int) -> subprocess.Popen[bytes]:
+def spawn_sites(port: int, root: Path, n: int, chunk_bytes: int = 4 * MB) -> subprocess.Popen[bytes]:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(
-        [sys.executable, __file__, "--sites", str(n), "--address", f"127.0.0.1:{port}", "--certs", str(root)],
-        stdin=subprocess.PIPE,
-        env=env,
-    )
+    command = [sys.executable, __file__, "--sites", str(n), "--address", f"127.0.0.1:{port}", "--certs", str(root)]
+    return subprocess.Popen([*command, "--chunk-bytes", str(chunk_bytes)], stdin=subprocess.PIPE, env=env)
 
 
 # -- server side ----------------------------------------------------------------------------------
 
 
-def channel(root: Path, n: int) -> GrpcChannel:
+def channel(root: Path, n: int, chunk_bytes: int = 4 * MB) -> GrpcChannel:
     return GrpcChannel(
         listen="127.0.0.1:0",
         tls=tls(root, "hub"),
         allowed_sites=[f"site-{k:02d}" for k in range(n)],
         study=StudyInfo("bench", "bench-run", "shift", "0" * 64),
+        chunk_bytes=chunk_bytes,
     )
 
 
@@ -141,62 +144,62 @@ def exchange(ch: GrpcChannel, state: dict[str, np.ndarray], sites: list[SiteId],
     return out
 
 
-def throughput(root: Path, sizes_mb: list[int], repeats: int) -> dict[str, dict[str, float]]:
-    """One-way transfer times of a model, each direction, one site in another process.
+# -- one-way throughput: fedcare and bare grpcio, interleaved -----------------------------------
 
-    download: the server encodes, hashes and streams the model; the site assembles and
-    validates it and answers with a 4-byte reply. upload: a 4-byte instruction; the site
-    encodes, hashes and streams its model, the server assembles and validates it. Each
-    time is the whole exchange, so it includes one small message's round trip.
+
+def _cpu_s(proc: psutil.Process) -> float:
+    times = proc.cpu_times()
+    return times.user + times.system
+
+
+class Fedcare:
+    """fedcare's server here, one site in another process: time one model one way.
+
+    download: the server encodes, hashes (BLAKE3, audit trail) and streams the model; the
+    site assembles it, checks its digest and validates it, and answers with a 4-byte
+    reply. upload: a 4-byte instruction; the site encodes, hashes and streams its model,
+    the server assembles, checks and validates it. Each time is the whole exchange, so it
+    includes one small message's round trip.
     """
-    ch = channel(root, 1)
-    proc = spawn_sites(ch.port, root, 1)
-    results: dict[str, dict[str, float]] = {}
-    tiny = {"w": np.zeros(1, dtype=np.float32)}
-    try:
-        ch.wait_for_sites(1, timeout_s=120)
+
+    def __init__(self, root: Path, chunk_bytes: int) -> None:
+        self.ch = channel(root, 1, chunk_bytes)
+        self.proc = spawn_sites(self.ch.port, root, 1, chunk_bytes)
+        self.peer = psutil.Process(self.proc.pid)
+        self.ch.wait_for_sites(1, timeout_s=120)
+        self.model: dict[str, np.ndarray] = {}
+        self.tiny = {"w": np.zeros(1, dtype=np.float32)}
+
+    def prepare(self, size_mb: int) -> None:
+        self.model = {}
+        self.model = {"w": np.linspace(-1, 1, size_mb * MB // 4, dtype=np.float32)}
+
+    def run(self, direction: str, size_mb: int) -> float:
+        floats = size_mb * MB // 4
         site = [SiteId("site-00")]
-        for size in sizes_mb:
-            floats = size * MB // 4
-            model = {"w": np.linspace(-1, 1, floats, dtype=np.float32)}
-            down, up = [], []
-            for attempt in range(repeats + 1):  # the first of each is a warm-up
-                t0 = time.perf_counter()
-                (reply,) = exchange(ch, model, site, {"reply_floats": 1})
-                t1 = time.perf_counter()
-                assert reply.error is None, reply.error
-                (reply,) = exchange(ch, tiny, site, {"reply_floats": floats})
-                t2 = time.perf_counter()
-                assert reply.error is None and reply.payload.arrays["model"]["w"].shape == (floats,)
-                del reply
-                if attempt:
-                    down.append(t1 - t0)
-                    up.append(t2 - t1)
-            results[f"{size}MB"] = {
-                "download_s_median": float(np.median(down)),
-                "upload_s_median": float(np.median(up)),
-                "download_MB_per_s": size / float(np.median(down)),
-                "upload_MB_per_s": size / float(np.median(up)),
-            }
-            r = results[f"{size}MB"]
-            print(
-                f"  {size:5d} MB  fedcare   download {r['download_MB_per_s']:6.0f} MB/s   "
-                f"upload {r['upload_MB_per_s']:6.0f} MB/s"
-            )
-            del model
-    finally:
-        proc.stdin.close()  # type: ignore[union-attr]
-        proc.wait(timeout=30)
-        ch.close()
-    return results
+        t0 = time.perf_counter()
+        if direction == "download":
+            (reply,) = exchange(self.ch, self.model, site, {"reply_floats": 1})
+            assert reply.error is None, reply.error
+        else:
+            (reply,) = exchange(self.ch, self.tiny, site, {"reply_floats": floats})
+            assert reply.error is None and reply.payload.arrays["model"]["w"].shape == (floats,), reply.error
+        elapsed = time.perf_counter() - t0
+        del reply
+        return elapsed
+
+    def close(self) -> None:
+        self.proc.stdin.close()  # type: ignore[union-attr]
+        self.proc.wait(timeout=30)
+        self.ch.close()
 
 
-def bare_client(address: str, root: Path | None, size_mb: int, repeats: int) -> None:
-    """Child process: upload size_mb in 4 MiB messages to a bare service, then download as much.
+def bare_client(address: str, root: Path | None, chunk_bytes: int, options: str) -> None:
+    """Child process: for each line "up N" / "down N" on stdin, move N messages of chunk_bytes, print the time.
 
     With ``root`` the channel uses the study's TLS certificates; without, plaintext.
     """
-    opts = [("grpc.max_send_message_length", 5 * MB), ("grpc.max_receive_message_length", 5 * MB)]
+    opts = _bare_options(chunk_bytes, options)
     if root is None:
         channel_cm = grpc.insecure_channel(address, options=opts)
     else:
@@ -207,73 +210,155 @@ def bare_client(address: str, root: Path | None, size_mb: int, repeats: int) -> 
     with channel_cm as ch:
         upload = ch.stream_unary("/bench.Bare/Up", request_serializer=None, response_deserializer=None)
         download = ch.unary_stream("/bench.Bare/Down", request_serializer=None, response_deserializer=None)
-        chunk = os.urandom(4 * MB)
-        n = size_mb // 4
-        up, down = [], []
-        for attempt in range(repeats + 1):  # the first is a warm-up
+        chunk = os.urandom(chunk_bytes)
+        for line in sys.stdin:
+            direction, count = line.split()
+            n = int(count)
             t0 = time.perf_counter()
-            assert int(upload(iter([chunk] * n))) == n * len(chunk)
-            t1 = time.perf_counter()
-            assert sum(len(c) for c in download(str(n).encode())) == n * len(chunk)
-            t2 = time.perf_counter()
-            if attempt:
-                up.append(t1 - t0)
-                down.append(t2 - t1)
-    print(json.dumps({"upload": up, "download": down}), flush=True)
+            if direction == "up":
+                assert int(upload(iter([chunk] * n))) == n * len(chunk)
+            else:
+                assert sum(len(c) for c in download(str(n).encode())) == n * len(chunk)
+            print(time.perf_counter() - t0, flush=True)
 
 
-def bare_grpc(root: Path, sizes_mb: list[int], repeats: int, *, secure: bool = True) -> dict[str, dict[str, float]]:
-    """Baseline: bare grpcio one-way streams of 4 MiB messages: no protocol, no validation.
+def _bare_options(chunk_bytes: int, options: str) -> list[tuple[str, int]]:
+    """gRPC options of the bare baseline: grpcio's defaults, or fedcare's (fixed stream window)."""
+    if options == "fedcare":
+        return [o for o in grpc_options(chunk_bytes) if not o[0].startswith(("grpc.keepalive", "grpc.http2.m"))]
+    limit = chunk_bytes + MB
+    return [("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit)]
 
-    ``secure``: the same mutual TLS as fedcare; without, plaintext, which shows what TLS
-    itself costs on this machine.
+
+class Bare:
+    """Bare grpcio one-way streams of chunk_bytes messages: no protocol, no validation.
+
+    Server here, client in a child process, as fedcare's. ``secure``: the same mutual TLS
+    as fedcare; without, plaintext, which shows what TLS itself costs on this machine.
     """
-    chunk = os.urandom(4 * MB)
 
-    def up(requests, context):
-        return str(sum(len(r) for r in requests)).encode()
+    def __init__(self, root: Path, chunk_bytes: int, *, secure: bool, options: str) -> None:
+        self.chunk_bytes = chunk_bytes
+        chunk = os.urandom(chunk_bytes)
 
-    def down(request, context):
-        for _ in range(int(request)):
-            yield chunk
+        def up(requests, context):
+            return str(sum(len(r) for r in requests)).encode()
 
-    handler = grpc.method_handlers_generic_handler(
-        "bench.Bare",
-        {"Up": grpc.stream_unary_rpc_method_handler(up), "Down": grpc.unary_stream_rpc_method_handler(down)},
-    )
-    server = grpc.server(
-        ThreadPoolExecutor(max_workers=4),
-        options=[("grpc.max_send_message_length", 5 * MB), ("grpc.max_receive_message_length", 5 * MB)],
-    )
-    server.add_generic_rpc_handlers((handler,))
-    if secure:
-        port = server.add_secure_port("127.0.0.1:0", server_credentials(tls(root, "hub")))
-    else:
-        port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    label = "bare gRPC" if secure else "plaintext"
-    results = {}
+        def down(request, context):
+            for _ in range(int(request)):
+                yield chunk
+
+        handler = grpc.method_handlers_generic_handler(
+            "bench.Bare",
+            {"Up": grpc.stream_unary_rpc_method_handler(up), "Down": grpc.unary_stream_rpc_method_handler(down)},
+        )
+        self.server = grpc.server(ThreadPoolExecutor(max_workers=4), options=_bare_options(chunk_bytes, options))
+        self.server.add_generic_rpc_handlers((handler,))
+        if secure:
+            port = self.server.add_secure_port("127.0.0.1:0", server_credentials(tls(root, "hub")))
+        else:
+            port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+        command = [sys.executable, __file__, "--bare", "--address", f"127.0.0.1:{port}"]
+        command += ["--certs", str(root) if secure else "", "--chunk-bytes", str(chunk_bytes), "--options", options]
+        self.proc = subprocess.Popen(
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
+        self.peer = psutil.Process(self.proc.pid)
+
+    def prepare(self, size_mb: int) -> None:
+        """Nothing to build: the messages exist already."""
+
+    def run(self, direction: str, size_mb: int) -> float:
+        n = max(1, size_mb * MB // self.chunk_bytes)
+        self.proc.stdin.write(f"{'down' if direction == 'download' else 'up'} {n}\n")  # type: ignore[union-attr]
+        self.proc.stdin.flush()  # type: ignore[union-attr]
+        return float(self.proc.stdout.readline())  # type: ignore[union-attr]
+
+    def close(self) -> None:
+        self.proc.stdin.close()  # type: ignore[union-attr]
+        self.proc.wait(timeout=30)
+        self.server.stop(0)
+
+
+def throughput(root: Path, sizes_mb: list[int], repeats: int, chunk_bytes: int, options: str) -> dict[str, Any]:
+    """One-way transfers of fedcare, bare grpcio + TLS and bare plaintext, interleaved.
+
+    Each repeat runs every contender once per direction, in a rotating order, so a load
+    that changes during the run (a shared machine) hits them alike. Per contender,
+    direction and size: the median rate, its range, and the CPU seconds both processes
+    spent per transfer; and the median and range of fedcare's rate over bare grpcio +
+    TLS's within the same repeat.
+    """
+    me = psutil.Process()
+    contenders = {
+        "plaintext": Bare(root, chunk_bytes, secure=False, options=options),
+        "bare_tls": Bare(root, chunk_bytes, secure=True, options=options),
+        "fedcare": Fedcare(root, chunk_bytes),
+    }
+    results: dict[str, Any] = {}
     try:
         for size in sizes_mb:
-            command = [sys.executable, __file__, "--bare", str(size), "--address", f"127.0.0.1:{port}"]
-            command += ["--certs", str(root) if secure else "", "--repeats", str(repeats)]
-            out = subprocess.run(
-                command,
-                capture_output=True,
-                text=True,
-                check=True,
-                timeout=900,
-                env={**os.environ, "OMP_NUM_THREADS": "1"},
-            )
-            times = json.loads(out.stdout.strip().splitlines()[-1])
-            r = {f"{k}_MB_per_s": size / float(np.median(v)) for k, v in times.items()}
-            results[f"{size}MB"] = r
+            for c in contenders.values():
+                c.prepare(size)
+            times: dict[tuple[str, str], list[float]] = {}
+            cpu: dict[tuple[str, str], list[float]] = {}
+            names = list(contenders)
+            for attempt in range(repeats + 1):  # the first is a warm-up
+                order = names[attempt % len(names) :] + names[: attempt % len(names)]
+                for name in order:
+                    c = contenders[name]
+                    for direction in ("download", "upload"):
+                        c0 = _cpu_s(me) + _cpu_s(c.peer)
+                        elapsed = c.run(direction, size)
+                        spent = _cpu_s(me) + _cpu_s(c.peer) - c0
+                        if attempt:
+                            times.setdefault((name, direction), []).append(elapsed)
+                            cpu.setdefault((name, direction), []).append(spent)
+            row: dict[str, Any] = {}
+            for (name, direction), ts in times.items():
+                rates = [size / t for t in ts]
+                row.setdefault(name, {})[direction] = {
+                    "MB_per_s_median": float(np.median(rates)),
+                    "MB_per_s_min": float(min(rates)),
+                    "MB_per_s_max": float(max(rates)),
+                    "cpu_s_per_transfer_median": float(np.median(cpu[(name, direction)])),
+                }
+            for direction in ("download", "upload"):
+                ratios = [
+                    b / f for f, b in zip(times[("fedcare", direction)], times[("bare_tls", direction)], strict=True)
+                ]
+                row.setdefault("fedcare_over_bare_tls", {})[direction] = {
+                    "median": float(np.median(ratios)),
+                    "min": float(min(ratios)),
+                    "max": float(max(ratios)),
+                }
+            results[f"{size}MB"] = row
+            for name in names:
+                parts = []
+                for direction in ("download", "upload"):
+                    r = row[name][direction]
+                    parts.append(
+                        f"{direction} {r['MB_per_s_median']:5.0f} "
+                        f"({r['MB_per_s_min']:.0f}-{r['MB_per_s_max']:.0f}) MB/s, "
+                        f"CPU {r['cpu_s_per_transfer_median'] * 1000:4.0f} ms"
+                    )
+                print(f"  {size:5d} MB  {name:9s}  " + "   ".join(parts))
+            ratio = row["fedcare_over_bare_tls"]
             print(
-                f"  {size:5d} MB  {label:9s} download {r['download_MB_per_s']:6.0f} MB/s   "
-                f"upload {r['upload_MB_per_s']:6.0f} MB/s"
+                f"  {size:5d} MB  fedcare / bare grpcio + TLS, same repeat: "
+                + "   ".join(
+                    f"{d} {ratio[d]['median']:.0%} ({ratio[d]['min']:.0%}-{ratio[d]['max']:.0%})"
+                    for d in ("download", "upload")
+                )
             )
     finally:
-        server.stop(0)
+        for c in contenders.values():
+            c.close()
     return results
 
 
@@ -423,42 +508,63 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="10 and 100 MB only, 2 repeats, 10 MB RSS probe")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--sizes", default="10,100,1024", help="model sizes in MB of the throughput runs")
+    parser.add_argument("--chunk-bytes", type=int, default=4 * MB, help="chunk size of fedcare and bare grpcio alike")
+    parser.add_argument(
+        "--options",
+        choices=("grpcio", "fedcare"),
+        default="grpcio",
+        help="gRPC options of the bare baseline: grpcio's defaults (BDP-probed windows) or fedcare's (fixed window)",
+    )
     parser.add_argument("--rss-mb", default="100,1024", help="model sizes of the memory probe (comma-separated)")
+    parser.add_argument("--skip-rss", action="store_true", help="no memory probe")
+    parser.add_argument("--skip-rounds", action="store_true", help="no per-round overhead run")
     parser.add_argument("--sites", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--bare", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--bare", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--rss-probe", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--address", help=argparse.SUPPRESS)
     parser.add_argument("--certs", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.sites:
-        run_sites(args.address, Path(args.certs), args.sites)
+        run_sites(args.address, Path(args.certs), args.sites, args.chunk_bytes)
         return
     if args.rss_probe:
         print(json.dumps(rss_while_receiving(Path(args.certs), args.rss_probe, 10)))
         return
     if args.bare:
-        bare_client(args.address, Path(args.certs) if args.certs else None, args.bare, args.repeats)
+        bare_client(args.address, Path(args.certs) if args.certs else None, args.chunk_bytes, args.options)
         return
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         certs(root, 10)
-        sizes = [10, 100] if args.quick else [10, 100, 1024]
+        sizes = [10, 100] if args.quick else [int(x) for x in args.sizes.split(",")]
         repeats = 2 if args.quick else args.repeats
-        print(f"one-way throughput (loopback, gRPC + mutual TLS, 4 MiB chunks, median of {repeats}, MB = 2^20 B):")
-        plaintext = bare_grpc(root, sizes, repeats, secure=False)
-        bare = bare_grpc(root, sizes, repeats)
-        tp = throughput(root, sizes, repeats)
-        print("server memory while receiving:")
-        rss_sizes = [10] if args.quick else [int(x) for x in args.rss_mb.split(",")]
-        rss = {f"{size}MB": rss_in_fresh_process(root, size, 10) for size in rss_sizes}
-        print("per-round overhead (workload 1):")
-        pr = per_round(root, 10, 1_000_000, 10)
+        print(
+            f"one-way throughput (loopback, {args.chunk_bytes / MB:g} MiB chunks, bare grpcio with {args.options} "
+            f"options, median (range) of {repeats} interleaved repeats, MB = 2^20 B):"
+        )
+        tp = throughput(root, sizes, repeats, args.chunk_bytes, args.options)
+        rss: dict[str, Any] = {}
+        if not args.skip_rss:
+            print("server memory while receiving:")
+            rss_sizes = [10] if args.quick else [int(x) for x in args.rss_mb.split(",")]
+            rss = {f"{size}MB": rss_in_fresh_process(root, size, 10) for size in rss_sizes}
+        pr: dict[str, float] = {}
+        if not args.skip_rounds:
+            print("per-round overhead (workload 1):")
+            pr = per_round(root, 10, 1_000_000, 10)
+    load_after = os.getloadavg()
+    print(f"load average (1, 5, 15 min) before {load_before}, after {load_after}")
     print(
         json.dumps(
             {
                 "benchmark": "transport",
-                "bare_grpc_plaintext_MB_per_s": plaintext,
-                "bare_grpc_MB_per_s": bare,
+                "chunk_bytes": args.chunk_bytes,
+                "bare_options": args.options,
+                "repeats": repeats,
+                "load_average_before": load_before,
+                "load_average_after": load_after,
                 "throughput": tp,
                 "server_rss": rss,
                 "per_round": pr,
