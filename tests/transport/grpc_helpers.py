@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fedcare.protocols import AuditSink
 from fedcare.runtime.node import SiteNode
 from fedcare.runtime.policy import SitePolicy
 from fedcare.task import SiteData, Task, task_hash
@@ -48,6 +49,7 @@ class Deployment:
         studies: tuple[str, ...] = ("study",),
         proxy: str | None = None,
         max_attempts: int | None = None,
+        audit: AuditSink | None = None,
     ) -> GrpcNodeAgent:
         agent = GrpcNodeAgent(
             site=site,
@@ -58,6 +60,7 @@ class Deployment:
             proxy=proxy,
             backoff=Backoff(initial_s=0.05, max_s=0.3),
             connect_timeout_s=5.0,
+            audit=audit,
         )
 
         def run() -> None:

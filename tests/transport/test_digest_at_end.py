@@ -19,9 +19,10 @@ from tests.transport.grpc_helpers import Deployment, Pki, open_channel
 from tests.transport.test_flow_control import HandSite
 from tests.transport.test_grpc_channel import coordinate, wait_joined
 
+from fedcare.runtime.node import SiteNode
 from fedcare.serde import encode_state
 from fedcare.store.audit import AuditLog, verify_audit_log
-from fedcare.transport import grpc_node
+from fedcare.transport import grpc_node, grpc_server
 
 pytestmark = pytest.mark.grpc
 
@@ -88,18 +89,17 @@ def test_a_reply_whose_digest_at_the_end_differs_or_whose_stream_is_cut_is_refus
         site.close()
 
 
-@pytest.mark.parametrize("version", ["1.3", "1.2"])
-def test_nodes_of_1_3_and_1_2_keep_both_audit_trails_in_agreement(
-    big: Deployment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, version
+@pytest.mark.parametrize(("site", "coordinator"), [("1.3", "1.3"), ("1.2", "1.3"), ("1.3", "1.2")])
+def test_nodes_and_coordinators_of_1_3_and_1_2_keep_both_audit_trails_in_agreement(
+    big: Deployment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, site, coordinator
 ):
-    monkeypatch.setattr(grpc_node, "PROTOCOL_VERSION", version)  # a real node announcing, and speaking, 1.2
+    # the real node and coordinator, announcing (and so speaking) an older version
+    monkeypatch.setattr(grpc_node, "PROTOCOL_VERSION", site)
+    monkeypatch.setattr(grpc_server, "PROTOCOL_VERSION", coordinator)
     site_log = tmp_path / "site-00.jsonl"
     ((name, data),) = shift_sites(1).items()
-    from fedcare.runtime.node import SiteNode
-
     node = SiteNode(site_id=name, task=big.task, data=data)
-    agent = big.agent(name, node.handle)
-    agent.audit = AuditLog(site_log, actor=name)
+    big.agent(name, node.handle, audit=AuditLog(site_log, actor=name))
     wait_joined(big, 1)
     result = coordinate(big, rounds=2, min_sites=1, timeout_s=60)
     x0 = np.linspace(-1, 1, FLOATS, dtype=np.float32)
@@ -110,3 +110,4 @@ def test_nodes_of_1_3_and_1_2_keep_both_audit_trails_in_agreement(
     assert digests(site_log, "sent") == digests(server_log, "received") and len(digests(site_log, "sent")) == 2
     report = verify_audit_log(site_log, anchors=server_log, site=name)
     assert report.ok and report.anchors == 2, report
+    assert {e["protocol"] for e in _entries(site_log, "joined")} == {coordinator}
