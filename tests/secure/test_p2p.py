@@ -200,6 +200,27 @@ def test_study_file_selects_peer_to_peer_and_the_report_and_card_name_it(tmp_pat
         build_run(parse_study({**sampled, "secure_aggregation": {"mode": "p2p"}}, where="t"), plan.task)
     assert _protection(["advertise_keys", "share_keys", "masked_input", "p2p.unmask", "p2p.aggregate"]) == "p2p-secagg+"
     assert round_protection({"p2p_sites": 3.0, "secagg_survivors": 3.0}).startswith("peer-to-peer")
+    from fedcare.release.card import _sharing_html
+
+    card = _sharing_html(
+        {
+            "parameters": {"shared": {"values": 16, "entries": ["w"]}},
+            "rounds": [
+                {
+                    "round": 1,
+                    "sites": ["a"],
+                    "secure_aggregation": True,
+                    "protection": "p2p-secagg+",
+                    "differential_privacy": {},
+                }
+            ],
+        },
+        {},
+    )
+    assert (
+        "relayed to the other sites each round" in card
+        and "peer-to-peer, SecAgg+ masks, coordinator relay only" in card
+    )
     path = tmp_path / "a.toml"
     path.write_text('[site]\nid = "a"\n[data]\nkind = "csv"\npath = "a.csv"\n[policy]\nrequire_peer_to_peer = true\n')
     assert load_site(path).policy.require_peer_to_peer

@@ -186,8 +186,11 @@ def _sharing_html(sharing: Mapping[str, Any], names: Mapping[str, str]) -> str:
         return "<p>Not recorded for this run.</p>"
     esc = html.escape
     params = sharing.get("parameters", {})
+    peer_to_peer = any(r.get("protection") == "p2p-secagg+" for r in sharing.get("rounds", []))
     what = {
-        "shared": "sent to the coordinator each round",
+        "shared": "masked, relayed to the other sites each round (peer-to-peer)"
+        if peer_to_peer
+        else "sent to the coordinator each round",
         "local": "stayed at every site (personalised / local)",
         "frozen": "never trained nor sent (rebuilt at every site)",
     }
