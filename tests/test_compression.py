@@ -1,5 +1,7 @@
 """Compressed updates: round-trip bounds, validation, error feedback, and what composes with what."""
 
+import zlib
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -88,6 +90,37 @@ def test_four_bit_and_eight_bit_records_are_that_small():
     top = compress_update(ref, state, Compression(codec="topk", fraction=0.01), rng=None, memory={})
     size = lambda r: sum(a.nbytes for a in r.values())  # noqa: E731
     assert full / size(q8) > 3.9 and full / size(q4) > 7.8 and full / size(top) > 49
+
+
+def test_heavy_tailed_updates_deflate_below_a_quarter_and_decode_to_the_same_model():
+    # Student-t(3) deltas: heavy tails, as trained networks' updates are; the codes' entropy
+    # is well under 8 bits, so DEFLATE takes q8 past the 4x that 8 bits alone can reach.
+    delta = np.random.default_rng(0).standard_t(3, size=100_000).astype(np.float32)
+    ref, state = _pair(delta)
+    q8 = compress_update(ref, state, Compression(codec="q8"), rng=np.random.default_rng(0))
+    assert "q8z" in q8 and "q8" not in q8
+    assert state["w"].nbytes / sum(a.nbytes for a in q8.values()) > 4.5
+    plain = {**{k: v for k, v in q8.items() if k != "q8z"}, "q8": np.frombuffer(zlib.decompress(q8["q8z"]), np.uint8)}
+    np.testing.assert_array_equal(
+        decompress_update(q8, ref, where="t")["w"], decompress_update(plain, ref, where="t")["w"]
+    )
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda r: r.update(q8z=r["q8z"][:-3]), "does not inflate to exactly 100000 bytes"),
+        (lambda r: r.update(q8z=np.frombuffer(b"not deflate", np.uint8)), "q8z is not valid DEFLATE data"),
+        (lambda r: r.update(q8z=np.frombuffer(zlib.compress(bytes(10**7)), np.uint8)), "exactly 100000 bytes"),
+        (lambda r: r.update(q8z=r["q8z"].astype(np.int16)), "q8z must be 1-d uint8"),
+    ],
+)
+def test_decoder_refuses_bad_deflated_codes_without_inflating_past_the_model(mutate, message):
+    ref, state = _pair(np.random.default_rng(0).standard_t(3, size=100_000).astype(np.float32))
+    record = compress_update(ref, state, Compression(codec="q8"), rng=np.random.default_rng(0))
+    mutate(record)
+    with pytest.raises(SerdeError, match=message):
+        decompress_update(record, ref, where="fit reply from a")
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,10 @@ Codecs (all over the update flattened in model order, float32):
   ``(max - lo) / (2^b - 1)``; each value rounds up with probability equal to its
   fractional position, so ``E[Δ̂] = Δ`` (QSGD's unbiased rounding: Alistarh et al.,
   "QSGD: Communication-Efficient SGD via Gradient Quantization and Encoding",
-  NeurIPS 2017). Bound: ``|Δ̂_i - Δ_i| <= step`` of the element's chunk.
+  NeurIPS 2017). Bound: ``|Δ̂_i - Δ_i| <= step`` of the element's chunk. The codes
+  are then DEFLATE-coded (zlib) when that is smaller (record ``q8z``/``q4z``): lossless,
+  so the decoded update is the same; QSGD likewise entropy-codes its levels, whose
+  distribution is far from uniform for real updates (most mass near the chunk's middle).
 * ``topk``: the ``fraction`` of elements largest in magnitude, as int32 indices and
   float32 values (Aji & Heafield, "Sparse Communication for Distributed Gradient
   Descent", EMNLP 2017). Bound: every dropped element is at most the smallest kept one.
@@ -34,6 +37,7 @@ support; SecAgg+ already sends fixed-point integers of its own bit width.
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, cast
@@ -66,6 +70,10 @@ CODECS = ("none", "q8", "q4", "topk")
 
 CodecName = Literal["none", "q8", "q4", "topk"]
 _RAW = "raw."
+#: zlib level for the quantised codes: level 1 already gets nearly all of level 9's gain
+#: on quantised updates (measured 1.09-1.25x on Gaussian to Student-t(3) deltas) at the
+#: lowest CPU cost.
+_DEFLATE_LEVEL = 1
 
 
 @dataclass(frozen=True)
@@ -166,15 +174,35 @@ def _quantise(x: npt.NDArray[np.float32], bits: int, rng: np.random.Generator) -
         if n % 2:
             codes = np.append(codes, np.uint8(0))
         codes = codes[0::2] | (codes[1::2] << 4)
+    deflated = zlib.compress(codes.tobytes(), _DEFLATE_LEVEL)
+    if len(deflated) < codes.size:
+        return {f"q{bits}z": np.frombuffer(deflated, dtype=np.uint8), "lo": lo, "step": step}
     return {f"q{bits}": codes, "lo": lo, "step": step}
 
 
+def _inflate(data: npt.NDArray[Any], size: int, where: str, name: str) -> npt.NDArray[np.uint8]:
+    """Undo DEFLATE on ``data``, which must hold exactly ``size`` bytes (never more are produced)."""
+    if data.dtype != np.uint8 or data.ndim != 1:
+        raise SerdeError(f"{where}: {name} must be 1-d uint8, got {data.dtype} {data.shape}")
+    inflater = zlib.decompressobj()
+    try:
+        out = inflater.decompress(data.tobytes(), size)
+    except zlib.error as exc:
+        raise SerdeError(f"{where}: {name} is not valid DEFLATE data ({exc})") from None
+    if len(out) != size or not inflater.eof or inflater.unconsumed_tail or inflater.unused_data:
+        raise SerdeError(f"{where}: {name} does not inflate to exactly {size} bytes")
+    return np.frombuffer(out, dtype=np.uint8)
+
+
 def _dequantise(record: ModelState, bits: int, n: int, where: str) -> npt.NDArray[np.float32]:
-    codes: npt.NDArray[Any] = record[f"q{bits}"]
     lo: npt.NDArray[Any] = record["lo"]
     step: npt.NDArray[Any] = record["step"]
     chunks = max(1, math.ceil(n / CHUNK))
     want = n if bits == 8 else (n + 1) // 2
+    deflated = f"q{bits}z"
+    codes: npt.NDArray[Any] = (
+        _inflate(record[deflated], want, where, deflated) if deflated in record else record[f"q{bits}"]
+    )
     if codes.dtype != np.uint8 or codes.shape != (want,):
         raise SerdeError(f"{where}: q{bits} codes must be uint8 of shape ({want},), got {codes.dtype} {codes.shape}")
     for name, arr in (("lo", lo), ("step", step)):
@@ -284,9 +312,13 @@ def decompress_update(record: Mapping[str, np.ndarray], reference: ModelState, *
     names = _float_names(reference)
     n = int(sum(reference[k].size for k in names))
     raw = {k for k, v in reference.items() if v.dtype.kind != "f"}
-    layouts = {"q8": {"q8", "lo", "step"}, "q4": {"q4", "lo", "step"}, "topk": {"idx", "val"}}
+    layouts = {
+        "q8": [{"q8", "lo", "step"}, {"q8z", "lo", "step"}],
+        "q4": [{"q4", "lo", "step"}, {"q4z", "lo", "step"}],
+        "topk": [{"idx", "val"}],
+    }
     keys = {k for k in record if not k.startswith(_RAW)}
-    codec = next((c for c, layout in layouts.items() if keys == layout), None)
+    codec = next((c for c, options in layouts.items() if keys in options), None)
     if codec is None:
         raise SerdeError(f"{where}: compressed record has entries {sorted(keys)}, not a known codec's")
     got_raw = {k[len(_RAW) :] for k in record if k.startswith(_RAW)}
