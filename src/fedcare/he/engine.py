@@ -99,7 +99,7 @@ class OpenFheEngine:
             raise ConfigError(f"cannot start the OpenFHE engine with {python!r}: {exc.strerror}") from None
         self._proc = proc
         header, _ = self._call_locked({"op": "init", "params": self.params.to_engine()}, [])
-        self.info = {k: header[k] for k in ("ring_dim", "slots", "log_q") if k in header}
+        self.info = {k: header[k] for k in ("ring_dim", "slots", "ckks_slots", "packing", "log_q") if k in header}
         return proc
 
     def close(self) -> None:
@@ -159,7 +159,7 @@ class OpenFheEngine:
 
     @property
     def slots(self) -> int:
-        """Values per ciphertext (ring dimension / 2)."""
+        """Values per ciphertext: the ring dimension under complex packing (two per slot), half of it under real."""
         if "slots" not in self.info:
             self._call({"op": "forget", "handle": ""}, [])  # starts the engine
         return int(self.info["slots"])

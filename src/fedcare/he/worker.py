@@ -10,9 +10,11 @@ BINARY serialisation (no pickle). Secret key shares are created here and never l
 the caller holds an opaque handle.
 
 Parameters (see docs/he.md): CKKS, ``HEStd_128_classic``, multiplicative depth 0 (the
-aggregate needs additions only), one 60-bit modulus, scale 2^45, FIXEDMANUAL rescaling.
-OpenFHE then picks ring dimension 8192 (4096 slots per ciphertext), well inside the
-128-bit bound for that ring (log Q <= 218).
+aggregate needs additions only), one 60-bit modulus, scale 2^45, FIXEDMANUAL rescaling and
+BV key switching (no key-switching key is ever made, so no auxiliary modulus P counts
+against the security bound). OpenFHE then picks ring dimension 4096 (log Q = 60 <= 109,
+its own HE-standard check). Complex packing (``CKKSDataType.COMPLEX``): each of the 2048
+slots carries two values (real and imaginary part), 4096 values per ciphertext.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ import numpy as np
 import openfhe as o
 
 _context = None
-_slots = 0
+_slots = 0  # CKKS slots per ciphertext (ring dimension / 2)
+_complex = True  # two values per slot (real and imaginary part)
+_bound = 0.0  # |decrypted value| beyond this: a share is missing or wrong (values wrap mod Q)
 _keys: dict = {}
 
 # Every party derives the same context from the same parameters, so the CRT tables need not be
@@ -46,6 +50,13 @@ def _make_context(params: dict):
     p.SetScalingModSize(int(params.get("scale_bits", 45)))
     p.SetFirstModSize(int(params.get("first_mod_bits", 60)))
     p.SetScalingTechnique(o.FIXEDMANUAL)
+    # depth 0 and no evaluation keys: BV adds no auxiliary modulus, so log QP = log Q (HYBRID's
+    # extra 60-bit P made OpenFHE pick ring 8192 for the same single 60-bit modulus)
+    p.SetKeySwitchTechnique(o.BV)
+    if int(params.get("ring_dim", 0)):
+        p.SetRingDim(int(params["ring_dim"]))  # OpenFHE refuses a ring below the security level's
+    if params.get("packing", "complex") == "complex":
+        p.SetCKKSDataType(o.COMPLEX)
     cc = o.GenCryptoContext(p)
     for feature in (o.PKE, o.LEVELEDSHE, o.MULTIPARTY):
         cc.Enable(feature)
@@ -64,6 +75,11 @@ def _ser(obj) -> bytes:
     return bytes(o.Serialize(obj, o.BINARY))
 
 
+def _per_ct() -> int:
+    """Values per ciphertext: two per slot under complex packing."""
+    return 2 * _slots if _complex else _slots
+
+
 def _need_context() -> None:
     if _context is None:
         raise ValueError("engine has no context (call init first)")
@@ -71,16 +87,24 @@ def _need_context() -> None:
 
 def handle(header: dict, blobs: list[bytes]) -> tuple[dict, list[bytes]]:
     """Run one operation; returns the reply header and blobs."""
-    global _context, _slots
+    global _context, _slots, _complex, _bound
     op = header.get("op")
     if op == "init":
-        _context = _make_context(header.get("params", {}))
+        params = header.get("params", {})
+        packing = params.get("packing", "complex")
+        if packing not in ("complex", "real"):
+            raise ValueError(f"unknown packing {packing!r}")
+        _context = _make_context(params)
         _slots = _context.GetRingDimension() // 2
+        _complex = packing == "complex"
+        _bound = float(2 ** (int(params.get("first_mod_bits", 60)) - int(params.get("scale_bits", 45)) - 1))
         import math
 
         return {
             "ring_dim": _context.GetRingDimension(),
-            "slots": _slots,
+            "slots": _per_ct(),
+            "ckks_slots": _slots,
+            "packing": packing,
             "log_q": math.log2(_context.GetModulus()),
             "openfhe": getattr(o, "__version__", "") or "",
         }, []
@@ -102,10 +126,16 @@ def handle(header: dict, blobs: list[bytes]) -> tuple[dict, list[bytes]]:
     if op == "encrypt":
         pk = _pk(blobs[0])
         values = np.frombuffer(blobs[1], dtype="<f8")
+        per = _per_ct()
+        count = -(-len(values) // per)
+        flat = np.zeros(count * per, dtype=np.float64)  # the last ciphertext is padded with zeros
+        flat[: len(values)] = values
         out = []
-        for start in range(0, len(values), _slots):
-            chunk = values[start : start + _slots].tolist()
-            out.append(_ser(cc.Encrypt(pk, cc.MakeCKKSPackedPlaintext(chunk))))
+        for j in range(count):
+            chunk = flat[j * per : (j + 1) * per]
+            if _complex:  # first half in the real parts, second half in the imaginary parts
+                chunk = chunk[:_slots] + 1j * chunk[_slots:]
+            out.append(_ser(cc.Encrypt(pk, cc.MakeCKKSPackedPlaintext(np.ascontiguousarray(chunk)))))
         return {"count": len(out)}, out
     if op == "add":
         # blobs: k parties x m ciphertexts, party-major; returns m sums
@@ -138,14 +168,30 @@ def handle(header: dict, blobs: list[bytes]) -> tuple[dict, list[bytes]]:
         if m <= 0 or len(blobs) % m:
             raise ValueError(f"fuse: {len(blobs)} partial decryptions are not parties x {m}")
         k = len(blobs) // m
-        out = np.empty(length, dtype="<f8")
+        per = _per_ct()
+        if not 0 < length <= m * per:
+            raise ValueError(f"fuse: {length} values do not fit {m} ciphertexts")
+        out = np.empty(m * per, dtype="<f8")
         for j in range(m):
             parts = [_ct(blobs[i * m + j]) for i in range(k)]
             pt = cc.MultipartyDecryptFusion(parts)
-            n = min(_slots, length - j * _slots)
-            pt.SetLength(n)
-            out[j * _slots : j * _slots + n] = pt.GetRealPackedValue()[:n]
-        return {}, [out.tobytes()]
+            pt.SetLength(_slots)
+            if _complex:
+                z = np.asarray(pt.GetCKKSPackedValueArray())
+                out[j * per : j * per + _slots] = z.real
+                out[j * per + _slots : (j + 1) * per] = z.imag
+            else:
+                out[j * per : (j + 1) * per] = np.asarray(pt.GetRealPackedValueArray())
+        # Under complex packing OpenFHE has no imaginary part left to estimate its error from, so
+        # it decodes whatever the shares give: without every share (or with shares of another
+        # ciphertext) the values are uniform modulo Q, ~1e6 in magnitude. A true sum stays below
+        # the bound (every site refuses an update that could reach it).
+        if not np.all(np.abs(out) < _bound):
+            raise ValueError(
+                f"the decrypted values exceed the CKKS bound {_bound:g}: a decryption share is missing or belongs "
+                "to another ciphertext"
+            )
+        return {}, [out[:length].tobytes()]
     if op == "forget":
         _keys.pop(header.get("handle"), None)
         return {}, []

@@ -74,20 +74,29 @@ class CkksParams:
     Attributes
     ----------
     security_bits : int (default: 128)
-        HE standard classical security level (128, 192 or 256); OpenFHE picks the ring
-        dimension that meets it (8192 for the defaults).
+        HE standard classical security level (128, 192 or 256); OpenFHE picks the smallest
+        ring dimension that meets it (4096 for the defaults: one 60-bit modulus, BV key
+        switching, so no auxiliary modulus counts against the bound).
     scale_bits : int (default: 45)
-        log2 of the CKKS scale: the absolute error of a decrypted sum is about
-        ``1e-3 * 2^(40 - scale_bits)`` with a handful of parties (OpenFHE smudges each
-        decryption share with 20-bit noise; docs/he.md).
+        log2 of the CKKS scale: the absolute error of a decrypted sum is below
+        ``1e-4 * 2^(45 - scale_bits)`` for up to 50 parties (OpenFHE smudges each decryption
+        share with 20-bit noise; measured in docs/he.md).
     first_mod_bits : int (default: 60)
         The one ciphertext modulus (depth 0: the aggregate needs additions only). Values
         must stay below ``2^(first_mod_bits - scale_bits - 1)`` in magnitude.
+    packing : {"complex", "real"} (default: "complex")
+        ``"complex"`` puts two values in each CKKS slot (real and imaginary part): a
+        ciphertext carries as many values as the ring dimension (4096), twice ``"real"``'s.
+    ring_dim : int (default: 0)
+        0: the smallest ring OpenFHE accepts for ``security_bits``; a larger power of two
+        may be forced (OpenFHE refuses a smaller one).
     """
 
     security_bits: int = 128
     scale_bits: int = 45
     first_mod_bits: int = 60
+    packing: str = "complex"
+    ring_dim: int = 0
 
     def __post_init__(self) -> None:
         """Validate the bounds (OpenFHE would otherwise fail late, at a site)."""
@@ -100,18 +109,24 @@ class CkksParams:
                 f"CKKS first_mod_bits must be in [scale_bits + 4, 60], got {self.first_mod_bits} "
                 f"(scale_bits {self.scale_bits})"
             )
+        if self.packing not in ("complex", "real"):
+            raise ConfigError(f"CKKS packing must be 'complex' or 'real', got {self.packing!r}")
+        if self.ring_dim and (self.ring_dim < 1024 or self.ring_dim & (self.ring_dim - 1)):
+            raise ConfigError(f"CKKS ring_dim must be 0 or a power of two >= 1024, got {self.ring_dim}")
 
     @property
     def bound(self) -> float:
         """The largest magnitude a decrypted sum may have (values beyond it wrap)."""
         return float(2 ** (self.first_mod_bits - self.scale_bits - 1))
 
-    def to_engine(self) -> dict[str, int]:
-        """The parameters as the engine takes them."""
+    def to_engine(self) -> dict[str, int | str]:
+        """The parameters as the engine takes them (and the coordinator announces them)."""
         return {
             "security_bits": self.security_bits,
             "scale_bits": self.scale_bits,
             "first_mod_bits": self.first_mod_bits,
+            "packing": self.packing,
+            "ring_dim": self.ring_dim,
         }
 
 
@@ -422,7 +437,7 @@ class _Session:
     session: str
     handle: str
     public_key: bytes
-    params: dict[str, int]
+    params: dict[str, int | str]
     encrypted: bool = False
     decrypted: bool = False
     own: tuple[bytes, ...] = ()
