@@ -11,10 +11,11 @@ through the :class:`RoundDriver` it is handed, without importing the runtime.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
+from fedcare.serde import StateSpec
 from fedcare.strategies.base import Fold, ServerState, Strategy
 from fedcare.types import ConfigValue, Message, MessageKind, Metrics, ModelState, Payload, RunId, SiteId
 
@@ -25,6 +26,9 @@ __all__ = [
     "FitPhase",
     "FitWorkflow",
     "NullRecorder",
+    "PartialSum",
+    "PrefoldChannel",
+    "PrefoldRequest",
     "Recorder",
     "RoundDriver",
     "RoundReport",
@@ -61,6 +65,68 @@ class Channel(Protocol):
 
     def close(self) -> None:
         """Release threads, sockets and workers."""
+        ...
+
+
+@dataclass(frozen=True)
+class PartialSum:
+    """Valid fit replies of some sites, folded where those sites are hosted.
+
+    What a :class:`PrefoldChannel` hands the Coordinator instead of those sites'
+    models: the same float64 running sum a
+    :class:`~fedcare.strategies.fedavg.WeightedMeanFold` would hold after folding them
+    in ``sites`` order.
+
+    Attributes
+    ----------
+    sites : tuple[SiteId, ...]
+        The sites whose updates are in the sum, in the order they were folded.
+    sums : ModelState
+        ``sum_k n_k * w_k`` per entry, float64.
+    total_weight : float
+        ``sum_k n_k`` (the sites' ``num_examples``).
+    metric_sums : Metrics
+        ``sum_k n_k * m_k`` of each training metric.
+    update_bytes : int
+        Array bytes of the folded updates (what those sites sent to their host).
+    """
+
+    sites: tuple[SiteId, ...]
+    sums: ModelState
+    total_weight: float
+    metric_sums: Metrics = field(default_factory=dict)
+    update_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class PrefoldRequest:
+    """The Coordinator's request that a channel fold valid FIT replies where the sites run.
+
+    Only the Coordinator makes one, and only for a strategy whose aggregation is a
+    weighted linear mean (``linear_fold``). A site's reply that is an error, that fails
+    the validation of :func:`fedcare.runtime.replies.fit_result` against ``spec``, or
+    that carries anything besides its ``"model"`` record is passed through whole, so
+    the Coordinator treats it as usual.
+
+    Attributes
+    ----------
+    spec : StateSpec
+        Names, shapes and dtypes every folded update must have.
+    on_sum : Callable[[PartialSum], None]
+        Called with each :class:`PartialSum` before the replies of the sites it covers
+        are yielded (each such reply then carries the site's metrics, no arrays).
+    """
+
+    spec: StateSpec
+    on_sum: Callable[[PartialSum], None]
+
+
+@runtime_checkable
+class PrefoldChannel(Channel, Protocol):
+    """A :class:`Channel` that can fold fit replies where the sites are hosted (Ray actors)."""
+
+    def send_prefolded(self, messages: Sequence[Message], request: PrefoldRequest) -> None:
+        """Deliver FIT instructions whose valid replies are folded as ``request`` says."""
         ...
 
 
@@ -267,8 +333,18 @@ class RoundDriver(Protocol):
         round_no: int,
         payloads: Mapping[SiteId, Payload],
         failures: dict[SiteId, str],
+        *,
+        prefold: PrefoldRequest | None = None,
     ) -> Iterator[Message]:
-        """Send one instruction per site; yield valid replies as they arrive (failures recorded)."""
+        """Send one instruction per site; yield valid replies as they arrive (failures recorded).
+
+        With ``prefold`` a :class:`PrefoldChannel` folds valid fit replies where the
+        sites run (other channels ignore it and deliver every reply whole).
+        """
+        ...
+
+    def count_traffic(self, site: SiteId, *, sent: int = 0, received: int = 0) -> None:
+        """Add array bytes sent to / received from ``site`` to this round's per-site traffic."""
         ...
 
 

@@ -17,7 +17,18 @@ import numpy as np
 
 from fedcare.compression import payload_bytes
 from fedcare.errors import ConfigError, NotEnoughSitesError, SerdeError
-from fedcare.protocols import Channel, FitPhase, FitWorkflow, NullRecorder, Recorder, RoundDriver, RoundReport, RunSpec
+from fedcare.protocols import (
+    Channel,
+    FitPhase,
+    FitWorkflow,
+    NullRecorder,
+    PartialSum,
+    PrefoldRequest,
+    Recorder,
+    RoundDriver,
+    RoundReport,
+    RunSpec,
+)
 from fedcare.runtime.asynchronous import BufferedAsyncFit
 from fedcare.runtime.exchange import Exchange
 from fedcare.runtime.replies import finite_metrics as _finite_metrics
@@ -25,6 +36,7 @@ from fedcare.runtime.replies import fit_result as _fit_result
 from fedcare.runtime.replies import site_seed
 from fedcare.serde import spec_of
 from fedcare.strategies.base import ServerState, Strategy
+from fedcare.strategies.fedavg import WeightedMeanFold
 from fedcare.types import (
     ConfigValue,
     Message,
@@ -37,7 +49,7 @@ from fedcare.types import (
     SiteId,
 )
 
-__all__ = ["Coordinator", "FitPhase", "FitWorkflow", "PlainFit", "RunResult", "site_seed"]
+__all__ = ["Coordinator", "FitPhase", "FitWorkflow", "PlainFit", "RunResult", "prefold_request", "site_seed"]
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +67,12 @@ class PlainFit:
 
     Records ``bytes_down`` / ``bytes_up`` in the round's fit metrics: the array bytes of
     the instructions sent and of the replies received (compressed updates count as sent).
+
+    When the round's aggregation is a weighted linear mean (:func:`prefold_request`),
+    it asks the channel to fold valid replies where the sites run; a channel that can
+    (:class:`~fedcare.protocols.PrefoldChannel`, Ray) hands back partial sums and each
+    folded site's metrics, any other delivers the replies whole. Either way each site's
+    fit metrics, failures and traffic are recorded per site.
     """
 
     def run_fit(self, coordinator: RoundDriver, ctx: FitPhase) -> Metrics:
@@ -63,7 +81,29 @@ class PlainFit:
         fold, failures = ctx.fold, ctx.failures
         bytes_down = float(sum(payload_bytes(p.arrays) for p in ctx.payloads.values()))
         bytes_up = 0.0
-        for reply in coordinator.exchange(MessageKind.FIT, ctx.run_id, ctx.round_no, ctx.payloads, failures):
+        folded: dict[SiteId, int] = {}  # site -> its update's array bytes, for sites folded elsewhere
+
+        open_ = True  # a sum arriving after this exchange ended (late sites) is not this round's
+
+        def take(partial: PartialSum) -> None:
+            nonlocal bytes_up
+            if not open_:
+                return
+            assert isinstance(fold, WeightedMeanFold)  # prefold_request asks only then
+            fold.add_sum(partial.sums, partial.total_weight, count=len(partial.sites), metric_sums=partial.metric_sums)
+            bytes_up += partial.update_bytes
+            share = partial.update_bytes // max(len(partial.sites), 1)
+            folded.update(dict.fromkeys(partial.sites, share))
+
+        request = prefold_request(coordinator.strategy, ctx, take)
+        replies = coordinator.exchange(
+            MessageKind.FIT, ctx.run_id, ctx.round_no, ctx.payloads, failures, prefold=request
+        )
+        for reply in replies:
+            if reply.site in folded:  # already in the fold: the reply carries its metrics only
+                ctx.site_fit[reply.site] = {**reply.payload.metrics}
+                coordinator.count_traffic(reply.site, received=folded[reply.site])
+                continue
             bytes_up += payload_bytes(reply.payload.arrays)
             try:
                 fit = _fit_result(reply, spec, ctx.payloads[reply.site].arrays.get("model"))
@@ -73,7 +113,35 @@ class PlainFit:
                 log.warning("round %d: rejected update from %s: %s", ctx.round_no, reply.site, exc)
                 continue
             ctx.site_fit[reply.site] = {"num_examples": float(fit.num_examples), **fit.metrics}
+        open_ = False
         return {"bytes_down": bytes_down, "bytes_up": bytes_up}
+
+
+#: Fit-config keys under which a site's reply is more than its model (compression, client
+#: DP, personalisation): such rounds keep per-site replies.
+_PER_SITE_CONFIG = ("compression", "dp.", "ditto_")
+
+
+def prefold_request(strategy: Strategy, ctx: FitPhase, on_sum: Callable[[PartialSum], None]) -> PrefoldRequest | None:
+    """The pre-folding request for this fit phase, or ``None`` when replies must arrive whole.
+
+    Pre-folding is asked for only when the strategy declares a weighted linear mean
+    (``linear_fold``, e.g. FedAvg, FedProx, the FedOpt family whose server step acts on
+    that mean; not median, trimmed mean, Krum, SCAFFOLD, FedBuff or a DP wrapper), its
+    fold is a :class:`WeightedMeanFold`, every site is sent exactly the global model,
+    and the fit config asks for nothing that makes a reply more than a model
+    (compression, client-level DP, Ditto).
+    """
+    if not getattr(strategy, "linear_fold", False) or not isinstance(ctx.fold, WeightedMeanFold):
+        return None
+    spec = spec_of(ctx.state.model)
+    for payload in ctx.payloads.values():
+        model = payload.arrays.get("model")
+        if set(payload.arrays) != {"model"} or model is None or spec_of(model) != spec:
+            return None
+        if any(str(key).startswith(_PER_SITE_CONFIG) for key in payload.config):
+            return None
+    return PrefoldRequest(spec=spec, on_sum=on_sum)
 
 
 class Coordinator:
@@ -293,14 +361,18 @@ class Coordinator:
         round_no: int,
         payloads: Mapping[SiteId, Payload],
         failures: dict[SiteId, str],
+        *,
+        prefold: PrefoldRequest | None = None,
     ) -> Iterator[Message]:
         """Send one instruction per site through :attr:`exchanger`; yield valid replies.
 
         Every instruction names the task, its hash and the site's round seed. Error
         replies, replies that answer nothing outstanding and sites that miss the
         deadline are written to ``failures``; they never raise. The exchange is recorded.
+        ``prefold`` (from :func:`prefold_request`) lets a channel fold fit replies where
+        the sites run.
         """
-        return self.exchanger(kind, run_id, round_no, payloads, failures)
+        return self.exchanger(kind, run_id, round_no, payloads, failures, prefold=prefold)
 
     def _stamp(self, site: SiteId, round_no: int) -> dict[str, ConfigValue]:
         return {"task": self.task_name, "task_hash": self.task_hash, "seed": site_seed(self.seed, round_no, site)}

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Mapping
 
 from fedcare.compression import payload_bytes
 from fedcare.errors import ConfigError
-from fedcare.protocols import Channel, ExchangeReport, NullRecorder, Recorder
+from fedcare.protocols import Channel, ExchangeReport, NullRecorder, PrefoldChannel, PrefoldRequest, Recorder
 from fedcare.types import ConfigValue, Message, MessageKind, Payload, RunId, SiteId
 
 __all__ = ["Exchange", "Stamp", "exchange_name"]
@@ -91,12 +91,16 @@ class Exchange:
         round_no: int,
         payloads: Mapping[SiteId, Payload],
         failures: dict[SiteId, str],
+        *,
+        prefold: PrefoldRequest | None = None,
     ) -> Iterator[Message]:
         """Send one instruction per site; yield valid replies as they arrive.
 
         Error replies, replies that answer nothing outstanding and sites that miss the
         deadline are written to ``failures``; they never raise. The exchange is recorded
-        when the iteration ends (also when the caller stops early).
+        when the iteration ends (also when the caller stops early). ``prefold`` (fit
+        only, decided by the Coordinator) goes to a :class:`PrefoldChannel`; any other
+        channel delivers every reply whole.
         """
         pending: dict[str, Message] = {}
         for site, payload in payloads.items():
@@ -119,7 +123,10 @@ class Exchange:
         mine: dict[SiteId, str] = {}
         started = time.perf_counter()
         try:
-            self.channel.send(list(pending.values()))
+            if prefold is not None and isinstance(self.channel, PrefoldChannel):
+                self.channel.send_prefolded(list(pending.values()), prefold)
+            else:
+                self.channel.send(list(pending.values()))
             for reply in self.channel.receive(timeout_s=self.timeout_s):
                 outstanding = pending.get(reply.reply_to or "")
                 if outstanding is None or reply.site != outstanding.site or reply.kind is not outstanding.kind:

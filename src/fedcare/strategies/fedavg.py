@@ -157,13 +157,25 @@ class WeightedMeanFold:
             for future in futures:
                 future.result()
 
-    def add_sum(self, sums: ModelState, total_weight: float, *, count: int, metrics: Metrics | None = None) -> None:
-        """Add a pre-summed aggregate ``sum_k w_k * state_k`` of ``count`` sites (secure aggregation).
+    def add_sum(
+        self,
+        sums: ModelState,
+        total_weight: float,
+        *,
+        count: int,
+        metrics: Metrics | None = None,
+        metric_sums: Metrics | None = None,
+    ) -> None:
+        """Add a pre-summed aggregate ``sum_k w_k * state_k`` of ``count`` sites.
 
-        ``metrics`` are already averaged over those sites; they enter with weight ``total_weight``.
+        Secure aggregation passes ``metrics`` already averaged over those sites (they
+        enter with weight ``total_weight``); a fold made elsewhere (:meth:`partial`, a
+        pre-folding channel) passes its ``metric_sums`` (``sum_k w_k * m_k``) as they are.
         """
         if total_weight <= 0 or count < 1:
             raise ValueError(f"add_sum needs a positive total weight and count, got {total_weight}, {count}")
+        for key, value in (metric_sums or {}).items():
+            self._metric_sums[key] = self._metric_sums.get(key, 0.0) + value
         self._flush()
         for name, ref in self._template.items():
             arr = sums.get(name)
@@ -178,6 +190,17 @@ class WeightedMeanFold:
             self._metric_sums[key] = self._metric_sums.get(key, 0.0) + total_weight * value
         self._total += total_weight
         self._count += count
+
+    def partial(self) -> tuple[ModelState, Metrics]:
+        """The float64 running sum of each entry and the weighted metric sums, as folded so far.
+
+        For a fold made where the sites run (a Ray actor): the driver adds it with
+        :meth:`add_sum` (``total_weight``: :attr:`total_weight`, ``count``: :attr:`count`).
+        The fold is spent afterwards.
+        """
+        self._flush()
+        sums, self._acc = self._acc, {}
+        return sums, dict(self._metric_sums)
 
     def mean(self) -> ModelState:
         """Return the weighted mean, cast back to each entry's template dtype."""
@@ -211,6 +234,11 @@ class FedAvg:
     """
 
     name: ClassVar[str] = "fedavg"
+    #: The aggregation is the weighted linear mean of the sites' models (a subclass's
+    #: server step may act on that mean): the Coordinator may have replies pre-folded
+    #: where the sites run (:class:`fedcare.protocols.PrefoldRequest`). Strategies that
+    #: need each update (median, Krum, trimmed mean) set it False.
+    linear_fold: ClassVar[bool] = True
 
     def __init__(self, *, fit_config: Mapping[str, ConfigValue] | None = None) -> None:
         self.fit_config: dict[str, ConfigValue] = dict(fit_config or {})

@@ -159,6 +159,8 @@ class _Robust(FedAvg):
     """Shared plumbing: broadcast, buffer, aggregate with :meth:`aggregate`."""
 
     name: ClassVar[str] = "robust"
+    #: Robust statistics need every update: never pre-folded where the sites run.
+    linear_fold: ClassVar[bool] = False
 
     def __init__(self, *, fit_config: Mapping[str, ConfigValue] | None = None) -> None:
         super().__init__(fit_config=fit_config)

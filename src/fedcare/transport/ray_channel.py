@@ -23,6 +23,13 @@ at most ``batches_per_actor`` batches per actor are outstanding, so the driver's
 is O(model), never O(N * model). An actor that dies, or a node that is lost, turns its
 unanswered instructions into error replies: a recorded site failure of that round.
 
+When the Coordinator asks for it (:class:`fedcare.protocols.PrefoldRequest`: FedAvg-like
+strategies, whose aggregate is a weighted linear mean), an actor folds its sites'
+valid updates itself, in site order, into one float64 partial sum per batch, and sends
+that sum plus each folded site's metrics instead of one model per site; a pre-folded
+batch counts a shared model once against ``max_batch_bytes``, so an actor's sites go
+in one or a few batches. Errors and updates that fail validation come back whole.
+
 Ray is an optional dependency (``pip install 'fedcare[ray]'``); this module imports it.
 """
 
@@ -39,9 +46,14 @@ from typing import Any
 import ray
 from ray.exceptions import RayError
 
-from fedcare.errors import ConfigError, FedcareError
+from fedcare.compression import payload_bytes
+from fedcare.errors import ConfigError, FedcareError, SerdeError
+from fedcare.protocols import PartialSum, PrefoldRequest
+from fedcare.runtime.replies import fit_result
+from fedcare.serde import ArraySpec, check_state
+from fedcare.strategies.fedavg import WeightedMeanFold
 from fedcare.transport.wire import DEFAULT_MAX_MESSAGE_BYTES, Record, message_arrays, message_from_parts
-from fedcare.types import Message, SiteId
+from fedcare.types import Message, Payload, SiteId
 
 __all__ = ["RayChannel"]
 
@@ -49,6 +61,11 @@ log = logging.getLogger(__name__)
 
 #: Instructions sent to one actor in one call, at most (besides the byte budget).
 MAX_BATCH_MESSAGES = 512
+#: Record of a partial sum sent back by an actor that pre-folds its sites' updates.
+SUM_RECORD = "sum"
+#: One item a batch streams back: the batch indices it answers, one encoded reply per
+#: index, and (pre-folded batches) the encoded partial sum those replies are folded in.
+_Item = tuple[list[int], list[tuple[bytes, list[Any]]], tuple[bytes, list[Any]] | None]
 
 
 class SiteHost:
@@ -64,19 +81,90 @@ class SiteHost:
 
     def handle(self, header: bytes, *records: Any) -> tuple[bytes, list[Any]]:
         """Decode and validate one instruction, let its site answer, encode the reply."""
-        return self._answer(header, list(records), set())
+        return _encoded(self._answer(header, list(records), set()))
 
-    def handle_batch(self, headers: Sequence[bytes], slots: Sequence[Sequence[int]], *records: Any) -> Iterator[Any]:
+    def handle_batch(self, headers: Sequence[bytes], slots: Sequence[Sequence[int]], *records: Any) -> Iterator[_Item]:
         """Answer a batch of instructions in order, yielding each encoded reply as soon as it exists.
 
         ``slots[i]`` lists which of ``records`` instruction ``i`` carries, so a model
         shared by the batch arrives (and its digest is checked) once.
         """
         verified: set[tuple[int, bytes]] = set()
-        for header, slot in zip(headers, slots, strict=True):
-            yield self._answer(header, [records[k] for k in slot], verified)
+        for i, (header, slot) in enumerate(zip(headers, slots, strict=True)):
+            yield [i], [_encoded(self._answer(header, [records[k] for k in slot], verified))], None
 
-    def _answer(self, header: bytes, records: list[Any], verified: set[tuple[int, bytes]]) -> tuple[bytes, list[Any]]:
+    def handle_folded(
+        self,
+        headers: Sequence[bytes],
+        slots: Sequence[Sequence[int]],
+        spec: Sequence[tuple[str, Sequence[int], str]],
+        *records: Any,
+    ) -> Iterator[_Item]:
+        """Answer a batch of FIT instructions, folding the valid updates here (a pre-folded batch).
+
+        Each reply that passes :func:`fedcare.runtime.replies.fit_result` against
+        ``spec`` and carries only its model is added, in batch (site) order, to one
+        :class:`WeightedMeanFold`; the last item holds its partial sum and, per folded
+        site, its reply without arrays (its metrics). Any other reply (an error, an
+        invalid or larger update) streams back whole as it comes.
+        """
+        state_spec = {name: ArraySpec(tuple(shape), dtype) for name, shape, dtype in spec}
+        verified: set[tuple[int, bytes]] = set()
+        fold: WeightedMeanFold | None = None
+        folded: list[int] = []
+        receipts: list[tuple[bytes, list[Any]]] = []
+        first: Message | None = None
+        update_bytes = 0
+        for i, (header, slot) in enumerate(zip(headers, slots, strict=True)):
+            reply = self._answer(header, [records[k] for k in slot], verified)
+            fit = None
+            if isinstance(reply, Message) and not reply.has_error and set(reply.payload.arrays) == {"model"}:
+                try:
+                    fit = fit_result(reply, state_spec)
+                except (SerdeError, ValueError):
+                    fit = None  # the Coordinator rejects it with the same message
+            if fit is None or not isinstance(reply, Message):
+                yield [i], [_encoded(reply)], None
+                continue
+            if fold is None:
+                fold, first = WeightedMeanFold(fit.state), reply
+            fold.add(reply.site, fit)
+            update_bytes += payload_bytes(reply.payload.arrays)
+            metrics = {"num_examples": float(fit.num_examples), **fit.metrics}
+            receipt = Message(
+                kind=reply.kind,
+                run_id=reply.run_id,
+                round_no=reply.round_no,
+                site=reply.site,
+                payload=Payload(config=reply.payload.config, metrics=metrics),
+                message_id=reply.message_id,
+                reply_to=reply.reply_to,
+            )
+            folded.append(i)
+            receipts.append(message_arrays(receipt))
+        if fold is None or first is None:
+            return
+        total, count = fold.total_weight, fold.count
+        sums, metric_sums = fold.partial()
+        summary = Message(
+            kind=first.kind,
+            run_id=first.run_id,
+            round_no=first.round_no,
+            site=first.site,
+            payload=Payload(
+                arrays={SUM_RECORD: sums},
+                metrics={
+                    "total_weight": total,
+                    "count": float(count),
+                    "update_bytes": float(update_bytes),
+                    **{f"m.{k}": v for k, v in metric_sums.items()},
+                },
+            ),
+        )
+        yield folded, receipts, message_arrays(summary)
+
+    def _answer(self, header: bytes, records: list[Any], verified: set[tuple[int, bytes]]) -> Message | str:
+        """The site's reply to one instruction, or why the instruction could not be decoded."""
         try:
             message = message_from_parts(
                 header,
@@ -86,26 +174,43 @@ class SiteHost:
                 verified=verified,
             )
         except FedcareError as exc:  # nothing to reply to: the driver names the site
-            return b"", [f"{type(exc).__name__}: {exc}".encode()]
+            return f"{type(exc).__name__}: {exc}"
         node = self.nodes.get(message.site)
         if node is None:
-            reply = message.reply(error=f"site {message.site!r} is not hosted by this actor")
-        else:
-            try:
-                reply = node.handle(message)
-            except Exception as exc:  # a crashing site is data, as in the in-process channel
-                reply = message.reply(error=f"{type(exc).__name__}: {exc}")
-        return message_arrays(reply)  # uint8 arrays: the driver reads them in place from the object store
+            return message.reply(error=f"site {message.site!r} is not hosted by this actor")
+        try:
+            reply: Message = node.handle(message)
+        except Exception as exc:  # a crashing site is data, as in the in-process channel
+            reply = message.reply(error=f"{type(exc).__name__}: {exc}")
+        return reply
+
+
+def _encoded(answer: Message | str) -> tuple[bytes, list[Any]]:
+    """A reply as a header and uint8 record arrays (read in place by the driver); an empty header is an error."""
+    if isinstance(answer, str):
+        return b"", [answer.encode()]
+    return message_arrays(answer)
 
 
 @dataclass
 class _Batch:
-    """One call to an actor: its instructions in order and how many were answered."""
+    """One call to an actor: its instructions in order and which of them were answered."""
 
     actor: int
     messages: list[Message]
-    answered: int = 0
+    request: PrefoldRequest | None = None
+    answered: set[int] = field(default_factory=set)
     refs: list[Any] = field(default_factory=list)  # keeps the shared records alive until answered
+
+
+@dataclass
+class _Queued:
+    """An encoded instruction waiting for its actor."""
+
+    message: Message
+    header: bytes
+    refs: list[tuple[Any, int]]  # (object ref, bytes) per record, shared records share a ref
+    request: PrefoldRequest | None
 
 
 class RayChannel:
@@ -201,12 +306,13 @@ class RayChannel:
         self._max_batch_bytes = max_batch_bytes
         self._batches_per_actor = batches_per_actor
         self._max_message_bytes = max_message_bytes
-        self._queues: list[collections.deque[tuple[Message, bytes, list[Any], int]]] = [
-            collections.deque() for _ in self._actors
-        ]
+        self._hosted = [len(group) for group in groups]
+        self._queues: list[collections.deque[_Queued]] = [collections.deque() for _ in self._actors]
         self._busy = [0] * len(self._actors)
         self._inflight: dict[Any, _Batch] = {}  # streaming generator -> its batch
         self._errors: collections.deque[Message] = collections.deque()
+        #: Site replies that arrived folded into an actor's partial sum (all rounds).
+        self.folded_sites = 0
 
     @property
     def actors(self) -> int:
@@ -223,8 +329,22 @@ class RayChannel:
 
     def send(self, messages: Sequence[Message]) -> None:
         """Encode each instruction (a shared record once, put once) and queue it for its site's actor."""
+        self._queue(messages, None)
+
+    def send_prefolded(self, messages: Sequence[Message], request: PrefoldRequest) -> None:
+        """As :meth:`send`, but each actor folds its sites' valid FIT replies (see :class:`PrefoldRequest`).
+
+        A batch then returns one partial sum (float64, folded in site order) and each
+        folded site's metrics instead of one model per site; errors and updates that
+        cannot be folded come back whole, and a batch lost with its actor is a failure
+        of each of its sites, as in :meth:`send`. An actor hosting one site folds
+        nothing worth the trouble: its sites' replies come back whole.
+        """
+        self._queue(messages, request)
+
+    def _queue(self, messages: Sequence[Message], request: PrefoldRequest | None) -> None:
         cache: dict[int, Record] = {}
-        blobs: dict[int, Any] = {}
+        blobs: dict[int, tuple[Any, int]] = {}
         for message in messages:
             actor = self._actor_of.get(message.site)
             if actor is None:
@@ -235,35 +355,43 @@ class RayChannel:
             for name, blob in zip(message.payload.arrays, records, strict=True):
                 key = id(message.payload.arrays[name])
                 if key not in blobs:
-                    blobs[key] = ray.put(blob)
+                    blobs[key] = (ray.put(blob), len(blob))
                 refs.append(blobs[key])
-            size = len(header) + sum(len(b) for b in records)
-            self._queues[actor].append((message, header, refs, size))
+            folds = request is not None and self._hosted[actor] > 1
+            self._queues[actor].append(_Queued(message, header, refs, request if folds else None))
         self._fill()
 
     def _fill(self) -> None:
         for actor, queue in enumerate(self._queues):
             while queue and self._busy[actor] < self._batches_per_actor:
-                batch = _Batch(actor, [])
+                request = queue[0].request
+                batch = _Batch(actor, [], request)
                 headers: list[bytes] = []
                 slots: list[list[int]] = []
                 index: dict[Any, int] = {}
                 size = 0
-                while queue and len(batch.messages) < MAX_BATCH_MESSAGES:
-                    if batch.messages and size + queue[0][3] > self._max_batch_bytes:
+                while queue and len(batch.messages) < MAX_BATCH_MESSAGES and queue[0].request is request:
+                    item = queue[0]
+                    # replies stream back one model per site: count each site's records; a
+                    # pre-folded batch returns one sum: count a shared record once
+                    nbytes = len(item.header) + sum(n for ref, n in item.refs if request is None or ref not in index)
+                    if batch.messages and size + nbytes > self._max_batch_bytes:
                         break
-                    message, header, refs, nbytes = queue.popleft()
+                    queue.popleft()
                     size += nbytes
-                    batch.messages.append(message)
-                    headers.append(header)
-                    slots.append([index.setdefault(ref, len(index)) for ref in refs])
+                    batch.messages.append(item.message)
+                    headers.append(item.header)
+                    slots.append([index.setdefault(ref, len(index)) for ref, _ in item.refs])
                 batch.refs = list(index)
-                generator = (
-                    self._actors[actor]
-                    .handle_batch.options(num_returns="streaming")
-                    .remote(headers, slots, *batch.refs)
-                )
-                self._inflight[generator] = batch
+                handle = self._actors[actor]
+                if request is None:
+                    call = handle.handle_batch.options(num_returns="streaming").remote(headers, slots, *batch.refs)
+                else:
+                    spec = [(name, list(a.shape), a.dtype) for name, a in request.spec.items()]
+                    call = handle.handle_folded.options(num_returns="streaming").remote(
+                        headers, slots, spec, *batch.refs
+                    )
+                self._inflight[call] = batch
                 self._busy[actor] += 1
 
     def receive(self, *, timeout_s: float) -> Iterator[Message]:
@@ -282,11 +410,11 @@ class RayChannel:
             self._collect(ready[0])
 
     def _collect(self, generator: Any) -> None:
-        """Turn the next item of a ready batch into a reply (or its failure into error replies)."""
+        """Turn the next item of a ready batch into replies (or its failure into error replies)."""
         batch = self._inflight[generator]
         try:
             ref = next(generator)
-            reply = self._reply(batch.messages[batch.answered], ray.get(ref))
+            indices, replies, summary = ray.get(ref)
         except StopIteration:
             self._close_batch(generator, "site actor ended the batch without answering")
             return
@@ -295,16 +423,49 @@ class RayChannel:
             log.warning("ray actor %d failed: %s", batch.actor, first)
             self._close_batch(generator, f"site actor failed ({type(exc).__name__}): {first[:300]}")
             return
-        batch.answered += 1
-        self._errors.append(reply)
-        if batch.answered == len(batch.messages):
+        messages = [batch.messages[i] for i in indices]
+        decoded = [self._reply(m, parts) for m, parts in zip(messages, replies, strict=True)]
+        batch.answered.update(indices)
+        if summary is not None:  # the folded sites' replies count only with their sum
+            bad = next((r.error for r in decoded if r.has_error), None)
+            error = f"reply from a pre-folded site: {bad}" if bad else self._take_sum(batch, messages, summary)
+            if error:  # every site folded in an unusable sum failed
+                decoded = [m.reply(error=error) for m in messages]
+        self._errors.extend(decoded)
+        if len(batch.answered) == len(batch.messages):
             self._close_batch(generator, "")
+
+    def _take_sum(self, batch: _Batch, messages: list[Message], summary: tuple[bytes, list[Any]]) -> str:
+        """Decode a batch's partial sum and hand it to the Coordinator; return why not, if not."""
+        header, records = summary
+        where = f"partial sum from the ray actor of {messages[0].site if messages else '?'}"
+        try:
+            decoded = message_from_parts(header, records, where=where, max_message_bytes=self._max_message_bytes)
+            sums = decoded.payload.arrays.get(SUM_RECORD, {})
+            assert batch.request is not None
+            check_state(sums, {k: ArraySpec(a.shape, "float64") for k, a in batch.request.spec.items()}, where=where)
+            metrics = decoded.payload.metrics
+            if int(metrics.get("count", 0)) != len(messages):
+                raise SerdeError(f"{where}: counts {metrics.get('count')} sites, names {len(messages)}")
+            partial = PartialSum(
+                sites=tuple(m.site for m in messages),
+                sums=sums,
+                total_weight=float(metrics["total_weight"]),
+                metric_sums={k[2:]: float(v) for k, v in metrics.items() if k.startswith("m.")},
+                update_bytes=int(metrics.get("update_bytes", 0)),
+            )
+            batch.request.on_sum(partial)
+            self.folded_sites += len(messages)
+        except (FedcareError, KeyError, ValueError) as exc:
+            return f"{type(exc).__name__}: {exc}"[:500]
+        return ""
 
     def _close_batch(self, generator: Any, error: str) -> None:
         batch = self._inflight.pop(generator)
         self._busy[batch.actor] -= 1
-        for message in batch.messages[batch.answered :]:
-            self._errors.append(message.reply(error=error or "site actor ended the batch without answering"))
+        for i, message in enumerate(batch.messages):
+            if i not in batch.answered:
+                self._errors.append(message.reply(error=error or "site actor ended the batch without answering"))
 
     def _reply(self, message: Message, parts: tuple[bytes, list[Any]]) -> Message:
         header, records = parts
