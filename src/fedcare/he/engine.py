@@ -191,6 +191,14 @@ class OpenFheEngine:
         """Raise CkksEngineError unless every blob is a fresh ciphertext of this context."""
         self._call({"op": "check"}, list(ciphertexts))
 
+    def fold(self, acc: str | None, ciphertexts: Sequence[bytes]) -> str:
+        """Check one party's ciphertexts and add them into the engine-held sum ``acc`` (a new one if None)."""
+        return str(self._call({"op": "fold", "acc": acc or ""}, list(ciphertexts))[0]["acc"])
+
+    def take(self, acc: str) -> list[bytes]:
+        """The engine-held sum's ciphertexts (the handle is dropped)."""
+        return self._call({"op": "take", "acc": acc}, [])[1]
+
     def partial_decrypt(self, handle: str, ciphertexts: Sequence[bytes], *, lead: bool) -> list[bytes]:
         """The decryption shares of ``ciphertexts`` by the holder of ``handle`` (OpenFHE smudges them)."""
         return self._call({"op": "partial", "handle": handle, "lead": lead}, list(ciphertexts))[1]
@@ -204,5 +212,5 @@ class OpenFheEngine:
         return np.frombuffer(blob, dtype="<f8").astype(np.float64)
 
     def forget(self, handle: str) -> None:
-        """Drop a secret key share (after its one decryption)."""
+        """Drop a secret key share (after its one decryption) or a running sum."""
         self._call({"op": "forget", "handle": handle}, [])

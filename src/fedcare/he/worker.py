@@ -33,6 +33,7 @@ _slots = 0  # CKKS slots per ciphertext (ring dimension / 2)
 _complex = True  # two values per slot (real and imaginary part)
 _bound = 0.0  # |decrypted value| beyond this: a share is missing or wrong (values wrap mod Q)
 _keys: dict = {}
+_sums: dict = {}  # running sums of ciphertexts (the coordinator's fold), by handle
 
 # Every party derives the same context from the same parameters, so the CRT tables need not be
 # recomputed for each deserialised object: 21 ms -> 2 ms per ciphertext (measured, ring 8192).
@@ -154,6 +155,31 @@ def handle(header: dict, blobs: list[bytes]) -> tuple[dict, list[bytes]]:
             if ct.NumberCiphertextElements() != 2 or ct.GetLevel() != 0 or ct.GetSlots() != _slots:
                 raise ValueError(f"ciphertext {i} is not a fresh {_slots}-slot ciphertext of this context")
         return {}, []
+    if op == "fold":
+        # one party's ciphertexts, checked, added into a running sum (unchanged on any error)
+        cts = [_ct(b) for b in blobs]
+        for i, ct in enumerate(cts):
+            if ct.NumberCiphertextElements() != 2 or ct.GetLevel() != 0 or ct.GetSlots() != _slots:
+                raise ValueError(f"ciphertext {i} is not a fresh {_slots}-slot ciphertext of this context")
+        acc = header.get("acc") or ""
+        if not acc:
+            if not cts:
+                raise ValueError("fold: no ciphertexts")
+            acc = secrets.token_hex(16)
+            _sums[acc] = cts
+            return {"acc": acc}, []
+        total = _sums.get(acc)
+        if total is None:
+            raise ValueError("fold: unknown running sum")
+        if len(cts) != len(total):
+            raise ValueError(f"fold: {len(cts)} ciphertexts, the sum has {len(total)}")
+        _sums[acc] = [cc.EvalAdd(a, b) for a, b in zip(total, cts, strict=True)]
+        return {"acc": acc}, []
+    if op == "take":
+        total = _sums.pop(header.get("acc"), None)
+        if total is None:
+            raise ValueError("take: unknown running sum")
+        return {}, [_ser(c) for c in total]
     if op == "partial":
         key = _keys.get(header.get("handle"))
         if key is None:
@@ -194,6 +220,7 @@ def handle(header: dict, blobs: list[bytes]) -> tuple[dict, list[bytes]]:
         return {}, [out[:length].tobytes()]
     if op == "forget":
         _keys.pop(header.get("handle"), None)
+        _sums.pop(header.get("handle"), None)
         return {}, []
     raise ValueError(f"unknown operation {op!r}")
 

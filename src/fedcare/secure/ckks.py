@@ -30,7 +30,8 @@ import math
 import secrets
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -158,6 +159,17 @@ class CkksBackend(Protocol):
         """Raise :class:`CkksEngineError` unless each blob is a fresh ciphertext of this context."""
         ...
 
+    def fold(self, acc: str | None, ciphertexts: Sequence[bytes]) -> str:
+        """Check one party's ciphertexts and add them slot-wise into the running sum ``acc`` (new if None).
+
+        On an error the sum is unchanged. Returns the sum's handle (the sum stays in the engine).
+        """
+        ...
+
+    def take(self, acc: str) -> list[bytes]:
+        """The running sum's ciphertexts; the handle is dropped."""
+        ...
+
     def partial_decrypt(self, handle: str, ciphertexts: Sequence[bytes], *, lead: bool) -> list[bytes]:
         """One party's decryption shares."""
         ...
@@ -236,6 +248,10 @@ class CkksWorkflow:
     #: Recorded with each round: what protected the updates on the wire.
     protection = "ckks-threshold"
 
+    def __post_init__(self) -> None:
+        """A one-thread pool for the lead decryption share (made while the sites make theirs)."""
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ckks-lead")
+
     def run_fit(self, coordinator: RoundDriver, ctx: FitPhase) -> Metrics:
         """Run the keys, encrypt and decrypt stages for ``ctx``'s sites and fold the decrypted sum."""
         compressed = sorted({str(p.config.get("compression")) for p in ctx.payloads.values()} - {"none", "None"})
@@ -268,21 +284,27 @@ class CkksWorkflow:
 
         traffic = {"bytes_down": 0.0, "bytes_up": 0.0}
 
-        def stage(name: str, payloads: Mapping[SiteId, Payload]) -> dict[SiteId, Message]:
+        def replies(name: str, payloads: Mapping[SiteId, Payload]) -> Iterator[Message]:
+            """The stage's valid replies as they arrive; failures recorded once the stage is over."""
             failures: dict[SiteId, str] = {}
             traffic["bytes_down"] += float(sum(payload_bytes(p.arrays) for p in payloads.values()))
-            got = {r.site: r for r in coordinator.exchange(MessageKind.SECAGG, run_id, round_no, payloads, failures)}
-            traffic["bytes_up"] += float(sum(payload_bytes(r.payload.arrays) for r in got.values()))
+            for r in coordinator.exchange(MessageKind.SECAGG, run_id, round_no, payloads, failures):
+                traffic["bytes_up"] += float(payload_bytes(r.payload.arrays))
+                yield r
             for site, error in failures.items():
                 ctx.failures.setdefault(site, f"{name}: {error}")
                 log.warning("round %d: %s failed %s: %s", round_no, site, name, error)
-            return got
+
+        def stage(name: str, payloads: Mapping[SiteId, Payload]) -> dict[SiteId, Message]:
+            return {r.site: r for r in replies(name, payloads)}
 
         def fail(site: SiteId, name: str, why: str) -> None:
             ctx.failures.setdefault(site, f"{name}: {why}")
             log.warning("round %d: %s failed %s: %s", round_no, site, name, why)
 
         lead_handle, lead_pk = self.backend.keygen()
+        acc: str | None = None  # the engine's running sum of the ciphertexts folded so far
+        lead_share: Future[list[bytes]] | None = None
         try:
             # 1. keys
             keys_payload = _stage_payload(
@@ -322,33 +344,38 @@ class CkksWorkflow:
                 )
                 for i, s in enumerate(keyed)
             }
+            # each site's ciphertexts are checked and folded into the engine's running sum as they
+            # arrive (one deserialisation each; O(model) memory unless verify_sum needs them all)
             cts: dict[SiteId, list[bytes]] = {}
             plain: dict[SiteId, ModelState] = {}
             site_metrics: dict[SiteId, dict[str, float]] = {}
-            for site, reply in stage("ckks.encrypt", encrypt_payloads).items():
+            folded: list[SiteId] = []
+            for reply in replies("ckks.encrypt", encrypt_payloads):
+                site = reply.site
                 where = f"ckks.encrypt reply from {site}"
                 try:
-                    cts[site] = unpack_blobs(reply.payload.arrays.get("ct"), where, count=per_site)
-                    try:  # a malformed ciphertext is its sender's failure, not the round's
-                        self.backend.check(cts[site])
+                    blobs = unpack_blobs(reply.payload.arrays.get("ct"), where, count=per_site)
+                    part = _clear_part(reply.payload.arrays.get("clear"), clear, shapes, where) if clear else None
+                    try:  # a malformed ciphertext is its sender's failure, not the round's (the sum is unchanged)
+                        acc = self.backend.fold(acc, blobs)
                     except CkksEngineError as exc:
                         raise CkksEngineError(f"{where}: {exc}") from None
-                    if clear:
-                        plain[site] = _clear_part(reply.payload.arrays.get("clear"), clear, shapes, where)
                 except CkksEngineError as exc:
-                    cts.pop(site, None)
                     fail(site, "ckks.encrypt", str(exc))
                     continue
+                folded.append(site)
+                if part is not None:
+                    plain[site] = part
+                if self.verify_sum:
+                    cts[site] = blobs
                 site_metrics[site] = {k: float(v) for k, v in reply.payload.metrics.items() if math.isfinite(v)}
-            contributors = sorted(cts)
-            if len(contributors) < needed:
+            contributors = sorted(folded)
+            if len(contributors) < needed or acc is None:
                 raise NotEnoughSitesError(
                     f"round {round_no}: {len(contributors)} encrypted update(s), at least {needed} required"
                 )
-            try:
-                total = self.backend.add([cts[s] for s in contributors])
-            except CkksEngineError as exc:
-                raise CkksEngineError(f"round {round_no}: adding the ciphertexts failed: {exc}") from None
+            total = self.backend.take(acc)
+            acc = None
             # 3. decrypt: every key holder's share is needed (n-out-of-n)
             if self.verify_sum:  # the sites add the ciphertexts themselves
                 record = {"secagg_ckks_all": pack_blobs([b for s in contributors for b in cts[s]])}
@@ -358,6 +385,8 @@ class CkksWorkflow:
                 "ckks.decrypt", session, record, **{"ckks.contributors": len(contributors), "ckks.per_site": per_site}
             )
             partials: dict[SiteId, list[bytes]] = {}
+            # the coordinator's own (lead) share is computed while the sites compute theirs
+            lead_share = self._pool.submit(self.backend.partial_decrypt, lead_handle, total, lead=True)
             for site, reply in stage("ckks.decrypt", dict.fromkeys(keyed, decrypt_payload)).items():
                 try:
                     partials[site] = unpack_blobs(
@@ -371,12 +400,16 @@ class CkksWorkflow:
                     f"round {round_no}: threshold CKKS needs every key holder's decryption share and "
                     f"{', '.join(missing)} sent none; the sum stays encrypted"
                 )
-            lead_partial = self.backend.partial_decrypt(lead_handle, total, lead=True)
+            lead_partial = lead_share.result()
             try:
                 flat = self.backend.fuse([lead_partial] + [partials[s] for s in keyed], size)
             except CkksEngineError as exc:
                 raise CkksEngineError(f"round {round_no}: fusing the decryption shares failed: {exc}") from None
         finally:
+            if lead_share is not None:
+                lead_share.exception()  # wait: the handle is forgotten only after its share is made
+            if acc is not None:
+                self.backend.forget(acc)
             self.backend.forget(lead_handle)
         weight = float(flat[-1])
         if abs(weight - round(weight)) < 1e-3:  # weights are example counts: snap the CKKS error away
