@@ -7,8 +7,10 @@ N (sites) x P (parameters), side by side in one run:
 
 - ``fedavg``: plain FIT exchange;
 - ``secagg+``: SecAggPlusWorkflow (2 neighbours, threshold 2, 16-bit fixed point);
-- ``ckks``: CkksWorkflow (threshold CKKS, OpenFHE, 128-bit, ring 4096, complex packing, scale 2^45) with all
-  parties' OpenFHE operations in ONE engine process (simulation), i.e. serialised.
+- ``ckks``: CkksWorkflow (threshold CKKS, OpenFHE, 128-bit, ring 4096, complex packing, scale 2^45);
+  with ``--engines site`` (default) every simulated site has its own OpenFHE engine process, as
+  ``fedcare simulate`` builds them, so two sites' homomorphic work runs at once on two workers
+  (``max_workers=2``); ``--engines shared`` puts every party's operations through one process.
 
 Per configuration: median s/round (rounds 2..R), bytes a site sends per round, max |error|
 against the closed form. For CKKS also the per-ciphertext cost of each OpenFHE operation
@@ -58,6 +60,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fedcare.datasets.pneumonia import load_arrays  # noqa: E402
 from fedcare.he import OpenFheEngine, find_openfhe_python  # noqa: E402
 from fedcare.runtime.coordinator import Coordinator  # noqa: E402
+from fedcare.runtime.node import SiteNode  # noqa: E402
 from fedcare.runtime.recorder import RunSpec  # noqa: E402
 from fedcare.runtime.simulation import build_nodes  # noqa: E402
 from fedcare.secure import FixedPointCodec, SecAggPlusWorkflow  # noqa: E402
@@ -72,10 +75,28 @@ from secagg import Workload1Task, _payload_bytes, _sites  # noqa: E402  (the sam
 MODES = ("fedavg", "secagg+", "ckks")
 
 
+#: ``--engines``: "site" gives every simulated site its own OpenFHE engine process, as ``fedcare
+#: simulate`` does (build_site); "shared" puts every party's operations through one process.
+ENGINES = {"per_site": True}
+
+
+def site_nodes(
+    sites: Mapping[SiteId, SiteData], task: object, engine: OpenFheEngine | None
+) -> tuple[dict[SiteId, SiteNode], list[OpenFheEngine]]:
+    """The simulated sites; with ``--engines site`` each holds its own (started) engine process."""
+    if engine is None or not ENGINES["per_site"]:
+        return build_nodes(sites, task, ckks_backend=engine), []  # type: ignore[arg-type]
+    engines = {s: OpenFheEngine(engine.params) for s in sites}
+    for e in engines.values():
+        _ = e.slots  # start the process now, not inside the first timed round
+    nodes = {s: build_nodes({s: d}, task, ckks_backend=engines[s])[s] for s, d in sites.items()}  # type: ignore[arg-type]
+    return nodes, list(engines.values())
+
+
 def run_round(n: int, p: int, rounds: int, mode: str, engine: OpenFheEngine | None) -> dict[str, float]:
     """R rounds of ``mode``; median s/round, bytes per site per round, max |error|."""
     task = Workload1Task(p)
-    nodes = build_nodes(_sites(n), task, ckks_backend=engine)
+    nodes, engines = site_nodes(_sites(n), task, engine if mode == "ckks" else None)
     sent: dict[SiteId, int] = dict.fromkeys(nodes, 0)
 
     def wrap(site: SiteId):
@@ -110,6 +131,8 @@ def run_round(n: int, p: int, rounds: int, mode: str, engine: OpenFheEngine | No
         result = coordinator.run(x0, spec=spec)
     finally:
         channel.close()
+        for e in engines:
+            e.close()
     expected = x0["x"] + rounds * 1e-3 * (2 * n + 1) / 3
     durations = [r.duration_s for r in result.rounds]
     site0 = sorted(nodes)[0]
@@ -209,7 +232,7 @@ def train_round(n: int, rounds: int, mode: str, engine: OpenFheEngine | None, lo
     """R rounds of FedAvg with real local training (chest X-ray MLP, P ~ 1M); s/round, training time, accuracy."""
     sites, pooled = xray_sites(n)
     task = _TimedTask(MLPTask(n_features=784, hidden=(1024, 256)))
-    nodes = build_nodes(sites, task, ckks_backend=engine)  # type: ignore[arg-type]
+    nodes, engines = site_nodes(sites, task, engine if mode == "ckks" else None)
     channel = InProcessChannel({s: nd.handle for s, nd in nodes.items()}, max_workers=2)
     fit_config = {"lr": 1e-3, "optimizer": "adam", "batch_size": 32, "local_epochs": local_epochs}
     coordinator = Coordinator(
@@ -228,6 +251,8 @@ def train_round(n: int, rounds: int, mode: str, engine: OpenFheEngine | None, lo
         result = coordinator.run(x0, spec=spec)
     finally:
         channel.close()
+        for e in engines:
+            e.close()
     durations = [r.duration_s for r in result.rounds]
     fits = task.fits
     per_round = [fits[i : i + n] for i in range(0, len(fits), n)][1:] or [fits]  # rounds 2..R
@@ -340,7 +365,14 @@ def main() -> None:
     )
     ap.add_argument("--local-epochs", type=int, default=1, help="train workload: local epochs per round")
     ap.add_argument("--repeats", type=int, default=2, help="train workload: FedAvg/CKKS runs alternated")
+    ap.add_argument(
+        "--engines",
+        choices=("site", "shared"),
+        default="site",
+        help="site: one OpenFHE engine process per simulated site (as fedcare simulate); shared: one for all",
+    )
     args = ap.parse_args()
+    ENGINES["per_site"] = args.engines == "site"
     python = find_openfhe_python()
     engine = OpenFheEngine() if python else None
     costs: dict[str, float] = {}
@@ -414,6 +446,7 @@ def main() -> None:
                 "rounds": args.rounds,
                 "local_epochs": args.local_epochs if args.workload == "train" else None,
                 "openfhe": engine.info if engine is not None else {},
+                "engines": args.engines,
                 "load_avg": os.getloadavg(),
                 "openfhe_costs": costs,
                 "rows": rows,
