@@ -5,8 +5,10 @@ k+1``; FedAvg over all N sites, no evaluation, R rounds; the final model is chec
 against the closed form ``x_R = x0 + R*1e-3*(2N+1)/3``. fedcare runs the real Coordinator
 over :class:`fedcare.transport.ray_channel.RayChannel` with its defaults on a local Ray
 with 2 CPUs: a pool of two actors, each hosting half of the sites (each site's node
-holding only its own data), instructions sent in batches and every site's reply
-streamed back in fedcare's wire encoding and folded as it arrives. Flower runs
+holding only its own data), instructions sent in batches; FedAvg's aggregate being a
+weighted linear mean, the Coordinator asks the actors to fold their sites' validated
+updates themselves (one float64 partial sum per batch, each site's metrics beside it),
+and adds the partial sums as they arrive. Flower runs
 ``benchmarks/secagg_flower.py`` (plain FedAvg, its ``run_simulation`` on Ray, 1 CPU per
 client actor) in its own environment, found through ``--flower-python`` or the
 ``FEDCARE_FLOWER_PYTHON`` environment variable (a venv with ``flwr[simulation]``);
@@ -122,6 +124,7 @@ def one_fedcare(n: int, p: int, rounds: int) -> dict[str, Any]:
         "init_s": init_s,
         "max_abs_error": float(np.abs(result.state.model["x"] - expected).max()),
         "failures": sum(len(r.failures) for r in result.rounds),
+        "folded_at_actors": channel.folded_sites,
         "driver_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
     }
 

@@ -94,6 +94,9 @@ class ExperimentConfig:
         Where simulated sites run: ``"inprocess"`` (threads) or ``"ray"`` (Ray actors).
     ray_address : str
         Ray cluster to join with ``backend="ray"``; empty starts a local Ray.
+    ray_actors, cpus_per_site, memory_per_site : int, float, int or None
+        With ``backend="ray"``: the actor pool's size, the CPUs a site uses while it
+        trains and the bytes of memory it holds (``None``: RayChannel's defaults).
     """
 
     rounds: int = 20
@@ -110,6 +113,9 @@ class ExperimentConfig:
     label: str = ""
     backend: str = "inprocess"
     ray_address: str = ""
+    ray_actors: int | None = None
+    cpus_per_site: float | None = None
+    memory_per_site: int | None = None
 
     def setting_name(self) -> str:
         """The federated setting's key in the results."""
@@ -319,7 +325,14 @@ def run_experiment(
                 ledger=plan.ledgers.get(s),
                 policy=None if spec is not None else plan.policies.get(s),
             )
-        channel = site_channel(gates, backend=cfg.backend, ray_address=cfg.ray_address or None)
+        channel = site_channel(
+            gates,
+            backend=cfg.backend,
+            ray_address=cfg.ray_address or None,
+            ray_actors=cfg.ray_actors,
+            cpus_per_site=cfg.cpus_per_site,
+            memory_per_site=cfg.memory_per_site,
+        )
         result = run_federated(
             plan,
             channel,

@@ -159,17 +159,38 @@ def simulate_study(
     progress: Progress | None = None,
     settings: tuple[str, ...] = ("local", "pooled", "federated"),
     task: Task | None = None,
-    backend: str = "inprocess",
+    backend: str | None = None,
     ray_address: str | None = None,
+    ray_actors: int | None = None,
+    cpus_per_site: float | None = None,
+    memory_per_site: int | str | None = None,
 ) -> dict[str, Any]:
-    """Run ``study`` over its sites in one process; return the summary (README's output contract)."""
+    """Run ``study`` over its sites in one process; return the summary (README's output contract).
+
+    Sites run where the study's ``[simulation]`` says; each argument given here (a
+    command-line option) replaces the file's setting.
+    """
+    where = study.simulation.merged(
+        backend=backend,
+        ray_address=ray_address,
+        ray_actors=ray_actors,
+        cpus_per_site=cpus_per_site,
+        memory_per_site=memory_per_site,
+    )
     by_id, inputs = load_study_sites(study, specs)
     dataset = study_dataset(study, by_id, inputs)
     first = next(iter(inputs.values()), None)
     task = task or build_task(study, n_features=first.n_features if first else None)
     files = {SiteId(s): (spec, inputs[s]) for s, spec in by_id.items()} if by_id else None
     check_training(study, task, dataset)
-    cfg = replace(experiment_config(study), backend=backend, ray_address=ray_address or "")
+    cfg = replace(
+        experiment_config(study),
+        backend=where.backend,
+        ray_address=where.ray_address or "",
+        ray_actors=where.ray_actors,
+        cpus_per_site=where.cpus_per_site,
+        memory_per_site=where.memory_per_site,
+    )
     summary = run_experiment(
         dataset,
         task,

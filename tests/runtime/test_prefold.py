@@ -76,3 +76,4 @@ def test_a_client_dp_wrapper_around_fedavg_is_not_pre_folded():
 
     strategy = ClientLevelDP(FedAvg(), noise_multiplier=1.0, clip_norm=1.0, delta=1e-5)
     assert prefold_request(strategy, _phase(strategy), _ignore) is None  # each update is clipped
+    assert strategy.linear_fold is False  # its own flag, not the wrapped FedAvg's

@@ -163,3 +163,43 @@ def test_site_data_is_checked_against_the_study_before_training(tmp_path):
     with pytest.raises(DataError) as err:
         load_site_data(load_site(site), study)
     assert "bad.csv" in str(err.value) and "num" in str(err.value)  # the missing target column is named
+
+
+def test_simulation_table_says_where_sites_run_and_is_not_part_of_the_hash():
+    plain = parse_study(_study())
+    ray = parse_study(
+        _study(simulation={"backend": "ray", "ray_actors": 4, "cpus_per_site": 0.5, "memory_per_site": "512MiB"})
+    )
+    assert ray.simulation.backend == "ray" and ray.simulation.ray_actors == 4
+    assert ray.simulation.cpus_per_site == 0.5 and ray.simulation.memory_per_site == 512 << 20
+    assert plain.simulation.backend == "inprocess"
+    assert ray.hash == plain.hash  # where it runs is not what is trained
+    # the command line replaces a setting of the file; another backend drops the file's Ray settings
+    assert ray.simulation.merged(ray_actors=8, memory_per_site="1GB").ray_actors == 8
+    assert ray.simulation.merged(memory_per_site="1GB").memory_per_site == 10**9
+    assert ray.simulation.merged(backend="inprocess").ray_actors is None
+
+
+@pytest.mark.parametrize(
+    ("table", "expected"),
+    [
+        ({"backend": "spark"}, "simulation.backend must be one of 'inprocess', 'ray', got 'spark'"),
+        ({"ray_actors": 2}, "simulation.ray_actors applies only to backend = 'ray'"),
+        ({"backend": "ray", "ray_actors": 0}, "simulation.ray_actors must be an integer >= 1, got 0"),
+        ({"backend": "ray", "cpus_per_site": 0}, "simulation.cpus_per_site must be a positive number, got 0"),
+        ({"backend": "ray", "memory_per_site": "lots"}, "simulation.memory_per_site must be a positive number of"),
+        ({"backend": "ray", "actors": 2}, "'simulation.actors' (did you mean 'simulation.ray_actors'?)"),
+    ],
+)
+def test_simulation_settings_are_checked_with_one_line_errors(table, expected):
+    with pytest.raises(ConfigError) as err:
+        parse_study(_study(simulation=table))
+    assert expected in str(err.value) and "\n" not in str(err.value)
+
+
+def test_command_line_simulation_overrides_are_checked_with_one_line_errors():
+    spec = parse_study(_study()).simulation
+    with pytest.raises(ConfigError, match=r"simulation.ray_actors must be an integer >= 1, got 0$"):
+        spec.merged(backend="ray", ray_actors=0)
+    with pytest.raises(ConfigError, match="simulation.memory_per_site applies only to backend = 'ray'"):
+        spec.merged(memory_per_site="1GB")

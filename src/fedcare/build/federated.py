@@ -29,16 +29,38 @@ __all__ = ["run_federated", "site_channel"]
 log = logging.getLogger(__name__)
 
 
-def site_channel(sites: Mapping[SiteId, Any], *, backend: str = "inprocess", ray_address: str | None = None) -> Channel:
-    """The channel of a simulation: the sites' gates on threads (``inprocess``) or on Ray actors (``ray``)."""
+def site_channel(
+    sites: Mapping[SiteId, Any],
+    *,
+    backend: str = "inprocess",
+    ray_address: str | None = None,
+    ray_actors: int | None = None,
+    cpus_per_site: float | None = None,
+    memory_per_site: int | None = None,
+) -> Channel:
+    """The channel of a simulation: the sites' gates on threads (``inprocess``) or on Ray actors (``ray``).
+
+    ``ray_actors``, ``cpus_per_site`` and ``memory_per_site`` size the Ray actor pool
+    (:class:`~fedcare.transport.ray_channel.RayChannel`'s ``actors``, ``cpus_per_site``,
+    ``memory_per_site``); they are refused with another backend.
+    """
     if backend == "inprocess":
+        given = [k for k, v in {"ray_actors": ray_actors, "cpus_per_site": cpus_per_site}.items() if v is not None]
+        if given or memory_per_site is not None:
+            raise ConfigError(f"{(given or ['memory_per_site'])[0]} applies only to the ray backend")
         return InProcessChannel({s: g.handle for s, g in sites.items()})
     if backend == "ray":
         try:  # optional extra: imported only when asked for
             from fedcare.transport.ray_channel import RayChannel
         except ImportError:
             raise ConfigError("backend 'ray' needs the ray extra: pip install 'fedcare[ray]'") from None
-        return RayChannel(sites, address=ray_address)
+        return RayChannel(
+            sites,
+            address=ray_address,
+            actors=ray_actors,
+            cpus_per_site=cpus_per_site,
+            memory_per_site=memory_per_site,
+        )
     raise ConfigError(f"backend must be 'inprocess' or 'ray', got {backend!r}")
 
 

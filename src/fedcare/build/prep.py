@@ -19,7 +19,7 @@ import hashlib
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -28,6 +28,7 @@ from fedcare.data.moments_query import MOMENTS_QUERY
 from fedcare.data.schema import ColumnType
 from fedcare.data.tabular import Moments, Standardizer, TabularRecipe, impute_and_standardize, split_indices
 from fedcare.errors import DataError
+from fedcare.protocols import PrefoldChannel, PrefoldRequest
 from fedcare.runtime.node import SiteNode
 from fedcare.study.spec import StudySpec
 from fedcare.task import ArrayDataset, SiteData
@@ -120,6 +121,16 @@ class StudyChannel:
 
     def send(self, messages: Sequence[Message]) -> None:
         """Stamp and forward."""
+        self.inner.send(self._stamped(messages))
+
+    def send_prefolded(self, messages: Sequence[Message], request: PrefoldRequest) -> None:
+        """Stamp and forward with the Coordinator's pre-folding request (a plain send if the inner channel cannot)."""
+        if hasattr(type(self.inner), "send_prefolded"):
+            cast(PrefoldChannel, self.inner).send_prefolded(self._stamped(messages), request)
+        else:
+            self.inner.send(self._stamped(messages))
+
+    def _stamped(self, messages: Sequence[Message]) -> list[Message]:
         out = []
         for m in messages:
             config = {
@@ -132,7 +143,7 @@ class StudyChannel:
             if self.prep is not None and m.kind is not MessageKind.QUERY:
                 arrays[PREP_RECORD] = self.prep
             out.append(replace(m, payload=replace(m.payload, config=config, arrays=arrays)))
-        self.inner.send(out)
+        return out
 
     def receive(self, *, timeout_s: float) -> Iterator[Message]:
         """The inner channel's replies."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NamedTuple
 
 import typer
 from rich.markup import escape
@@ -33,6 +33,14 @@ StudyOption = Annotated[
 SiteOption = Annotated[list[Path] | None, typer.Option("--site", help="A site file (site.toml); repeat once per site.")]
 
 
+class RayOptions(NamedTuple):
+    """``--ray-actors``, ``--ray-cpus-per-site``, ``--ray-memory-per-site`` (``None``: the study's or the default)."""
+
+    actors: int | None = None
+    cpus_per_site: float | None = None
+    memory_per_site: str | None = None
+
+
 def run_simulation_command(
     command: str,
     prepare: Callable[[], Any],
@@ -42,14 +50,17 @@ def run_simulation_command(
     db: str | None,
     settings: tuple[str, ...] = ("local", "pooled", "federated"),
     force: bool = False,
-    backend: str = "inprocess",
+    backend: str | None = None,
     address: str | None = None,
+    ray: RayOptions | None = None,
 ) -> None:
     """Check, run and report a study in one process (demo, simulate, strategies run).
 
     The output folder, the store, the study, every site's data and a one-step dry run of
-    the training configs are checked before any training or write.
+    the training configs are checked before any training or write. ``backend``,
+    ``address`` and ``ray`` (command-line options) replace the study's ``[simulation]``.
     """
+    ray = ray or RayOptions()
     from fedcare.study.site import load_site
     from fedcare.types import new_run_id
 
@@ -57,11 +68,18 @@ def run_simulation_command(
     out_dir = out or Path("fedcare-out") / run_id
     created: Path | None = None
     try:
-        if backend not in ("inprocess", "ray"):
+        if backend not in (None, "inprocess", "ray"):
             raise ConfigError(f"--backend must be inprocess or ray, got {backend!r}")
         created = check_out_dir(out_dir, force=force)  # before any training or write
         check_db_url(db or default_db_url(out_dir))
         study: StudySpec = prepare()
+        where = study.simulation.merged(
+            backend=backend,
+            ray_address=address,
+            ray_actors=ray.actors,
+            cpus_per_site=ray.cpus_per_site,
+            memory_per_site=ray.memory_per_site,
+        )
         specs = [load_site(p) for p in sites]
         # the training stack (torch, opacus, scikit-learn: seconds to import) only once the files are checked
         from fedcare.cli.console import ExperimentProgress, results_table
@@ -84,8 +102,11 @@ def run_simulation_command(
                     experiment_id=run_id,
                     progress=progress,
                     settings=settings,
-                    backend=backend,
-                    ray_address=address,
+                    backend=where.backend,
+                    ray_address=where.ray_address,
+                    ray_actors=where.ray_actors,
+                    cpus_per_site=where.cpus_per_site,
+                    memory_per_site=where.memory_per_site,
                 )
         finally:
             store.close()
@@ -111,10 +132,26 @@ def simulate(
     out: OutOption = None,
     db: DbOption = None,
     backend: Annotated[
-        str, typer.Option(help="Where simulated sites run: inprocess (threads) or ray (Ray actors; the ray extra).")
-    ] = "inprocess",
+        str | None,
+        typer.Option(
+            help="Where simulated sites run: inprocess (threads) or ray (Ray actors; the ray extra). "
+            "Default: the study's [simulation] backend, else inprocess."
+        ),
+    ] = None,
     address: Annotated[
         str | None, typer.Option(help="With --backend ray: the Ray cluster to join (default: start a local Ray).")
+    ] = None,
+    ray_actors: Annotated[
+        int | None,
+        typer.Option("--ray-actors", help="With ray: actors in the pool (default: the CPUs / --ray-cpus-per-site)."),
+    ] = None,
+    ray_cpus_per_site: Annotated[
+        float | None,
+        typer.Option("--ray-cpus-per-site", help="With ray: CPUs a site uses while it trains (default: 1)."),
+    ] = None,
+    ray_memory_per_site: Annotated[
+        str | None,
+        typer.Option("--ray-memory-per-site", help="With ray: memory a site holds, e.g. 512MiB (default: none)."),
     ] = None,
     force: Annotated[
         bool, typer.Option("--force", help="Write into an --out folder that already holds files (overwriting them).")
@@ -126,10 +163,11 @@ def simulate(
     schema), or every site of a built-in data set. The same files run across real
     processes with `fedcare up` and across hospitals with `fedcare server` / `fedcare node`.
     """
+    ray = RayOptions(ray_actors, ray_cpus_per_site, ray_memory_per_site)
     if config is not None:
         if study is not None or site:
             raise fail(ConfigError("give --study (with --site files) or a legacy --config run file, not both"))
-        _legacy_simulate(config, out, db, force=force, backend=backend, address=address)
+        _legacy_simulate(config, out, db, force=force, backend=backend, address=address, ray=ray)
         return
     if study is None:
         raise fail(ConfigError("give --study STUDY (a study.toml or a built-in study's name) and its --site files"))
@@ -140,12 +178,19 @@ def simulate(
         return resolve_study(study)
 
     run_simulation_command(
-        "simulate", prepare, sites=site or [], out=out, db=db, force=force, backend=backend, address=address
+        "simulate", prepare, sites=site or [], out=out, db=db, force=force, backend=backend, address=address, ray=ray
     )
 
 
 def _legacy_simulate(
-    config: Path, out: Path | None, db: str | None, *, force: bool, backend: str, address: str | None
+    config: Path,
+    out: Path | None,
+    db: str | None,
+    *,
+    force: bool,
+    backend: str | None,
+    address: str | None,
+    ray: RayOptions,
 ) -> None:
     """The run file of earlier versions (``[sites]`` of CSVs): still read, checked the same way."""
     from fedcare.runconfig import check_training, load_simulate_config
@@ -155,8 +200,15 @@ def _legacy_simulate(
     out_dir = out or Path("fedcare-out") / run_id
     created: Path | None = None
     try:
-        if backend not in ("inprocess", "ray"):
-            raise ConfigError(f"--backend must be inprocess or ray, got {backend!r}")
+        from fedcare.study.spec import SimulationSpec
+
+        where = SimulationSpec().merged(
+            backend=backend,
+            ray_address=address,
+            ray_actors=ray.actors,
+            cpus_per_site=ray.cpus_per_site,
+            memory_per_site=ray.memory_per_site,
+        )
         cfg = load_simulate_config(config)
         created = check_out_dir(out_dir, force=force)  # before any training or write
         check_db_url(db or default_db_url(out_dir))
@@ -171,7 +223,14 @@ def _legacy_simulate(
         data, recipe = load_table(cfg.table)
         task = make_task(cfg.task, n_features=data.n_features)
         check_training(cfg, task, data)
-        exp = replace(cfg.experiment, backend=backend, ray_address=address or "")
+        exp = replace(
+            cfg.experiment,
+            backend=where.backend,
+            ray_address=where.ray_address or "",
+            ray_actors=where.ray_actors,
+            cpus_per_site=where.cpus_per_site,
+            memory_per_site=where.memory_per_site,
+        )
         console.print(
             f"[bold]fedcare simulate[/] · {data.name}: {len(data.sites)} sites, {data.n_features} features, "
             f"{exp.strategy}, {exp.rounds} rounds"

@@ -24,7 +24,7 @@ import math
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -239,6 +239,10 @@ class ClientLevelDP:
     rng : np.random.Generator or None (default: None)
         Source of the server's noise; ``None`` seeds one from the OS CSPRNG.
     """
+
+    #: Each update is clipped before it is averaged: never pre-folded where the sites run
+    #: (set here, or attribute forwarding would report the wrapped strategy's flag).
+    linear_fold: ClassVar[bool] = False
 
     def __init__(
         self,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
+from typing import cast
 
 from fedcare.compression import payload_bytes
 from fedcare.errors import ConfigError
@@ -123,8 +124,10 @@ class Exchange:
         mine: dict[SiteId, str] = {}
         started = time.perf_counter()
         try:
-            if prefold is not None and isinstance(self.channel, PrefoldChannel):
-                self.channel.send_prefolded(list(pending.values()), prefold)
+            # the channel's class must define it: a wrapper forwarding unknown attributes
+            # (StudyChannel) would otherwise skip its own send
+            if prefold is not None and hasattr(type(self.channel), "send_prefolded"):
+                cast(PrefoldChannel, self.channel).send_prefolded(list(pending.values()), prefold)
             else:
                 self.channel.send(list(pending.values()))
             for reply in self.channel.receive(timeout_s=self.timeout_s):

@@ -59,6 +59,7 @@ __all__ = [
     "FederationSpec",
     "PersonalizationSpec",
     "SecureAggregationSpec",
+    "SimulationSpec",
     "StudySpec",
     "load_study",
     "parse_study",
@@ -83,6 +84,7 @@ _TOP = {
     "personalization",
     "evaluation",
     "compression",
+    "simulation",
 }
 _STUDY = {"name", "description", "seed"}
 _TASK = {"name", "params"}
@@ -137,6 +139,10 @@ P2P_RELAYS = ("all", "sum")
 _PERSONAL = {"method", "ditto_lambda", "ditto_epochs", "local_epochs", "lr", "optimizer", "batch_size"}
 _EVALUATION = {"metrics", "subgroups", "calibration"}
 _COMPRESSION = {"codec", "fraction", "error_feedback"}
+_SIMULATION = {"backend", "ray_address", "ray_actors", "cpus_per_site", "memory_per_site"}
+#: ``[simulation] backend``: sites as threads of this process, or as Ray actors (the ray extra).
+BACKENDS = ("inprocess", "ray")
+_BYTE_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30}
 _PLACES: dict[str, set[str]] = {
     "": _TOP,
     "study.": _STUDY,
@@ -149,6 +155,7 @@ _PLACES: dict[str, set[str]] = {
     "personalization.": _PERSONAL,
     "evaluation.": _EVALUATION,
     "compression.": _COMPRESSION,
+    "simulation.": _SIMULATION,
 }
 
 #: Local training per round when ``[fit]`` is not given (the heart-disease demo's recipe).
@@ -287,6 +294,66 @@ class EvaluationSpec:
 
 
 @dataclass(frozen=True)
+class SimulationSpec:
+    """Where ``fedcare simulate`` runs the sites (``[simulation]``); not part of the study's hash.
+
+    ``backend`` ``"inprocess"`` runs them as threads of one process, ``"ray"`` as Ray
+    actors (:class:`fedcare.transport.ray_channel.RayChannel`): on the cluster at
+    ``ray_address`` or a local Ray, a pool of ``ray_actors`` actors (default: the CPUs
+    over ``cpus_per_site``), each site using ``cpus_per_site`` CPUs while it trains and
+    holding ``memory_per_site`` bytes. The command line overrides each key.
+    """
+
+    backend: str = "inprocess"
+    ray_address: str | None = None
+    ray_actors: int | None = None
+    cpus_per_site: float | None = None
+    memory_per_site: int | None = None
+
+    def merged(
+        self,
+        *,
+        backend: str | None = None,
+        ray_address: str | None = None,
+        ray_actors: int | None = None,
+        cpus_per_site: float | None = None,
+        memory_per_site: int | str | None = None,
+    ) -> SimulationSpec:
+        """These settings with each given one (a command-line option) in place of the file's, checked."""
+        # a backend other than Ray given on the command line drops the file's Ray settings
+        base = self if backend in (None, "ray") else SimulationSpec()
+        raw: dict[str, Any] = {
+            "backend": backend or self.backend,
+            "ray_address": ray_address or base.ray_address,
+            "ray_actors": ray_actors if ray_actors is not None else base.ray_actors,
+            "cpus_per_site": cpus_per_site if cpus_per_site is not None else base.cpus_per_site,
+            "memory_per_site": memory_per_site if memory_per_site is not None else base.memory_per_site,
+        }
+        c = Checker("simulation settings (the study's [simulation] and the command line)", _PLACES)
+        spec = _simulation(c, {k: v for k, v in raw.items() if v is not None})
+        c.raise_bad()
+        return spec
+
+
+def parse_bytes(value: object, name: str) -> int:
+    """A positive number of bytes: an integer or a string such as ``"512MB"`` or ``"2 GiB"``."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    if isinstance(value, str):
+        text = value.strip().lower().replace(" ", "")
+        unit = text.lstrip("0123456789.")
+        number = text[: len(text) - len(unit)]
+        try:
+            amount = float(number) * _BYTE_UNITS[unit or "b"]
+        except (KeyError, ValueError):
+            amount = 0
+        if amount >= 1:
+            return int(amount)
+    units = ", ".join(u for u in _BYTE_UNITS if u != "b")
+    raise ConfigError(f"{name} must be a positive number of bytes (e.g. 536870912 or '512MiB'; {units}), got {value!r}")
+
+
+@dataclass(frozen=True)
 class StudySpec:
     """A validated ``study.toml``.
 
@@ -308,6 +375,8 @@ class StudySpec:
         As their classes say.
     path : Path or None
         The file, when read from disk (not part of the hash).
+    simulation : SimulationSpec
+        ``[simulation]``: where ``fedcare simulate`` runs the sites (not part of the hash).
     """
 
     name: str
@@ -327,6 +396,8 @@ class StudySpec:
     compression: Mapping[str, Any] = field(default_factory=dict)
     description: str = ""
     path: Path | None = None
+    #: Where ``fedcare simulate`` runs the sites: not what is trained, so not in the hash.
+    simulation: SimulationSpec = field(default_factory=SimulationSpec, compare=False)
 
     @property
     def rounds(self) -> int:
@@ -494,6 +565,7 @@ def parse_study(raw: Mapping[str, Any], *, where: str = "study", path: Path | No
         for g in evaluation.subgroups:
             if g not in data.schema.names:
                 c.bad.append(f"evaluation.subgroups names {g!r}, which is not a [data.columns] column")
+    simulation = _simulation(c, t["simulation"])
     c.raise_bad()
     spec = StudySpec(
         name=str(study_name),
@@ -513,6 +585,7 @@ def parse_study(raw: Mapping[str, Any], *, where: str = "study", path: Path | No
         compression=compression,
         description=description,
         path=path,
+        simulation=simulation,
     )
     _check_names(spec)
     return spec
@@ -608,6 +681,27 @@ def _secagg(c: Checker, s: Mapping[str, Any]) -> SecureAggregationSpec:
         encrypt=c.names(s, "encrypt", "secure_aggregation.encrypt"),
         verify_sum=c.boolean(s, "verify_sum", "secure_aggregation.verify_sum", False) if "verify_sum" in s else None,
         relay=c.choice(s, "relay", "secure_aggregation.relay", "all", P2P_RELAYS) if "relay" in s else None,
+    )
+
+
+def _simulation(c: Checker, s: Mapping[str, Any]) -> SimulationSpec:
+    backend = c.choice(s, "backend", "simulation.backend", "inprocess", BACKENDS)
+    memory = None
+    if "memory_per_site" in s:
+        try:
+            memory = parse_bytes(s["memory_per_site"], "simulation.memory_per_site")
+        except ConfigError as exc:
+            c.bad.append(str(exc))
+    cpus = c.number(s, "cpus_per_site", "simulation.cpus_per_site", None, positive=True)
+    ray_keys = sorted(k for k in s if k != "backend")
+    if backend != "ray" and ray_keys:
+        c.bad.append(f"simulation.{ray_keys[0]} applies only to backend = 'ray'")
+    return SimulationSpec(
+        backend=backend,
+        ray_address=c.string(s, "ray_address", "simulation.ray_address"),
+        ray_actors=c.optional_integer(s, "ray_actors", "simulation.ray_actors", 1),
+        cpus_per_site=cpus,
+        memory_per_site=memory,
     )
 
 
