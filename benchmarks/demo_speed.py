@@ -3,18 +3,19 @@
 For each demo data set, ``python -m fedcare demo --dataset NAME`` runs in a fresh
 process from two source trees: the tree at ``--before`` (a git revision of this
 repository, extracted with ``git archive`` into a temporary folder) and the current
-``src/``. Runs alternate (before, after, before, after...) so that both see the same
-machine load; each is timed from process start to exit (imports, data preparation,
+``src/``. Runs alternate (before, after, then after, before in the next pair...) so that both
+see the same machine load; each is timed from process start to exit (imports, data preparation,
 Local, Pooled, FedAvg, evaluation, report and store). The accuracy of every setting
 (pooled test set) is read from each run's ``summary.json``, so a speed-up that changes
-the results shows.
+the results shows. Each run's CPU seconds (user + system, all threads) are reported
+too: they depend far less on other processes' load than wall seconds do.
 
 Prints a table, then one JSON object on its last line.
 
 Usage::
 
     PYTHONPATH=src python benchmarks/demo_speed.py --before REV [--after REV]
-        [--datasets heart-disease pneumonia] [--repeats 1]
+        [--datasets heart-disease pneumonia] [--repeats 1] [--first-after 1]
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -47,6 +49,7 @@ def extract(rev: str, into: Path) -> Path:
 def one_run(src: Path, dataset: str, out: Path, timeout_s: float) -> dict[str, Any]:
     """Run the demo once from ``src``; wall seconds and each setting's pooled-test accuracy."""
     env = {**os.environ, "PYTHONPATH": str(src)}
+    cpu0 = _children_cpu_s()
     started = time.perf_counter()
     done = subprocess.run(
         [sys.executable, "-m", "fedcare", "demo", "--dataset", dataset, "--out", str(out)],
@@ -57,12 +60,19 @@ def one_run(src: Path, dataset: str, out: Path, timeout_s: float) -> dict[str, A
         check=False,
     )
     wall = time.perf_counter() - started
+    cpu = _children_cpu_s() - cpu0
     if done.returncode != 0:
         tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
         raise SystemExit(f"demo {dataset} from {src} failed ({done.returncode}): {tail}")
     summary = json.loads((out / "summary.json").read_text())
     accuracy = {name: s["pooled_test"].get("accuracy") for name, s in summary["settings"].items()}
-    return {"wall_s": wall, "accuracy": accuracy}
+    return {"wall_s": wall, "cpu_s": cpu, "load_average": os.getloadavg()[0], "accuracy": accuracy}
+
+
+def _children_cpu_s() -> float:
+    """User + system CPU seconds of the finished child processes so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:
@@ -71,6 +81,7 @@ def main() -> None:
     ap.add_argument("--after", default=None, help="git revision of the 'after' tree (default: the working tree)")
     ap.add_argument("--datasets", nargs="+", default=["heart-disease", "pneumonia"])
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--first-after", type=int, choices=(0, 1), default=0, help="1: the first pair runs 'after' first")
     ap.add_argument("--timeout", type=float, default=3600.0, help="seconds per demo run")
     args = ap.parse_args()
     rev = subprocess.run(
@@ -89,19 +100,40 @@ def main() -> None:
         for dataset in args.datasets:
             runs: dict[str, list[dict[str, Any]]] = {"before": [], "after": []}
             for k in range(args.repeats):
-                for which, src in trees.items():
+                order = ["before", "after"] if (k + args.first_after) % 2 == 0 else ["after", "before"]
+                for which in order:  # before first, then after first: a load that drifts hits both
                     out = Path(tmp) / f"{dataset}-{which}-{k}"
-                    runs[which].append(one_run(src, dataset, out, args.timeout))
+                    runs[which].append(one_run(trees[which], dataset, out, args.timeout))
                     last = runs[which][-1]
-                    print(f"  {dataset:14} {which:6} run {k}: {last['wall_s']:7.1f} s  accuracy {last['accuracy']}")
+                    print(
+                        f"  {dataset:14} {which:6} run {k}: {last['wall_s']:7.1f} s, CPU {last['cpu_s']:6.1f} s, "
+                        f"load {last['load_average']:4.1f}  accuracy {last['accuracy']}",
+                        flush=True,
+                    )
             before = statistics.median(r["wall_s"] for r in runs["before"])
             after = statistics.median(r["wall_s"] for r in runs["after"])
+            pairs = [b["wall_s"] / a["wall_s"] for b, a in zip(runs["before"], runs["after"], strict=True)]
             rows.append(
-                {"dataset": dataset, "before_s": before, "after_s": after, "speedup": before / after, "runs": runs}
+                {
+                    "dataset": dataset,
+                    "before_s": before,
+                    "after_s": after,
+                    "speedup": before / after,
+                    "pair_speedups": pairs,
+                    "before_cpu_s": statistics.median(r["cpu_s"] for r in runs["before"]),
+                    "after_cpu_s": statistics.median(r["cpu_s"] for r in runs["after"]),
+                    "runs": runs,
+                }
             )
-    print(f"{'demo':14} {'before s':>9} {'after s':>9} {'speed-up':>9}   (before = {rev})")
+    print(
+        f"{'demo':14} {'before s':>9} {'after s':>9} {'speed-up':>9}  per pair  CPU s before / after (before = {rev})"
+    )
     for row in rows:
-        print(f"{row['dataset']:14} {row['before_s']:9.1f} {row['after_s']:9.1f} {row['speedup']:8.2f}x")
+        pairs = " ".join(f"{p:.2f}x" for p in row["pair_speedups"])
+        print(
+            f"{row['dataset']:14} {row['before_s']:9.1f} {row['after_s']:9.1f} {row['speedup']:8.2f}x  {pairs}"
+            f"   {row['before_cpu_s']:.1f} / {row['after_cpu_s']:.1f}"
+        )
     print(
         json.dumps(
             {

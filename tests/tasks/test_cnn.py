@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 
 from fedcare.datasets.pneumonia import load_pneumonia
 from fedcare.errors import ConfigError, DataError
@@ -9,7 +10,7 @@ from fedcare.strategies.fedavg import WeightedMeanFold
 from fedcare.strategies.registry import make_strategy
 from fedcare.task import ArrayDataset, task_hash
 from fedcare.tasks import make_task
-from fedcare.tasks.cnn import CnnTask
+from fedcare.tasks.cnn import CnnTask, SmallCnn
 from fedcare.types import FitResult, RunId, SiteId
 
 FAST = {"batch_size": 32, "local_epochs": 1}
@@ -142,3 +143,26 @@ def test_cnn_runs_under_fedprox_and_scaffold_with_batchnorm(strategy, params):
     assert [r.round_no for r in result.rounds] == [1, 2]
     assert all(not r.failures for r in result.rounds)
     assert result.state.model["features.1.num_batches_tracked"].dtype == np.int64
+
+
+@pytest.mark.parametrize("norm", ["batch", "group", "none"])
+def test_pool_then_relu_is_the_textbook_block_bit_for_bit(norm, subset):
+    """SmallCnn pools before its (in-place) ReLU: same outputs and gradients as conv -> norm -> ReLU -> pool."""
+    torch.manual_seed(0)
+    fast = SmallCnn(in_channels=1, channels=4, norm=norm, dropout=0.0, side=28)
+    textbook = SmallCnn(in_channels=1, channels=4, norm=norm, dropout=0.0, side=28)
+    textbook.load_state_dict(fast.state_dict())
+    layers = list(textbook.features)
+    for i in range(0, len(layers), 4):  # back to conv, norm, ReLU, pool
+        assert isinstance(layers[i + 2], torch.nn.MaxPool2d) and isinstance(layers[i + 3], torch.nn.ReLU)
+        layers[i + 2], layers[i + 3] = torch.nn.ReLU(), layers[i + 2]
+    textbook.features = torch.nn.Sequential(*layers)
+    x = torch.from_numpy(subset.x[:32]) - 0.3  # many negative pre-activations
+    outs = []
+    for net in (fast, textbook):
+        net.train()
+        out = net(x)
+        out.square().sum().backward()
+        outs.append((out.detach(), [p.grad.clone() for p in net.parameters()]))
+    assert torch.equal(outs[0][0], outs[1][0])
+    assert all(torch.equal(a, b) for a, b in zip(outs[0][1], outs[1][1], strict=True))
