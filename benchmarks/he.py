@@ -143,7 +143,13 @@ def run_round(n: int, p: int, rounds: int, mode: str, engine: OpenFheEngine | No
     }
 
 
-def op_costs(engine: OpenFheEngine, parties: int = 4, cts: int = 8) -> dict[str, float]:
+def op_costs(engine: OpenFheEngine, repeats: int = 5) -> dict[str, float]:
+    """Median over ``repeats`` of :func:`op_costs_once` (the machine is shared: one sample is noisy)."""
+    samples = [op_costs_once(engine) for _ in range(repeats)]
+    return {k: statistics.median(c[k] for c in samples) for k in samples[0]}
+
+
+def op_costs_once(engine: OpenFheEngine, parties: int = 4, cts: int = 16) -> dict[str, float]:
     """Seconds per ciphertext of each OpenFHE operation (through the engine pipe, as a party pays it)."""
     lead, pk0 = engine.keygen()
     keys = [engine.keygen(pk0) for _ in range(parties - 1)]
@@ -276,9 +282,18 @@ def train_workload(args: argparse.Namespace, engine: OpenFheEngine | None, costs
     )
     for n in args.sites:
         runs: dict[str, list[dict[str, float]]] = {"fedavg": [], "ckks": []}
+        samples = [dict(costs)] if costs else []
         for _ in range(args.repeats):
             for mode in ("fedavg", "ckks") if engine is not None else ("fedavg",):
                 runs[mode].append(train_round(n, args.rounds, mode, engine, args.local_epochs))
+            if engine is not None:  # the per-ciphertext costs again, under the load of this repeat
+                samples.append(op_costs(engine))
+        if samples:
+            costs = {k: statistics.median(c[k] for c in samples) for k in samples[0]}
+            print(
+                "per-ciphertext costs (median of the samples around the runs): "
+                + ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in costs.items() if k != "ciphertext_bytes")
+            )
         base_sim = base_dep = 0.0
         # deployed, a site trains alone on its machine: the slowest site's training as measured in the
         # FedAvg runs (in the CKKS runs the simulated sites' training competes with the engine process)
@@ -294,6 +309,7 @@ def train_workload(args: argparse.Namespace, engine: OpenFheEngine | None, costs
             if mode == "ckks":
                 est = deployed_estimate(n, p, engine.slots, costs)  # type: ignore[union-attr]
                 row["deployed_estimate"] = est
+                row["openfhe_costs"] = costs
                 deployed += est["round_s_est"]
             else:
                 base_sim, base_dep = sim, deployed
