@@ -31,7 +31,7 @@ import secrets
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -248,10 +248,6 @@ class CkksWorkflow:
     #: Recorded with each round: what protected the updates on the wire.
     protection = "ckks-threshold"
 
-    def __post_init__(self) -> None:
-        """A one-thread pool for the lead decryption share (made while the sites make theirs)."""
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ckks-lead")
-
     def run_fit(self, coordinator: RoundDriver, ctx: FitPhase) -> Metrics:
         """Run the keys, encrypt and decrypt stages for ``ctx``'s sites and fold the decrypted sum."""
         compressed = sorted({str(p.config.get("compression")) for p in ctx.payloads.values()} - {"none", "None"})
@@ -386,7 +382,7 @@ class CkksWorkflow:
             )
             partials: dict[SiteId, list[bytes]] = {}
             # the coordinator's own (lead) share is computed while the sites compute theirs
-            lead_share = self._pool.submit(self.backend.partial_decrypt, lead_handle, total, lead=True)
+            lead_share = _in_thread(lambda: self.backend.partial_decrypt(lead_handle, total, lead=True))
             for site, reply in stage("ckks.decrypt", dict.fromkeys(keyed, decrypt_payload)).items():
                 try:
                     partials[site] = unpack_blobs(
@@ -445,6 +441,21 @@ class CkksWorkflow:
             "ckks_clear_values": float(sum(int(np.prod(shapes[n])) for n in clear)),
             **traffic,
         }
+
+
+def _in_thread(fn: Callable[[], list[bytes]]) -> Future[list[bytes]]:
+    """Run ``fn`` in a daemon thread; its result or exception in the returned future."""
+    future: Future[list[bytes]] = Future()
+
+    def run() -> None:
+        if future.set_running_or_notify_cancel():
+            try:
+                future.set_result(fn())
+            except BaseException as exc:  # handed to whoever reads the future
+                future.set_exception(exc)
+
+    threading.Thread(target=run, name="ckks-lead-share", daemon=True).start()
+    return future
 
 
 def _clear_part(
