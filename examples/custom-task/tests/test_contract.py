@@ -33,3 +33,18 @@ def test_task_meets_the_fedcare_contract():
         personal=False,
     )
     assert "record-level DP-SGD" in grouped.passed
+
+
+def test_the_batch_balanced_loss_trains_and_is_refused_under_dp_sgd():
+    report = check_task(
+        "xray-resnet",
+        params={"channels": 4, "norm": "group", "balanced": True},
+        data=small_data(),
+        fit_config={"batch_size": 8},
+        sites=3,
+        strategies=["fedavg"],
+        secagg=False,
+        personal=False,
+    )
+    assert "strategy fedavg" in report.passed
+    assert "balanced = true" in report.skipped["record-level DP-SGD"]

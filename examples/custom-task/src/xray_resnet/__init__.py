@@ -1,8 +1,8 @@
 """xray-resnet: a small residual CNN for 28x28 chest X-rays, as a fedcare task package.
 
 Three stages of residual blocks (He et al., "Deep Residual Learning for Image
-Recognition", CVPR 2016) with 16, 32 and 64 channels (28 -> 14 -> 7), global average
-pooling and a linear head giving one logit per image. Normalisation is BatchNorm by
+Recognition", CVPR 2016) with 16, 32 and 64 channels (28 -> 14 -> 7; ``channels``,
+``downsample``), pooling (``head``) and a linear head giving one logit per image. Normalisation is BatchNorm by
 default; ``norm="group"`` uses GroupNorm (Wu & He, ECCV 2018), which DP-SGD accepts.
 Training batches get a random affine transform (rotation, scale, shift; ``augment``).
 """
@@ -17,7 +17,7 @@ import torch.nn.functional as F  # noqa: N812
 from fedcare.errors import ConfigError
 from fedcare.tasks.torch_adapter import TorchTask
 
-__all__ = ["AUGMENTATIONS", "ResNetSmall", "make_task"]
+__all__ = ["AUGMENTATIONS", "HEADS", "BalancedBCE", "ResNetSmall", "make_task"]
 
 
 def _norm(kind: str, channels: int) -> torch.nn.Module:
@@ -48,21 +48,39 @@ class ResNetSmall(torch.nn.Module):
     """Stem, three residual stages (c, 2c, 4c channels), pooling, dropout, linear head.
 
     ``head="avg"`` averages the last 7x7 map (position-free); ``head="flatten"`` keeps
-    where in the image a feature is (lung fields sit at fixed places on a chest film).
+    where in the image a feature is (lung fields sit at fixed places on a chest film);
+    ``head="pool3"`` max-pools it to 3x3 first (coarse position, as the built-in CNN's head).
+    ``downsample="stride"`` halves the map with a stride-2 first convolution in a stage;
+    ``"max"`` with a 2x2 max-pooling before the stage (as the built-in CNN).
     """
 
-    def __init__(self, channels: int = 16, norm: str = "batch", dropout: float = 0.2, head: str = "avg") -> None:
+    def __init__(
+        self,
+        channels: int = 16,
+        norm: str = "batch",
+        dropout: float = 0.2,
+        head: str = "avg",
+        downsample: str = "stride",
+    ) -> None:
         super().__init__()
         c = channels
         self.stem = torch.nn.Sequential(torch.nn.Conv2d(1, c, 3, 1, 1, bias=False), _norm(norm, c), torch.nn.ReLU())
-        self.stages = torch.nn.Sequential(Block(c, c, 1, norm), Block(c, 2 * c, 2, norm), Block(2 * c, 4 * c, 2, norm))
+        if downsample == "max":
+            down: list[torch.nn.Module] = [torch.nn.MaxPool2d(2), Block(c, 2 * c, 1, norm)]
+            down += [torch.nn.MaxPool2d(2), Block(2 * c, 4 * c, 1, norm)]
+        else:
+            down = [Block(c, 2 * c, 2, norm), Block(2 * c, 4 * c, 2, norm)]
+        self.stages = torch.nn.Sequential(Block(c, c, 1, norm), *down)
         self.dropout = torch.nn.Dropout(dropout)
-        self.flatten = head == "flatten"
-        self.head = torch.nn.Linear(4 * c * (49 if self.flatten else 1), 1)
+        self.pooling = head
+        self.head = torch.nn.Linear(4 * c * {"avg": 1, "flatten": 49, "pool3": 9}[head], 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.stages(self.stem((x - 0.5) / 0.5))
-        h = h.flatten(1) if self.flatten else h.mean(dim=(2, 3))
+        if self.pooling == "avg":
+            h = h.mean(dim=(2, 3))
+        else:
+            h = (F.max_pool2d(h, 2) if self.pooling == "pool3" else h).flatten(1)
         return self.head(self.dropout(h)).squeeze(-1)
 
 
@@ -91,7 +109,35 @@ def affine(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return F.grid_sample(x, grid, padding_mode="border", align_corners=False)
 
 
+class BalancedBCE(torch.nn.Module):
+    """Binary cross-entropy where each class weighs half of a training batch's loss.
+
+    The batch stands for the site: under label skew (one hospital 90 % pneumonia, another
+    43 %) every site then trains toward the same balanced prior, as the built-in CNN's
+    class-balanced loss does with the site's label counts. Not for DP-SGD: a record's
+    label would change the weight of the others in its batch (refused with an error).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reduction = "mean"  # TorchTask sets "sum" under DP-SGD
+
+    def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.reduction != "mean":
+            raise ConfigError(
+                "xray-resnet cannot train with DP-SGD: balanced = true weighs each record by its batch's labels "
+                "(one record changes the others' weights); use a constant pos_weight"
+            )
+        positive = y.mean()
+        if 0.0 < float(positive) < 1.0:
+            weight = torch.where(y >= 0.5, 0.5 / positive, 0.5 / (1 - positive))
+        else:
+            weight = torch.ones_like(y)
+        return F.binary_cross_entropy_with_logits(logits, y, weight=weight)
+
+
 AUGMENTATIONS = {"affine": affine, "shift-flip": shift_flip, "none": None}
+HEADS = ("avg", "flatten", "pool3")
 
 
 def make_task(
@@ -101,22 +147,30 @@ def make_task(
     pos_weight: float = 1.0,
     augment: str = "affine",
     head: str = "avg",
+    balanced: bool = False,
+    downsample: str = "stride",
     num_threads: int | None = None,
 ) -> TorchTask:
     """The task fedcare builds from the study's ``[task]`` parameters.
 
     ``pos_weight`` weighs the positive (pneumonia) class in the loss; a constant (not the
     site's own label balance), so it is the same at every site and safe under DP-SGD.
-    ``augment`` is one of ``affine``, ``shift-flip``, ``none``; ``head`` is ``avg`` or ``flatten``.
+    ``balanced`` instead weighs each class half of every batch (:class:`BalancedBCE`; not
+    under DP-SGD). ``augment`` is one of ``affine``, ``shift-flip``, ``none``; ``head`` is
+    ``avg``, ``flatten`` or ``pool3``.
     """
+    if balanced and pos_weight != 1.0:
+        raise ConfigError(f"give balanced = true or a pos_weight, not both (pos_weight = {pos_weight})")
     if augment not in AUGMENTATIONS:
         raise ConfigError(f"augment must be one of {', '.join(AUGMENTATIONS)}, got {augment!r}")
-    if head not in ("avg", "flatten"):
-        raise ConfigError(f"head must be 'avg' or 'flatten', got {head!r}")
+    if downsample not in ("stride", "max"):
+        raise ConfigError(f"downsample must be 'stride' or 'max', got {downsample!r}")
+    if head not in HEADS:
+        raise ConfigError(f"head must be one of {', '.join(HEADS)}, got {head!r}")
     return TorchTask(
         name="xray-resnet",
-        model=lambda: ResNetSmall(channels, norm, dropout, head),
-        loss=torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(float(pos_weight))),
+        model=lambda: ResNetSmall(channels, norm, dropout, head, downsample),
+        loss=BalancedBCE() if balanced else torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(float(pos_weight))),
         params={
             "channels": channels,
             "norm": norm,
@@ -124,6 +178,8 @@ def make_task(
             "pos_weight": pos_weight,
             "augment": augment,
             "head": head,
+            "balanced": balanced,
+            "downsample": downsample,
         },
         input_shape=(1, 28, 28),
         augment=AUGMENTATIONS[augment],
