@@ -56,3 +56,25 @@ def test_a_compare_pattern_that_matches_nothing_is_one_line(store_of_three, tmp_
     assert res.exit_code != 0
     assert "--compare 'cnn-*' matches no experiment or run in the store; recent: mlp-s0, logreg-s1" in res.output
     assert not (tmp_path / "report.html").exists()
+
+
+def test_fit_config_that_differs_between_the_compared_runs_is_shown(tmp_path):
+    """Two seeds of one task with one local epoch, one with two: the rows say which trained longer."""
+    recipe = get_demo("heart-disease")
+    data = recipe.load()
+    db = f"sqlite:///{tmp_path / 's.db'}"
+    store = SqlStore(db)
+    for exp, epochs, seed in [("a-s0", 1, 0), ("a-s1", 1, 1), ("b-s0", 2, 0)]:
+        cfg = replace(
+            recipe.config, rounds=1, seed=seed, fit_config={**recipe.config.fit_config, "local_epochs": epochs}
+        )
+        run_experiment(data, recipe.make_task(data), cfg, recorder=store, experiment_id=exp, settings=("federated",))
+    store.close()
+    res = CliRunner().invoke(app, ["report", "b-s0", "--db", db, "--out", str(tmp_path / "b"), "--compare", "a-s*"])
+    assert res.exit_code == 0, res.output
+    html = (tmp_path / "b" / "report.html").read_text()
+    assert "<th>fit, where runs differ</th>" in html
+    assert html.count("<td>local_epochs 1</td>") == 2 and html.count("<td>local_epochs 2</td>") == 1
+    same = CliRunner().invoke(app, ["report", "a-s0", "--db", db, "--out", str(tmp_path / "a"), "--compare", "a-s1"])
+    assert same.exit_code == 0, same.output
+    assert "where runs differ" not in (tmp_path / "a" / "report.html").read_text()

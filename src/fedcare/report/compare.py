@@ -3,7 +3,8 @@
 ``fedcare report RUN --compare REF`` reads every run ``REF`` names from the same store
 (a run id, an experiment id, ``latest``, or a pattern such as ``'cnn-s*'`` over
 experiment and run ids) and adds a comparison to the summary: one row per federated
-setting of each experiment (task, task hash, seed, rounds, pooled-test metrics), then,
+setting of each experiment (task, task hash, seed, rounds, fit config, pooled-test
+metrics; ``fit_differs`` names the fit keys whose values differ between rows), then,
 per task and setting, the mean and standard deviation over the experiments' seeds.
 Nothing is recomputed: the numbers are those :func:`summary_from_store` rebuilds.
 """
@@ -65,6 +66,7 @@ def _rows(summary: Mapping[str, Any], ref: str) -> list[dict[str, Any]]:
                 "dataset": summary["dataset"],
                 "seed": summary["seed"],
                 "rounds": len(res["history"]),
+                "fit": dict((summary.get("config") or {}).get("fit_config") or {}),
                 **{m: float(pooled[m]) for m in COMPARED if m in pooled},
             }
         )
@@ -108,4 +110,12 @@ def comparison(store: SqlStore, summary: Mapping[str, Any], refs: Sequence[str])
                     "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
                 }
         by_task.append(entry)
-    return {"this": own, "rows": rows, "by_task": by_task, "datasets": sorted({r["dataset"] for r in rows})}
+    keys = sorted({k for r in rows for k in r["fit"]})
+    fit_differs = [k for k in keys if len({repr(r["fit"].get(k)) for r in rows}) > 1]
+    return {
+        "this": own,
+        "rows": rows,
+        "by_task": by_task,
+        "datasets": sorted({r["dataset"] for r in rows}),
+        "fit_differs": fit_differs,
+    }

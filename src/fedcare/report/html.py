@@ -125,15 +125,23 @@ def _comparison_table(summary: Mapping[str, Any]) -> str:
         return ""
     rows = comp["rows"]
     metrics = [m for m in ("accuracy", "auc", "c_index") if any(m in r for r in rows)]
-    head = "".join(f"<th>pooled test {m}</th>" for m in metrics)
+    differs = list(comp.get("fit_differs") or [])
+    head = "".join(f"<th>{m}</th>" for m in metrics)
+    fit_head = "<th>fit, where runs differ</th>" if differs else ""
     body = []
     for r in rows:
         mine = r["experiment"] == comp["this"]
         cells = "".join(f"<td>{_fmt(r.get(m))}</td>" for m in metrics)
+        fit = r.get("fit", {})
+        fit_cell = (
+            "<td>" + html.escape(", ".join(f"{k} {fit[k] if k in fit else '—'}" for k in differs)) + "</td>"
+            if differs
+            else ""
+        )
         body.append(
             f"<tr{' class=sum' if mine else ''}><td>{html.escape(r['experiment'])}{' (this report)' if mine else ''}"
             f"</td><td>{html.escape(r['task'])}</td><td>{html.escape(r['task_hash'][:12])}</td>"
-            f"<td>{html.escape(r['setting'])}</td><td>{r['seed']}</td><td>{r['rounds']}</td>{cells}</tr>"
+            f"<td>{html.escape(r['setting'])}</td><td>{r['seed']}</td><td>{r['rounds']}</td>{cells}{fit_cell}</tr>"
         )
     groups = []
     for g in comp["by_task"]:
@@ -153,10 +161,16 @@ def _comparison_table(summary: Mapping[str, Any]) -> str:
         "<h2 id='compare'>Compared with other runs</h2>"
         "<p class='note'>Federated settings of this experiment and of the runs named with <code>--compare</code>, "
         "from the same store: the final global model on the pooled test set (the union of the sites' test sets). "
-        "Then, per task and setting, the mean ± standard deviation over the runs (seeds).</p>"
+        "Then, per task and setting, the mean ± standard deviation over the runs (seeds)."
+        + (
+            " The last column names the local training settings ([fit]) that are not the same in every run."
+            if differs
+            else ""
+        )
+        + "</p>"
         + mixed
         + "<div class='scroll'><table><tr><th>experiment</th><th>task</th><th>task hash</th><th>setting</th>"
-        f"<th>seed</th><th>rounds</th>{head}</tr>" + "".join(body) + "</table></div>"
+        f"<th>seed</th><th>rounds</th>{head}{fit_head}</tr>" + "".join(body) + "</table></div>"
         "<div class='scroll'><table><tr><th>task</th><th>task hash</th><th>setting</th><th>runs</th><th>seeds</th>"
         + "".join(f"<th>{m} mean ± sd</th>" for m in metrics)
         + "</tr>"
