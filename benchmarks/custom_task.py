@@ -48,7 +48,7 @@ EXAMPLE = ROOT / "examples" / "custom-task"
 EXAMPLE_TASK, BUILTIN_TASK = "xray-resnet", "cnn"
 
 
-def _install_example() -> Path:
+def install_example() -> Path:
     """pip-install the example package into a temporary folder; return the folder (on sys.path)."""
     target = Path(tempfile.mkdtemp(prefix="fedcare-example-"))
     subprocess.run(
@@ -106,7 +106,7 @@ def main() -> None:
 
     args.out.mkdir(parents=True, exist_ok=True)
     db = args.db or f"sqlite:///{(args.out / 'fedcare.db').resolve()}"
-    target = None if args.report_only else _install_example()
+    target = None if args.report_only else install_example()
 
     from fedcare.simulate import simulate_study
     from fedcare.store import SqlStore

@@ -24,15 +24,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "custom-task"
+from custom_task import install_example  # a sibling script: benchmarks/ is sys.path[0]
 
 
 def _value(text: str) -> object:
@@ -58,13 +54,7 @@ def main() -> None:
     parser.add_argument("--no-builtin", action="store_true", help="skip the built-in CNN yardstick")
     args = parser.parse_args()
 
-    target = Path(tempfile.mkdtemp(prefix="fedcare-example-"))
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target", str(target)]
-        + [str(EXAMPLE)],
-        check=True,
-    )
-    sys.path.insert(0, str(target))
+    install_example()  # the package, as a site installs it (benchmarks/custom_task.py)
 
     from fedcare.datasets.pneumonia import load_pneumonia, load_validation
     from fedcare.demos import get_demo

@@ -59,7 +59,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fedcare.datasets.pneumonia import load_arrays  # noqa: E402
 from fedcare.he import OpenFheEngine, find_openfhe_python  # noqa: E402
-from fedcare.runtime.coordinator import Coordinator  # noqa: E402
+from fedcare.runtime.coordinator import Coordinator, RunResult  # noqa: E402
 from fedcare.runtime.node import SiteNode  # noqa: E402
 from fedcare.runtime.recorder import RunSpec  # noqa: E402
 from fedcare.runtime.simulation import build_nodes  # noqa: E402
@@ -69,7 +69,7 @@ from fedcare.strategies import FedAvg  # noqa: E402
 from fedcare.task import ArrayDataset, SiteData, task_hash  # noqa: E402
 from fedcare.tasks.mlp import MLPTask  # noqa: E402
 from fedcare.transport import InProcessChannel  # noqa: E402
-from fedcare.types import Message, RunId, SiteId  # noqa: E402
+from fedcare.types import Message, ModelState, RunId, SiteId  # noqa: E402
 from secagg import Workload1Task, _payload_bytes, _sites  # noqa: E402  (the same workload and byte count)
 
 MODES = ("fedavg", "secagg+", "ckks")
@@ -78,6 +78,18 @@ MODES = ("fedavg", "secagg+", "ckks")
 #: ``--engines``: "site" gives every simulated site its own OpenFHE engine process, as ``fedcare
 #: simulate`` does (build_site); "shared" puts every party's operations through one process.
 ENGINES = {"per_site": True}
+
+
+def _run_then_close(
+    coordinator: Coordinator, x0: ModelState, spec: RunSpec, channel: InProcessChannel, engines: list[OpenFheEngine]
+) -> RunResult:
+    """Run the coordinator, then close the channel and every OpenFHE engine whatever happened."""
+    try:
+        return coordinator.run(x0, spec=spec)
+    finally:
+        channel.close()
+        for e in engines:
+            e.close()
 
 
 def site_nodes(
@@ -127,12 +139,7 @@ def run_round(n: int, p: int, rounds: int, mode: str, engine: OpenFheEngine | No
     )
     spec = RunSpec(RunId("bench"), "bench", "workload1", "fedavg", task.name, task_hash(task), 0, rounds)
     x0 = task.init_model(np.random.default_rng(0))
-    try:
-        result = coordinator.run(x0, spec=spec)
-    finally:
-        channel.close()
-        for e in engines:
-            e.close()
+    result = _run_then_close(coordinator, x0, spec, channel, engines)
     expected = x0["x"] + rounds * 1e-3 * (2 * n + 1) / 3
     durations = [r.duration_s for r in result.rounds]
     site0 = sorted(nodes)[0]
@@ -253,12 +260,7 @@ def train_round(n: int, rounds: int, mode: str, engine: OpenFheEngine | None, lo
     )
     spec = RunSpec(RunId("bench"), "bench", "pneumonia-iid", "fedavg", task.name, task_hash(task), 0, rounds)  # type: ignore[arg-type]
     x0 = task.init_model(np.random.default_rng(0))
-    try:
-        result = coordinator.run(x0, spec=spec)
-    finally:
-        channel.close()
-        for e in engines:
-            e.close()
+    result = _run_then_close(coordinator, x0, spec, channel, engines)
     durations = [r.duration_s for r in result.rounds]
     fits = task.fits
     per_round = [fits[i : i + n] for i in range(0, len(fits), n)][1:] or [fits]  # rounds 2..R
