@@ -92,15 +92,23 @@ def test_ciphertext_bytes_look_uniform(engine):
     (ct,) = engine.encrypt(pk, np.zeros(100))  # an all-zero update
     raw = np.frombuffer(ct, dtype=np.uint8)
     ring = engine.info["ring_dim"]
-    # the two polynomials: runs of >= ring 8-byte words below 2^60 (coefficients mod a 60-bit prime),
-    # found at each byte alignment; their low 7 bytes must be uniform
-    polys = []
+    # the two polynomials: runs of 8-byte words below 2^60 found at each byte alignment. Each run
+    # is some header words (sizes, zeros), the ring coefficients mod the 60-bit prime q, then q
+    # itself; the headers' zeros and q's bytes are not random, so only the ring words before q
+    # are counted (counting them too failed the test about once in a few runs). Their low 7
+    # bytes must be uniform.
+    polys, moduli = [], set()
     for a in range(8):
         w = raw[a : a + (raw.size - a) // 8 * 8].reshape(-1, 8)
         small = np.concatenate([[False], w[:, 7] < 16, [False]]).astype(np.int8)
         starts, ends = np.flatnonzero(np.diff(small) == 1), np.flatnonzero(np.diff(small) == -1)
-        polys += [w[s:e] for s, e in zip(starts, ends, strict=True) if e - s >= ring]
+        for s, e in zip(starts, ends, strict=True):
+            if e - s > ring:
+                polys.append(w[e - 1 - ring : e - 1])
+                moduli.add(int(w[e - 1].view("<u8")[0]))
     assert len(polys) == 2
+    (q,) = moduli  # both polynomials end with the same modulus: a 60-bit odd prime
+    assert 2**59 < q < 2**60 and q % 2 == 1
     counts = np.bincount(np.concatenate([p[:, :7].ravel() for p in polys]), minlength=256)
     assert chisquare(counts).pvalue > 1e-4
 
