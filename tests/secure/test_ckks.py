@@ -95,7 +95,7 @@ def test_ciphertext_bytes_look_uniform(engine):
     # the two polynomials: runs of 8-byte words below 2^60 found at each byte alignment. Each run
     # is some header words (sizes, zeros), the ring coefficients mod the 60-bit prime q, then q
     # itself; the headers' zeros and q's bytes are not random, so only the ring words before q
-    # are counted (counting them too failed the test about once in a few runs). Their low 7
+    # are counted (counting them too failed the test for 6 ciphertexts in 60). Their low 7
     # bytes must be uniform.
     polys, moduli = [], set()
     for a in range(8):
