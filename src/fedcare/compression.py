@@ -174,10 +174,16 @@ def _quantise(x: npt.NDArray[np.float32], bits: int, rng: np.random.Generator) -
         if n % 2:
             codes = np.append(codes, np.uint8(0))
         codes = codes[0::2] | (codes[1::2] << 4)
-    deflated = zlib.compress(codes.tobytes(), _DEFLATE_LEVEL)
-    if len(deflated) < codes.size:
-        return {f"q{bits}z": np.frombuffer(deflated, dtype=np.uint8), "lo": lo, "step": step}
     return {f"q{bits}": codes, "lo": lo, "step": step}
+
+
+def _deflate(record: ModelState, bits: int) -> ModelState:
+    """``record`` with its codes DEFLATE-coded (``q8z``/``q4z``) when that is smaller."""
+    codes = record[f"q{bits}"]
+    deflated = zlib.compress(codes.tobytes(), _DEFLATE_LEVEL)
+    if len(deflated) >= codes.size:
+        return record
+    return {f"q{bits}z": np.frombuffer(deflated, dtype=np.uint8), "lo": record["lo"], "step": record["step"]}
 
 
 def _inflate(data: npt.NDArray[Any], size: int, where: str, name: str) -> npt.NDArray[np.uint8]:
@@ -290,8 +296,9 @@ def compress_update(
         record, sent = _topk(delta, compression.fraction)
     else:
         bits = 8 if compression.codec == "q8" else 4
-        record = _quantise(delta, bits, rng)
-        sent = _dequantise(record, bits, delta.size, "local")
+        plain = _quantise(delta, bits, rng)
+        sent = _dequantise(plain, bits, delta.size, "local")  # from the codes, before DEFLATE
+        record = _deflate(plain, bits)
     if feedback and memory is not None:
         memory[RESIDUAL_RECORD] = {"flat": (delta - sent).astype(np.float32)}
     for k, v in reference.items():
