@@ -118,6 +118,8 @@ def test_bad_configuration_is_a_one_line_error(task, subset):
         CnnTask(norm="layer")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="dropout must be in"):
         CnnTask(dropout=1.0)
+    with pytest.raises(ConfigError, match="precision must be one of fp32, bf16, got 'fp16'"):
+        CnnTask(precision="fp16")  # type: ignore[arg-type]
 
 
 def test_registered_and_hash_covers_architecture_not_threads():
@@ -126,6 +128,27 @@ def test_registered_and_hash_covers_architecture_not_threads():
     assert task_hash(CnnTask(channels=8)) == task_hash(CnnTask(channels=8, num_threads=1))
     assert task_hash(CnnTask(channels=8)) != task_hash(CnnTask(channels=16))
     assert task_hash(CnnTask(norm="batch")) != task_hash(CnnTask(norm="group"))
+
+
+def test_precision_is_in_the_hash_and_fp32_keeps_the_earlier_hash():
+    assert "precision" not in CnnTask().params()  # runs stored before the parameter existed still match
+    assert task_hash(CnnTask(precision="fp32")) == task_hash(CnnTask())
+    assert task_hash(CnnTask(precision="bf16")) != task_hash(CnnTask())
+
+
+def test_bf16_trains_a_float32_model_reproducibly_and_predicts_in_float32(subset):
+    fp32, bf16 = CnnTask(channels=4, num_threads=1), CnnTask(channels=4, num_threads=1, precision="bf16")
+    init = fp32.init_model(np.random.default_rng(0))
+    assert all(np.array_equal(init[k], v) for k, v in bf16.init_model(np.random.default_rng(0)).items())
+    config = {"lr": 0.01, "batch_size": 16, "local_epochs": 6, "augment": False}
+    a = bf16.fit(init, subset, config, np.random.default_rng(1))
+    b = bf16.fit(init, subset, config, np.random.default_rng(1)).state
+    full = fp32.fit(init, subset, config, np.random.default_rng(1)).state
+    assert all(a.state[k].dtype == init[k].dtype and np.array_equal(a.state[k], b[k]) for k in init)
+    assert not np.array_equal(a.state["head.weight"], full["head.weight"])  # bf16 arithmetic did run
+    assert fp32.evaluate(a.state, subset).loss < 0.8 * fp32.evaluate(init, subset).loss
+    # Predictions of a bf16-trained model do not depend on the machine's bf16 units.
+    assert np.array_equal(bf16.predict(a.state, subset.x), fp32.predict(a.state, subset.x))
 
 
 @pytest.mark.parametrize(("strategy", "params"), [("fedprox", {"mu": 0.01}), ("scaffold", {})])
