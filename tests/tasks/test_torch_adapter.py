@@ -26,7 +26,7 @@ class Net(torch.nn.Module):
         return self.head(torch.relu(self.body(x))).squeeze(-1)
 
 
-def make_task(width=8, norm="group", local="", trainable=""):
+def make_task(width=8, norm="group", local="", trainable="", precision="fp32"):
     return TorchTask(
         name="user-cnn",
         model=lambda: Net(width, norm),
@@ -35,6 +35,7 @@ def make_task(width=8, norm="group", local="", trainable=""):
         input_shape=(1, 8, 8),
         local=tuple(p for p in local.split(",") if p),
         trainable=tuple(p for p in trainable.split(",") if p) or None,
+        precision=precision,
     )
 """
 
@@ -146,6 +147,26 @@ def test_hash_covers_the_user_package_the_adapter_and_a_weights_file(user_task, 
     before = task_hash(first)
     save_file(base.init_model(np.random.default_rng(4)), str(weights))
     assert task_hash(with_weights()) != before
+
+
+def test_bf16_precision_is_hashed_trains_a_float32_model_and_is_refused_under_dp(user_task):
+    from fedcare.task import task_hash
+
+    fp32, bf16 = make_task("user-cnn"), make_task("user-cnn", precision="bf16")
+    assert task_hash(make_task("user-cnn", precision="fp32")) == task_hash(fp32) != task_hash(bf16)
+    init = fp32.init_model(np.random.default_rng(0))
+    data = _data()
+    a = bf16.fit(init, data.train, {"batch_size": 8, "local_epochs": 3}, np.random.default_rng(1)).state
+    b = bf16.fit(init, data.train, {"batch_size": 8, "local_epochs": 3}, np.random.default_rng(1)).state
+    c = fp32.fit(init, data.train, {"batch_size": 8, "local_epochs": 3}, np.random.default_rng(1)).state
+    assert all(a[k].dtype == init[k].dtype and np.array_equal(a[k], b[k]) for k in init)
+    assert not np.array_equal(a["head.weight"], c["head.weight"])
+    assert np.array_equal(bf16.predict(a, data.test.x), fp32.predict(a, data.test.x))  # predictions in float32
+    dp = {"dp.noise_multiplier": 1.0, "dp.sample_rate": 0.5, "dp.steps": 1, "dp.noise_seed": 0}
+    with pytest.raises(ConfigError, match=r"^task 'user-cnn': precision='bf16' cannot train with DP-SGD"):
+        bf16.fit(init, data.train, dp, np.random.default_rng(0))
+    with pytest.raises(ConfigError, match=r"^TorchTask 'user-cnn': precision must be one of fp32, bf16, got 'fp8'$"):
+        make_task("user-cnn", precision="fp8")
 
 
 def test_an_unknown_fit_config_key_is_refused_naming_it(user_task):

@@ -36,8 +36,6 @@ slower than float32, and a warning says so.
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import math
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -52,11 +50,13 @@ from fedcare.task import ArrayDataset, FitContext
 from fedcare.tasks.logreg import binary_metrics
 from fedcare.tasks.torch_common import (
     LocalCorrections,
+    check_precision,
     load_state,
     make_optimizer,
     module_state,
     read_int,
     train_steps,
+    training_arithmetic,
     use_threads,
 )
 from fedcare.types import ConfigValue, EvalResult, FitResult, ModelState
@@ -66,8 +66,6 @@ __all__ = ["CnnTask", "SmallCnn"]
 Norm = Literal["batch", "group", "none"]
 _NORMS = ("batch", "group", "none")
 Precision = Literal["fp32", "bf16"]
-_PRECISIONS = ("fp32", "bf16")
-_log = logging.getLogger(__name__)
 _EVAL_BATCH = 1024
 
 
@@ -203,10 +201,7 @@ class CnnTask:
             raise ConfigError(f"dropout must be in [0, 1), got {dropout}")
         if num_threads is not None and num_threads < 1:
             raise ConfigError(f"num_threads must be at least 1, got {num_threads}")
-        if precision not in _PRECISIONS:
-            raise ConfigError(f"precision must be one of {', '.join(_PRECISIONS)}, got {precision!r}")
-        if precision == "bf16" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-            _log.warning("cnn precision='bf16': this CPU has no bf16 units, training will be slower than fp32")
+        check_precision(precision, "")
         self.image_shape = tuple(int(v) for v in image_shape)
         self.channels = channels
         self.norm = norm
@@ -226,12 +221,6 @@ class CnnTask:
         if self.precision != "fp32":  # absent for fp32: task hashes of earlier runs stay valid
             params["precision"] = self.precision
         return params
-
-    def _training_arithmetic(self) -> contextlib.AbstractContextManager[object]:
-        """bf16 autocast for ``precision="bf16"``, else nothing (float32)."""
-        if self.precision == "bf16":
-            return torch.autocast("cpu", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
 
     def _module(self) -> SmallCnn:
         module = SmallCnn(
@@ -313,7 +302,7 @@ class CnnTask:
             yb = y[index]
             if augment:
                 xb = _random_affine(xb, generator)
-            with self._training_arithmetic():
+            with training_arithmetic(self.precision):
                 logits = module(xb, generator)
             return F.binary_cross_entropy_with_logits(logits.float(), yb, weight=weights[yb.long()])
 

@@ -75,11 +75,13 @@ from fedcare.tasks.logreg import binary_metrics
 from fedcare.tasks.torch_common import (
     LocalCorrections,
     batches,
+    check_precision,
     dp_requested,
     fit_dpsgd,
     make_optimizer,
     read_float,
     read_int,
+    training_arithmetic,
 )
 from fedcare.types import ConfigValue, EvalResult, FitResult, ModelState
 
@@ -182,6 +184,10 @@ class TorchTask:
         for evaluation or under DP-SGD.
     num_threads : int or None (default: None)
         torch intra-op threads during fit and predict (not hashed: speed only).
+    precision : {"fp32", "bf16"} (default: "fp32")
+        Arithmetic of the training passes: "bf16" runs the forward pass under bfloat16
+        autocast (weights, optimizer, the loss and predictions stay float32); hashed, as it
+        changes the model. Not with DP-SGD.
     """
 
     #: The node passes a :class:`~fedcare.task.FitContext` (SCAFFOLD's site state).
@@ -209,6 +215,7 @@ class TorchTask:
         weights: str | Path | None = None,
         augment: Callable[..., torch.Tensor] | None = None,
         num_threads: int | None = None,
+        precision: str = "fp32",
     ) -> None:
         if not name:
             raise ConfigError("TorchTask needs a name")
@@ -228,6 +235,7 @@ class TorchTask:
             raise ConfigError(f"TorchTask {name!r}: weights file {self.weights} not found")
         self.base_seed = int(base_seed)
         self.num_threads = num_threads
+        self.precision = check_precision(precision, f"TorchTask {name!r}: ")
         self._augment = augment
         base = self._base_state()
         names = list(base)
@@ -251,6 +259,8 @@ class TorchTask:
             out["local"] = ",".join(self._local_prefixes)
         if self.input_shape is not None:
             out["input_shape"] = "x".join(map(str, self.input_shape))
+        if self.precision != "fp32":  # absent for fp32: hashes of tasks from before the option hold
+            out["precision"] = self.precision
         return out
 
     def hashed_files(self) -> Mapping[str, Path]:
@@ -470,6 +480,11 @@ class TorchTask:
             bad = dp_incompatible_layers(module)
             if bad:
                 raise ConfigError(f"task {self.name!r} cannot train with DP-SGD: " + "; ".join(bad))
+            if self.precision != "fp32":
+                raise ConfigError(
+                    f"task {self.name!r}: precision={self.precision!r} cannot train with DP-SGD "
+                    "(per-record gradients are clipped in float32); use precision='fp32'"
+                )
             records = None
             if x is None:  # Poisson sampling reads the sampled records from the files
                 records = _Records(data, y, lambda a: self._inputs(a, "training data"))
@@ -493,7 +508,9 @@ class TorchTask:
             xb = x[index] if x is not None else self._inputs(data.read(idx), "training data")
             if augment is not None:
                 xb = augment(xb, generator)
-            loss = loss_fn(module(xb), y[index])
+            with training_arithmetic(self.precision):
+                out = module(xb)
+            loss = loss_fn(out.float() if out.is_floating_point() else out, y[index])
             objective = loss
             if mu > 0:
                 objective = objective + 0.5 * mu * sum(((p - anchors[n]) ** 2).sum() for n, p in named.items())

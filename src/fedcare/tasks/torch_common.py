@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 from collections.abc import Callable, Iterator, Mapping
 
@@ -14,6 +16,7 @@ from fedcare.task import FitContext
 from fedcare.types import ConfigValue, ModelState
 
 __all__ = [
+    "PRECISIONS",
     "LocalCorrections",
     "batches",
     "dp_requested",
@@ -24,9 +27,35 @@ __all__ = [
     "module_state",
     "read_float",
     "read_int",
+    "check_precision",
     "train_steps",
+    "training_arithmetic",
     "use_threads",
 ]
+
+#: Arithmetic of a torch task's training passes: float32, or bfloat16 autocast.
+PRECISIONS = ("fp32", "bf16")
+_log = logging.getLogger(__name__)
+
+
+def check_precision(precision: str, where: str) -> str:
+    """``precision`` if it is one of :data:`PRECISIONS` (a one-line error naming ``where`` if not).
+
+    Warns when bf16 is asked for on a CPU without bf16 units: autocast then emulates it,
+    slower than float32.
+    """
+    if precision not in PRECISIONS:
+        raise ConfigError(f"{where}precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "bf16" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        _log.warning("%sprecision='bf16': this CPU has no bf16 units, training will be slower than fp32", where)
+    return precision
+
+
+def training_arithmetic(precision: str) -> contextlib.AbstractContextManager[object]:
+    """bfloat16 autocast for ``precision="bf16"`` (mixed precision: weights stay float32), else nothing."""
+    if precision == "bf16":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def use_threads(n: int | None) -> None:
