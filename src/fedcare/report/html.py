@@ -294,6 +294,14 @@ def _uncertainty_note(summary: Mapping[str, Any]) -> str:
     )
 
 
+def _task_line(summary: Mapping[str, Any]) -> str:
+    """The task's name, its hashed parameters (architecture, arithmetic) and its hash, as one sentence."""
+    task = summary["task"]
+    parts = [f"{html.escape(str(k))} {html.escape(str(v))}" for k, v in (task.get("params") or {}).items()]
+    params = ", ".join(parts) + "; " if parts else ""
+    return f"Task {html.escape(task['name'])} ({params}hash {html.escape(task['hash'][:16])}…)."
+
+
 def render_report(summary: Mapping[str, Any]) -> str:
     """Return the full HTML page for an experiment summary (see summary.json)."""
     sites = list(summary["sites"])
@@ -324,7 +332,7 @@ def render_report(summary: Mapping[str, Any]) -> str:
 <style>{_CSS}</style></head><body>
 <h1>fedcare: {html.escape(summary["dataset"])}, experiment {html.escape(summary["experiment"])}</h1>
 <p class="note">{html.escape(summary.get("provenance", ""))}. {len(sites)} sites. Seed {summary["seed"]}.
-Task {html.escape(summary["task"]["name"])} (hash {html.escape(summary["task"]["hash"][:16])}…).</p>
+{_task_line(summary)}</p>
 <h2>Test metrics per site and setting</h2>
 {_uncertainty_note(summary)}
 {tables}
