@@ -5,9 +5,11 @@
    the site assembles, checks the digest and validates it; upload = the same from the
    site to the server. Beside it, interleaved repeat by repeat in the same run: bare
    grpcio streaming messages of the same chunk size one way with the same TLS
-   credentials (no protocol, no validation), and the same without TLS, which shows the
-   ceiling TLS itself sets on this machine. Medians, ranges, CPU seconds of both ends
-   per transfer, and fedcare's rate over bare grpcio + TLS's within each repeat.
+   credentials (no protocol, no validation), the same without TLS, which shows the
+   ceiling TLS itself sets on this machine, and bare grpcio + TLS doing fedcare's
+   per-byte work at both ends (a copy and a BLAKE3 pass each, the finite check; no
+   protocol), the ceiling of any protocol that keeps that work. Medians, ranges, CPU
+   seconds of both ends per transfer, and the rate ratios within each repeat.
 2. Server memory while 10 sites (threads of one separate process) each upload a full
    model of ``--rss-mb`` MB, three rounds, folded into a float32 running sum as replies
    arrive (what a streaming strategy does): peak RSS of a fresh server process above
@@ -26,21 +28,25 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import queue
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import blake3
 import grpc
 import numpy as np
 import psutil
 
 from fedcare.runtime.coordinator import Coordinator
 from fedcare.runtime.recorder import RunSpec
+from fedcare.serde import all_finite
 from fedcare.strategies.fedavg import FedAvg
 from fedcare.transport.grpc_node import Backoff, GrpcNodeAgent
 from fedcare.transport.grpc_server import GrpcChannel, StudyInfo, grpc_options
@@ -194,10 +200,87 @@ class Fedcare:
         self.ch.close()
 
 
-def bare_client(address: str, root: Path | None, chunk_bytes: int, options: str) -> None:
+class _Hasher:
+    """BLAKE3 of a stream of pieces on a thread of its own, as fedcare's sender and receiver hash."""
+
+    def __init__(self) -> None:
+        self._pieces: queue.SimpleQueue[memoryview | None] = queue.SimpleQueue()
+        self._hasher = blake3.blake3(max_threads=1)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (piece := self._pieces.get()) is not None:
+            self._hasher.update(piece)
+
+    def add(self, piece: memoryview) -> None:
+        """Hash ``piece`` next (it must not change until :meth:`digest` returns)."""
+        self._pieces.put(piece)
+
+    def digest(self) -> str:
+        """The hex digest, once every piece is hashed."""
+        self._pieces.put(None)
+        self._thread.join()
+        return self._hasher.hexdigest()
+
+
+class Work:
+    """fedcare's per-byte work on a one-way stream of messages, without its protocol (``--work``).
+
+    Sender: each message is a copy of its slice of a float32 model behind a 2-byte prefix
+    (``b"".join``, as fedcare's chunk frame), the model hashed with BLAKE3 on a thread as
+    the slices leave. Receiver: each message copied into one buffer (as fedcare's
+    assembler), hashed on a thread as it lands, the finite check of the whole model at the
+    end. No header, no end frame, no digest comparison, no flow control: the per-byte work
+    alone.
+    """
+
+    PREFIX = b"\x2a\x00"
+
+    def __init__(self) -> None:
+        self.model = np.zeros(0, dtype=np.float32)
+        self.buffer = np.zeros(0, dtype=np.uint8)
+
+    def prepare(self, nbytes: int) -> None:
+        """Build the model and the receive buffer (touched) for messages totalling ``nbytes``."""
+        if self.model.nbytes != nbytes:
+            self.model = self.buffer = np.zeros(0, dtype=np.float32)
+            self.model = np.linspace(-1, 1, nbytes // 4, dtype=np.float32)
+            self.buffer = np.ones(nbytes, dtype=np.uint8)
+
+    def send(self, count: int, chunk_bytes: int) -> Iterator[bytes]:
+        """The messages of one transfer, the model hashed as they leave."""
+        self.prepare(count * chunk_bytes)
+        data = memoryview(self.model).cast("B")
+        hasher = _Hasher()
+        for i in range(count):
+            piece = data[i * chunk_bytes : (i + 1) * chunk_bytes]
+            hasher.add(piece)
+            yield b"".join([self.PREFIX, piece])
+        hasher.digest()
+
+    def receive(self, messages: Iterator[bytes], nbytes: int) -> int:
+        """Assemble the messages of one transfer; returns the byte count (raises if the model is not finite)."""
+        self.prepare(nbytes)
+        buffer = memoryview(self.buffer)
+        hasher = _Hasher()
+        at = 0
+        for message in messages:
+            data = memoryview(message)[len(self.PREFIX) :]
+            buffer[at : at + len(data)] = data
+            hasher.add(buffer[at : at + len(data)])
+            at += len(data)
+        hasher.digest()
+        if not all_finite(self.buffer[:at].view(np.float32)):
+            raise ValueError("received model is not finite")
+        return at
+
+
+def bare_client(address: str, root: Path | None, chunk_bytes: int, options: str, work: bool = False) -> None:
     """Child process: for each line "up N" / "down N" on stdin, move N messages of chunk_bytes, print the time.
 
-    With ``root`` the channel uses the study's TLS certificates; without, plaintext.
+    With ``root`` the channel uses the study's TLS certificates; without, plaintext. With
+    ``work`` each end also does fedcare's per-byte work (:class:`Work`).
     """
     opts = _bare_options(chunk_bytes, options)
     if root is None:
@@ -211,14 +294,20 @@ def bare_client(address: str, root: Path | None, chunk_bytes: int, options: str)
         upload = ch.stream_unary("/bench.Bare/Up", request_serializer=None, response_deserializer=None)
         download = ch.unary_stream("/bench.Bare/Down", request_serializer=None, response_deserializer=None)
         chunk = os.urandom(chunk_bytes)
+        ends = Work()
         for line in sys.stdin:
             direction, count = line.split()
             n = int(count)
+            if work:
+                ends.prepare(n * chunk_bytes)
             t0 = time.perf_counter()
             if direction == "up":
-                assert int(upload(iter([chunk] * n))) == n * len(chunk)
+                requests = ends.send(n, chunk_bytes) if work else iter([chunk] * n)
+                assert int(upload(requests)) == n * chunk_bytes
+            elif work:
+                assert ends.receive(download(str(n).encode()), n * chunk_bytes) == n * chunk_bytes
             else:
-                assert sum(len(c) for c in download(str(n).encode())) == n * len(chunk)
+                assert sum(len(c) for c in download(str(n).encode())) == n * chunk_bytes
             print(time.perf_counter() - t0, flush=True)
 
 
@@ -235,16 +324,25 @@ class Bare:
 
     Server here, client in a child process, as fedcare's. ``secure``: the same mutual TLS
     as fedcare; without, plaintext, which shows what TLS itself costs on this machine.
+    ``work``: both ends also do fedcare's per-byte work (:class:`Work`: a copy and a
+    BLAKE3 pass at each end, the finite check at the receiver), the ceiling of any
+    protocol that keeps that work, on this machine.
     """
 
-    def __init__(self, root: Path, chunk_bytes: int, *, secure: bool, options: str) -> None:
+    def __init__(self, root: Path, chunk_bytes: int, *, secure: bool, options: str, work: bool = False) -> None:
         self.chunk_bytes = chunk_bytes
         chunk = os.urandom(chunk_bytes)
+        ends = self.ends = Work() if work else None
 
         def up(requests, context):
+            if ends is not None:
+                return str(ends.receive(requests, ends.buffer.nbytes)).encode()
             return str(sum(len(r) for r in requests)).encode()
 
         def down(request, context):
+            if ends is not None:
+                yield from ends.send(int(request), chunk_bytes)
+                return
             for _ in range(int(request)):
                 yield chunk
 
@@ -262,7 +360,7 @@ class Bare:
         command = [sys.executable, __file__, "--bare", "--address", f"127.0.0.1:{port}"]
         command += ["--certs", str(root) if secure else "", "--chunk-bytes", str(chunk_bytes), "--options", options]
         self.proc = subprocess.Popen(
-            command,
+            [*command, *(["--work"] if work else [])],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -271,7 +369,9 @@ class Bare:
         self.peer = psutil.Process(self.proc.pid)
 
     def prepare(self, size_mb: int) -> None:
-        """Nothing to build: the messages exist already."""
+        """Build the model and receive buffer of ``--work`` (the plain messages exist already)."""
+        if self.ends is not None:
+            self.ends.prepare(max(1, size_mb * MB // self.chunk_bytes) * self.chunk_bytes)
 
     def run(self, direction: str, size_mb: int) -> float:
         n = max(1, size_mb * MB // self.chunk_bytes)
@@ -286,18 +386,20 @@ class Bare:
 
 
 def throughput(root: Path, sizes_mb: list[int], repeats: int, chunk_bytes: int, options: str) -> dict[str, Any]:
-    """One-way transfers of fedcare, bare grpcio + TLS and bare plaintext, interleaved.
+    """One-way transfers of fedcare, bare grpcio + TLS (with and without fedcare's work) and plaintext, interleaved.
 
     Each repeat runs every contender once per direction, in a rotating order, so a load
     that changes during the run (a shared machine) hits them alike. Per contender,
     direction and size: the median rate, its range, and the CPU seconds both processes
-    spent per transfer; and the median and range of fedcare's rate over bare grpcio +
-    TLS's within the same repeat.
+    spent per transfer; and the median and range, within the same repeat, of fedcare's
+    rate over bare grpcio + TLS's, of fedcare's over bare grpcio + TLS doing fedcare's
+    per-byte work (:class:`Work`), and of that over bare grpcio + TLS.
     """
     me = psutil.Process()
     contenders = {
         "plaintext": Bare(root, chunk_bytes, secure=False, options=options),
         "bare_tls": Bare(root, chunk_bytes, secure=True, options=options),
+        "bare_tls_work": Bare(root, chunk_bytes, secure=True, options=options, work=True),
         "fedcare": Fedcare(root, chunk_bytes),
     }
     results: dict[str, Any] = {}
@@ -328,15 +430,19 @@ def throughput(root: Path, sizes_mb: list[int], repeats: int, chunk_bytes: int, 
                     "MB_per_s_max": float(max(rates)),
                     "cpu_s_per_transfer_median": float(np.median(cpu[(name, direction)])),
                 }
-            for direction in ("download", "upload"):
-                ratios = [
-                    b / f for f, b in zip(times[("fedcare", direction)], times[("bare_tls", direction)], strict=True)
-                ]
-                row.setdefault("fedcare_over_bare_tls", {})[direction] = {
-                    "median": float(np.median(ratios)),
-                    "min": float(min(ratios)),
-                    "max": float(max(ratios)),
-                }
+            pairs = {
+                "fedcare_over_bare_tls": ("fedcare", "bare_tls", "fedcare / bare grpcio + TLS"),
+                "fedcare_over_bare_tls_work": ("fedcare", "bare_tls_work", "fedcare / bare grpcio + TLS + work"),
+                "bare_tls_work_over_bare_tls": ("bare_tls_work", "bare_tls", "bare + TLS + work / bare + TLS"),
+            }
+            for key, (num, den, _) in pairs.items():
+                for direction in ("download", "upload"):
+                    ratios = [b / f for f, b in zip(times[(num, direction)], times[(den, direction)], strict=True)]
+                    row.setdefault(key, {})[direction] = {
+                        "median": float(np.median(ratios)),
+                        "min": float(min(ratios)),
+                        "max": float(max(ratios)),
+                    }
             results[f"{size}MB"] = row
             for name in names:
                 parts = []
@@ -347,15 +453,16 @@ def throughput(root: Path, sizes_mb: list[int], repeats: int, chunk_bytes: int, 
                         f"({r['MB_per_s_min']:.0f}-{r['MB_per_s_max']:.0f}) MB/s, "
                         f"CPU {r['cpu_s_per_transfer_median'] * 1000:4.0f} ms"
                     )
-                print(f"  {size:5d} MB  {name:9s}  " + "   ".join(parts))
-            ratio = row["fedcare_over_bare_tls"]
-            print(
-                f"  {size:5d} MB  fedcare / bare grpcio + TLS, same repeat: "
-                + "   ".join(
-                    f"{d} {ratio[d]['median']:.0%} ({ratio[d]['min']:.0%}-{ratio[d]['max']:.0%})"
-                    for d in ("download", "upload")
+                print(f"  {size:5d} MB  {name:13s}  " + "   ".join(parts))
+            for key, (_, _, label) in pairs.items():
+                ratio = row[key]
+                print(
+                    f"  {size:5d} MB  {label}, same repeat: "
+                    + "   ".join(
+                        f"{d} {ratio[d]['median']:.0%} ({ratio[d]['min']:.0%}-{ratio[d]['max']:.0%})"
+                        for d in ("download", "upload")
+                    )
                 )
-            )
     finally:
         for c in contenders.values():
             c.close()
@@ -521,6 +628,7 @@ def main() -> None:
     parser.add_argument("--skip-rounds", action="store_true", help="no per-round overhead run")
     parser.add_argument("--sites", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--bare", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--work", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--rss-probe", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--address", help=argparse.SUPPRESS)
     parser.add_argument("--certs", help=argparse.SUPPRESS)
@@ -532,7 +640,8 @@ def main() -> None:
         print(json.dumps(rss_while_receiving(Path(args.certs), args.rss_probe, 10)))
         return
     if args.bare:
-        bare_client(args.address, Path(args.certs) if args.certs else None, args.chunk_bytes, args.options)
+        certs_dir = Path(args.certs) if args.certs else None
+        bare_client(args.address, certs_dir, args.chunk_bytes, args.options, work=args.work)
         return
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
