@@ -34,7 +34,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -224,6 +224,11 @@ class _Hasher:
         return self._hasher.hexdigest()
 
 
+#: fedcare's per-byte work, by piece: the sender's copy of each slice into its message and its
+#: BLAKE3 pass, the receiver's copy of each message into one buffer, its BLAKE3 pass, the finite check.
+WORK_PIECES = ("copy_out", "hash_out", "copy_in", "hash_in", "finite")
+
+
 class Work:
     """fedcare's per-byte work on a one-way stream of messages, without its protocol (``--work``).
 
@@ -232,55 +237,71 @@ class Work:
     the slices leave. Receiver: each message copied into one buffer (as fedcare's
     assembler), hashed on a thread as it lands, the finite check of the whole model at the
     end. No header, no end frame, no digest comparison, no flow control: the per-byte work
-    alone.
+    alone. ``pieces`` (a subset of :data:`WORK_PIECES`) leaves the others out: without
+    ``copy_out`` the messages are one prebuilt bytes object as bare grpcio's, without
+    ``copy_in`` the receiver hashes the messages themselves; ``finite`` needs ``copy_in``.
     """
 
     PREFIX = b"\x2a\x00"
 
-    def __init__(self) -> None:
+    def __init__(self, pieces: Sequence[str] = WORK_PIECES) -> None:
+        unknown = set(pieces) - set(WORK_PIECES)
+        if unknown or ("finite" in pieces and "copy_in" not in pieces):
+            raise ValueError(f"work pieces {sorted(pieces)}: each of {WORK_PIECES}, and finite only with copy_in")
+        self.pieces = frozenset(pieces)
         self.model = np.zeros(0, dtype=np.float32)
         self.buffer = np.zeros(0, dtype=np.uint8)
+        self.prebuilt = b""
 
-    def prepare(self, nbytes: int) -> None:
+    def prepare(self, nbytes: int, chunk_bytes: int) -> None:
         """Build the model and the receive buffer (touched) for messages totalling ``nbytes``."""
         if self.model.nbytes != nbytes:
             self.model = self.buffer = np.zeros(0, dtype=np.float32)
             self.model = np.linspace(-1, 1, nbytes // 4, dtype=np.float32)
             self.buffer = np.ones(nbytes, dtype=np.uint8)
+        if len(self.prebuilt) != len(self.PREFIX) + chunk_bytes:
+            self.prebuilt = self.PREFIX + os.urandom(chunk_bytes)
 
     def send(self, count: int, chunk_bytes: int) -> Iterator[bytes]:
         """The messages of one transfer, the model hashed as they leave."""
-        self.prepare(count * chunk_bytes)
+        self.prepare(count * chunk_bytes, chunk_bytes)
         data = memoryview(self.model).cast("B")
-        hasher = _Hasher()
+        hasher = _Hasher() if "hash_out" in self.pieces else None
         for i in range(count):
             piece = data[i * chunk_bytes : (i + 1) * chunk_bytes]
-            hasher.add(piece)
-            yield b"".join([self.PREFIX, piece])
-        hasher.digest()
+            if hasher is not None:
+                hasher.add(piece)
+            yield b"".join([self.PREFIX, piece]) if "copy_out" in self.pieces else self.prebuilt
+        if hasher is not None:
+            hasher.digest()
 
-    def receive(self, messages: Iterator[bytes], nbytes: int) -> int:
+    def receive(self, messages: Iterator[bytes], nbytes: int, chunk_bytes: int) -> int:
         """Assemble the messages of one transfer; returns the byte count (raises if the model is not finite)."""
-        self.prepare(nbytes)
+        self.prepare(nbytes, chunk_bytes)
         buffer = memoryview(self.buffer)
-        hasher = _Hasher()
+        hasher = _Hasher() if "hash_in" in self.pieces else None
         at = 0
         for message in messages:
             data = memoryview(message)[len(self.PREFIX) :]
-            buffer[at : at + len(data)] = data
-            hasher.add(buffer[at : at + len(data)])
+            if "copy_in" in self.pieces:
+                buffer[at : at + len(data)] = data
+                data = buffer[at : at + len(data)]
+            if hasher is not None:
+                hasher.add(data)
             at += len(data)
-        hasher.digest()
-        if not all_finite(self.buffer[:at].view(np.float32)):
+        if hasher is not None:
+            hasher.digest()
+        if "finite" in self.pieces and not all_finite(self.buffer[:at].view(np.float32)):
             raise ValueError("received model is not finite")
         return at
 
 
-def bare_client(address: str, root: Path | None, chunk_bytes: int, options: str, work: bool = False) -> None:
+def bare_client(address: str, root: Path | None, chunk_bytes: int, options: str, work: str = "") -> None:
     """Child process: for each line "up N" / "down N" on stdin, move N messages of chunk_bytes, print the time.
 
     With ``root`` the channel uses the study's TLS certificates; without, plaintext. With
-    ``work`` each end also does fedcare's per-byte work (:class:`Work`).
+    ``work`` ("+"-joined pieces) each end also does those pieces of fedcare's per-byte work
+    (:class:`Work`).
     """
     opts = _bare_options(chunk_bytes, options)
     if root is None:
@@ -294,18 +315,18 @@ def bare_client(address: str, root: Path | None, chunk_bytes: int, options: str,
         upload = ch.stream_unary("/bench.Bare/Up", request_serializer=None, response_deserializer=None)
         download = ch.unary_stream("/bench.Bare/Down", request_serializer=None, response_deserializer=None)
         chunk = os.urandom(chunk_bytes)
-        ends = Work()
+        ends = Work(work.split("+")) if work else Work()
         for line in sys.stdin:
             direction, count = line.split()
             n = int(count)
             if work:
-                ends.prepare(n * chunk_bytes)
+                ends.prepare(n * chunk_bytes, chunk_bytes)
             t0 = time.perf_counter()
             if direction == "up":
                 requests = ends.send(n, chunk_bytes) if work else iter([chunk] * n)
                 assert int(upload(requests)) == n * chunk_bytes
             elif work:
-                assert ends.receive(download(str(n).encode()), n * chunk_bytes) == n * chunk_bytes
+                assert ends.receive(download(str(n).encode()), n * chunk_bytes, chunk_bytes) == n * chunk_bytes
             else:
                 assert sum(len(c) for c in download(str(n).encode())) == n * chunk_bytes
             print(time.perf_counter() - t0, flush=True)
@@ -326,17 +347,17 @@ class Bare:
     as fedcare; without, plaintext, which shows what TLS itself costs on this machine.
     ``work``: both ends also do fedcare's per-byte work (:class:`Work`: a copy and a
     BLAKE3 pass at each end, the finite check at the receiver), the ceiling of any
-    protocol that keeps that work, on this machine.
+    protocol that keeps that work, on this machine; or only the pieces named.
     """
 
-    def __init__(self, root: Path, chunk_bytes: int, *, secure: bool, options: str, work: bool = False) -> None:
+    def __init__(self, root: Path, chunk_bytes: int, *, secure: bool, options: str, work: Sequence[str] = ()) -> None:
         self.chunk_bytes = chunk_bytes
         chunk = os.urandom(chunk_bytes)
-        ends = self.ends = Work() if work else None
+        ends = self.ends = Work(work) if work else None
 
         def up(requests, context):
             if ends is not None:
-                return str(ends.receive(requests, ends.buffer.nbytes)).encode()
+                return str(ends.receive(requests, ends.buffer.nbytes, chunk_bytes)).encode()
             return str(sum(len(r) for r in requests)).encode()
 
         def down(request, context):
@@ -360,7 +381,7 @@ class Bare:
         command = [sys.executable, __file__, "--bare", "--address", f"127.0.0.1:{port}"]
         command += ["--certs", str(root) if secure else "", "--chunk-bytes", str(chunk_bytes), "--options", options]
         self.proc = subprocess.Popen(
-            [*command, *(["--work"] if work else [])],
+            [*command, *(["--work", "+".join(work)] if work else [])],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -371,7 +392,7 @@ class Bare:
     def prepare(self, size_mb: int) -> None:
         """Build the model and receive buffer of ``--work`` (the plain messages exist already)."""
         if self.ends is not None:
-            self.ends.prepare(max(1, size_mb * MB // self.chunk_bytes) * self.chunk_bytes)
+            self.ends.prepare(max(1, size_mb * MB // self.chunk_bytes) * self.chunk_bytes, self.chunk_bytes)
 
     def run(self, direction: str, size_mb: int) -> float:
         n = max(1, size_mb * MB // self.chunk_bytes)
@@ -385,7 +406,9 @@ class Bare:
         self.server.stop(0)
 
 
-def throughput(root: Path, sizes_mb: list[int], repeats: int, chunk_bytes: int, options: str) -> dict[str, Any]:
+def throughput(
+    root: Path, sizes_mb: list[int], repeats: int, chunk_bytes: int, options: str, pieces: Sequence[str] = ()
+) -> dict[str, Any]:
     """One-way transfers of fedcare, bare grpcio + TLS (with and without fedcare's work) and plaintext, interleaved.
 
     Each repeat runs every contender once per direction, in a rotating order, so a load
@@ -393,15 +416,19 @@ def throughput(root: Path, sizes_mb: list[int], repeats: int, chunk_bytes: int, 
     direction and size: the median rate, its range, and the CPU seconds both processes
     spent per transfer; and the median and range, within the same repeat, of fedcare's
     rate over bare grpcio + TLS's, of fedcare's over bare grpcio + TLS doing fedcare's
-    per-byte work (:class:`Work`), and of that over bare grpcio + TLS.
+    per-byte work (:class:`Work`), and of that over bare grpcio + TLS. ``pieces`` adds one
+    contender per "+"-joined set of work pieces (``work[...]``), with its rate over bare
+    grpcio + TLS's.
     """
     me = psutil.Process()
     contenders = {
         "plaintext": Bare(root, chunk_bytes, secure=False, options=options),
         "bare_tls": Bare(root, chunk_bytes, secure=True, options=options),
-        "bare_tls_work": Bare(root, chunk_bytes, secure=True, options=options, work=True),
+        "bare_tls_work": Bare(root, chunk_bytes, secure=True, options=options, work=WORK_PIECES),
         "fedcare": Fedcare(root, chunk_bytes),
     }
+    for spec in pieces:
+        contenders[f"work[{spec}]"] = Bare(root, chunk_bytes, secure=True, options=options, work=spec.split("+"))
     results: dict[str, Any] = {}
     try:
         for size in sizes_mb:
@@ -434,6 +461,10 @@ def throughput(root: Path, sizes_mb: list[int], repeats: int, chunk_bytes: int, 
                 "fedcare_over_bare_tls": ("fedcare", "bare_tls", "fedcare / bare grpcio + TLS"),
                 "fedcare_over_bare_tls_work": ("fedcare", "bare_tls_work", "fedcare / bare grpcio + TLS + work"),
                 "bare_tls_work_over_bare_tls": ("bare_tls_work", "bare_tls", "bare + TLS + work / bare + TLS"),
+                **{
+                    f"{spec}_over_bare_tls": (f"work[{spec}]", "bare_tls", f"work[{spec}] / bare + TLS")
+                    for spec in pieces
+                },
             }
             for key, (num, den, _) in pairs.items():
                 for direction in ("download", "upload"):
@@ -628,7 +659,15 @@ def main() -> None:
     parser.add_argument("--skip-rounds", action="store_true", help="no per-round overhead run")
     parser.add_argument("--sites", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--bare", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--work", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--work", default="", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--work-pieces",
+        default="",
+        help=(
+            "also run bare grpcio + TLS with only these pieces of fedcare's per-byte work, one contender per "
+            f"comma-separated set of '+'-joined pieces of {', '.join(WORK_PIECES)} (e.g. copy_out,copy_out+copy_in)"
+        ),
+    )
     parser.add_argument("--rss-probe", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--address", help=argparse.SUPPRESS)
     parser.add_argument("--certs", help=argparse.SUPPRESS)
@@ -653,7 +692,8 @@ def main() -> None:
             f"one-way throughput (loopback, {args.chunk_bytes / MB:g} MiB chunks, bare grpcio with {args.options} "
             f"options, median (range) of {repeats} interleaved repeats, MB = 2^20 B):"
         )
-        tp = throughput(root, sizes, repeats, args.chunk_bytes, args.options)
+        pieces = [p for p in args.work_pieces.split(",") if p]
+        tp = throughput(root, sizes, repeats, args.chunk_bytes, args.options, pieces)
         rss: dict[str, Any] = {}
         if not args.skip_rss:
             print("server memory while receiving:")
