@@ -55,7 +55,7 @@ def main() -> None:
     parser.add_argument(
         "--precision",
         nargs="+",
-        choices=["fp32", "bf16"],
+        choices=["fp32", "bf16", "auto"],
         default=None,
         help="CNN arithmetic(s) (default: the study's)",
     )

@@ -131,5 +131,5 @@ def test_demo_recipe_runs_end_to_end_on_a_small_subset(monkeypatch, tmp_path):
     assert sum(s["n_test"] for s in summary["settings"]["fedavg"]["per_site"].values()) == 624
     html = (out / "report.html").read_text()
     assert "Children&#x27;s hospital (tertiary)" in html and html.count("<svg") >= 2
-    assert "Task cnn (image_shape 1x28x28, channels 16, norm batch, dropout 0.2, precision bf16; hash" in html
+    assert "Task cnn (image_shape 1x28x28, channels 16, norm batch, dropout 0.2, precision auto; hash" in html
     assert "Beside FLamby's published numbers" not in html  # that reference table is only for heart disease

@@ -11,6 +11,7 @@ from fedcare.strategies.registry import make_strategy
 from fedcare.task import ArrayDataset, task_hash
 from fedcare.tasks import make_task
 from fedcare.tasks.cnn import CnnTask, SmallCnn
+from fedcare.tasks.torch_common import native_bf16, resolved_precision
 from fedcare.types import FitResult, RunId, SiteId
 
 FAST = {"batch_size": 32, "local_epochs": 1}
@@ -118,7 +119,7 @@ def test_bad_configuration_is_a_one_line_error(task, subset):
         CnnTask(norm="layer")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="dropout must be in"):
         CnnTask(dropout=1.0)
-    with pytest.raises(ConfigError, match="precision must be one of fp32, bf16, got 'fp16'"):
+    with pytest.raises(ConfigError, match="precision must be one of fp32, bf16, auto, got 'fp16'"):
         CnnTask(precision="fp16")  # type: ignore[arg-type]
 
 
@@ -133,7 +134,21 @@ def test_registered_and_hash_covers_architecture_not_threads():
 def test_precision_is_in_the_hash_and_fp32_keeps_the_earlier_hash():
     assert "precision" not in CnnTask().params()  # runs stored before the parameter existed still match
     assert task_hash(CnnTask(precision="fp32")) == task_hash(CnnTask())
-    assert task_hash(CnnTask(precision="bf16")) != task_hash(CnnTask())
+    hashes = {task_hash(CnnTask(precision=p)) for p in ("fp32", "bf16", "auto")}
+    assert len(hashes) == 3
+
+
+def test_auto_precision_is_bf16_exactly_where_the_cpu_has_bf16_units(subset):
+    assert native_bf16({"avx512_bf16": True}) and native_bf16({"amx_bf16": True}) and native_bf16({"bf16": True})
+    assert not native_bf16({"avx512_f": True, "avx512_bw": True, "avx2": True}) and not native_bf16({})
+    here = "bf16" if native_bf16() else "fp32"
+    assert resolved_precision("auto") == here and resolved_precision("fp32") == "fp32"
+    auto = CnnTask(channels=4, num_threads=1, precision="auto")
+    same = CnnTask(channels=4, num_threads=1, precision=here)
+    init = auto.init_model(np.random.default_rng(0))
+    a = auto.fit(init, subset, FAST, np.random.default_rng(1)).state
+    b = same.fit(init, subset, FAST, np.random.default_rng(1)).state
+    assert all(np.array_equal(a[k], b[k]) for k in init)  # auto trains exactly as the arithmetic it resolves to
 
 
 def test_bf16_trains_a_float32_model_reproducibly_and_predicts_in_float32(subset):

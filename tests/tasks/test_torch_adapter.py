@@ -165,7 +165,11 @@ def test_bf16_precision_is_hashed_trains_a_float32_model_and_is_refused_under_dp
     dp = {"dp.noise_multiplier": 1.0, "dp.sample_rate": 0.5, "dp.steps": 1, "dp.noise_seed": 0}
     with pytest.raises(ConfigError, match=r"^task 'user-cnn': precision='bf16' cannot train with DP-SGD"):
         bf16.fit(init, data.train, dp, np.random.default_rng(0))
-    with pytest.raises(ConfigError, match=r"^TorchTask 'user-cnn': precision must be one of fp32, bf16, got 'fp8'$"):
+    auto = make_task("user-cnn", precision="auto")  # DP-SGD: auto trains in fp32, as the DP path always does
+    assert auto.fit(init, data.train, dp, np.random.default_rng(0)).metrics["dp.steps"] >= 1
+    with pytest.raises(
+        ConfigError, match=r"^TorchTask 'user-cnn': precision must be one of fp32, bf16, auto, got 'fp8'$"
+    ):
         make_task("user-cnn", precision="fp8")
 
 

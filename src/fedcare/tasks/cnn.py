@@ -31,7 +31,8 @@ ICLR 2018; Kalamkar et al. 2019 for bfloat16): convolutions and the head compute
 on CPUs with bf16 units (AVX512-BF16/AMX), while weights, optimizer state, the loss and
 every prediction stay float32. A training step took about half the CPU time of float32 on
 the 2-core development machine (docs/pneumonia.md); on a CPU without bf16 units it is
-slower than float32, and a warning says so.
+slower than float32, and a warning says so. ``precision="auto"`` trains in bf16 where the
+CPU has bf16 units and in float32 elsewhere (the shipped chest X-ray study's choice).
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ __all__ = ["CnnTask", "SmallCnn"]
 
 Norm = Literal["batch", "group", "none"]
 _NORMS = ("batch", "group", "none")
-Precision = Literal["fp32", "bf16"]
+Precision = Literal["fp32", "bf16", "auto"]
 _EVAL_BATCH = 1024
 
 
@@ -169,10 +170,11 @@ class CnnTask:
         torch intra-op threads set before each fit/predict (``None`` leaves torch's
         setting). One thread per site is fastest when sites train in parallel threads on
         few cores. Not part of the task hash: it changes only speed (and float rounding).
-    precision : {"fp32", "bf16"} (default: "fp32")
+    precision : {"fp32", "bf16", "auto"} (default: "fp32")
         Arithmetic of the training passes: "bf16" autocasts convolutions and the head to
-        bfloat16 (weights, optimizer, loss and predictions stay float32). Part of the task
-        hash: it changes the trained model, not only its speed.
+        bfloat16 (weights, optimizer, loss and predictions stay float32); "auto" is bf16 on
+        a CPU with bf16 units and fp32 elsewhere. Part of the task hash: it changes the
+        trained model, not only its speed.
     """
 
     name = "cnn"

@@ -184,10 +184,11 @@ class TorchTask:
         for evaluation or under DP-SGD.
     num_threads : int or None (default: None)
         torch intra-op threads during fit and predict (not hashed: speed only).
-    precision : {"fp32", "bf16"} (default: "fp32")
+    precision : {"fp32", "bf16", "auto"} (default: "fp32")
         Arithmetic of the training passes: "bf16" runs the forward pass under bfloat16
-        autocast (weights, optimizer, the loss and predictions stay float32); hashed, as it
-        changes the model. Not with DP-SGD.
+        autocast (weights, optimizer, the loss and predictions stay float32); "auto" is bf16
+        on a CPU with bf16 units and fp32 elsewhere; hashed, as it changes the model.
+        DP-SGD trains in fp32: "bf16" is refused there, "auto" falls back to fp32.
     """
 
     #: The node passes a :class:`~fedcare.task.FitContext` (SCAFFOLD's site state).
@@ -480,7 +481,7 @@ class TorchTask:
             bad = dp_incompatible_layers(module)
             if bad:
                 raise ConfigError(f"task {self.name!r} cannot train with DP-SGD: " + "; ".join(bad))
-            if self.precision != "fp32":
+            if self.precision == "bf16":
                 raise ConfigError(
                     f"task {self.name!r}: precision={self.precision!r} cannot train with DP-SGD "
                     "(per-record gradients are clipped in float32); use precision='fp32'"
