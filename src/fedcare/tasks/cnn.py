@@ -29,8 +29,8 @@ model (for a given number of torch threads).
 ``precision="bf16"`` trains with bfloat16 autocast (mixed precision, Micikevicius et al.,
 ICLR 2018; Kalamkar et al. 2019 for bfloat16): convolutions and the head compute in bf16
 on CPUs with bf16 units (AVX512-BF16/AMX), while weights, optimizer state, the loss and
-every prediction stay float32. A training step took about half the CPU time of float32 on
-the 2-core development machine (docs/pneumonia.md); on a CPU without bf16 units it is
+every prediction stay float32. A training step took 0.6x the CPU time of float32 on
+the 2-core development machine (benchmarks/cnn_precision.py); on a CPU without bf16 units it is
 slower than float32, and a warning says so. ``precision="auto"`` trains in bf16 where the
 CPU has bf16 units and in float32 elsewhere (the shipped chest X-ray study's choice).
 """
