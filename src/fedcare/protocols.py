@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeGuard, runtime_checkable
 
 from fedcare.serde import StateSpec
 from fedcare.strategies.base import Fold, ServerState, Strategy
@@ -34,6 +34,7 @@ __all__ = [
     "RoundReport",
     "RunSpec",
     "SiteMemory",
+    "can_prefold",
 ]
 
 
@@ -128,6 +129,15 @@ class PrefoldChannel(Channel, Protocol):
     def send_prefolded(self, messages: Sequence[Message], request: PrefoldRequest) -> None:
         """Deliver FIT instructions whose valid replies are folded as ``request`` says."""
         ...
+
+
+def can_prefold(channel: Channel) -> TypeGuard[PrefoldChannel]:
+    """True when ``channel``'s class defines ``send_prefolded``.
+
+    The class, not the instance: a wrapper that forwards unknown attributes to its inner
+    channel (``StudyChannel``) would otherwise pass and skip its own ``send``.
+    """
+    return hasattr(type(channel), "send_prefolded")
 
 
 # -- the narrow write path from the runtime to the Store ------------------------------------

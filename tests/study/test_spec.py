@@ -197,6 +197,14 @@ def test_simulation_settings_are_checked_with_one_line_errors(table, expected):
     assert expected in str(err.value) and "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("option", ["ray_actors", "cpus_per_site", "memory_per_site"])
+def test_an_in_process_channel_refuses_each_ray_option_by_name(option):
+    from fedcare.build.federated import site_channel
+
+    with pytest.raises(ConfigError, match=rf"^{option} applies only to the ray backend$"):
+        site_channel({}, backend="inprocess", **{option: 1})
+
+
 def test_command_line_simulation_overrides_are_checked_with_one_line_errors():
     spec = parse_study(_study()).simulation
     with pytest.raises(ConfigError, match=r"simulation.ray_actors must be an integer >= 1, got 0$"):

@@ -45,9 +45,10 @@ def site_channel(
     ``memory_per_site``); they are refused with another backend.
     """
     if backend == "inprocess":
-        given = [k for k, v in {"ray_actors": ray_actors, "cpus_per_site": cpus_per_site}.items() if v is not None]
-        if given or memory_per_site is not None:
-            raise ConfigError(f"{(given or ['memory_per_site'])[0]} applies only to the ray backend")
+        ray_only = {"ray_actors": ray_actors, "cpus_per_site": cpus_per_site, "memory_per_site": memory_per_site}
+        given = [k for k, v in ray_only.items() if v is not None]
+        if given:
+            raise ConfigError(f"{given[0]} applies only to the ray backend")
         return InProcessChannel({s: g.handle for s, g in sites.items()})
     if backend == "ray":
         try:  # optional extra: imported only when asked for

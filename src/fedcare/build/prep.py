@@ -19,7 +19,7 @@ import hashlib
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 
@@ -28,7 +28,7 @@ from fedcare.data.moments_query import MOMENTS_QUERY
 from fedcare.data.schema import ColumnType
 from fedcare.data.tabular import Moments, Standardizer, TabularRecipe, impute_and_standardize, split_indices
 from fedcare.errors import DataError
-from fedcare.protocols import PrefoldChannel, PrefoldRequest
+from fedcare.protocols import PrefoldRequest, can_prefold
 from fedcare.runtime.node import SiteNode
 from fedcare.study.spec import StudySpec
 from fedcare.task import ArrayDataset, SiteData
@@ -125,8 +125,8 @@ class StudyChannel:
 
     def send_prefolded(self, messages: Sequence[Message], request: PrefoldRequest) -> None:
         """Stamp and forward with the Coordinator's pre-folding request (a plain send if the inner channel cannot)."""
-        if hasattr(type(self.inner), "send_prefolded"):
-            cast(PrefoldChannel, self.inner).send_prefolded(self._stamped(messages), request)
+        if can_prefold(self.inner):
+            self.inner.send_prefolded(self._stamped(messages), request)
         else:
             self.inner.send(self._stamped(messages))
 

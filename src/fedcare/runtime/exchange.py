@@ -15,11 +15,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import cast
 
 from fedcare.compression import payload_bytes
 from fedcare.errors import ConfigError
-from fedcare.protocols import Channel, ExchangeReport, NullRecorder, PrefoldChannel, PrefoldRequest, Recorder
+from fedcare.protocols import Channel, ExchangeReport, NullRecorder, PrefoldRequest, Recorder, can_prefold
 from fedcare.types import ConfigValue, Message, MessageKind, Payload, RunId, SiteId
 
 __all__ = ["Exchange", "Stamp", "exchange_name"]
@@ -124,10 +123,8 @@ class Exchange:
         mine: dict[SiteId, str] = {}
         started = time.perf_counter()
         try:
-            # the channel's class must define it: a wrapper forwarding unknown attributes
-            # (StudyChannel) would otherwise skip its own send
-            if prefold is not None and hasattr(type(self.channel), "send_prefolded"):
-                cast(PrefoldChannel, self.channel).send_prefolded(list(pending.values()), prefold)
+            if prefold is not None and can_prefold(self.channel):
+                self.channel.send_prefolded(list(pending.values()), prefold)
             else:
                 self.channel.send(list(pending.values()))
             for reply in self.channel.receive(timeout_s=self.timeout_s):

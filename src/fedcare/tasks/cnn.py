@@ -56,6 +56,7 @@ from fedcare.tasks.torch_common import (
     make_optimizer,
     module_state,
     read_int,
+    resolved_precision,
     train_steps,
     training_arithmetic,
     use_threads,
@@ -282,6 +283,7 @@ class CnnTask:
         class_weight = _read_choice(cfg, "class_weight", "balanced", ("balanced", "none"))
         schedule = _read_choice(cfg, "lr_schedule", "constant", ("constant", "cosine"))
         generator = torch.Generator().manual_seed(int(rng.integers(0, 2**63 - 1)))
+        precision = resolved_precision(self.precision)  # "auto" decided once per fit
         module = self._module()
         load_state(module, model)
         module.train()
@@ -304,7 +306,7 @@ class CnnTask:
             yb = y[index]
             if augment:
                 xb = _random_affine(xb, generator)
-            with training_arithmetic(self.precision):
+            with training_arithmetic(precision):
                 logits = module(xb, generator)
             return F.binary_cross_entropy_with_logits(logits.float(), yb, weight=weights[yb.long()])
 

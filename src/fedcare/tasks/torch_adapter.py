@@ -81,6 +81,7 @@ from fedcare.tasks.torch_common import (
     make_optimizer,
     read_float,
     read_int,
+    resolved_precision,
     training_arithmetic,
 )
 from fedcare.types import ConfigValue, EvalResult, FitResult, ModelState
@@ -501,6 +502,7 @@ class TorchTask:
             torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=target) if schedule == "cosine" else None
         )
         augment = _with_generator(self._augment) if self._augment is not None else None
+        precision = resolved_precision(self.precision)  # "auto" decided once per fit
         total, seen, done = 0.0, 0, 0
         order = getattr(data, "batch_order", None)
         for idx in _index_batches(len(data), batch_size, rng, target, order):
@@ -509,7 +511,7 @@ class TorchTask:
             xb = x[index] if x is not None else self._inputs(data.read(idx), "training data")
             if augment is not None:
                 xb = augment(xb, generator)
-            with training_arithmetic(self.precision):
+            with training_arithmetic(precision):
                 out = module(xb)
             loss = loss_fn(out.float() if out.is_floating_point() else out, y[index])
             objective = loss
