@@ -26,11 +26,23 @@ from fedcare.experiment import ExperimentConfig, Progress, run_experiment
 from fedcare.protocols import Recorder
 from fedcare.study.prep_stats import recipe_of
 from fedcare.study.site import SiteSpec
-from fedcare.study.spec import StudySpec
+from fedcare.study.spec import SimulationSpec, StudySpec
 from fedcare.task import ArrayDataset, Task
 from fedcare.types import SiteId
 
-__all__ = ["experiment_config", "simulate_study", "study_dataset"]
+__all__ = ["experiment_config", "placed", "simulate_study", "study_dataset"]
+
+
+def placed(cfg: ExperimentConfig, where: SimulationSpec) -> ExperimentConfig:
+    """``cfg`` with its sites run where ``where`` (a checked ``[simulation]``) says."""
+    return replace(
+        cfg,
+        backend=where.backend,
+        ray_address=where.ray_address or "",
+        ray_actors=where.ray_actors,
+        cpus_per_site=where.cpus_per_site,
+        memory_per_site=where.memory_per_site,
+    )
 
 
 def experiment_config(study: StudySpec, *, label: str = "") -> ExperimentConfig:
@@ -183,14 +195,7 @@ def simulate_study(
     task = task or build_task(study, n_features=first.n_features if first else None)
     files = {SiteId(s): (spec, inputs[s]) for s, spec in by_id.items()} if by_id else None
     check_training(study, task, dataset)
-    cfg = replace(
-        experiment_config(study),
-        backend=where.backend,
-        ray_address=where.ray_address or "",
-        ray_actors=where.ray_actors,
-        cpus_per_site=where.cpus_per_site,
-        memory_per_site=where.memory_per_site,
-    )
+    cfg = placed(experiment_config(study), where)
     summary = run_experiment(
         dataset,
         task,

@@ -8,7 +8,6 @@ written; a problem is one line naming the file, and the exit code says its kind.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NamedTuple
 
@@ -20,7 +19,7 @@ from fedcare.cli.outputs import check_db_url, check_out_dir
 from fedcare.errors import ConfigError, FedcareError
 
 if TYPE_CHECKING:
-    from fedcare.study.spec import StudySpec
+    from fedcare.study.spec import SimulationSpec, StudySpec
 
 __all__ = ["run_simulation_command", "simulate", "study_app"]
 
@@ -39,6 +38,16 @@ class RayOptions(NamedTuple):
     actors: int | None = None
     cpus_per_site: float | None = None
     memory_per_site: str | None = None
+
+    def over(self, spec: SimulationSpec, *, backend: str | None, address: str | None) -> SimulationSpec:
+        """``spec`` (the study's ``[simulation]``) with the command line's options in place, checked."""
+        return spec.merged(
+            backend=backend,
+            ray_address=address,
+            ray_actors=self.actors,
+            cpus_per_site=self.cpus_per_site,
+            memory_per_site=self.memory_per_site,
+        )
 
 
 def run_simulation_command(
@@ -73,13 +82,7 @@ def run_simulation_command(
         created = check_out_dir(out_dir, force=force)  # before any training or write
         check_db_url(db or default_db_url(out_dir))
         study: StudySpec = prepare()
-        where = study.simulation.merged(
-            backend=backend,
-            ray_address=address,
-            ray_actors=ray.actors,
-            cpus_per_site=ray.cpus_per_site,
-            memory_per_site=ray.memory_per_site,
-        )
+        where = ray.over(study.simulation, backend=backend, address=address)
         specs = [load_site(p) for p in sites]
         # the training stack (torch, opacus, scikit-learn: seconds to import) only once the files are checked
         from fedcare.cli.console import ExperimentProgress, results_table
@@ -202,13 +205,7 @@ def _legacy_simulate(
     try:
         from fedcare.study.spec import SimulationSpec
 
-        where = SimulationSpec().merged(
-            backend=backend,
-            ray_address=address,
-            ray_actors=ray.actors,
-            cpus_per_site=ray.cpus_per_site,
-            memory_per_site=ray.memory_per_site,
-        )
+        where = ray.over(SimulationSpec(), backend=backend, address=address)
         cfg = load_simulate_config(config)
         created = check_out_dir(out_dir, force=force)  # before any training or write
         check_db_url(db or default_db_url(out_dir))
@@ -217,20 +214,14 @@ def _legacy_simulate(
         from fedcare.data.byo import load_table
         from fedcare.experiment import run_experiment
         from fedcare.report import write_outputs
+        from fedcare.simulate import placed
         from fedcare.store import SqlStore
         from fedcare.tasks import make_task
 
         data, recipe = load_table(cfg.table)
         task = make_task(cfg.task, n_features=data.n_features)
         check_training(cfg, task, data)
-        exp = replace(
-            cfg.experiment,
-            backend=where.backend,
-            ray_address=where.ray_address or "",
-            ray_actors=where.ray_actors,
-            cpus_per_site=where.cpus_per_site,
-            memory_per_site=where.memory_per_site,
-        )
+        exp = placed(cfg.experiment, where)
         console.print(
             f"[bold]fedcare simulate[/] · {data.name}: {len(data.sites)} sites, {data.n_features} features, "
             f"{exp.strategy}, {exp.rounds} rounds"
